@@ -1,0 +1,251 @@
+"""The fill: one verified download of one digest, tailed by every request that wants it.
+
+A ``Fill`` is a task owned by ``Fills`` (and so by the app), not by any request: it streams
+source bytes into a temp file while hashing them. Readers tail the temp file as it grows,
+from any offset, so the first byte reaches every client as soon as it reaches us, N clients
+cost one download, and a client that hangs up slows or cancels nothing. On a hash match the
+file is fsynced, renamed into place and indexed; on a mismatch or a source error the temp
+file is deleted and every reader raises ``FillFailed``, so its response is cut short (a
+client must see a broken transfer, never a complete-looking wrong blob).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+import structlog
+
+from ..errors import DigestMismatch, PullcacheError, SizeInvalid, UpstreamTimeout
+from ..oci import Digest
+from .index import Entry
+from .store import BlobStore
+
+log = structlog.get_logger("pullcache.fill")
+READ_CHUNK = 1 << 20
+
+
+class Source(Protocol):
+    """An open download: its announced size (if any), its bytes, and how to let go of it."""
+    size: int | None
+    origin: str
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    async def close(self) -> None: ...
+
+
+Opener = Callable[[], Awaitable[Source]]
+
+
+class FillFailed(Exception):
+    """The fill a reader was tailing failed after the response had started."""
+
+
+@dataclass(frozen=True, slots=True)
+class FillResult:
+    entry: Entry
+    size: int
+    origin: str
+    seconds: float
+
+
+class Fill:
+    def __init__(self, kind: str, digest: Digest, store: BlobStore, deadline: float,
+                 on_event=None) -> None:
+        self.kind = kind
+        self.digest = digest
+        self.store = store
+        self.deadline = deadline
+        self.temp = store.temp_path()
+        self.size: int | None = None
+        self.written = 0
+        self.readers = 0
+        self.origin = ""
+        self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
+        self._started: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._progress = asyncio.Event()
+        self._on_event = on_event or (lambda event, **kw: None)
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    async def run(self, opener: Opener) -> None:
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(self.deadline):
+                entry = await self._download(opener)
+        except TimeoutError:
+            self._fail(UpstreamTimeout(str(self.digest), message="fill deadline exceeded"))
+        except PullcacheError as exc:
+            self._fail(exc)
+        except asyncio.CancelledError:
+            self._fail(FillFailed("fill cancelled"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - the fill task's supervisor
+            log.exception("fill_crashed", digest=str(self.digest))
+            self._fail(exc)
+        else:
+            seconds = time.monotonic() - began
+            self.result.set_result(FillResult(entry, self.written, self.origin, seconds))
+            log.info("fill_committed", digest=str(self.digest), kind=self.kind,
+                     bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
+            self._on_event("committed", bytes=self.written)
+        finally:
+            self._wake()
+            if not self.result.done() or self.result.exception() is not None:
+                await asyncio.to_thread(self.temp.unlink, True)
+
+    async def _download(self, opener: Opener) -> Entry:
+        source = await opener()
+        try:
+            self.size, self.origin = source.size, source.origin
+            self._started.set_result(self.size)
+            hasher = self.digest.hasher()
+            fd = await asyncio.to_thread(os.open, self.temp,
+                                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                async for chunk in source.chunks():
+                    if self.size is not None and self.written + len(chunk) > self.size:
+                        raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
+                    await asyncio.to_thread(_write_and_hash, fd, chunk, hasher)
+                    self.written += len(chunk)
+                    self._wake()
+                if self.size is not None and self.written != self.size:
+                    raise SizeInvalid(f"{self.digest}: {self.written} of {self.size} bytes")
+                if hasher.hexdigest() != self.digest.hex:
+                    log.warning("digest_mismatch", digest=str(self.digest),
+                                got=f"{self.digest.algorithm}:{hasher.hexdigest()}",
+                                origin=self.origin, bytes=self.written)
+                    self._on_event("digest_mismatch")
+                    raise DigestMismatch(str(self.digest))
+                await asyncio.to_thread(os.fsync, fd)
+            finally:
+                await asyncio.to_thread(os.close, fd)
+        finally:
+            await source.close()
+        self.size = self.written
+        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._started.done():
+            self._started.set_exception(exc)
+            self._started.exception()  # retrieved here; readers re-raise it
+        if not self.result.done():
+            self.result.set_exception(exc)
+            self.result.exception()
+        if not isinstance(exc, FillFailed):
+            log.warning("fill_failed", digest=str(self.digest), error=str(exc),
+                        bytes=self.written, origin=self.origin)
+        self._on_event("failed")
+
+    def _wake(self) -> None:
+        event, self._progress = self._progress, asyncio.Event()
+        event.set()
+
+    # -- the readers --------------------------------------------------------------------------
+
+    async def started(self) -> int | None:
+        """Wait until the source answered; its size, or raise the domain error it gave."""
+        return await asyncio.shield(self._started)
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""
+        fd = await self._open_for_read()
+        self.readers += 1
+        try:
+            offset = start
+            while end is None or offset < end:
+                progress = self._progress
+                if offset < self.written:
+                    want = self.written - offset if end is None else min(end, self.written) - offset
+                    chunk = await asyncio.to_thread(os.pread, fd, min(want, READ_CHUNK), offset)
+                    if not chunk:
+                        raise FillFailed("temp file shrank")
+                    offset += len(chunk)
+                    yield chunk
+                    continue
+                if self.result.done():
+                    if self.result.exception() is not None:
+                        raise FillFailed(str(self.result.exception()))
+                    if offset >= self.written:
+                        return
+                    continue
+                await progress.wait()
+        finally:
+            self.readers -= 1
+            await asyncio.to_thread(os.close, fd)
+
+    async def _open_for_read(self) -> int:
+        """Open the temp file, or the committed file if the fill finished meanwhile.
+
+        An fd opened on the temp file stays valid across the commit's rename (POSIX).
+        """
+        await self.started()
+        while True:
+            try:
+                return await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
+            except FileNotFoundError:
+                if not self.result.done():
+                    await self._progress.wait()  # the writer has not created it yet
+                    continue
+                if self.result.exception() is not None:
+                    raise FillFailed(str(self.result.exception())) from None
+                path = self.store.path(self.result.result().entry)
+                return await asyncio.to_thread(os.open, path, os.O_RDONLY)
+
+
+def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view):]
+    hasher.update(chunk)
+
+
+class Fills:
+    """The app's fills in progress, one per (kind, digest); owns their tasks."""
+
+    def __init__(self, store: BlobStore, *, deadline: float, on_event=None) -> None:
+        self.store = store
+        self.deadline = deadline
+        self._fills: dict[tuple[str, str], Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_event = on_event
+
+    def __len__(self) -> int:
+        return len(self._fills)
+
+    def get_or_start(self, kind: str, digest: Digest, opener: Opener,
+                     expected_size: int | None = None) -> tuple[Fill, bool]:
+        """The fill for ``digest``, started now if none is running; ``(fill, joined)``."""
+        key = (kind, str(digest))
+        fill = self._fills.get(key)
+        if fill is not None:
+            return fill, True
+        fill = Fill(kind, digest, self.store, self.deadline, self._on_event)
+        self._fills[key] = fill
+        task = asyncio.create_task(self._supervise(key, fill, opener, expected_size),
+                                   name=f"fill {digest}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill, False
+
+    async def _supervise(self, key, fill: Fill, opener: Opener,
+                         expected_size: int | None) -> None:
+        try:
+            if expected_size:
+                await self.store.make_room(expected_size)
+            with self.store.reservation(expected_size or 0):
+                await fill.run(opener)
+            if fill.result.exception() is None:
+                await self.store.make_room()
+        finally:
+            self._fills.pop(key, None)
+
+    async def close(self) -> None:
+        """Cancel every fill (at shutdown); their temp files are removed."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

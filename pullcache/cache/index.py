@@ -1,0 +1,186 @@
+"""The LRU index of committed files, on diskcache.
+
+diskcache gives us what an index needs and is safe across threads and processes (so
+``pullcache cache gc`` can run beside the daemon): a recency order kept by
+``eviction_policy="least-recently-used"`` (its default is least-recently-*stored*, which
+would evict a hot base layer first), byte accounting, and culling in that order.
+
+Our blob files are not copied into diskcache. ``_RecordDisk`` stores an ``Entry`` as a row
+whose ``filename`` is the blob's path relative to the cache root and whose ``size`` is the
+blob's size, so ``volume()`` counts our bytes and ``cull()`` walks our LRU order. diskcache
+deletes files in several places (``add`` on an existing key, failed transactions, culls);
+``_RecordDisk.remove`` therefore never deletes: it reports the path, and ``Index`` unlinks
+only paths whose key is no longer indexed and no response is serving.
+
+Every method here blocks; ``BlobStore`` calls them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import diskcache
+from diskcache.core import MODE_BINARY, UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One committed file: its path relative to the cache root, size and media type."""
+    relpath: str
+    size: int
+    media_type: str | None = None
+
+
+class _RecordDisk(diskcache.Disk):
+    removed: Callable[[str], None] = staticmethod(lambda relpath: None)
+
+    def store(self, value, read, key=UNKNOWN):
+        if isinstance(value, Entry):
+            meta = json.dumps({"media_type": value.media_type})
+            return value.size, MODE_BINARY, value.relpath, meta
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode, filename, value, read):
+        if mode == MODE_BINARY and isinstance(value, str) and filename:
+            meta = json.loads(value)
+            return Entry(filename, -1, meta.get("media_type"))
+        return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path):
+        self.removed(file_path)
+
+
+class Index:
+    """Keys are ``<kind>:<digest>``; values ``Entry``. ``get`` refreshes recency."""
+
+    def __init__(self, root: Path, *, is_pinned: Callable[[str], bool]) -> None:
+        self.root = root
+        self._cache = diskcache.Cache(
+            str(root / "index"), disk=_RecordDisk,
+            eviction_policy="least-recently-used",  # explicit: diskcache defaults to LRS
+            cull_limit=0,                           # never cull inside set/add; evict() does
+            size_limit=2**62,
+            statistics=False,
+        )
+        self._is_pinned = is_pinned
+        self._lock = threading.Lock()
+        self._released: list[str] = []
+        self._deferred: set[str] = set()
+        self._cache.disk.removed = self._note_removed  # type: ignore[attr-defined]
+
+    # -- diskcache hands us every path it would delete ---------------------------------------
+
+    def _note_removed(self, relpath: str) -> None:
+        with self._lock:
+            self._released.append(relpath)
+
+    def _unlink_released(self) -> list[str]:
+        """Delete released files that no key points at any more and nobody is serving."""
+        with self._lock:
+            candidates, self._released = self._released, []
+            candidates.extend(self._deferred)
+            self._deferred = set()
+        gone = []
+        for relpath in candidates:
+            key = key_for(relpath)
+            if key is not None and key in self._cache:
+                continue  # re-added (or an add() that lost a race): still live
+            if self._is_pinned(relpath):
+                with self._lock:
+                    self._deferred.add(relpath)
+                continue
+            try:
+                (self.root / relpath).unlink()
+                gone.append(relpath)
+            except FileNotFoundError:
+                pass
+        return gone
+
+    # -- the index ------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        # Size lives in the row's size column, which get() does not return; the file is the
+        # truth anyway, so stat it (and treat a missing file as a miss).
+        try:
+            size = (self.root / entry.relpath).stat().st_size
+        except FileNotFoundError:
+            self.drop(key)
+            return None
+        return Entry(entry.relpath, size, entry.media_type)
+
+    def add(self, key: str, entry: Entry) -> bool:
+        added = self._cache.add(key, entry)
+        self._unlink_released()  # an add() that found the key releases nothing we own
+        return added
+
+    def drop(self, key: str) -> None:
+        self._cache.delete(key)
+        self._unlink_released()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+    def keys(self) -> Iterator[str]:
+        return iter(self._cache)
+
+    def volume(self) -> int:
+        """Bytes used: indexed files plus the index database itself."""
+        return self._cache.volume()
+
+    def count(self) -> int:
+        return len(self._cache)
+
+    def evict_to(self, target: int) -> list[str]:
+        """Drop least-recently-used entries until ``volume() <= target``; return paths freed.
+
+        Entries a response is serving are skipped. diskcache's own ``cull()`` deletes ten rows
+        per step whatever their size, far too coarse for multi-GiB layers, so we read its
+        LRU order (the same query its cull uses) and delete exactly enough.
+        """
+        excess = self._cache.volume() - target
+        if excess <= 0:
+            return []
+        victims: list[str] = []
+        rows = self._cache._sql(_LRU_ORDER)  # noqa: SLF001 - diskcache exposes no ordered scan
+        for key, filename, size in rows:
+            if excess <= 0:
+                break
+            if filename and not self._is_pinned(filename):
+                victims.append(key)
+                excess -= size or 0
+        rows.close()
+        for key in victims:
+            self._cache.delete(key)
+        return self._unlink_released()
+
+    def release_unpinned(self) -> list[str]:
+        """Delete deferred files whose last response has finished."""
+        return self._unlink_released()
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def key_for(relpath: str) -> str | None:
+    """``blobs/sha256/ab/abcd…`` → ``blob:sha256:abcd…`` (the inverse of ``relpath_for``)."""
+    parts = Path(relpath).parts
+    if len(parts) != 4 or parts[0] not in _DIRS:
+        return None
+    return f"{_DIRS[parts[0]]}:{parts[1]}:{parts[3]}"
+
+
+def relpath_for(kind: str, algorithm: str, hex_: str) -> str:
+    return f"{_KINDS[kind]}/{algorithm}/{hex_[:2]}/{hex_}"
+
+
+_LRU_ORDER = diskcache.core.EVICTION_POLICY["least-recently-used"]["cull"].format(
+    fields="key, filename, size").replace(" LIMIT ?", "")
+_KINDS = {"blob": "blobs", "manifest": "manifests"}
+_DIRS = {v: k for k, v in _KINDS.items()}

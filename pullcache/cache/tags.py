@@ -1,0 +1,66 @@
+"""Tag records: which manifest digest a tag named, for which kind of client, and when.
+
+A tag belongs to its upstream and repository. Upstreams answer a tag differently by the
+client's ``Accept`` (a multi-arch tag is an index for a client that takes indexes and a
+platform manifest for one that does not), so a record is kept per *accept class*: the set
+of manifest media types the client takes (distribution-spec content-negotiation; PROTOCOL
+§2.4: never key on the raw Accept string).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import diskcache
+
+from ..oci import MANIFEST_TYPES, DOCKER_V1, DOCKER_V1_SIGNED, accepts
+
+_KNOWN = MANIFEST_TYPES + (DOCKER_V1_SIGNED, DOCKER_V1)
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    digest: str
+    media_type: str
+    checked_at: float  # wall clock: records survive restarts
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.checked_at
+
+
+def accept_class(accept: tuple[str, ...]) -> str:
+    """The manifest media types an Accept list admits, as a stable key."""
+    return ",".join(sorted(t for t in _KNOWN if accepts(accept, t))) or "none"
+
+
+class TagStore:
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._cache: diskcache.Cache | None = None
+
+    async def open(self) -> None:
+        def _open() -> diskcache.Cache:
+            return diskcache.Cache(str(self._root / "tags"),
+                                   eviction_policy="least-recently-used",
+                                   size_limit=256 * 1024 * 1024)
+        self._cache = await asyncio.to_thread(_open)
+
+    async def close(self) -> None:
+        if self._cache is not None:
+            await asyncio.to_thread(self._cache.close)
+
+    async def get(self, upstream: str, repo: str, tag: str, aclass: str) -> TagRecord | None:
+        raw = await asyncio.to_thread(self._cache.get, _key(upstream, repo, tag, aclass))
+        return TagRecord(**raw) if raw else None
+
+    async def put(self, upstream: str, repo: str, tag: str, aclass: str,
+                  record: TagRecord) -> None:
+        await asyncio.to_thread(self._cache.set, _key(upstream, repo, tag, aclass),
+                                asdict(record))
+
+
+def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:
+    return f"{upstream}/{repo}:{tag}#{aclass}"

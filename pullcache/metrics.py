@@ -1,0 +1,93 @@
+"""Prometheus collectors, one registry per app (no process globals)."""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_RATELIMIT = re.compile(r"^\s*(\d+)")
+
+
+class Metrics:
+    """Every collector; also the upstream client's observer (``UpstreamObserver``)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("pullcache_requests", "Pull requests by kind and outcome",
+                                ["kind", "outcome"], registry=r)
+        self.http_responses = Counter("pullcache_http_responses",
+                                      "HTTP responses by method and status",
+                                      ["method", "status"], registry=r)
+        self.bytes_served = Counter("pullcache_served_bytes",
+                                    "Blob bytes sent to clients, by source",
+                                    ["source"], registry=r)
+        self.bytes_fetched = Counter("pullcache_upstream_fetched_bytes",
+                                     "Blob bytes fetched from upstreams",
+                                     ["upstream"], registry=r)
+        self.fills_in_flight = Gauge("pullcache_fills_in_flight", "Fills in progress",
+                                     registry=r)
+        self.fills = Counter("pullcache_fills", "Fills ended, by result", ["result"],
+                             registry=r)
+        self.coalesced = Counter("pullcache_coalesced_requests",
+                                 "Requests that joined a fetch already in flight", ["kind"],
+                                 registry=r)
+        self.evictions = Counter("pullcache_evicted_files", "Files evicted", registry=r)
+        self.evicted_bytes = Counter("pullcache_evicted_bytes", "Bytes evicted", registry=r)
+        self.cache_bytes = Gauge("pullcache_cache_bytes", "Bytes used by the cache", registry=r)
+        self.cache_budget = Gauge("pullcache_cache_budget_bytes", "cache.max_size", registry=r)
+        self.digest_mismatches = Counter("pullcache_digest_mismatches",
+                                         "Upstream content that failed verification",
+                                         registry=r)
+        self.upstream_latency = Histogram(
+            "pullcache_upstream_request_seconds", "Time to upstream response headers",
+            ["upstream", "method", "status"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.ratelimit_remaining = Gauge("pullcache_upstream_ratelimit_remaining",
+                                         "Upstream-reported pulls remaining (Docker Hub)",
+                                         ["upstream"], registry=r)
+        self.ratelimit_limit = Gauge("pullcache_upstream_ratelimit_limit",
+                                     "Upstream-reported pull limit (Docker Hub)",
+                                     ["upstream"], registry=r)
+        self.token_refreshes = Counter("pullcache_token_refreshes",
+                                       "Bearer tokens fetched", ["upstream"], registry=r)
+        self._last_remaining: dict[str, float] = {}
+
+    # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------
+
+    def requested(self, upstream: str, method: str, status: str, seconds: float) -> None:
+        self.upstream_latency.labels(upstream, method, status).observe(seconds)
+
+    def fetched(self, upstream: str, nbytes: int) -> None:
+        self.bytes_fetched.labels(upstream).inc(nbytes)
+
+    def rate_limit(self, upstream: str, headers: Mapping[str, str]) -> float | None:
+        """Record Docker Hub's ``ratelimit-*`` headers; returns remaining when it changed."""
+        remaining = _ratelimit_value(headers.get("ratelimit-remaining"))
+        limit = _ratelimit_value(headers.get("ratelimit-limit"))
+        if limit is not None:
+            self.ratelimit_limit.labels(upstream).set(limit)
+        if remaining is None:
+            return None
+        self.ratelimit_remaining.labels(upstream).set(remaining)
+        changed = self._last_remaining.get(upstream) != remaining
+        self._last_remaining[upstream] = remaining
+        return remaining if changed else None
+
+    def token_refreshed(self, upstream: str) -> None:
+        self.token_refreshes.labels(upstream).inc()
+
+    def fill_event(self, event: str, **_: object) -> None:
+        if event in ("committed", "failed"):
+            self.fills.labels(event).inc()
+        if event == "digest_mismatch":
+            self.digest_mismatches.inc()
+
+
+def _ratelimit_value(value: str | None) -> float | None:
+    """``100;w=21600`` → 100."""
+    if not value:
+        return None
+    m = _RATELIMIT.match(value)
+    return float(m.group(1)) if m else None

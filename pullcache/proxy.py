@@ -1,0 +1,221 @@
+"""The pull-through policy, in one place (DESIGN.md §1).
+
+manifests: by digest → cache, else upstream GET by digest, verified; never revalidated.
+           by tag → fresh record? serve : HEAD upstream (HEADs are free on Docker Hub) →
+           digest cached? serve : GET by digest; upstream down / 429 → serve stale with
+           ``Warning: 299``.
+blobs:     cache → one fill per digest from the upstream, tailed by every requester.
+
+This module decides; ``cache/`` stores, ``upstream/`` talks. It knows nothing of aiohttp.web.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import structlog
+
+from . import errors
+from .cache.fill import Fill, Fills
+from .cache.index import Entry
+from .cache.store import BlobStore
+from .cache.tags import TagRecord, TagStore, accept_class
+from .metrics import Metrics
+from .oci import DEFAULT_ACCEPT, Digest, manifest_media_type, parse_reference
+from .routing import Route
+from .singleflight import SingleFlight
+from .upstream.client import Passthrough, RegistryClient
+
+log = structlog.get_logger("pullcache.proxy")
+STALE_WARNING = '299 - "pullcache: upstream unavailable; served from cache"'
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    client: RegistryClient
+    tag_ttl: float
+    serve_stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestAnswer:
+    body: bytes
+    media_type: str
+    digest: Digest
+    cache: str                 # hit | miss | joined | stale | revalidated
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobAnswer:
+    """A committed file (``entry``) or a fill in progress (``fill``), never both."""
+    digest: Digest
+    size: int | None
+    cache: str                 # hit | miss | joined
+    entry: Entry | None = None
+    fill: Fill | None = None
+
+
+class Proxy:
+    def __init__(self, store: BlobStore, fills: Fills, tags: TagStore,
+                 upstreams: Mapping[str, Upstream], metrics: Metrics) -> None:
+        self.store = store
+        self.fills = fills
+        self.tags = tags
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self._manifest_flights: SingleFlight[ManifestAnswer] = SingleFlight()
+
+    # -- manifests ------------------------------------------------------------------------------
+
+    async def manifest(self, route: Route, reference: str,
+                       accept: tuple[str, ...]) -> ManifestAnswer:
+        ref = parse_reference(reference)
+        upstream = self.upstreams[route.upstream]
+        if isinstance(ref, Digest):
+            answer = await self._manifest_by_digest(upstream, route.repo, ref, accept)
+        else:
+            answer = await self._manifest_by_tag(upstream, route, ref, accept)
+        self.metrics.requests.labels("manifest", answer.cache).inc()
+        return answer
+
+    async def _manifest_by_digest(self, upstream: Upstream, repo: str, digest: Digest,
+                                  accept: tuple[str, ...]) -> ManifestAnswer:
+        cached = await self._cached_manifest(digest)
+        if cached is not None:
+            return cached
+
+        async def fetch() -> ManifestAnswer:
+            # Content is fixed by the digest, so ask for every type we know besides the
+            # client's: a registry refuses a manifest whose type is not in Accept.
+            wanted = tuple(dict.fromkeys(accept + DEFAULT_ACCEPT))
+            got = await upstream.client.get_manifest(repo, str(digest), wanted)
+            return await self._store_manifest(got.body, got.content_type, got.digest, digest)
+        answer, joined = await self._manifest_flights.do(("digest", str(digest)), fetch)
+        return _as(answer, "joined") if joined else answer
+
+    async def _manifest_by_tag(self, upstream: Upstream, route: Route, tag: str,
+                               accept: tuple[str, ...]) -> ManifestAnswer:
+        aclass = accept_class(accept)
+        record = await self.tags.get(route.upstream, route.repo, tag, aclass)
+        if record is not None and record.age() < upstream.tag_ttl:
+            cached = await self._cached_manifest(Digest.parse(record.digest))
+            if cached is not None:
+                return cached
+
+        async def resolve() -> ManifestAnswer:
+            try:
+                return await self._resolve_tag(upstream, route, tag, accept, aclass, record)
+            except errors.UPSTREAM_FAILURES as exc:
+                stale = await self._stale(upstream, record)
+                if stale is None:
+                    raise
+                log.warning("served_stale", upstream=route.upstream, repo=route.repo,
+                            tag=tag, error=str(exc), age=round(record.age(), 1))
+                return stale
+        key = ("tag", route.upstream, route.repo, tag, aclass)
+        answer, joined = await self._manifest_flights.do(key, resolve)
+        return _as(answer, "joined") if joined and answer.cache != "stale" else answer
+
+    async def _resolve_tag(self, upstream: Upstream, route: Route, tag: str,
+                           accept: tuple[str, ...], aclass: str,
+                           record: TagRecord | None) -> ManifestAnswer:
+        client = upstream.client
+        head = await client.head_manifest(route.repo, tag, accept)
+        digest = _parse_digest(head.digest)
+        if digest is not None:
+            cached = await self._cached_manifest(digest)
+            if cached is not None:
+                outcome = "revalidated"
+            else:
+                got = await client.get_manifest(route.repo, str(digest), accept)
+                cached = await self._store_manifest(got.body, got.content_type, got.digest,
+                                                    digest)
+                outcome = "miss"
+        else:
+            # No Docker-Content-Digest on HEAD: GET by tag and hash what we got.
+            got = await client.get_manifest(route.repo, tag, accept)
+            cached = await self._store_manifest(got.body, got.content_type, got.digest, None)
+            outcome = "miss"
+        await self.tags.put(route.upstream, route.repo, tag, aclass,
+                            TagRecord(str(cached.digest), cached.media_type, time.time()))
+        return _as(cached, outcome)
+
+    async def _stale(self, upstream: Upstream, record: TagRecord | None) -> ManifestAnswer | None:
+        if record is None or not upstream.serve_stale:
+            return None
+        cached = await self._cached_manifest(Digest.parse(record.digest))
+        if cached is None:
+            return None
+        return ManifestAnswer(cached.body, cached.media_type, cached.digest, "stale",
+                              STALE_WARNING)
+
+    async def _cached_manifest(self, digest: Digest) -> ManifestAnswer | None:
+        entry = await self.store.stat("manifest", digest)
+        if entry is None:
+            return None
+        try:
+            body = await self.store.read_bytes(entry)
+        except FileNotFoundError:
+            return None  # evicted between stat and read: a miss
+        return ManifestAnswer(body, entry.media_type or "", digest, "hit")
+
+    async def _store_manifest(self, body: bytes, content_type: str | None,
+                              header_digest: str | None,
+                              expected: Digest | None) -> ManifestAnswer:
+        """Verify upstream's manifest bytes and commit them under their digest."""
+        digest = expected or _parse_digest(header_digest) or Digest.of(body)
+        if not digest.matches(body):
+            log.warning("digest_mismatch", digest=str(digest), kind="manifest",
+                        got=str(Digest.of(body, digest.algorithm)))
+            self.metrics.digest_mismatches.inc()
+            raise errors.DigestMismatch(str(digest))
+        media_type = manifest_media_type(body, content_type)
+        await self.store.put_bytes("manifest", digest, body, media_type)
+        return ManifestAnswer(body, media_type, digest, "miss")
+
+    # -- blobs ------------------------------------------------------------------------------------
+
+    async def blob(self, route: Route, digest: Digest) -> BlobAnswer:
+        """A committed blob, or the fill that is (now) fetching it."""
+        entry = await self.store.stat("blob", digest)
+        if entry is not None:
+            answer = BlobAnswer(digest, entry.size, "hit", entry=entry)
+        else:
+            client = self.upstreams[route.upstream].client
+            fill, joined = self.fills.get_or_start(
+                "blob", digest, lambda: client.open_blob(route.repo, digest))
+            size = await fill.started()  # raises the upstream's error before any byte is sent
+            answer = BlobAnswer(digest, size, "joined" if joined else "miss", fill=fill)
+        self.metrics.requests.labels("blob", answer.cache).inc()
+        return answer
+
+    async def blob_size(self, route: Route, digest: Digest) -> tuple[int | None, str]:
+        """For HEAD: the blob's size and where it came from, without starting a fill."""
+        entry = await self.store.stat("blob", digest)
+        if entry is not None:
+            return entry.size, "hit"
+        client = self.upstreams[route.upstream].client
+        return await client.head_blob(route.repo, digest), "miss"
+
+    # -- pass-through -----------------------------------------------------------------------------
+
+    async def passthrough(self, route: Route, tail: str,
+                          query: Mapping[str, str]) -> Passthrough:
+        """tags/list and referrers: answered by the upstream as it is now."""
+        return await self.upstreams[route.upstream].client.passthrough(route.repo, tail, query)
+
+
+def _as(answer: ManifestAnswer, cache: str) -> ManifestAnswer:
+    return ManifestAnswer(answer.body, answer.media_type, answer.digest, cache, answer.warning)
+
+
+def _parse_digest(text: str | None) -> Digest | None:
+    if not text:
+        return None
+    try:
+        return Digest.parse(text)
+    except errors.DigestInvalid:
+        return None

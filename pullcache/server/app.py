@@ -1,0 +1,106 @@
+"""The composition root: every object is built here, and every lifetime is owned here.
+
+How a request flows through what this module builds:
+
+1. ``middleware.access_log`` tags the request and writes its one access line;
+   ``middleware.oci_errors`` turns any domain error into the OCI error envelope.
+2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository.
+3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
+   else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
+4. ``routes`` writes the answer: sendfile for committed blobs, a tail of the fill otherwise.
+
+Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the HTTP client session, the
+cache (store, tag records, fills), and the housekeeping task. Each background task ends
+when its context is torn down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from ..cache.fill import Fills
+from ..cache.store import BlobStore, Budget
+from ..cache.tags import TagStore
+from ..config import Config
+from ..metrics import Metrics
+from ..proxy import Proxy, Upstream
+from ..routing import UpstreamTable
+from ..upstream.client import RegistryClient, UpstreamSettings
+from . import routes
+from .keys import ACCESS_LOG, METRICS, PROXY, ROUTES, STORE, UPSTREAMS
+from .middleware import access_log, oci_errors
+
+log = structlog.get_logger("pullcache.app")
+HOUSEKEEPING_INTERVAL = 30.0
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[access_log, oci_errors],
+                          handler_args={"max_field_size": 16 * 1024})
+    app[ACCESS_LOG] = config.server.access_log
+    metrics = Metrics()
+    app[METRICS] = metrics
+    app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),
+                                config.default_upstream.host)
+    store = BlobStore(config.cache.dir, Budget(config.cache.max_size,
+                                               config.cache.high_watermark,
+                                               config.cache.low_watermark),
+                      on_evict=lambda n, nbytes: (metrics.evictions.inc(n),
+                                                  metrics.evicted_bytes.inc(nbytes)))
+    app[STORE] = store
+    metrics.cache_budget.set(config.cache.max_size)
+
+    async def http_session(app: web.Application) -> AsyncIterator[None]:
+        # One session for every upstream; per-request timeouts are set by each client.
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                         trust_env=False) as session:
+            upstreams = {
+                u.host: Upstream(RegistryClient(UpstreamSettings.from_config(u), session,
+                                                observer=metrics),
+                                 u.tag_ttl, u.serve_stale)
+                for u in config.upstreams}
+            app[UPSTREAMS] = upstreams
+            yield
+
+    async def cache(app: web.Application) -> AsyncIterator[None]:
+        await store.open(reconcile=config.cache.reconcile_on_start)
+        tags = TagStore(config.cache.dir)
+        await tags.open()
+        fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event)
+        app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics)
+        metrics.fills_in_flight.set_function(lambda: len(fills))
+        try:
+            yield
+        finally:
+            await fills.close()
+            await tags.close()
+            await store.close()
+
+    async def housekeeping(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_housekeep(store), name="housekeeping")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.extend([http_session, cache, housekeeping])
+    routes.setup(app)
+    return app
+
+
+async def _housekeep(store: BlobStore) -> None:
+    """Periodically: unlink evicted files whose readers are done; keep within budget."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+        try:
+            await store.release()
+            await store.make_room()
+        except Exception:  # noqa: BLE001 - the task's supervisor: log and carry on
+            log.exception("housekeeping_failed")

@@ -1,0 +1,20 @@
+"""``web.AppKey``s for the objects the composition root puts on the app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ..cache.store import BlobStore
+    from ..metrics import Metrics
+    from ..proxy import Proxy, Upstream
+    from ..routing import UpstreamTable
+
+PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
+STORE: web.AppKey["BlobStore"] = web.AppKey("store")
+METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
+UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
+ACCESS_LOG: web.AppKey[bool] = web.AppKey("access_log")

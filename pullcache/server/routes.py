@@ -1,0 +1,230 @@
+"""HTTP ↔ proxy: parse the request, call the proxy, write the headers clients need.
+
+No caching decisions here. Header rules (distribution-spec, PROTOCOL §2.3):
+``Docker-Content-Digest`` on every manifest and blob answer; manifest ``Content-Type``
+exactly as upstream sent it; HEAD answers carry ``Content-Length`` and no body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..cache.fill import FillFailed
+from ..errors import NotFound, RangeInvalid, Unsupported
+from ..oci import Digest, parse_accept
+from ..proxy import BlobAnswer
+from ..routing import Target, resolve
+from .keys import METRICS, PROXY, ROUTES, STORE
+from .middleware import API_VERSION
+
+log = structlog.get_logger("pullcache.routes")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+BLOB_TYPE = "application/octet-stream"
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    for base in ("/v2", "/{prefix}/v2"):
+        r.add_route("*", base, ping)
+        r.add_route("*", base + "/", ping)
+        r.add_route("*", base + "/{tail:.+}", pull)
+
+
+async def ping(request: web.Request) -> web.Response:
+    """``GET /v2/``: the API version check (distribution-spec end-1)."""
+    _pull_method(request)
+    return web.json_response({}, headers=API_VERSION)
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    _pull_method(request)
+    target = resolve(request.app[ROUTES], request.match_info["tail"],
+                     prefix=request.match_info.get("prefix"),
+                     ns=request.query.get("ns"))
+    request["upstream"] = target.route.upstream
+    handler = {"manifests": manifest, "blobs": blob, "tags": passthrough,
+               "referrers": passthrough}[target.kind]
+    resp = await handler(request, target)
+    if target.route.namespace:
+        resp.headers["OCI-Namespace"] = target.route.namespace
+    return resp
+
+
+def _pull_method(request: web.Request) -> None:
+    if request.method not in ("GET", "HEAD"):
+        # A pull-through cache accepts no pushes or deletes (distribution-spec code-13).
+        raise Unsupported(f"{request.method} is not supported by a pull-through cache")
+
+
+# -- manifests ---------------------------------------------------------------------------------
+
+async def manifest(request: web.Request, target: Target) -> web.Response:
+    accept = parse_accept(request.headers.getall("Accept", []))
+    answer = await request.app[PROXY].manifest(target.route, target.reference, accept)
+    request["cache"] = answer.cache
+    headers = {**API_VERSION, "Docker-Content-Digest": str(answer.digest),
+               "Content-Type": answer.media_type, "Content-Length": str(len(answer.body)),
+               "ETag": f'"{answer.digest}"'}
+    if answer.warning:
+        headers["Warning"] = answer.warning
+    # aiohttp sends no body for HEAD but keeps our Content-Length.
+    return web.Response(body=answer.body, headers=headers)
+
+
+# -- blobs ---------------------------------------------------------------------------------------
+
+async def blob(request: web.Request, target: Target) -> web.StreamResponse:
+    digest = Digest.parse(target.reference)
+    proxy = request.app[PROXY]
+    headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Content-Type": BLOB_TYPE,
+               "Accept-Ranges": "bytes", "ETag": f'"{digest}"'}
+    if request.method == "HEAD":
+        size, cache = await proxy.blob_size(target.route, digest)
+        request["cache"] = cache
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return web.Response(headers=headers)
+    answer = await proxy.blob(target.route, digest)
+    request["cache"] = answer.cache
+    if answer.entry is not None:
+        return await _send_file(request, answer, headers)
+    return await _send_fill(request, answer, headers)
+
+
+async def _send_file(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
+    """A committed blob: sendfile, with Range → 206 handled by FileResponse (RFC 9110 §14)."""
+    store = request.app[STORE]
+    return _PinnedFile(store.path(answer.entry), store.pin(answer.entry),
+                       request.app[METRICS].bytes_served.labels("cache"), headers=headers)
+
+
+class _PinnedFile(web.FileResponse):
+    """A FileResponse that keeps its blob pinned (safe from eviction) until it is sent.
+
+    aiohttp prepares a returned response itself, after the handler; the pin spans that.
+    """
+
+    def __init__(self, path, pin: contextlib.AbstractContextManager, served, **kwargs) -> None:
+        super().__init__(path, **kwargs)
+        self._pin = pin
+        self._served = served
+        pin.__enter__()
+
+    async def prepare(self, request):
+        try:
+            return await super().prepare(request)
+        finally:
+            if self._pin is not None:
+                self._pin.__exit__(None, None, None)
+                self._pin = None
+                self._served.inc(self.content_length or 0)
+
+
+async def _send_fill(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
+    """A blob still arriving: tail the fill, cut the connection if it fails."""
+    start, end = 0, answer.size
+    status = 200
+    wanted = parse_range(request.headers.get("Range"), answer.size)
+    if wanted is not None:
+        start, end = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{answer.size}"
+    resp = web.StreamResponse(status=status, headers=headers)
+    if end is not None:
+        resp.content_length = end - start
+    await resp.prepare(request)
+    served = 0
+    try:
+        async with contextlib.aclosing(answer.fill.read(start, end)) as chunks:
+            async for chunk in chunks:
+                await resp.write(chunk)
+                served += len(chunk)
+    except FillFailed as exc:
+        # Headers are gone; the only honest signal left is a broken transfer.
+        log.warning("response_aborted", digest=str(answer.digest), sent=served, error=str(exc))
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("fill failed") from exc
+    finally:
+        request.app[METRICS].bytes_served.labels("fill").inc(served)
+    await resp.write_eof()
+    return resp
+
+
+def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
+    """One ``bytes=`` range → ``(start, end_exclusive)``; None to send the whole blob.
+
+    Multiple ranges are answered with the whole blob, which RFC 9110 §14.2 allows.
+    """
+    if not header or size is None:
+        return None
+    m = _RANGE.fullmatch(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first:                       # suffix range: the last N bytes
+        start, end = max(size - int(last), 0), size
+    else:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+        if last and int(last) < start:
+            return None
+    if start >= size:
+        raise RangeInvalid(header, headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+# -- tags/list and referrers -------------------------------------------------------------------
+
+async def passthrough(request: web.Request, target: Target) -> web.Response:
+    tail = "tags/list" if target.kind == "tags" else f"referrers/{Digest.parse(target.reference)}"
+    query = {k: v for k, v in request.query.items() if k in ("n", "last", "artifactType")}
+    answer = await request.app[PROXY].passthrough(target.route, tail, query)
+    request["cache"] = "pass"
+    headers = {**API_VERSION, **answer.headers}
+    if "Link" in headers:
+        headers["Link"] = _rewrite_link(headers["Link"], request.path)
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+
+def _rewrite_link(link: str, path: str) -> str:
+    """Point upstream's pagination link (``</v2/<repo>/tags/list?last=…>``) back at us:
+    the client's path may carry a routing prefix or an un-normalised name."""
+    m = re.match(r"\s*<([^>]*)>(.*)", link)
+    if not m:
+        return link
+    query = urlsplit(m.group(1)).query
+    return f"<{path}{'?' + query if query else ''}>{m.group(2)}"
+
+
+# -- operations ----------------------------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = await request.app[STORE].readiness()
+    return web.json_response({"status": "ok" if not problems else "unready",
+                              "problems": problems}, status=503 if problems else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    usage = await request.app[STORE].usage()
+    m.cache_bytes.set(usage["bytes"])
+    m.cache_budget.set(usage["max_size"])
+    body = generate_latest(m.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+__all__ = ["setup", "parse_range", "NotFound"]

@@ -1,0 +1,192 @@
+"""Upstream authentication: challenges, credentials and the bearer-token cache.
+
+Docker token auth (distribution docs/spec/auth/token.md): a 401 carries
+``WWW-Authenticate: Bearer realm="…",service="…",scope="…"`` (RFC 6750 §3); the client
+fetches a token from the realm for that scope and retries. Basic challenges (RFC 7617) are
+answered with the configured credentials directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+import time
+from datetime import datetime
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import structlog
+
+from ..singleflight import SingleFlight
+
+log = structlog.get_logger("pullcache.auth")
+DEFAULT_EXPIRES_IN = 60.0   # token.md: "defaults to 60 seconds" when expires_in is absent
+REFRESH_AT = 0.8            # refresh a token once 80 % of its lifetime has passed
+
+_SCHEME = re.compile(r"\s*,?\s*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)")
+_PARAM = re.compile(r'\s*([a-zA-Z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str                      # "bearer" or "basic", lower-cased
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Parse a ``WWW-Authenticate`` value that may hold several challenges (RFC 9110 §11.6.1)."""
+    challenges: list[Challenge] = []
+    pos = 0
+    while pos < len(header):
+        m = _SCHEME.match(header, pos)
+        if not m:
+            break
+        scheme, pos = m.group(1).lower(), m.end()
+        params: dict[str, str] = {}
+        while pos < len(header):
+            pm = _PARAM.match(header, pos)
+            if not pm:
+                break
+            value = pm.group(2) if pm.group(2) is not None else pm.group(3)
+            params[pm.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
+            pos = pm.end()
+        challenges.append(Challenge(scheme, params))
+    return challenges
+
+
+def basic_header(username: str, password: str) -> str:
+    raw = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def realm_trusted(upstream_url: str, realm: str) -> bool:
+    """Whether configured credentials may be sent to this token realm.
+
+    Same host always; otherwise only a host of the upstream's registrable domain (as
+    Distribution's realm binding does since its 2026 security fix: credentials must not go
+    to a realm an upstream names on a foreign domain). IPs and single-label hosts must match
+    exactly. Our domain check takes the last two labels; a public-suffix list would be more
+    precise for hosts under multi-label suffixes like ``co.uk``.
+    """
+    up = (urlsplit(upstream_url).hostname or "").lower()
+    rh = (urlsplit(realm).hostname or "").lower()
+    if not up or not rh:
+        return False
+    if up == rh:
+        return True
+    if _is_ip(up) or _is_ip(rh) or "." not in up:
+        return False
+    domain = ".".join(up.split(".")[-2:])
+    return rh == domain or rh.endswith("." + domain)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    value: str
+    expires_at: float   # monotonic
+    refresh_at: float   # monotonic
+
+
+TokenFetcher = Callable[[Challenge, str], Awaitable[tuple[str, float, float | None]]]
+"""(challenge, scope) → (token, expires_in, issued_at_epoch or None)."""
+
+
+class TokenCache:
+    """Bearer tokens per (realm, service, scope); one fetch at a time per key."""
+
+    def __init__(self, fetch: TokenFetcher, *, clock: Callable[[], float] = time.monotonic,
+                 on_refresh: Callable[[], None] | None = None) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._tokens: dict[tuple[str, str, str], Token] = {}
+        self._flights: SingleFlight[Token] = SingleFlight()
+        self._on_refresh = on_refresh or (lambda: None)
+
+    def cached(self, challenge: Challenge, scope: str) -> str | None:
+        token = self._tokens.get(_token_key(challenge, scope))
+        if token is not None and self._clock() < token.refresh_at:
+            return token.value
+        return None
+
+    async def get(self, challenge: Challenge, scope: str, *, force: bool = False) -> str:
+        key = _token_key(challenge, scope)
+        if not force and (value := self.cached(challenge, scope)) is not None:
+            return value
+        token, _ = await self._flights.do(key, lambda: self._refresh(key, challenge, scope))
+        return token.value
+
+    def invalidate(self, challenge: Challenge, scope: str) -> None:
+        self._tokens.pop(_token_key(challenge, scope), None)
+
+    async def _refresh(self, key, challenge: Challenge, scope: str) -> Token:
+        value, expires_in, issued_at = await self._fetch(challenge, scope)
+        now = self._clock()
+        if issued_at is not None:
+            # token.md: expiry counts from issued_at. Clock skew must not make a token look
+            # older than it is at arrival, nor younger.
+            age = min(max(time.time() - issued_at, 0.0), expires_in)
+            lifetime = expires_in - age
+        else:
+            lifetime = expires_in
+        token = Token(value, now + lifetime, now + lifetime * REFRESH_AT)
+        self._tokens[key] = token
+        log.info("token_refreshed", realm=challenge.realm, scope=scope,
+                 expires_in=round(lifetime, 1))
+        self._on_refresh()
+        return token
+
+
+def _token_key(challenge: Challenge, scope: str) -> tuple[str, str, str]:
+    return (challenge.realm or "", challenge.params.get("service", ""), scope)
+
+
+def scope_for(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def parse_token_response(body: dict) -> tuple[str, float, float | None]:
+    """``{"token"|"access_token", "expires_in"?, "issued_at"?}`` → (token, ttl, issued)."""
+    token = body.get("token") or body.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise ValueError("token response has no token")
+    expires_in = body.get("expires_in")
+    try:
+        ttl = float(expires_in) if expires_in is not None else DEFAULT_EXPIRES_IN
+    except (TypeError, ValueError):
+        ttl = DEFAULT_EXPIRES_IN
+    if ttl <= 0:
+        ttl = DEFAULT_EXPIRES_IN
+    issued = None
+    if isinstance(body.get("issued_at"), str):
+        issued = _parse_rfc3339(body["issued_at"])
+    return token, ttl, issued
+
+
+def _parse_rfc3339(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+
+
+__all__ = ["Challenge", "TokenCache", "basic_header", "parse_challenges", "realm_trusted",
+           "scope_for", "parse_token_response", "host_of"]

@@ -1,0 +1,373 @@
+"""One upstream registry: requests with auth, redirects, timeouts, and typed errors.
+
+``RegistryClient`` turns every aiohttp exception and upstream status into a domain error
+from ``errors.py``; nothing above it sees aiohttp's client types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Mapping
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import structlog
+
+from .. import errors
+from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, Digest
+from .auth import (Challenge, TokenCache, basic_header, parse_challenges,
+                   parse_token_response, realm_trusted, scope_for)
+from .breaker import Breaker
+
+log = structlog.get_logger("pullcache.upstream")
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_ERROR_BODY = 64 * 1024
+USER_AGENT = "pullcache/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """What a client needs of its ``[[upstream]]`` config section."""
+    name: str
+    url: str
+    username: str | None = None
+    password: str | None = None
+    connect_timeout: float = 5.0
+    header_timeout: float = 15.0
+    read_timeout: float = 30.0
+    max_redirects: int = 5
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "UpstreamSettings":
+        return cls(cfg.host, cfg.url, cfg.username, cfg.password, cfg.connect_timeout,
+                   cfg.header_timeout, cfg.read_timeout, cfg.max_redirects,
+                   cfg.breaker_failures, cfg.breaker_cooldown)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestHead:
+    digest: str | None
+    media_type: str | None
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    body: bytes
+    content_type: str | None
+    digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class BlobStream:
+    """An open upstream blob body; a ``Source`` for a fill."""
+
+    def __init__(self, response: aiohttp.ClientResponse, on_bytes: Callable[[int], None]):
+        self._response = response
+        self._on_bytes = on_bytes
+        self.size = response.content_length
+        self.origin = urlsplit(str(response.url)).netloc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(1 << 20):
+                self._on_bytes(len(chunk))
+                yield chunk
+        except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout
+            raise errors.UpstreamTimeout("blob body stalled") from exc
+        except aiohttp.ClientError as exc:
+            raise errors.UpstreamError(f"blob body failed: {exc}") from exc
+
+    async def close(self) -> None:
+        self._response.release()
+
+
+class RegistryClient:
+    """Speaks the pull API of one upstream registry, over the app's shared session."""
+
+    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession, *,
+                 observer: "UpstreamObserver | None" = None) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._base = settings.url.rstrip("/")
+        self._session = session
+        self._origin = _origin(self._base)
+        self._observer = observer or UpstreamObserver()
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
+                                              sock_read=settings.read_timeout)
+        self._challenge: Challenge | None = None
+        self._tokens = TokenCache(self._fetch_token,
+                                  on_refresh=lambda: self._observer.token_refreshed(self.name))
+        self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown,
+                               name=settings.name)
+
+    # -- the pull API -------------------------------------------------------------------------
+
+    async def head_manifest(self, repo: str, reference: str,
+                            accept: tuple[str, ...]) -> ManifestHead:
+        resp = await self._send("HEAD", repo, f"manifests/{reference}",
+                                {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown)
+        resp.release()
+        return ManifestHead(resp.headers.get("Docker-Content-Digest"),
+                            resp.headers.get("Content-Type"), resp.content_length)
+
+    async def get_manifest(self, repo: str, reference: str,
+                           accept: tuple[str, ...]) -> Manifest:
+        resp = await self._send("GET", repo, f"manifests/{reference}",
+                                {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown)
+        try:
+            if (resp.content_length or 0) > MAX_MANIFEST_SIZE:
+                raise errors.UpstreamError(f"manifest larger than {MAX_MANIFEST_SIZE} bytes")
+            body = await self._read_limited(resp, MAX_MANIFEST_SIZE)
+        finally:
+            resp.release()
+        return Manifest(body, resp.headers.get("Content-Type"),
+                        resp.headers.get("Docker-Content-Digest"))
+
+    async def head_blob(self, repo: str, digest: Digest) -> int | None:
+        resp = await self._send("HEAD", repo, f"blobs/{digest}", {},
+                                not_found=errors.BlobUnknown)
+        resp.release()
+        return resp.content_length
+
+    async def open_blob(self, repo: str, digest: Digest) -> BlobStream:
+        resp = await self._send("GET", repo, f"blobs/{digest}", {"Accept-Encoding": "identity"},
+                                not_found=errors.BlobUnknown)
+        return BlobStream(resp, lambda n: self._observer.fetched(self.name, n))
+
+    async def passthrough(self, repo: str, tail: str, query: Mapping[str, str]) -> Passthrough:
+        """GET a read-only JSON endpoint (tags/list, referrers) and hand back its answer."""
+        resp = await self._send("GET", repo, tail, {"Accept": "application/json"},
+                                query=query, not_found=errors.NameUnknown)
+        try:
+            body = await self._read_limited(resp, MAX_MANIFEST_SIZE)
+        finally:
+            resp.release()
+        keep = {k: v for k, v in resp.headers.items()
+                if k.lower() in ("content-type", "link", "oci-filters-applied")}
+        return Passthrough(resp.status, body, keep)
+
+    # -- one request: breaker, auth, redirects, status → error --------------------------------
+
+    async def _send(self, method: str, repo: str, tail: str, headers: dict[str, str], *,
+                    not_found: type[errors.PullcacheError],
+                    query: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+        self.breaker.check()
+        url = f"{self._base}/v2/{repo}/{tail}"
+        scope = scope_for(repo)
+        headers = {"User-Agent": USER_AGENT, **headers}
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.header_timeout):
+                resp = await self._authorized(method, url, headers, scope, query)
+        except TimeoutError as exc:
+            self.breaker.failure()
+            self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
+            raise errors.UpstreamTimeout(f"{self.name}: no answer within "
+                                         f"{self.settings.header_timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            self.breaker.failure()
+            self._observer.requested(self.name, method, "error", time.monotonic() - began)
+            raise errors.UpstreamUnavailable(f"{self.name}: {exc.__class__.__name__}") from exc
+        self._observer.requested(self.name, method, str(resp.status), time.monotonic() - began)
+        remaining = self._observer.rate_limit(self.name, resp.headers)
+        if remaining is not None:
+            log.info("ratelimit_changed", upstream=self.name, remaining=remaining,
+                     limit=resp.headers.get("ratelimit-limit"))
+        if resp.status >= 500 or resp.status == 429:
+            self.breaker.failure()
+        else:
+            self.breaker.success()
+        if resp.status < 400:
+            return resp
+        body = b""
+        if method != "HEAD":
+            try:
+                body = await self._read_limited(resp, MAX_ERROR_BODY, truncate=True)
+            except aiohttp.ClientError:
+                body = b""
+        resp.release()
+        raise _error_for(resp.status, resp.headers, body, not_found, self.name)
+
+    async def _authorized(self, method: str, url: str, headers: dict[str, str], scope: str,
+                          query) -> aiohttp.ClientResponse:
+        auth = await self._auth_header(scope)
+        resp = await self._follow(method, url, headers, auth, query)
+        if resp.status != 401 or _origin(str(resp.url)) != self._origin:
+            return resp
+        challenges = parse_challenges(resp.headers.get("WWW-Authenticate", ""))
+        answer = await self._answer(challenges, scope, stale=auth)
+        if answer is None:
+            return resp
+        resp.release()
+        return await self._follow(method, url, headers, answer, query)
+
+    async def _follow(self, method: str, url: str, headers: dict[str, str], auth: str | None,
+                      query) -> aiohttp.ClientResponse:
+        """Send, following redirects ourselves with a fresh header set each hop.
+
+        distribution-spec: clients "MUST NOT forward Authorization headers across host
+        boundaries"; Docker Hub (CDN) and ECR (S3) redirect blobs to presigned URLs.
+        """
+        for _ in range(self.settings.max_redirects + 1):
+            hop_headers = dict(headers)
+            if auth and _origin(url) == self._origin:
+                hop_headers["Authorization"] = auth
+            resp = await self._session.request(method, url, headers=hop_headers, params=query,
+                                               allow_redirects=False, timeout=self._timeout)
+            location = resp.headers.get("Location")
+            if resp.status not in REDIRECTS or not location:
+                return resp
+            resp.release()
+            url, query = urljoin(str(resp.url), location), None
+            if resp.status == 303:
+                method = "GET"
+        raise errors.UpstreamError(f"{self.name}: more than "
+                                   f"{self.settings.max_redirects} redirects")
+
+    async def _auth_header(self, scope: str) -> str | None:
+        """Credentials to send before being asked, once we know the upstream's scheme."""
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return self._basic()
+        return await self._tokens.get(challenge, scope)
+
+    async def _answer(self, challenges: list[Challenge], scope: str,
+                      stale: str | None) -> str | None:
+        for challenge in challenges:
+            if challenge.scheme == "bearer" and challenge.realm:
+                self._challenge = Challenge("bearer", {k: v for k, v in challenge.params.items()
+                                                       if k in ("realm", "service")})
+                # A token we just sent and got a 401 for is stale (revoked, clock skew).
+                return await self._tokens.get(self._challenge, scope, force=stale is not None)
+            if challenge.scheme == "basic" and self.settings.username:
+                self._challenge = Challenge("basic")
+                return None if stale == self._basic() else self._basic()
+        return None
+
+    def _basic(self) -> str | None:
+        s = self.settings
+        return basic_header(s.username, s.password or "") if s.username else None
+
+    async def _fetch_token(self, challenge: Challenge, scope: str):
+        realm = challenge.realm or ""
+        params = {"scope": scope}
+        if challenge.params.get("service"):
+            params["service"] = challenge.params["service"]
+        headers = {"User-Agent": USER_AGENT}
+        s = self.settings
+        if s.username and realm_trusted(self._base, realm):
+            headers["Authorization"] = basic_header(s.username, s.password or "")
+        elif s.username:
+            log.warning("realm_untrusted", upstream=self.name, realm=realm)
+        try:
+            async with asyncio.timeout(s.header_timeout):
+                async with self._session.get(realm, params=params, headers=headers,
+                                             allow_redirects=False,
+                                             timeout=self._timeout) as resp:
+                    body = await self._read_limited(resp, MAX_ERROR_BODY, truncate=True)
+                    status = resp.status
+        except TimeoutError as exc:
+            raise errors.UpstreamTimeout(f"{self.name}: token realm timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise errors.UpstreamUnavailable(f"{self.name}: token realm unreachable") from exc
+        if status in (401, 403):
+            raise errors.Unauthorized(f"{self.name}: token realm refused the credentials")
+        if status != 200:
+            raise errors.UpstreamError(f"{self.name}: token realm answered {status}")
+        try:
+            return parse_token_response(json.loads(body))
+        except ValueError as exc:
+            raise errors.UpstreamError(f"{self.name}: bad token response") from exc
+
+    @staticmethod
+    async def _read_limited(resp: aiohttp.ClientResponse, limit: int,
+                            truncate: bool = False) -> bytes:
+        chunks, total = [], 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            total += len(chunk)
+            if total > limit:
+                if truncate:
+                    break
+                raise errors.UpstreamError(f"response larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class UpstreamObserver:
+    """Hooks the client calls for metrics and logs; the default does nothing."""
+
+    def requested(self, upstream: str, method: str, status: str, seconds: float) -> None: ...
+    def fetched(self, upstream: str, nbytes: int) -> None: ...
+    def rate_limit(self, upstream: str, headers: Mapping[str, str]) -> float | None:
+        """Record ``ratelimit-*`` headers; return the remaining count when it changed."""
+        return None
+
+    def token_refreshed(self, upstream: str) -> None: ...
+
+
+def _accept(accept: tuple[str, ...]) -> str:
+    # Forward what the client takes, so the upstream picks the representation it would have
+    # given the client itself (PROTOCOL §2.4); a client that named nothing gets the modern set.
+    return ", ".join(accept or DEFAULT_ACCEPT)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _error_for(status: int, headers, body: bytes, not_found, upstream: str):
+    detail = _upstream_detail(body) or f"{upstream} answered {status}"
+    if status == 404:
+        code = _upstream_code(body)
+        cls = errors.NameUnknown if code == "NAME_UNKNOWN" else not_found
+        return cls(detail)
+    if status == 401:
+        return errors.Unauthorized(detail)
+    if status == 403:
+        return errors.Denied(detail)
+    if status == 429:
+        return errors.TooManyRequests(detail,
+                                      headers={"Retry-After": headers.get("Retry-After", "60")})
+    if status == 503:
+        return errors.UpstreamUnavailable(detail)
+    if status == 504:
+        return errors.UpstreamTimeout(detail)
+    return errors.UpstreamError(detail)
+
+
+def _upstream_errors(body: bytes) -> list:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return []
+    errs = parsed.get("errors") if isinstance(parsed, dict) else None
+    return [e for e in errs if isinstance(e, dict)] if isinstance(errs, list) else []
+
+
+def _upstream_code(body: bytes) -> str | None:
+    errs = _upstream_errors(body)
+    return errs[0].get("code") if errs else None
+
+
+def _upstream_detail(body: bytes) -> str | None:
+    errs = _upstream_errors(body)
+    if errs:
+        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:512]
+    text = body.decode("utf-8", "replace").strip()
+    return text[:512] or None
