@@ -47,6 +47,10 @@ class DigestInvalid(PullcacheError):
     status, code, message = 400, "DIGEST_INVALID", "provided digest did not match uploaded content"
 
 
+class PaginationInvalid(PullcacheError):
+    status, code, message = 400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested"
+
+
 class RangeInvalid(PullcacheError):
     status, code, message = 416, "RANGE_INVALID", "requested range not satisfiable"
 

@@ -11,9 +11,11 @@ This module decides; ``cache/`` stores, ``upstream/`` talks. It knows nothing of
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Mapping
+from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
@@ -29,6 +31,7 @@ from .singleflight import SingleFlight
 from .upstream.client import Passthrough, RegistryClient
 
 log = structlog.get_logger("pullcache.proxy")
+MAX_TAG_PAGES = 100
 STALE_WARNING = '299 - "pullcache: upstream unavailable; served from cache"'
 
 
@@ -45,6 +48,12 @@ class ManifestAnswer:
     media_type: str
     digest: Digest
     cache: str                 # hit | miss | joined | stale | revalidated
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TagList:
+    tags: list[str]
     warning: str | None = None
 
 
@@ -67,6 +76,7 @@ class Proxy:
         self.upstreams = upstreams
         self.metrics = metrics
         self._manifest_flights: SingleFlight[ManifestAnswer] = SingleFlight()
+        self._list_flights: SingleFlight[list[str]] = SingleFlight()
 
     # -- manifests ------------------------------------------------------------------------------
 
@@ -200,12 +210,55 @@ class Proxy:
         client = self.upstreams[route.upstream].client
         return await client.head_blob(route.repo, digest), "miss"
 
-    # -- pass-through -----------------------------------------------------------------------------
+    # -- tags/list and referrers ------------------------------------------------------------------
 
-    async def passthrough(self, route: Route, tail: str,
-                          query: Mapping[str, str]) -> Passthrough:
-        """tags/list and referrers: answered by the upstream as it is now."""
-        return await self.upstreams[route.upstream].client.passthrough(route.repo, tail, query)
+    async def tag_list(self, route: Route) -> TagList:
+        """Every tag of the repository, in lexical order (distribution-spec end-8a).
+
+        Fetched whole (following upstream's own pagination) so that ``n``/``last`` work the
+        same whatever the upstream supports; Distribution 2.8 ignores them. The last answer
+        is kept, to be served stale when the upstream is down.
+        """
+        upstream = self.upstreams[route.upstream]
+        key = ("tags/list", route.upstream, route.repo)
+        try:
+            tags, _ = await self._list_flights.do(key, lambda: self._fetch_tags(upstream, route))
+        except errors.UPSTREAM_FAILURES:
+            saved = await self.tags.get_list(route.upstream, route.repo)
+            if saved is None or not upstream.serve_stale:
+                raise
+            return TagList(saved, STALE_WARNING)
+        await self.tags.put_list(route.upstream, route.repo, tags)
+        return TagList(tags)
+
+    async def _fetch_tags(self, upstream: Upstream, route: Route) -> list[str]:
+        found: set[str] = set()
+        query: dict[str, str] = {}
+        for _ in range(MAX_TAG_PAGES):
+            page = await upstream.client.passthrough(route.repo, "tags/list", query)
+            try:
+                found.update(t for t in (json.loads(page.body).get("tags") or [])
+                             if isinstance(t, str))
+            except (ValueError, AttributeError) as exc:
+                raise errors.UpstreamError("malformed tags/list answer") from exc
+            query = _next_page(page.headers.get("Link"))
+            if not query:
+                break
+        return sorted(found)
+
+    async def referrers(self, route: Route, digest: Digest,
+                        query: Mapping[str, str]) -> Passthrough:
+        """Referrers (distribution-spec end-12a): answered by the upstream as it is now."""
+        return await self.upstreams[route.upstream].client.passthrough(
+            route.repo, f"referrers/{digest}", query)
+
+
+def _next_page(link: str | None) -> dict[str, str]:
+    """The query of an RFC 8288 ``Link: <…?last=x&n=y>; rel="next"``, or {}."""
+    if not link or 'rel="next"' not in link or "<" not in link:
+        return {}
+    target = link[link.index("<") + 1:link.index(">")]
+    return dict(parse_qsl(urlsplit(target).query))
 
 
 def _as(answer: ManifestAnswer, cache: str) -> ManifestAnswer:

@@ -62,5 +62,12 @@ class TagStore:
                                 asdict(record))
 
 
+    async def get_list(self, upstream: str, repo: str) -> list[str] | None:
+        return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}#tags/list")
+
+    async def put_list(self, upstream: str, repo: str, tags: list[str]) -> None:
+        await asyncio.to_thread(self._cache.set, f"{upstream}/{repo}#tags/list", tags)
+
+
 def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:
     return f"{upstream}/{repo}:{tag}#{aclass}"

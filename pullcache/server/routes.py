@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from urllib.parse import urlsplit
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..cache.fill import FillFailed
-from ..errors import NotFound, RangeInvalid, Unsupported
+from ..errors import PaginationInvalid, RangeInvalid, Unsupported
 from ..oci import Digest, parse_accept
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
@@ -51,8 +51,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
                      prefix=request.match_info.get("prefix"),
                      ns=request.query.get("ns"))
     request["upstream"] = target.route.upstream
-    handler = {"manifests": manifest, "blobs": blob, "tags": passthrough,
-               "referrers": passthrough}[target.kind]
+    handler = {"manifests": manifest, "blobs": blob, "tags": tags,
+               "referrers": referrers}[target.kind]
     resp = await handler(request, target)
     if target.route.namespace:
         resp.headers["OCI-Namespace"] = target.route.namespace
@@ -185,25 +185,43 @@ def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
 
 # -- tags/list and referrers -------------------------------------------------------------------
 
-async def passthrough(request: web.Request, target: Target) -> web.Response:
-    tail = "tags/list" if target.kind == "tags" else f"referrers/{Digest.parse(target.reference)}"
-    query = {k: v for k, v in request.query.items() if k in ("n", "last", "artifactType")}
-    answer = await request.app[PROXY].passthrough(target.route, tail, query)
+async def tags(request: web.Request, target: Target) -> web.Response:
+    """``n``/``last`` pagination with an RFC 8288 ``Link`` (distribution-spec end-8b)."""
+    listing = await request.app[PROXY].tag_list(target.route)
+    request["cache"] = "stale" if listing.warning else "pass"
+    page, more = paginate(listing.tags, request.query.get("n"), request.query.get("last"))
+    headers = dict(API_VERSION)
+    if listing.warning:
+        headers["Warning"] = listing.warning
+    if more:
+        query = urlencode({"n": request.query["n"], "last": page[-1]})
+        headers["Link"] = f'<{request.path}?{query}>; rel="next"'
+    name = request.match_info["tail"].rsplit("/tags/list", 1)[0]
+    return web.json_response({"name": name, "tags": page}, headers=headers)
+
+
+def paginate(tags: list[str], n: str | None, last: str | None) -> tuple[list[str], bool]:
+    """Tags after ``last``, at most ``n`` of them; and whether more follow."""
+    if last:
+        tags = [t for t in tags if t > last]
+    if n is None or n == "":
+        return tags, False
+    try:
+        limit = int(n)
+    except ValueError:
+        raise PaginationInvalid(n) from None
+    if limit < 0:
+        raise PaginationInvalid(n)
+    return tags[:limit], len(tags) > limit
+
+
+async def referrers(request: web.Request, target: Target) -> web.Response:
+    query = {k: v for k, v in request.query.items() if k == "artifactType"}
+    answer = await request.app[PROXY].referrers(target.route, Digest.parse(target.reference),
+                                                query)
     request["cache"] = "pass"
-    headers = {**API_VERSION, **answer.headers}
-    if "Link" in headers:
-        headers["Link"] = _rewrite_link(headers["Link"], request.path)
-    return web.Response(status=answer.status, body=answer.body, headers=headers)
-
-
-def _rewrite_link(link: str, path: str) -> str:
-    """Point upstream's pagination link (``</v2/<repo>/tags/list?last=…>``) back at us:
-    the client's path may carry a routing prefix or an un-normalised name."""
-    m = re.match(r"\s*<([^>]*)>(.*)", link)
-    if not m:
-        return link
-    query = urlsplit(m.group(1)).query
-    return f"<{path}{'?' + query if query else ''}>{m.group(2)}"
+    return web.Response(status=answer.status, body=answer.body,
+                        headers={**API_VERSION, **answer.headers})
 
 
 # -- operations ----------------------------------------------------------------------------------
@@ -227,4 +245,4 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-__all__ = ["setup", "parse_range", "NotFound"]
+__all__ = ["setup", "parse_range", "paginate"]

@@ -243,7 +243,7 @@ class RegistryClient:
             return None
         if challenge.scheme == "basic":
             return self._basic()
-        return await self._tokens.get(challenge, scope)
+        return "Bearer " + await self._tokens.get(challenge, scope)
 
     async def _answer(self, challenges: list[Challenge], scope: str,
                       stale: str | None) -> str | None:
@@ -252,7 +252,8 @@ class RegistryClient:
                 self._challenge = Challenge("bearer", {k: v for k, v in challenge.params.items()
                                                        if k in ("realm", "service")})
                 # A token we just sent and got a 401 for is stale (revoked, clock skew).
-                return await self._tokens.get(self._challenge, scope, force=stale is not None)
+                token = await self._tokens.get(self._challenge, scope, force=stale is not None)
+                return "Bearer " + token
             if challenge.scheme == "basic" and self.settings.username:
                 self._challenge = Challenge("basic")
                 return None if stale == self._basic() else self._basic()

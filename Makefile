@@ -1,0 +1,36 @@
+# pullcache: `make run` starts the daemon, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# What the integration and end-to-end tests drive: a real registry (CNCF Distribution),
+# real clients, nginx as the benchmark's reference, htpasswd for the basic-auth registry.
+TEST_PACKAGES := docker-registry skopeo nginx-light apache2-utils ca-certificates curl
+PYTEST_ARGS ?=
+
+.PHONY: run test venv system-deps bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/pullcache serve $(if $(CONFIG),--config $(CONFIG))
+
+system-deps:
+	scripts/ensure-debian-packages $(TEST_PACKAGES)
+
+test: $(STAMP) system-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench.blob_throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,152 @@
+"""pullcache itself, run as a real subprocess (``python -m pullcache serve``).
+
+A subprocess, not an in-process app: tests can SIGKILL it mid-fill, restart it on the same
+cache dir, and real clients (skopeo, ctr) talk to it exactly as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ports import free_port, wait_http
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class UpstreamSpec:
+    host: str
+    url: str
+    username: str | None = None
+    password: str | None = None
+    default: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Pullcache:
+    workdir: Path
+    upstreams: list[UpstreamSpec]
+    cache: dict = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workdir / "cache"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "pullcache.log"
+
+    def write_config(self) -> Path:
+        self.port = self.port or free_port()
+        lines = ["[server]", f'listen = "127.0.0.1:{self.port}"', "", "[cache]",
+                 f'dir = "{self.cache_dir}"']
+        cache = {"max_size": "4GiB", **self.cache}
+        lines += [f"{k} = {_toml(v)}" for k, v in cache.items()]
+        for up in self.upstreams:
+            lines += ["", "[[upstream]]", f'host = "{up.host}"', f'url = "{up.url}"',
+                      f"default = {_toml(up.default)}"]
+            if up.username:
+                lines += [f'username = "{up.username}"', f'password = "{up.password}"']
+            lines += [f"{k} = {_toml(v)}" for k, v in up.extra.items()]
+        path = self.workdir / "pullcache.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self, timeout: float = 20.0) -> "Pullcache":
+        config = self.write_config()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {k: v for k, v in env.items() if not k.startswith("PULLCACHE_")}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pullcache", "serve", "--config", str(config)],
+            stdout=log, stderr=log, env=env, cwd=ROOT)
+        log.close()
+        try:
+            wait_http(self.url + "/healthz", timeout=timeout, ok_statuses=(200,))
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"pullcache did not start:\n{self.log()}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup runs, exactly like a crash or the OOM killer."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> "Pullcache":
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == name:
+                out.append(record)
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on /metrics (0 when absent)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or " " not in line:
+                continue
+            key, value = line.rsplit(" ", 1)
+            metric, _, rest = key.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+            if metric == name and (not labels or all(p in got.split(",") for p in want.split(","))):
+                total += float(value)
+        return total
+
+    def __enter__(self) -> "Pullcache":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value))
