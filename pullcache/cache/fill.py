@@ -155,25 +155,30 @@ class Fill:
         """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""
         fd = await self._open_for_read()
         self.readers += 1
+        cap = end if end is not None else self.size   # exclusive; None while unknown
         try:
             offset = start
-            while end is None or offset < end:
+            while cap is None or offset < cap:
                 progress = self._progress
-                if offset < self.written:
-                    want = self.written - offset if end is None else min(end, self.written) - offset
-                    chunk = await asyncio.to_thread(os.pread, fd, min(want, READ_CHUNK), offset)
+                done = self.result.done()
+                if done and self.result.exception() is not None:
+                    raise FillFailed(str(self.result.exception()))
+                available = self.written if cap is None else min(self.written, cap)
+                if cap is not None and not done:
+                    # Hold back the final byte until the digest is verified: a client must
+                    # never receive a complete-looking response of unverified content.
+                    available = min(available, cap - 1)
+                if offset < available:
+                    chunk = await asyncio.to_thread(os.pread, fd,
+                                                    min(available - offset, READ_CHUNK), offset)
                     if not chunk:
                         raise FillFailed("temp file shrank")
                     offset += len(chunk)
                     yield chunk
-                    continue
-                if self.result.done():
-                    if self.result.exception() is not None:
-                        raise FillFailed(str(self.result.exception()))
-                    if offset >= self.written:
-                        return
-                    continue
-                await progress.wait()
+                elif done:
+                    return   # size was unknown: the verified end is where the bytes end
+                else:
+                    await progress.wait()
         finally:
             self.readers -= 1
             await asyncio.to_thread(os.close, fd)

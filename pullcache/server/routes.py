@@ -187,32 +187,35 @@ def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
 
 async def tags(request: web.Request, target: Target) -> web.Response:
     """``n``/``last`` pagination with an RFC 8288 ``Link`` (distribution-spec end-8b)."""
+    n = parse_n(request.query.get("n"))   # before asking upstream: bad input costs nothing
     listing = await request.app[PROXY].tag_list(target.route)
     request["cache"] = "stale" if listing.warning else "pass"
-    page, more = paginate(listing.tags, request.query.get("n"), request.query.get("last"))
+    page, more = paginate(listing.tags, n, request.query.get("last"))
     headers = dict(API_VERSION)
     if listing.warning:
         headers["Warning"] = listing.warning
-    if more:
-        query = urlencode({"n": request.query["n"], "last": page[-1]})
+    if more and page:
+        query = urlencode({"n": n, "last": page[-1]})
         headers["Link"] = f'<{request.path}?{query}>; rel="next"'
     name = request.match_info["tail"].rsplit("/tags/list", 1)[0]
     return web.json_response({"name": name, "tags": page}, headers=headers)
 
 
-def paginate(tags: list[str], n: str | None, last: str | None) -> tuple[list[str], bool]:
+def parse_n(n: str | None) -> int | None:
+    if n is None or n == "":
+        return None
+    if not n.isdigit():
+        raise PaginationInvalid(n)
+    return int(n)
+
+
+def paginate(tags: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
     """Tags after ``last``, at most ``n`` of them; and whether more follow."""
     if last:
         tags = [t for t in tags if t > last]
-    if n is None or n == "":
+    if n is None:
         return tags, False
-    try:
-        limit = int(n)
-    except ValueError:
-        raise PaginationInvalid(n) from None
-    if limit < 0:
-        raise PaginationInvalid(n)
-    return tags[:limit], len(tags) > limit
+    return tags[:n], len(tags) > n
 
 
 async def referrers(request: web.Request, target: Target) -> web.Response:

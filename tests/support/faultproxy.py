@@ -194,7 +194,7 @@ class FaultProxy(ThreadedApp):
             return self._reset(request)
         try:
             return await self._forward(request, fault)
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientError as exc:  # upstream unreachable before any byte was sent
             return web.json_response(
                 {"errors": [{"code": "UNAVAILABLE", "message": f"fault proxy: upstream error: {exc}"}]},
                 status=502)
@@ -256,7 +256,14 @@ class FaultProxy(ThreadedApp):
             await response.prepare(request)
             if request.method == "HEAD":
                 return response
-            return await self._stream_body(request, response, upstream, fault)
+            try:
+                return await self._stream_body(request, response, upstream, fault)
+            except aiohttp.ClientError:
+                # Upstream died mid-body: headers are out, so the only honest signal is to
+                # drop the client connection too.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
 
     async def _stream_body(self, request: web.Request, response: web.StreamResponse,
                            upstream: aiohttp.ClientResponse, fault: Fault | None) -> web.StreamResponse:
