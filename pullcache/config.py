@@ -284,9 +284,10 @@ class UpstreamConfig:
     connect_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
     header_timeout: float = _field(_timeout, 15 * SECONDS, fmt=format_duration)
+    revalidate_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
     max_redirects: int = _field(_number((int,), lambda v: v >= 0, "an integer >= 0"), 5)
     breaker_failures: int = _field(_number((int,), lambda v: v >= 1, "an integer >= 1"), 5)
-    breaker_cooldown: float = _field(parse_duration, 30 * SECONDS, fmt=format_duration)
+    breaker_cooldown: float = _field(parse_duration, 15 * SECONDS, fmt=format_duration)
 
     def __post_init__(self) -> None:
         if (self.username is None) != (self.password is None):

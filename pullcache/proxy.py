@@ -104,7 +104,7 @@ class Proxy:
             got = await upstream.client.get_manifest(repo, str(digest), wanted)
             return await self._store_manifest(got.body, got.content_type, got.digest, digest)
         answer, joined = await self._manifest_flights.do(("digest", str(digest)), fetch)
-        return _as(answer, "joined") if joined else answer
+        return self._joined(answer) if joined else answer
 
     async def _manifest_by_tag(self, upstream: Upstream, route: Route, tag: str,
                                accept: tuple[str, ...]) -> ManifestAnswer:
@@ -127,13 +127,18 @@ class Proxy:
                 return stale
         key = ("tag", route.upstream, route.repo, tag, aclass)
         answer, joined = await self._manifest_flights.do(key, resolve)
-        return _as(answer, "joined") if joined and answer.cache != "stale" else answer
+        return self._joined(answer) if joined and answer.cache != "stale" else answer
+
+    def _joined(self, answer: ManifestAnswer) -> ManifestAnswer:
+        self.metrics.coalesced.labels("manifest").inc()
+        return _as(answer, "joined")
 
     async def _resolve_tag(self, upstream: Upstream, route: Route, tag: str,
                            accept: tuple[str, ...], aclass: str,
                            record: TagRecord | None) -> ManifestAnswer:
         client = upstream.client
-        head = await client.head_manifest(route.repo, tag, accept)
+        head = await client.head_manifest(route.repo, tag, accept,
+                                          revalidating=record is not None)
         digest = _parse_digest(head.digest)
         if digest is not None:
             cached = await self._cached_manifest(digest)
@@ -197,6 +202,8 @@ class Proxy:
             client = self.upstreams[route.upstream].client
             fill, joined = self.fills.get_or_start(
                 "blob", digest, lambda: client.open_blob(route.repo, digest))
+            if joined:
+                self.metrics.coalesced.labels("blob").inc()
             size = await fill.started()  # raises the upstream's error before any byte is sent
             answer = BlobAnswer(digest, size, "joined" if joined else "miss", fill=fill)
         self.metrics.requests.labels("blob", answer.cache).inc()

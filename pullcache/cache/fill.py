@@ -164,9 +164,11 @@ class Fill:
                 if done and self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception()))
                 available = self.written if cap is None else min(self.written, cap)
-                if cap is not None and not done:
-                    # Hold back the final byte until the digest is verified: a client must
-                    # never receive a complete-looking response of unverified content.
+                if cap is not None and cap == self.size and not done:
+                    # Hold back the blob's final byte until its digest is verified: no client
+                    # may receive a complete-looking blob of unverified content. A range that
+                    # ends earlier is served as soon as it is written (clients that assemble
+                    # ranges, like containerd, verify the digest of the whole).
                     available = min(available, cap - 1)
                 if offset < available:
                     chunk = await asyncio.to_thread(os.pread, fd,

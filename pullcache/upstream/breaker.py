@@ -31,6 +31,7 @@ class Breaker:
         self._clock = clock
         self._count = 0
         self._open_until: float | None = None
+        self._probing = False
 
     @property
     def is_open(self) -> bool:
@@ -46,12 +47,19 @@ class Breaker:
         # Half-open: let this one through; another failure re-opens at once.
         self._open_until = None
         self._count = self.failures - 1
+        self._probing = True
 
     def success(self) -> None:
-        if self._count >= self.failures - 1 and self._count:
+        if self._probing:
             log.info("breaker_closed", upstream=self.name)
+        self._probing = False
         self._count = 0
         self._open_until = None
+
+    def trip(self) -> None:
+        """Open now: one timeout is evidence enough that waiting again would be wasted."""
+        self._count = self.failures - 1
+        self.failure()
 
     def failure(self) -> None:
         self._count += 1

@@ -37,6 +37,7 @@ class UpstreamSettings:
     password: str | None = None
     connect_timeout: float = 5.0
     header_timeout: float = 15.0
+    revalidate_timeout: float = 3.0
     read_timeout: float = 30.0
     max_redirects: int = 5
     breaker_failures: int = 5
@@ -45,8 +46,8 @@ class UpstreamSettings:
     @classmethod
     def from_config(cls, cfg) -> "UpstreamSettings":
         return cls(cfg.host, cfg.url, cfg.username, cfg.password, cfg.connect_timeout,
-                   cfg.header_timeout, cfg.read_timeout, cfg.max_redirects,
-                   cfg.breaker_failures, cfg.breaker_cooldown)
+                   cfg.header_timeout, cfg.revalidate_timeout, cfg.read_timeout,
+                   cfg.max_redirects, cfg.breaker_failures, cfg.breaker_cooldown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +115,13 @@ class RegistryClient:
 
     # -- the pull API -------------------------------------------------------------------------
 
-    async def head_manifest(self, repo: str, reference: str,
-                            accept: tuple[str, ...]) -> ManifestHead:
+    async def head_manifest(self, repo: str, reference: str, accept: tuple[str, ...], *,
+                            revalidating: bool = False) -> ManifestHead:
+        """HEAD a manifest; ``revalidating`` (a cached copy exists) waits only briefly."""
         resp = await self._send("HEAD", repo, f"manifests/{reference}",
-                                {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown)
+                                {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown,
+                                timeout=self.settings.revalidate_timeout if revalidating
+                                else None)
         resp.release()
         return ManifestHead(resp.headers.get("Docker-Content-Digest"),
                             resp.headers.get("Content-Type"), resp.content_length)
@@ -162,20 +166,21 @@ class RegistryClient:
 
     async def _send(self, method: str, repo: str, tail: str, headers: dict[str, str], *,
                     not_found: type[errors.PullcacheError],
-                    query: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
+                    query: Mapping[str, str] | None = None,
+                    timeout: float | None = None) -> aiohttp.ClientResponse:
         self.breaker.check()
+        timeout = timeout or self.settings.header_timeout
         url = f"{self._base}/v2/{repo}/{tail}"
         scope = scope_for(repo)
         headers = {"User-Agent": USER_AGENT, **headers}
         began = time.monotonic()
         try:
-            async with asyncio.timeout(self.settings.header_timeout):
+            async with asyncio.timeout(timeout):
                 resp = await self._authorized(method, url, headers, scope, query)
         except TimeoutError as exc:
-            self.breaker.failure()
+            self.breaker.trip()
             self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
-            raise errors.UpstreamTimeout(f"{self.name}: no answer within "
-                                         f"{self.settings.header_timeout:g}s") from exc
+            raise errors.UpstreamTimeout(f"{self.name}: no answer within {timeout:g}s") from exc
         except aiohttp.ClientError as exc:
             self.breaker.failure()
             self._observer.requested(self.name, method, "error", time.monotonic() - began)

@@ -145,7 +145,7 @@ def test_defaults():
                                                                             None, "auto")
     assert (up.tag_ttl, up.serve_stale, up.connect_timeout, up.read_timeout,
             up.header_timeout) == (300.0, True, 5.0, 30.0, 15.0)
-    assert (up.max_redirects, up.breaker_failures, up.breaker_cooldown) == (5, 5, 30.0)
+    assert (up.max_redirects, up.breaker_failures, up.breaker_cooldown) == (5, 5, 15.0)
     assert loads("upstream = []", env=ENV).upstreams == (DEFAULT_DOCKER_HUB,)
     assert Config().upstreams == (DEFAULT_DOCKER_HUB,)
 

@@ -1,0 +1,1 @@
+"""pullcache benchmarks (see bench/README.md)."""

@@ -1,0 +1,562 @@
+"""Blob GET throughput, side by side: pullcache vs nginx, vs a direct pull, and a herd.
+
+    python -m bench.blob_throughput [--size-mib 512] [--rounds 3] [--clients 16]
+
+One run, one comparison per line (see bench/README.md for what each line means):
+
+* warm:  a cached blob through pullcache (aiohttp sendfile) vs nginx ``sendfile on`` serving
+         the same bytes as a static file; the same curl command for both.
+* cold:  one GET through pullcache with an empty cache (the fill: upstream -> verify ->
+         disk -> client) vs the same GET straight from the upstream registry.
+* herd:  N concurrent GETs through pullcache with an empty cache, a counting FaultProxy
+         between pullcache and the registry: wall time, upstream GETs (goal 1), every
+         body's sha256, pullcache's peak RSS.
+* herd warm: the same N clients against a warm pullcache and against nginx, to separate
+         the cost of fanning a fill out from the cost of serving N x size bytes at all.
+
+Everything it starts (registry, FaultProxy, pullcache, nginx, curl) is stopped in a
+``finally``; every file lives under one temp dir next to /tmp, removed at the end.
+Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tests.support.daemon import Pullcache, UpstreamSpec
+from tests.support.faultproxy import FaultProxy
+from tests.support.images import build_raw_blob_image, push
+from tests.support.ports import LOOPBACK, free_port, wait_http
+from tests.support.registry import start_registry
+
+REPO = "bench/blob"
+MB = 1e6                       # throughput is in decimal MB/s (like curl and nginx docs)
+MiB = 1 << 20
+CURL_TIMEOUT = 120             # seconds, per transfer; keeps a wedged server from hanging the run
+NGINX_BIN = os.environ.get("PULLCACHE_BENCH_NGINX", "/usr/sbin/nginx")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Get:
+    """One transfer as curl saw it."""
+    size: int
+    seconds: float             # time_total
+    ttfb: float                # time_starttransfer
+
+    @property
+    def mbps(self) -> float:
+        return self.size / self.seconds / MB
+
+
+def curl_cmd(url: str, out: str = "/dev/null", *, w_to_stderr: bool = False) -> list[str]:
+    """The one client every number comes from (``-f``: an HTTP error is a failed run)."""
+    fmt = "%{size_download} %{time_total} %{time_starttransfer}"
+    return ["curl", "-s", "-S", "-f", "--noproxy", "*", "--max-time", str(CURL_TIMEOUT),
+            "-o", out, "-w", ("%{stderr}" if w_to_stderr else "") + fmt, url]
+
+
+def parse_w(text: str, expected_size: int, what: str) -> Get:
+    try:
+        size, total, ttfb = text.split()[-3:]
+        got = Get(int(size), float(total), float(ttfb))
+    except ValueError:
+        raise RuntimeError(f"{what}: cannot parse curl -w output {text!r}") from None
+    if got.size != expected_size:
+        raise RuntimeError(f"{what}: got {got.size} bytes, expected {expected_size}")
+    return got
+
+
+def curl_get(url: str, expected_size: int, what: str) -> Get:
+    proc = subprocess.run(curl_cmd(url), capture_output=True, text=True,
+                          timeout=CURL_TIMEOUT + 10)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what}: curl exited {proc.returncode}: {proc.stderr.strip()}")
+    return parse_w(proc.stdout, expected_size, what)
+
+
+class HashingClient:
+    """``curl URL | openssl dgst -sha256``: the body is checked without touching the disk.
+
+    openssl (SHA-NI, ~2 GB/s a core) rather than sha256sum (~0.4 GB/s here), so that on a
+    small machine the clients' hashing steals as little CPU from the server as possible.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.began = time.monotonic()
+        self.curl = subprocess.Popen(curl_cmd(url, "-", w_to_stderr=True),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.dgst = subprocess.Popen(["openssl", "dgst", "-sha256", "-r"], stdin=self.curl.stdout,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.curl.stdout is not None
+        self.curl.stdout.close()   # openssl holds the read end now
+
+    def wait_curl(self, deadline: float) -> None:
+        self.curl.wait(timeout=max(deadline - time.monotonic(), 0.1))
+
+    def result(self, expected_size: int) -> tuple[Get | None, str, str]:
+        """(transfer or None, body sha256 hex, error text)."""
+        out, _ = self.dgst.communicate(timeout=60)
+        err = self.curl.stderr.read().decode(errors="replace") if self.curl.stderr else ""
+        hexdigest = out.decode().split()[0] if out.strip() else ""
+        if self.curl.returncode != 0:
+            return None, hexdigest, f"curl exited {self.curl.returncode}: {err.strip()}"
+        try:
+            return parse_w(err, expected_size, "herd client"), hexdigest, ""
+        except RuntimeError as exc:
+            return None, hexdigest, str(exc)
+
+    def kill(self) -> None:
+        for proc in (self.curl, self.dgst):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class Herd:
+    wall: float
+    gets: list[Get | None]
+    digests_ok: int
+    errors: list[str]
+
+
+def run_herd(url: str, clients: int, size: int, hexdigest: str) -> Herd:
+    """``clients`` concurrent hashing GETs; wall = first launch to last curl exit."""
+    started: list[HashingClient] = []
+    try:
+        began = time.monotonic()
+        for _ in range(clients):
+            started.append(HashingClient(url))
+        deadline = began + CURL_TIMEOUT + 10
+        for client in started:        # in launch order: the loop ends just after the last exit
+            client.wait_curl(deadline)
+        wall = time.monotonic() - began
+        gets, ok, errors = [], 0, []
+        for client in started:
+            got, digest, error = client.result(size)
+            gets.append(got)
+            ok += digest == hexdigest and got is not None
+            if error:
+                errors.append(error)
+            elif digest != hexdigest:
+                errors.append(f"body sha256 {digest or '(none)'} != {hexdigest}")
+        return Herd(wall, gets, ok, errors)
+    finally:
+        for client in started:
+            client.kill()
+
+
+class ProcStats:
+    """RSS (polled VmRSS, plus the kernel's VmHWM) and CPU seconds of one process."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="rss-poll", daemon=True)
+
+    def _field(self, name: str) -> int:
+        """A ``kB`` field of /proc/<pid>/status, in bytes (0 once the process is gone)."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith(name + ":"):
+                        return int(line.split()[1]) * 1024
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        return 0
+
+    def rss(self) -> int:
+        return self._field("VmRSS")
+
+    def hwm(self) -> int:
+        return self._field("VmHWM")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of every thread (asyncio.to_thread workers included)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self.rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "ProcStats":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self.rss())
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+NGINX_CONF = """\
+# pullcache bench: nginx serving {www} as static files, the practical limit for a blob GET.
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen {host}:{port};
+        root {www};
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx in the foreground (``daemon off``), one worker, as a child we own."""
+
+    def __init__(self, workdir: Path, www: Path) -> None:
+        self.dir = workdir
+        self.www = www
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> "Nginx":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=self.dir, www=self.www, host=LOOPBACK,
+                                          port=self.port))
+        log = open(self.dir / "stderr.log", "ab")
+        self.proc = subprocess.Popen(
+            [NGINX_BIN, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+
+        def exited() -> str | None:
+            if self.proc is None or self.proc.poll() is None:
+                return None
+            return f"nginx exited {self.proc.returncode}: {self._logs()}"
+        try:
+            wait_http(self.url + "/", timeout=10, ok_statuses=(200, 403, 404), abort=exited)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _logs(self) -> str:
+        text = ""
+        for name in ("stderr.log", "error.log"):
+            path = self.dir / name
+            if path.exists():
+                text += path.read_text(errors="replace")[-2000:]
+        return text
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)   # graceful: master waits for its worker
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: master + worker
+                self.proc.wait()
+        self.proc = None
+
+
+def fresh_cache(pc: Pullcache) -> None:
+    """Stop pullcache, delete its cache dir, start it again (same port, same config)."""
+    pc.stop()
+    shutil.rmtree(pc.cache_dir, ignore_errors=True)
+    pc.start()
+
+
+def blob_url(base: str, digest: str) -> str:
+    return f"{base}/v2/{REPO}/blobs/{digest}"
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+def _version(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return (proc.stdout + proc.stderr).strip().splitlines()[0] if (proc.stdout + proc.stderr).strip() else "?"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def header(size: int, args: argparse.Namespace) -> list[str]:
+    import aiohttp
+    try:
+        import uvloop
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [
+        f"machine   nproc {os.cpu_count()}   cpu {_cpu_model()}   mem {mem:.0f} GiB   "
+        f"kernel {platform.release()}   python {platform.python_version()}   "
+        f"blob {size // MiB} MiB ({size} B)   rounds {args.rounds}   clients {args.clients}",
+        f"versions  {_version([NGINX_BIN, '-v']).split(': ')[-1]}   "
+        f"docker-registry {_version(['docker-registry', '--version']).split()[-1]}   "
+        f"{_version(['curl', '--version']).split(' (')[0]}   "
+        f"{_version(['openssl', 'version']).split(' (')[0]}   "
+        f"aiohttp {aiohttp.__version__}   {loop}",
+    ]
+
+
+def best_median(values: list[float], *, higher_is_better: bool) -> tuple[float, float]:
+    best = max(values) if higher_is_better else min(values)
+    return best, statistics.median(values)
+
+
+def mb(n: int) -> float:
+    return n / MB
+
+
+class Out:
+    """Print as we go (flushing, so a slow phase shows progress) and keep the lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+
+def note(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    size = args.size_mib * MiB
+    out = Out()
+    for line in header(size, args):
+        out(line)
+    t_run = time.monotonic()
+    cleanup: list[Callable[[], None]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="pullcache-bench-", dir=args.tmpdir))
+    try:
+        # -- the blob: pushed to a real registry, and the same bytes as nginx's static file.
+        t0 = time.monotonic()
+        image = build_raw_blob_image(f"bench-{args.size_mib}", size)
+        layer = image.layers[0]
+        digest, hexdigest = layer.digest, layer.digest.split(":", 1)[1]
+        www = tmp / "www"
+        (www / "blob").mkdir(parents=True)
+        static = www / "blob" / hexdigest
+        static.write_bytes(layer.data)
+        registry = start_registry(tmp / "registry")
+        cleanup.append(registry.stop)
+        push(registry, REPO, "latest", image)
+        del image, layer                  # 512 MiB we no longer need in this process
+        note(f"built and pushed {digest} in {time.monotonic() - t0:.1f}s")
+
+        nginx = Nginx(tmp / "nginx", www).start()
+        cleanup.append(nginx.stop)
+        cache_cfg = {"max_size": f"{max(4 * size, 4 * 2**30)}"}
+        (tmp / "pullcache").mkdir()
+        (tmp / "pullcache-herd").mkdir()
+        pc = Pullcache(tmp / "pullcache", [UpstreamSpec(registry.host, registry.url, default=True)],
+                       cache=cache_cfg)
+        cleanup.append(pc.stop)
+        pc_url = blob_url(pc.url, digest)
+        direct_url = blob_url(registry.url, digest)
+        nginx_url = f"{nginx.url}/blob/{hexdigest}"
+
+        # -- cold: a fresh cache per round; one GET through pullcache, one direct.
+        cold_pc: list[Get] = []
+        cold_direct: list[Get] = []
+        cold_cpu: list[float] = []
+        for i in range(args.rounds):
+            fresh_cache(pc)
+            assert pc.proc is not None
+            stats = ProcStats(pc.proc.pid)
+            cpu0 = stats.cpu_seconds()
+            cold_pc.append(curl_get(pc_url, size, "cold GET via pullcache"))
+            cold_cpu.append(stats.cpu_seconds() - cpu0)
+            cold_direct.append(curl_get(direct_url, size, "direct GET from registry"))
+            note(f"cold round {i + 1}: pullcache {cold_pc[-1].seconds:.2f}s "
+                 f"(ttfb {cold_pc[-1].ttfb * 1000:.0f} ms, cpu {cold_cpu[-1]:.2f}s), "
+                 f"direct {cold_direct[-1].seconds:.2f}s")
+        fills = pc.events("fill_committed")
+        fill_seconds = [float(e.get("seconds", 0)) for e in fills[-args.rounds:]]
+
+        # -- warm: the blob is cached now (the last cold round committed it).
+        hits0 = pc.metric("pullcache_requests_total", kind="blob", outcome="hit")
+        curl_get(pc_url, size, "warm-up GET via pullcache")
+        curl_get(nginx_url, size, "warm-up GET via nginx")
+        if pc.metric("pullcache_requests_total", kind="blob", outcome="hit") - hits0 < 1:
+            raise RuntimeError("warm GET was not a cache hit")
+        warm_pc: list[Get] = []
+        warm_nginx: list[Get] = []
+        warm_cpu: list[float] = []
+        assert pc.proc is not None
+        stats = ProcStats(pc.proc.pid)
+        for _ in range(args.rounds):   # interleaved, so drift hits both alike
+            cpu0 = stats.cpu_seconds()
+            warm_pc.append(curl_get(pc_url, size, "warm GET via pullcache"))
+            warm_cpu.append(stats.cpu_seconds() - cpu0)
+            warm_nginx.append(curl_get(nginx_url, size, "warm GET via nginx"))
+
+        # -- herd warm (reference): N clients against cached pullcache, and against nginx.
+        herd_warm_pc = run_herd(pc_url, args.clients, size, hexdigest)
+        herd_warm_nginx = run_herd(nginx_url, args.clients, size, hexdigest)
+        pc.stop()
+        shutil.rmtree(pc.cache_dir, ignore_errors=True)
+
+        # -- herd: FaultProxy between pullcache and the registry, to count upstream GETs.
+        proxy = FaultProxy(registry.url).start()
+        cleanup.append(proxy.stop)
+        pch = Pullcache(tmp / "pullcache-herd",
+                        [UpstreamSpec(proxy.host, proxy.url, default=True)], cache=cache_cfg)
+        cleanup.append(pch.stop)
+        pch.start()
+        pch_url = blob_url(pch.url, digest)
+        # One cold GET on this same path (through the FaultProxy), the herd's fair baseline.
+        cold_via_proxy = curl_get(pch_url, size, "cold GET via pullcache + faultproxy")
+        fresh_cache(pch)
+        assert pch.proc is not None
+        proxy.reset_counts()
+        with ProcStats(pch.proc.pid) as herd_stats:
+            rss_before = herd_stats.rss()
+            cpu0 = herd_stats.cpu_seconds()
+            herd = run_herd(pch_url, args.clients, size, hexdigest)
+            herd_cpu = herd_stats.cpu_seconds() - cpu0
+            hwm = herd_stats.hwm()
+        upstream_gets = proxy.count("GET", f"/blobs/{digest}")
+        outcomes = {o: pch.metric("pullcache_requests_total", kind="blob", outcome=o)
+                    for o in ("miss", "joined", "hit")}
+        pch.stop()
+
+        # -- report ------------------------------------------------------------------------
+        label = f"{args.size_mib} MiB"
+        pw_best, pw_med = best_median([g.mbps for g in warm_pc], higher_is_better=True)
+        nw_best, nw_med = best_median([g.mbps for g in warm_nginx], higher_is_better=True)
+        out(f"warm GET {label:<9}  pullcache {pw_best:6.0f} MB/s (median {pw_med:.0f})   "
+            f"nginx {nw_best:6.0f} MB/s (median {nw_med:.0f})   "
+            f"ratio {pw_best / nw_best:.2f} (median {pw_med / nw_med:.2f})   "
+            f"pullcache cpu {statistics.median(warm_cpu):.2f} s/GET")
+
+        pc_s = [g.seconds for g in cold_pc]
+        di_s = [g.seconds for g in cold_direct]
+        pcb, pcm = best_median(pc_s, higher_is_better=False)
+        dib, dim = best_median(di_s, higher_is_better=False)
+        out(f"cold GET {label:<9}  pullcache {pcm:6.2f} s {size / pcm / MB:5.0f} MB/s "
+            f"(best {pcb:.2f} s)   direct {dim:5.2f} s {size / dim / MB:5.0f} MB/s "
+            f"(best {dib:.2f} s)   time ratio {pcm / dim:.2f}   throughput ratio {dim / pcm:.2f}"
+            f"   (medians of {args.rounds} fresh caches)")
+        ttfb_pc = statistics.median(g.ttfb for g in cold_pc)
+        ttfb_di = statistics.median(g.ttfb for g in cold_direct)
+        fill_med = statistics.median(fill_seconds) if fill_seconds else float("nan")
+        out(f"cold TTFB {label:<8}  pullcache {ttfb_pc * 1000:6.1f} ms   direct "
+            f"{ttfb_di * 1000:6.1f} ms   fill (upstream->verified, fsynced, committed) "
+            f"{fill_med:.2f} s   pullcache cpu {statistics.median(cold_cpu):.2f} s/GET")
+
+        ok = "yes" if herd.digests_ok == args.clients else f"NO ({herd.digests_ok}/{args.clients})"
+        done = [g for g in herd.gets if g is not None]
+        per_client = (f"{min(g.seconds for g in done):.2f}-{max(g.seconds for g in done):.2f} s"
+                      if done else "-")
+        out(f"herd {args.clients:>2} x {label:<7}  wall {herd.wall:6.2f} s   "
+            f"x{herd.wall / pcm:.2f} one cold GET (x{herd.wall / cold_via_proxy.seconds:.2f} "
+            f"via faultproxy, {cold_via_proxy.seconds:.2f} s)   upstream GETs {upstream_gets} "
+            f"(goal 1)   sha256 all match: {ok}   peak RSS {mb(max(hwm, herd_stats.peak_rss)):.0f} MB "
+            f"(VmHWM; {mb(rss_before):.0f} MB before)   "
+            f"aggregate {args.clients * size / herd.wall / MB:.0f} MB/s   "
+            f"per client {per_client}   pullcache cpu {herd_cpu:.2f} s")
+        out(f"herd warm {args.clients:>2} x {label:<4}  pullcache {herd_warm_pc.wall:6.2f} s "
+            f"{args.clients * size / herd_warm_pc.wall / MB:5.0f} MB/s   nginx "
+            f"{herd_warm_nginx.wall:6.2f} s {args.clients * size / herd_warm_nginx.wall / MB:5.0f} MB/s"
+            f"   ratio {herd_warm_nginx.wall / herd_warm_pc.wall:.2f}   cold herd / warm herd "
+            f"x{herd.wall / herd_warm_pc.wall:.2f}   sha256 all match: "
+            f"{'yes' if herd_warm_pc.digests_ok == herd_warm_nginx.digests_ok == args.clients else 'NO'}")
+        problems = herd.errors + herd_warm_pc.errors + herd_warm_nginx.errors
+        if outcomes["miss"] != 1 or outcomes["miss"] + outcomes["joined"] != args.clients:
+            problems.append(f"herd request outcomes {outcomes} (expected 1 miss, "
+                            f"{args.clients - 1} joined)")
+        for problem in dict.fromkeys(problems):
+            out(f"problem   {problem}")
+        out(f"total     {time.monotonic() - t_run:.0f} s")
+        return 1 if problems or upstream_gets != 1 else 0
+    finally:
+        for stop in reversed(cleanup):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - keep cleaning up
+                print(f"cleanup: {exc}", file=sys.stderr)
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.blob_throughput",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=512, help="blob size (default 512)")
+    parser.add_argument("--rounds", type=int, default=3, help="warm/cold repetitions (default 3)")
+    parser.add_argument("--clients", type=int, default=16, help="herd clients (default 16)")
+    parser.add_argument("--tmpdir", default=None,
+                        help="where the temp dir goes (default: $TMPDIR or /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+    args = parser.parse_args(argv)
+    if args.size_mib < 1 or args.rounds < 1 or args.clients < 1:
+        parser.error("--size-mib, --rounds and --clients must be >= 1")
+    for tool in ("curl", "openssl", "docker-registry", NGINX_BIN):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is required (make system-deps)")
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop every child.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
