@@ -393,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
         (www / "blob").mkdir(parents=True)
         static = www / "blob" / hexdigest
         static.write_bytes(layer.data)
+        # nginx started by root runs its worker as nobody: let it reach the file (read only).
+        tmp.chmod(0o755)
         registry = start_registry(tmp / "registry")
         cleanup.append(registry.stop)
         push(registry, REPO, "latest", image)
@@ -407,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
         pc = Pullcache(tmp / "pullcache", [UpstreamSpec(registry.host, registry.url, default=True)],
                        cache=cache_cfg)
         cleanup.append(pc.stop)
+        pc.write_config()                 # picks the port every restart keeps
         pc_url = blob_url(pc.url, digest)
         direct_url = blob_url(registry.url, digest)
         nginx_url = f"{nginx.url}/blob/{hexdigest}"
