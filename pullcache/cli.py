@@ -55,19 +55,23 @@ def _serve(cfg) -> int:
     app = build_app(cfg)
     runner = (uvloop.run if uvloop else asyncio.run)
     try:
-        runner(_run_site(app, host, port))
+        runner(_run_site(app, host, port, cfg.server.access_log))
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _run_site(app, host: str, port: int) -> None:
+async def _run_site(app, host: str, port: int, access_log: bool) -> None:
     import signal
 
     import structlog
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    from .server.middleware import AccessLogger
+    # access_log=None switches the access line off (server.access_log = false).
+    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False,
+                           access_log=structlog.get_logger("pullcache.access")
+                           if access_log else None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -2,7 +2,7 @@
 
 How a request flows through what this module builds:
 
-1. ``middleware.access_log`` tags the request and writes its one access line;
+1. ``middleware.request_context`` tags the request (``AccessLogger`` writes its line);
    ``middleware.oci_errors`` turns any domain error into the OCI error envelope.
 2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository.
 3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
@@ -33,17 +33,16 @@ from ..proxy import Proxy, Upstream
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from . import routes
-from .keys import ACCESS_LOG, METRICS, PROXY, ROUTES, STORE, UPSTREAMS
-from .middleware import access_log, oci_errors
+from .keys import METRICS, PROXY, ROUTES, STORE, UPSTREAMS
+from .middleware import oci_errors, request_context
 
 log = structlog.get_logger("pullcache.app")
 HOUSEKEEPING_INTERVAL = 30.0
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[access_log, oci_errors],
+    app = web.Application(middlewares=[request_context, oci_errors],
                           handler_args={"max_field_size": 16 * 1024})
-    app[ACCESS_LOG] = config.server.access_log
     metrics = Metrics()
     app[METRICS] = metrics
     app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),

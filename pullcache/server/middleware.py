@@ -1,4 +1,4 @@
-"""Request middlewares: request id + one access line, and the OCI error envelope.
+"""Request middlewares (request id, OCI error envelope) and the access line.
 
 The envelope middleware is the one place domain errors become HTTP (distribution-spec
 "Error Codes"): ``{"errors":[{"code","message","detail"}]}`` with the error's status.
@@ -8,14 +8,14 @@ Nothing becomes a 500 with a traceback.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from ..errors import NotFound, PullcacheError, Unsupported
-from .keys import ACCESS_LOG, METRICS
+from .keys import METRICS
 
 log = structlog.get_logger("pullcache.access")
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -32,28 +32,31 @@ def error_response(error: PullcacheError, method: str) -> web.Response:
 
 
 @web.middleware
-async def access_log(request: web.Request, handler):
+async def request_context(request: web.Request, handler):
+    """Tag the request (and every log line it causes) with a request id; count it."""
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request["request_id"] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    began = time.monotonic()
-    resp: web.StreamResponse | None = None
     status = 500
     try:
         resp = await handler(request)
         status = resp.status
         resp.headers.setdefault("X-Request-Id", request_id)
         return resp
-    except BaseException:
-        status = 499 if request.transport is None or request.transport.is_closing() else 500
-        raise
     finally:
         request.app[METRICS].http_responses.labels(request.method, str(status)).inc()
-        if request.app.get(ACCESS_LOG, True):
-            log.info("request", method=request.method, path=request.path, status=status,
-                     bytes=_sent(resp), seconds=round(time.monotonic() - began, 4),
-                     cache=request.get("cache"), upstream=request.get("upstream"),
-                     user_agent=request.headers.get("User-Agent"))
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, written once the response has been sent (or cut)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        log.info("request", request_id=request.get("request_id"), method=request.method,
+                 path=request.path, status=response.status, bytes=_sent(response),
+                 seconds=round(time, 4), cache=request.get("cache"),
+                 upstream=request.get("upstream"), outcome=request.get("outcome", "ok"),
+                 user_agent=request.headers.get("User-Agent"))
 
 
 @web.middleware
@@ -82,10 +85,8 @@ async def oci_errors(request: web.Request, handler):
         return error_response(PullcacheError("internal error"), request.method)
 
 
-def _sent(resp: web.StreamResponse | None) -> int | None:
-    if resp is None:
-        return None
-    try:
-        return resp.body_length
-    except Exception:  # noqa: BLE001 - not prepared yet
-        return None
+def _sent(resp: web.StreamResponse) -> int | None:
+    # sendfile bypasses the writer's byte count; a FileResponse sends its content length.
+    if isinstance(resp, web.FileResponse):
+        return resp.content_length
+    return resp.body_length

@@ -151,9 +151,13 @@ async def _send_fill(request: web.Request, answer: BlobAnswer, headers) -> web.S
     except FillFailed as exc:
         # Headers are gone; the only honest signal left is a broken transfer.
         log.warning("response_aborted", digest=str(answer.digest), sent=served, error=str(exc))
+        request["outcome"] = "aborted"
         if request.transport is not None:
             request.transport.abort()
-        raise ConnectionResetError("fill failed") from exc
+        return resp
+    except ConnectionError:
+        request["outcome"] = "client_gone"   # the fill carries on without this reader
+        return resp
     finally:
         request.app[METRICS].bytes_served.labels("fill").inc(served)
     await resp.write_eof()

@@ -80,7 +80,9 @@ class Pullcache:
             stdout=log, stderr=log, env=env, cwd=ROOT)
         log.close()
         try:
-            wait_http(self.url + "/healthz", timeout=timeout, ok_statuses=(200,))
+            proc = self.proc
+            wait_http(self.url + "/healthz", timeout=timeout, ok_statuses=(200,),
+                      abort=lambda: None if proc.poll() is None else "pullcache exited")
         except Exception:
             self.stop()
             raise RuntimeError(f"pullcache did not start:\n{self.log()}")
@@ -149,4 +151,6 @@ def _toml(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, (list, tuple)):
+        return json.dumps([str(v) for v in value])
     return json.dumps(str(value))
