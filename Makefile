@@ -4,9 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# What the integration and end-to-end tests drive: a real registry (CNCF Distribution),
-# real clients, nginx as the benchmark's reference, htpasswd for the basic-auth registry.
-TEST_PACKAGES := docker-registry skopeo nginx-light apache2-utils ca-certificates curl
+# What the integration and end-to-end tests drive: a real registry (CNCF Distribution), the
+# real clients (skopeo, containerd, podman, dockerd), nginx as the benchmark's reference, htpasswd
+# for the basic-auth registry. The suite runs its own private daemons; it never uses system ones.
+TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light apache2-utils \
+	ca-certificates curl
 PYTEST_ARGS ?=
 
 .PHONY: run test venv system-deps bench clean

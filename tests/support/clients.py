@@ -1,0 +1,217 @@
+"""Real container clients run privately for end-to-end tests: containerd (+ ctr), podman and
+dockerd, each with its own root, state and socket under a temp dir, so nothing on the
+machine is touched and nothing leaves it.
+
+Every mirror configuration points the client's real upstream (``server`` / ``location``) at
+a dead loopback port; dockerd, whose fallback is always Docker Hub, runs in a private mount
+namespace whose /etc/hosts sends Docker Hub's names to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .ports import wait_until
+
+DEAD = "127.0.0.1:9"   # discard port: nothing listens; a fallback there fails at once
+DOCKER_HUB_NAMES = ("registry-1.docker.io", "index.docker.io", "auth.docker.io",
+                    "production.cloudflare.docker.com", "registry.docker.io")
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed on this machine (make test installs it)")
+    return path
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() \
+        else ""
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Containerd:
+    workdir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "containerd.sock"
+
+    def start(self) -> "Containerd":
+        require("containerd")
+        require("ctr")
+        cfg = self.workdir / "config.toml"
+        cfg.write_text(f"""version = 2
+root = "{self.workdir}/root"
+state = "{self.workdir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.internal.v1.tracing",
+  "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{self.socket}"
+[ttrpc]
+  address = "{self.socket}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+""")
+        log = self.workdir / "containerd.log"
+        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)],
+                                     stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: self.proc.poll() is not None or self._ready(), 30,
+                       "containerd to serve")
+        except TimeoutError:
+            self.stop()
+            pytest.skip(f"containerd cannot run on this machine:\n{_tail(log)}")
+        if self.proc.poll() is not None:
+            pytest.skip(f"containerd cannot run on this machine:\n{_tail(log)}")
+        return self
+
+    def _ready(self) -> bool:
+        return self.socket.exists() and subprocess.run(
+            ["ctr", "--address", str(self.socket), "version"], capture_output=True,
+            timeout=10).returncode == 0
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 180) -> str:
+        proc = subprocess.run(["ctr", "--address", str(self.socket), "-n", "pullcache-e2e",
+                               *args], capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert proc.returncode == 0, f"ctr {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout + proc.stderr
+
+    def hosts_dir(self, name: str, mirror: str, *, registry: str = "_default") -> Path:
+        """A ``--hosts-dir`` whose ``registry`` entry mirrors through ``mirror`` only."""
+        base = self.workdir / name
+        (base / registry).mkdir(parents=True, exist_ok=True)
+        (base / registry / "hosts.toml").write_text(
+            f'server = "http://{DEAD}"\n\n[host."http://{mirror}"]\n'
+            f'  capabilities = ["pull", "resolve"]\n')
+        return base
+
+    def image_digest(self, ref: str) -> str:
+        for line in self.ctr("images", "ls").splitlines()[1:]:
+            cols = line.split()
+            if cols and cols[0] == ref:
+                return cols[2]
+        raise AssertionError(f"{ref} not in ctr images ls")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@dataclass
+class Podman:
+    workdir: Path
+
+    def __post_init__(self) -> None:
+        require("podman")
+        # podman refuses a runroot path longer than 50 characters.
+        self.runroot = Path(tempfile.mkdtemp(prefix="pc-podman-", dir="/tmp"))
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.runroot, ignore_errors=True)
+
+    def registries_conf(self, mirrors: dict[str, str]) -> Path:
+        """``prefix → mirror location`` (a location may carry a path: ``host/ghcr.io``)."""
+        lines = ["unqualified-search-registries = []"]
+        for prefix, location in mirrors.items():
+            lines += ["", "[[registry]]", f'prefix = "{prefix}"', f'location = "{DEAD}"',
+                      "insecure = true", "[[registry.mirror]]", f'location = "{location}"',
+                      "insecure = true"]
+        path = self.workdir / "registries.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def run(self, conf: Path, *args: str, timeout: float = 180) -> str:
+        proc = subprocess.run(
+            ["podman", "--root", str(self.workdir / "root"), "--runroot",
+             str(self.runroot), "--storage-driver", "vfs", "--cgroup-manager",
+             "cgroupfs", "--events-backend", "file", *args],
+            capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)})
+        if proc.returncode != 0 and "cannot" in proc.stderr.lower() and "permission" in \
+                proc.stderr.lower():
+            pytest.skip(f"podman cannot run on this machine: {proc.stderr[-500:]}")
+        assert proc.returncode == 0, f"podman {' '.join(args)}:\n{proc.stderr}"
+        return proc.stdout
+
+
+@dataclass
+class Dockerd:
+    workdir: Path
+    mirror: str
+    containerd: Containerd
+    proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "docker.sock"
+
+    def start(self) -> "Dockerd":
+        require("dockerd")
+        require("docker")
+        require("unshare")
+        hosts = self.workdir / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n" + "".join(
+            f"127.0.0.1 {name}\n" for name in DOCKER_HUB_NAMES))
+        (self.workdir / "daemon.json").write_text(json.dumps({}))
+        script = self.workdir / "start.sh"
+        script.write_text(f"""#!/bin/sh
+# Private mount namespace: Docker Hub's names resolve to 127.0.0.1 for this dockerd only.
+mount --bind {hosts} /etc/hosts || exit 90
+exec dockerd --data-root {self.workdir}/data --exec-root {self.workdir}/exec \\
+  --pidfile {self.workdir}/docker.pid -H unix://{self.socket} \\
+  --bridge=none --iptables=false --ip-masq=false --storage-driver=vfs \\
+  --registry-mirror http://{self.mirror} --insecure-registry {self.mirror} \\
+  --containerd {self.containerd.socket} --config-file {self.workdir}/daemon.json
+""")
+        script.chmod(0o755)
+        log = self.workdir / "dockerd.log"
+        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
+                                      str(script)], stdout=log.open("ab"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.skip(f"dockerd cannot run on this machine:\n{_tail(log)}")
+            if self.socket.exists() and self.docker("version", check=False)[0] == 0:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        pytest.skip(f"dockerd did not come up within 60 s on this machine:\n{_tail(log)}")
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 180) -> tuple[int, str]:
+        proc = subprocess.run(["docker", "-H", f"unix://{self.socket}", *args],
+                              capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert proc.returncode == 0, f"docker {' '.join(args)}:\n{proc.stderr}"
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def stop(self) -> None:
+        _stop(self.proc, timeout=30)
