@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..cache.fill import FillFailed
-from ..errors import PaginationInvalid, RangeInvalid, Unsupported
+from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
 from ..oci import Digest, parse_accept
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
@@ -40,8 +40,14 @@ def setup(app: web.Application) -> None:
 
 
 async def ping(request: web.Request) -> web.Response:
-    """``GET /v2/``: the API version check (distribution-spec end-1)."""
+    """``GET /v2/``: the API version check (distribution-spec end-1).
+
+    Under a prefix naming no upstream it is a 404, so the client moves on to its next mirror.
+    """
     _pull_method(request)
+    for host in (request.match_info.get("prefix"), request.query.get("ns")):
+        if host and request.app[ROUTES].lookup(host) is None:
+            raise NameUnknown(host, message=f"no upstream configured for {host!r}")
     return web.json_response({}, headers=API_VERSION)
 
 

@@ -25,7 +25,7 @@ from yarl import URL
 
 from tests.support._aiothread import ThreadedApp
 
-FAULT_KINDS = ("corrupt", "truncate", "stall", "status", "blackhole", "reset")
+FAULT_KINDS = ("corrupt", "truncate", "stall", "status", "blackhole", "reset", "redirect")
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
@@ -48,6 +48,9 @@ class Fault:
 
     def matches(self, method: str, path: str) -> bool:
         return self.match in path and (self.method is None or self.method.upper() == method.upper())
+
+
+CDN_PREFIX = "/__cdn__"
 
 
 class FaultProxy(ThreadedApp):
@@ -73,6 +76,14 @@ class FaultProxy(ThreadedApp):
         self._release: asyncio.Event | None = None  # current stall generation (loop-owned)
         self._unblock: asyncio.Event | None = None  # blackhole generation (loop-owned)
         self._session: aiohttp.ClientSession | None = None
+        #: headers added to every forwarded response (e.g. Docker Hub's ``ratelimit-*``)
+        self.extra_headers: dict[str, str] = {}
+        #: ``redirect`` faults send clients to ``http://localhost:<port>/__cdn__/…``, another
+        #: host name for this proxy (a stand-in for Docker Hub's CDN or ECR's S3). What
+        #: arrives there is recorded here, Authorization included, and forwarded upstream
+        #: with ``cdn_authorization`` (the CDN's own credentials: a presigned URL's stand-in).
+        self.cdn_requests: list[dict[str, str]] = []
+        self.cdn_authorization: str | None = None
 
     # -- counting -----------------------------------------------------------------
     @property
@@ -184,6 +195,11 @@ class FaultProxy(ThreadedApp):
             self._requests.append((request.method, request.path_qs))
         fault = self._take_fault(request.method, request.path)
         kind = fault.kind if fault else None
+        if request.path.startswith(CDN_PREFIX):
+            return await self._cdn(request)
+        if kind == "redirect":
+            return web.Response(status=307, headers={
+                "Location": f"http://localhost:{self.port}{CDN_PREFIX}{request.path_qs}"})
         if kind == "reset":
             return self._reset(request)
         if kind == "status":
@@ -198,6 +214,18 @@ class FaultProxy(ThreadedApp):
             return web.json_response(
                 {"errors": [{"code": "UNAVAILABLE", "message": f"fault proxy: upstream error: {exc}"}]},
                 status=502)
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self.cdn_requests.append({"host": request.host, **dict(request.headers)})
+        target = request.rel_url.path_qs[len(CDN_PREFIX):]
+        headers = {"Authorization": self.cdn_authorization} if self.cdn_authorization else {}
+        assert self._session is not None
+        async with self._session.get(self.upstream_url + target, headers=headers,
+                                     allow_redirects=True) as upstream:
+            body = await upstream.read()
+            return web.Response(status=upstream.status, body=body,
+                                headers={"Content-Type": "application/octet-stream"})
 
     @staticmethod
     def _reset(request: web.Request) -> web.Response:
@@ -251,6 +279,8 @@ class FaultProxy(ThreadedApp):
                 if lname in HOP_BY_HOP:
                     continue
                 response.headers.add(name, self._rewrite_location(value) if lname == "location" else value)
+            for name, value in self.extra_headers.items():
+                response.headers[name] = value
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)
