@@ -228,11 +228,7 @@ http {{
     tcp_nopush on;
     default_type application/octet-stream;
     client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
+{temp_paths}    server {{
         listen {host}:{port};
         root {www};
     }}
@@ -257,8 +253,15 @@ class Nginx:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         conf = self.dir / "nginx.conf"
+        # Every temp path inside our dir (the built-in ones are under /var/lib/nginx), but
+        # only for modules this build has: nginx-light leaves some out, and then the
+        # directive itself is unknown.
+        built = subprocess.run([NGINX_BIN, "-V"], capture_output=True, text=True).stderr
+        temp_paths = "".join(f"    {m}_temp_path {self.dir}/{m};\n"
+                             for m in ("proxy", "fastcgi", "uwsgi", "scgi")
+                             if f"--without-http_{m}_module" not in built)
         conf.write_text(NGINX_CONF.format(dir=self.dir, www=self.www, host=LOOPBACK,
-                                          port=self.port))
+                                          port=self.port, temp_paths=temp_paths))
         log = open(self.dir / "stderr.log", "ab")
         self.proc = subprocess.Popen(
             [NGINX_BIN, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
@@ -371,15 +374,9 @@ def mb(n: int) -> float:
     return n / MB
 
 
-class Out:
-    """Print as we go (flushing, so a slow phase shows progress) and keep the lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        self.lines.append(line)
-        print(line, flush=True)
+def out(line: str) -> None:
+    """A result line, flushed at once so a slow phase shows progress."""
+    print(line, flush=True)
 
 
 def note(text: str) -> None:
@@ -390,7 +387,6 @@ def note(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     size = args.size_mib * MiB
-    out = Out()
     for line in header(size, args):
         out(line)
     t_run = time.monotonic()

@@ -278,7 +278,9 @@ class UpstreamConfig:
     default: bool = _field(_bool, False)
     username: str | None = _field(_secret, None)
     password: str | None = _field(_secret, None, secret=True)
-    auth: str = _field(_choice("auto"), "auto")  # follow whatever challenge the registry sends
+    # "auto": follow whatever challenge the registry sends; "ecr": Amazon ECR, credentials
+    # from GetAuthorizationToken with the standard AWS credential chain.
+    auth: str = _field(_choice("auto", "ecr"), "auto")
     tag_ttl: float = _field(parse_duration, 5 * MINUTES, fmt=format_duration)
     serve_stale: bool = _field(_bool, True)
     connect_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
@@ -288,11 +290,76 @@ class UpstreamConfig:
     max_redirects: int = _field(_number((int,), lambda v: v >= 0, "an integer >= 0"), 5)
     breaker_failures: int = _field(_number((int,), lambda v: v >= 1, "an integer >= 1"), 5)
     breaker_cooldown: float = _field(parse_duration, 15 * SECONDS, fmt=format_duration)
+    # auth = "ecr" only; region and registry_id are read from an ECR URL when not given.
+    region: str | None = _field(_secret, None)
+    registry_id: str | None = _field(_secret, None)
+    profile: str | None = _field(_secret, None)
+    aws_endpoint_url: str | None = _field(_url, None)   # the ECR API, e.g. a VPC endpoint
+    token_min_refresh: float = _field(parse_duration, 1 * MINUTES, fmt=format_duration)
 
     def __post_init__(self) -> None:
         if (self.username is None) != (self.password is None):
             missing = "password" if self.password is None else "username"
             raise ConfigError(f"{missing}: username and password must be set together")
+        if self.auth == "ecr":
+            if self.username is not None:
+                raise ConfigError("username: not used with auth = \"ecr\" (ECR issues tokens)")
+            if self.ecr_region is None:
+                raise ConfigError("region: required with auth = \"ecr\" unless the url is an "
+                                  "ECR registry (<account>.dkr.ecr.<region>.amazonaws.com)")
+
+    @property
+    def ecr_region(self) -> str | None:
+        return self.region or ecr_url_parts(self.url)[1]
+
+    @property
+    def ecr_registry_id(self) -> str | None:
+        return self.registry_id or ecr_url_parts(self.url)[0]
+
+
+_ECR_HOST = re.compile(r"(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
+
+
+def ecr_url_parts(url: str) -> tuple[str | None, str | None]:
+    """``https://123456789012.dkr.ecr.eu-west-2.amazonaws.com`` → (registry id, region)."""
+    m = _ECR_HOST.fullmatch(urlsplit(url).hostname or "")
+    return (m[1], m[2]) if m else (None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class EcrBackingConfig:
+    """``[backing.ecr]``: an ECR registry shared by a fleet as the second cache tier."""
+    enabled: bool = _field(_bool, False)
+    region: str | None = _field(_secret, None)
+    registry_id: str | None = _field(_secret, None)
+    profile: str | None = _field(_secret, None)
+    repository_prefix: str = _field(_str, "pullcache")
+    endpoint_url: str | None = _field(_url, None)     # the AWS API (tests: moto)
+    registry_url: str | None = _field(_url, None)     # the data plane (default: from the id)
+    write_concurrency: int = _field(_number((int,), lambda v: v >= 1, "an integer >= 1"), 4)
+    write_retries: int = _field(_number((int,), lambda v: v >= 0, "an integer >= 0"), 5)
+    drain_timeout: float = _field(parse_duration, 30 * SECONDS, fmt=format_duration)
+    token_min_refresh: float = _field(parse_duration, 1 * MINUTES, fmt=format_duration)
+    connect_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
+    header_timeout: float = _field(_timeout, 10 * SECONDS, fmt=format_duration)
+    read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if not self.region:
+            raise ConfigError("region: required when enabled")
+        if not (self.registry_id or self.registry_url):
+            raise ConfigError("registry_id: required when enabled (or give registry_url)")
+        if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*",
+                            self.repository_prefix):
+            raise ConfigError(f"repository_prefix: not a valid ECR repository name prefix: "
+                              f"{json.dumps(self.repository_prefix)}")
+
+    @property
+    def data_plane(self) -> str:
+        return self.registry_url or (
+            f"https://{self.registry_id}.dkr.ecr.{self.region}.amazonaws.com")
 
 
 DEFAULT_DOCKER_HUB = UpstreamConfig(
@@ -307,6 +374,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     upstreams: tuple[UpstreamConfig, ...] = (DEFAULT_DOCKER_HUB,)
+    backing_ecr: EcrBackingConfig = field(default_factory=EcrBackingConfig)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -333,7 +401,8 @@ class Config:
 # --- loading and rendering ---------------------------------------------------------------
 
 _Overrides = dict[str, tuple[str, str]]  # field name -> (variable, text)
-_SECTIONS: dict[str, type] = {"server": ServerConfig, "cache": CacheConfig, "log": LogConfig}
+_SECTIONS: dict[str, type] = {"server": ServerConfig, "cache": CacheConfig, "log": LogConfig,
+                              "backing.ecr": EcrBackingConfig}
 
 
 def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -368,7 +437,7 @@ def loads(text: str, env: Mapping[str, str] | None = None) -> Config:
 def render(config: Config) -> str:
     """The effective configuration as TOML text that loads back to ``config``, except that
     secrets read ``"***"``."""
-    tables = [(f"[{name}]", getattr(config, name)) for name in _SECTIONS]
+    tables = [(f"[{name}]", getattr(config, name.replace(".", "_"))) for name in _SECTIONS]
     tables += [("[[upstream]]", up) for up in config.upstreams]
     return "\n".join(line for header, obj in tables for line in (header, *_render(obj), ""))
 
@@ -390,8 +459,15 @@ def _toml(value: Any) -> str:
 
 def _from_document(doc: dict[str, Any], env: Mapping[str, str]) -> Config:
     for key in doc:
-        if key not in (*_SECTIONS, "upstream"):
+        if key not in ("server", "cache", "log", "backing", "upstream"):
             raise ConfigError(f"{key}: unknown key")
+    backing = doc.get("backing", {})
+    if not isinstance(backing, dict):
+        raise ConfigError(f"backing: expected a table, got {_show(backing, type_only=True)}")
+    for key in backing:
+        if key != "ecr":
+            raise ConfigError(f"backing.{key}: unknown key (the backing tier is \"ecr\")")
+    doc = {**doc, "backing.ecr": backing.get("ecr", {})}
     if not isinstance(raw_upstreams := doc.get("upstream", []), list):
         raise ConfigError("upstream: expected an array of tables ([[upstream]]), "
                           f"got {_show(raw_upstreams, type_only=True)}")
@@ -404,7 +480,8 @@ def _from_document(doc: dict[str, Any], env: Mapping[str, str]) -> Config:
     built = {path: _build(cls, raw, path, overrides[path], defaults.get(path, {}))
              for path, (cls, raw) in tables.items()}
     return Config(server=built["server"], cache=built["cache"], log=built["log"],
-                  upstreams=tuple(v for k, v in built.items() if k.startswith("upstream")))
+                  upstreams=tuple(v for k, v in built.items() if k.startswith("upstream")),
+                  backing_ecr=built["backing.ecr"])
 
 
 def _env_overrides(env: Mapping[str, str], tables: dict[str, type]) -> dict[str, _Overrides]:
@@ -413,10 +490,12 @@ def _env_overrides(env: Mapping[str, str], tables: dict[str, type]) -> dict[str,
     for var, text in sorted(env.items()):
         if not var.startswith("PULLCACHE_") or var == "PULLCACHE_CONFIG":
             continue
-        if not (m := re.fullmatch(r"PULLCACHE_(SERVER|CACHE|LOG|UPSTREAM_(\d+))_(\w+)", var)):
-            raise ConfigError(f"{var}: unknown variable (expected PULLCACHE_<SERVER|CACHE|LOG>_"
-                              "<KEY>, PULLCACHE_UPSTREAM_<N>_<KEY> or PULLCACHE_CONFIG)")
-        path = f"upstream[{int(m[2])}]" if m[2] else m[1].lower()
+        m = re.fullmatch(r"PULLCACHE_(SERVER|CACHE|LOG|BACKING_ECR|UPSTREAM_(\d+))_(\w+)", var)
+        if not m:
+            raise ConfigError(f"{var}: unknown variable (expected PULLCACHE_<SERVER|CACHE|LOG|"
+                              "BACKING_ECR>_<KEY>, PULLCACHE_UPSTREAM_<N>_<KEY> or "
+                              "PULLCACHE_CONFIG)")
+        path = f"upstream[{int(m[2])}]" if m[2] else m[1].lower().replace("_", ".")
         if path not in tables:
             count = sum(p.startswith("upstream") for p in tables)
             raise ConfigError(f"{var}: there is no {path} ({count} configured)")

@@ -261,7 +261,9 @@ def upstream_error(body: str) -> str:
     ("breaker_cooldown = 'soon'", "upstream[1].breaker_cooldown: expected a duration"),
     ("serve_stale = 'no'", "upstream[1].serve_stale: expected a boolean"),
     ("default = 1", "upstream[1].default: expected a boolean"),
-    ("auth = 'ecr'", 'upstream[1].auth: expected one of "auto", got "ecr"'),
+    ("auth = 'kerberos'", 'upstream[1].auth: expected one of "auto", "ecr", got "kerberos"'),
+    ("auth = 'ecr'", 'upstream[1].region: required with auth = "ecr" unless the url is an '
+                     'ECR registry (<account>.dkr.ecr.<region>.amazonaws.com)'),
     ("aliases = 'c.io'", "upstream[1].aliases: expected an array of registry hosts"),
     ("aliases = ['ok.io', 'not a host']", 'upstream[1].aliases: expected a registry host'),
     ("aliases = [1]", "upstream[1].aliases: expected a string"),
@@ -500,6 +502,35 @@ def test_example_config_loads():
 
 def test_example_config_documents_every_key():
     text = EXAMPLE.read_text()
-    for cls in (cfg.ServerConfig, cfg.CacheConfig, cfg.LogConfig, UpstreamConfig):
+    for cls in (cfg.ServerConfig, cfg.CacheConfig, cfg.LogConfig, UpstreamConfig,
+                cfg.EcrBackingConfig):
         for f in dataclasses.fields(cls):
             assert re.search(rf"^#? ?{f.name} = ", text, re.M), f.name
+
+
+def test_ecr_upstream_and_backing_tier():
+    c = loads("""
+[[upstream]]
+host = "123456789012.dkr.ecr.eu-west-2.amazonaws.com"
+url = "https://123456789012.dkr.ecr.eu-west-2.amazonaws.com"
+auth = "ecr"
+
+[backing.ecr]
+enabled = true
+region = "eu-west-2"
+registry_id = "123456789012"
+repository_prefix = "pullcache"
+""", env=ENV)
+    up = c.upstreams[0]
+    assert (up.auth, up.ecr_region, up.ecr_registry_id) == ("ecr", "eu-west-2", "123456789012")
+    assert c.backing_ecr.enabled and c.backing_ecr.write_concurrency == 4
+    assert c.backing_ecr.data_plane == "https://123456789012.dkr.ecr.eu-west-2.amazonaws.com"
+    assert loads(render(c), env=ENV) == c
+    env = {**ENV, "PULLCACHE_BACKING_ECR_WRITE_CONCURRENCY": "9"}
+    assert loads(render(c), env=env).backing_ecr.write_concurrency == 9
+    with pytest.raises(ConfigError, match=r"^backing\.ecr\.region: required when enabled"):
+        loads("[backing.ecr]\nenabled = true", env=ENV)
+    with pytest.raises(ConfigError, match=r"^backing\.s3: unknown key"):
+        loads("[backing.s3]\nenabled = true", env=ENV)
+    with pytest.raises(ConfigError, match=r"^backing\.ecr\.bucket: unknown key"):
+        loads("[backing.ecr]\nbucket = 'x'", env=ENV)
