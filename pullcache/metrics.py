@@ -52,6 +52,12 @@ class Metrics:
                                      ["upstream"], registry=r)
         self.token_refreshes = Counter("pullcache_token_refreshes",
                                        "Bearer tokens fetched", ["upstream"], registry=r)
+        self.tier_reads = Counter("pullcache_tier_reads", "Backing-tier lookups by outcome",
+                                  ["kind", "outcome"], registry=r)
+        self.tier_writes = Counter("pullcache_tier_writes", "Backing-tier write-backs ended",
+                                   ["kind", "outcome"], registry=r)
+        self.tier_queue = Gauge("pullcache_tier_write_queue",
+                                "Write-backs queued or waiting to retry", registry=r)
         self._last_remaining: dict[str, float] = {}
 
     # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------

@@ -4,7 +4,9 @@ manifests: by digest → cache, else upstream GET by digest, verified; never rev
            by tag → fresh record? serve : HEAD upstream (HEADs are free on Docker Hub) →
            digest cached? serve : GET by digest; upstream down / 429 → serve stale with
            ``Warning: 299``.
-blobs:     cache → one fill per digest from the upstream, tailed by every requester.
+blobs:     cache → one fill per digest, tailed by every requester, from the backing tier
+           (ECR, verified before shown) else the upstream; what the upstream gave is written
+           back to the tier in the background.
 
 This module decides; ``cache/`` stores, ``upstream/`` talks. It knows nothing of aiohttp.web.
 """
@@ -20,7 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 import structlog
 
 from . import errors
-from .cache.fill import Fill, Fills
+from .backing.tier import EcrTier, WriteBehind
+from .cache.fill import Candidate, Fill, Fills
 from .cache.index import Entry
 from .cache.store import BlobStore
 from .cache.tags import TagRecord, TagStore, accept_class
@@ -69,12 +72,15 @@ class BlobAnswer:
 
 class Proxy:
     def __init__(self, store: BlobStore, fills: Fills, tags: TagStore,
-                 upstreams: Mapping[str, Upstream], metrics: Metrics) -> None:
+                 upstreams: Mapping[str, Upstream], metrics: Metrics, *,
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
         self.store = store
         self.fills = fills
         self.tags = tags
         self.upstreams = upstreams
         self.metrics = metrics
+        self.tier = tier
+        self.writes = writes
         self._manifest_flights: SingleFlight[ManifestAnswer] = SingleFlight()
         self._list_flights: SingleFlight[list[str]] = SingleFlight()
 
@@ -101,8 +107,7 @@ class Proxy:
             # Content is fixed by the digest, so ask for every type we know besides the
             # client's: a registry refuses a manifest whose type is not in Accept.
             wanted = tuple(dict.fromkeys(accept + DEFAULT_ACCEPT))
-            got = await upstream.client.get_manifest(repo, str(digest), wanted)
-            return await self._store_manifest(got.body, got.content_type, got.digest, digest)
+            return await self._fetch_by_digest(upstream, repo, digest, wanted, None)
         answer, joined = await self._manifest_flights.do(("digest", str(digest)), fetch)
         return self._joined(answer) if joined else answer
 
@@ -145,18 +150,40 @@ class Proxy:
             if cached is not None:
                 outcome = "revalidated"
             else:
-                got = await client.get_manifest(route.repo, str(digest), accept)
-                cached = await self._store_manifest(got.body, got.content_type, got.digest,
-                                                    digest)
+                cached = await self._fetch_by_digest(upstream, route.repo, digest, accept, tag)
                 outcome = "miss"
         else:
             # No Docker-Content-Digest on HEAD: GET by tag and hash what we got.
             got = await client.get_manifest(route.repo, tag, accept)
             cached = await self._store_manifest(got.body, got.content_type, got.digest, None)
+            self._write_back_manifest(upstream, route.repo, cached.digest, tag)
             outcome = "miss"
         await self.tags.put(route.upstream, route.repo, tag, aclass,
                             TagRecord(str(cached.digest), cached.media_type, time.time()))
         return _as(cached, outcome)
+
+    async def _fetch_by_digest(self, upstream: Upstream, repo: str, digest: Digest,
+                               accept: tuple[str, ...], tag: str | None) -> ManifestAnswer:
+        """A manifest not in the local cache: from the backing tier, else the upstream (and
+        then written back to the tier, with the tag that named it)."""
+        if self.tier is not None:
+            try:
+                got = await self.tier.get_manifest(upstream.client.name, repo, digest)
+                answer = await self._store_manifest(got.body, got.content_type, got.digest,
+                                                    digest)
+                self.metrics.tier_reads.labels("manifest", "hit").inc()
+                return answer
+            except errors.PullcacheError as exc:
+                self.metrics.tier_reads.labels("manifest", _tier_outcome(exc)).inc()
+        got = await upstream.client.get_manifest(repo, str(digest), accept)
+        answer = await self._store_manifest(got.body, got.content_type, got.digest, digest)
+        self._write_back_manifest(upstream, repo, digest, tag)
+        return answer
+
+    def _write_back_manifest(self, upstream: Upstream, repo: str, digest: Digest,
+                             tag: str | None) -> None:
+        if self.writes is not None:
+            self.writes.manifest(upstream.client.name, repo, digest, tag)
 
     async def _stale(self, upstream: Upstream, record: TagRecord | None) -> ManifestAnswer | None:
         if record is None or not upstream.serve_stale:
@@ -199,15 +226,34 @@ class Proxy:
         if entry is not None:
             answer = BlobAnswer(digest, entry.size, "hit", entry=entry)
         else:
-            client = self.upstreams[route.upstream].client
-            fill, joined = self.fills.get_or_start(
-                "blob", digest, lambda: client.open_blob(route.repo, digest))
+            fill, joined = self.fills.get_or_start("blob", digest, self._sources(route, digest))
+            if not joined and self.writes is not None:
+                fill.result.add_done_callback(
+                    lambda done: self._write_back_blob(route, digest, fill, done))
             if joined:
                 self.metrics.coalesced.labels("blob").inc()
             size = await fill.started()  # raises the upstream's error before any byte is sent
             answer = BlobAnswer(digest, size, "joined" if joined else "miss", fill=fill)
         self.metrics.requests.labels("blob", answer.cache).inc()
         return answer
+
+    def _sources(self, route: Route, digest: Digest) -> list[Candidate]:
+        client = self.upstreams[route.upstream].client
+        origin = Candidate(route.upstream, lambda: client.open_blob(route.repo, digest))
+        if self.tier is None:
+            return [origin]
+        tier = self.tier
+        # The tier's copy is shown to no client until verified: a corrupt copy is dropped
+        # and the origin asked, without any reader having seen a byte of it.
+        return [Candidate("ecr", lambda: tier.open_blob(route.upstream, route.repo, digest),
+                          stream=False), origin]
+
+    def _write_back_blob(self, route: Route, digest: Digest, fill: Fill, done) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        self.metrics.tier_reads.labels("blob", "hit" if fill.source == "ecr" else "miss").inc()
+        if fill.source != "ecr":
+            self.writes.blob(route.upstream, route.repo, digest)
 
     async def blob_size(self, route: Route, digest: Digest) -> tuple[int | None, str]:
         """For HEAD: the blob's size and where it came from, without starting a fill."""
@@ -258,6 +304,31 @@ class Proxy:
         """Referrers (distribution-spec end-12a): answered by the upstream as it is now."""
         return await self.upstreams[route.upstream].client.passthrough(
             route.repo, f"referrers/{digest}", query)
+
+
+def _tier_outcome(exc: errors.PullcacheError) -> str:
+    return "miss" if isinstance(exc, (errors.ManifestUnknown, errors.BlobUnknown,
+                                      errors.NameUnknown)) else "error"
+
+
+class LocalContent:
+    """The local cache as the write-behind reads it (``backing.tier.LocalContent``)."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    async def blob_path(self, digest: Digest):
+        entry = await self.store.stat("blob", digest)
+        return self.store.path(entry) if entry else None
+
+    async def manifest(self, digest: Digest) -> tuple[bytes, str] | None:
+        entry = await self.store.stat("manifest", digest)
+        if entry is None:
+            return None
+        try:
+            return await self.store.read_bytes(entry), entry.media_type or ""
+        except FileNotFoundError:
+            return None
 
 
 def _next_page(link: str | None) -> dict[str, str]:

@@ -41,6 +41,19 @@ class Source(Protocol):
 Opener = Callable[[], Awaitable[Source]]
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One place a fill may take its bytes from, in the order tried.
+
+    ``stream``: readers see the bytes as they arrive (the origin). Otherwise the bytes are
+    shown only once verified, so a corrupt copy (in the backing tier) can be dropped and
+    the next candidate tried without any reader having seen a byte of it.
+    """
+    name: str
+    open: Opener
+    stream: bool = True
+
+
 class FillFailed(Exception):
     """The fill a reader was tailing failed after the response had started."""
 
@@ -62,7 +75,9 @@ class Fill:
         self.deadline = deadline
         self.temp = store.temp_path()
         self.size: int | None = None
-        self.written = 0
+        self.written = 0    # bytes in the temp file
+        self.visible = 0    # bytes readers may see (a held-back source shows none unverified)
+        self.source = ""    # the Candidate that filled it
         self.readers = 0
         self.origin = ""
         self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
@@ -72,11 +87,11 @@ class Fill:
 
     # -- the writer ---------------------------------------------------------------------------
 
-    async def run(self, opener: Opener) -> None:
+    async def run(self, sources: "list[Candidate]") -> None:
         began = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline):
-                entry = await self._download(opener)
+                entry = await self._download_first(sources)
         except TimeoutError:
             self._fail(UpstreamTimeout(str(self.digest), message="fill deadline exceeded"))
         except PullcacheError as exc:
@@ -98,11 +113,30 @@ class Fill:
             if not self.result.done() or self.result.exception() is not None:
                 await asyncio.to_thread(self.temp.unlink, True)
 
-    async def _download(self, opener: Opener) -> Entry:
-        source = await opener()
+    async def _download_first(self, sources: "list[Candidate]") -> Entry:
+        """Try each source in turn; a source that fails before readers saw any of its
+        bytes (a tier miss, a tier blob that fails verification) hands over to the next."""
+        for i, candidate in enumerate(sources):
+            try:
+                return await self._download(candidate)
+            except PullcacheError as exc:
+                if i == len(sources) - 1 or self.visible > 0:
+                    raise
+                log.warning("fill_source_skipped", digest=str(self.digest),
+                            source=candidate.name, error=str(exc))
+                self.written = 0
+                await asyncio.to_thread(self.temp.unlink, True)
+        raise FillFailed("no source")  # unreachable: the loop returns or raises
+
+    async def _download(self, candidate: "Candidate") -> Entry:
+        source = await candidate.open()
         try:
+            if self._started.done() and source.size != self.size:
+                raise SizeInvalid(f"{self.digest}: {candidate.name} announced {source.size} "
+                                  f"bytes, readers were promised {self.size}")
             self.size, self.origin = source.size, source.origin
-            self._started.set_result(self.size)
+            if not self._started.done():
+                self._started.set_result(self.size)
             hasher = self.digest.hasher()
             fd = await asyncio.to_thread(os.open, self.temp,
                                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -112,13 +146,15 @@ class Fill:
                         raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
                     await asyncio.to_thread(_write_and_hash, fd, chunk, hasher)
                     self.written += len(chunk)
-                    self._wake()
+                    if candidate.stream:
+                        self.visible = self.written
+                        self._wake()
                 if self.size is not None and self.written != self.size:
                     raise SizeInvalid(f"{self.digest}: {self.written} of {self.size} bytes")
                 if hasher.hexdigest() != self.digest.hex:
                     log.warning("digest_mismatch", digest=str(self.digest),
                                 got=f"{self.digest.algorithm}:{hasher.hexdigest()}",
-                                origin=self.origin, bytes=self.written)
+                                origin=self.origin, source=candidate.name, bytes=self.written)
                     self._on_event("digest_mismatch")
                     raise DigestMismatch(str(self.digest))
                 await asyncio.to_thread(os.fsync, fd)
@@ -126,7 +162,8 @@ class Fill:
                 await asyncio.to_thread(os.close, fd)
         finally:
             await source.close()
-        self.size = self.written
+        self.size = self.visible = self.written
+        self.source = candidate.name
         return await self.store.commit(self.kind, self.digest, self.temp, self.written)
 
     def _fail(self, exc: BaseException) -> None:
@@ -163,7 +200,7 @@ class Fill:
                 done = self.result.done()
                 if done and self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception()))
-                available = self.written if cap is None else min(self.written, cap)
+                available = self.visible if cap is None else min(self.visible, cap)
                 if cap is not None and cap == self.size and not done:
                     # Hold back the blob's final byte until its digest is verified: no client
                     # may receive a complete-looking blob of unverified content. A range that
@@ -178,6 +215,8 @@ class Fill:
                     offset += len(chunk)
                     yield chunk
                 elif done:
+                    if end is None and self.size != cap and cap is not None:
+                        raise FillFailed("blob size differs from the announced one")
                     return   # size was unknown: the verified end is where the bytes end
                 else:
                     await progress.wait()
@@ -224,7 +263,7 @@ class Fills:
     def __len__(self) -> int:
         return len(self._fills)
 
-    def get_or_start(self, kind: str, digest: Digest, opener: Opener,
+    def get_or_start(self, kind: str, digest: Digest, sources: list[Candidate],
                      expected_size: int | None = None) -> tuple[Fill, bool]:
         """The fill for ``digest``, started now if none is running; ``(fill, joined)``."""
         key = (kind, str(digest))
@@ -233,19 +272,19 @@ class Fills:
             return fill, True
         fill = Fill(kind, digest, self.store, self.deadline, self._on_event)
         self._fills[key] = fill
-        task = asyncio.create_task(self._supervise(key, fill, opener, expected_size),
+        task = asyncio.create_task(self._supervise(key, fill, sources, expected_size),
                                    name=f"fill {digest}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill, False
 
-    async def _supervise(self, key, fill: Fill, opener: Opener,
+    async def _supervise(self, key, fill: Fill, sources: list[Candidate],
                          expected_size: int | None) -> None:
         try:
             if expected_size:
                 await self.store.make_room(expected_size)
             with self.store.reservation(expected_size or 0):
-                await fill.run(opener)
+                await fill.run(sources)
             if fill.result.exception() is None:
                 await self.store.make_room()
         finally:

@@ -9,9 +9,10 @@ How a request flows through what this module builds:
    else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
 4. ``routes`` writes the answer: sendfile for committed blobs, a tail of the fill otherwise.
 
-Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the HTTP client session, the
-cache (store, tag records, fills), and the housekeeping task. Each background task ends
-when its context is torn down.
+Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the HTTP client session (and
+the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag records, fills, the
+ECR backing tier and its write-behind workers, drained with a deadline), and the
+housekeeping task. Each background task ends when its context is torn down.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from ..backing.ecr import EcrApi, EcrCredentials
+from ..backing.tier import EcrTier, WriteBehind
 from ..cache.fill import Fills
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
 from ..config import Config
 from ..metrics import Metrics
-from ..proxy import Proxy, Upstream
+from ..proxy import LocalContent, Proxy, Upstream
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from . import routes
-from .keys import METRICS, PROXY, ROUTES, STORE, UPSTREAMS
+from .keys import METRICS, PROXY, ROUTES, SESSION, STORE, UPSTREAMS
 from .middleware import oci_errors, request_context
 
 log = structlog.get_logger("pullcache.app")
@@ -58,13 +61,22 @@ def build_app(config: Config) -> web.Application:
     async def http_session(app: web.Application) -> AsyncIterator[None]:
         # One session for every upstream; per-request timeouts are set by each client.
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                         trust_env=False) as session:
-            upstreams = {
-                u.host: Upstream(RegistryClient(UpstreamSettings.from_config(u), session,
-                                                observer=metrics),
-                                 u.tag_ttl, u.serve_stale)
-                for u in config.upstreams}
+        async with contextlib.AsyncExitStack() as stack:
+            session = await stack.enter_async_context(aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, trust_env=False))
+            app[SESSION] = session
+            upstreams = {}
+            for u in config.upstreams:
+                credentials = None
+                if u.auth == "ecr":
+                    api = await stack.enter_async_context(_opened(EcrApi(
+                        u.ecr_region, registry_id=u.ecr_registry_id, profile=u.profile,
+                        endpoint_url=u.aws_endpoint_url)))
+                    credentials = EcrCredentials(api.token, min_refresh=u.token_min_refresh)
+                client = RegistryClient(UpstreamSettings.from_config(u), session,
+                                        observer=metrics, credentials=credentials,
+                                        basic_first=credentials is not None)
+                upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale)
             app[UPSTREAMS] = upstreams
             yield
 
@@ -73,14 +85,35 @@ def build_app(config: Config) -> web.Application:
         tags = TagStore(config.cache.dir)
         await tags.open()
         fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event)
-        app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics)
         metrics.fills_in_flight.set_function(lambda: len(fills))
-        try:
-            yield
-        finally:
-            await fills.close()
-            await tags.close()
-            await store.close()
+        async with contextlib.AsyncExitStack() as stack:
+            tier = writes = None
+            ecr = config.backing_ecr
+            if ecr.enabled:
+                api = await stack.enter_async_context(_opened(EcrApi(
+                    ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
+                    endpoint_url=ecr.endpoint_url)))
+                client = RegistryClient(
+                    UpstreamSettings("ecr-tier", ecr.data_plane,
+                                     connect_timeout=ecr.connect_timeout,
+                                     header_timeout=ecr.header_timeout,
+                                     read_timeout=ecr.read_timeout),
+                    app[SESSION], observer=metrics, basic_first=True,
+                    credentials=EcrCredentials(api.token, min_refresh=ecr.token_min_refresh))
+                tier = EcrTier(api, client, ecr.repository_prefix)
+                writes = WriteBehind(tier, LocalContent(store),
+                                     concurrency=ecr.write_concurrency,
+                                     retries=ecr.write_retries,
+                                     drain_timeout=ecr.drain_timeout, metrics=metrics)
+                stack.push_async_callback(writes.close)
+            app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
+                               tier=tier, writes=writes)
+            try:
+                yield
+            finally:
+                await fills.close()
+        await tags.close()
+        await store.close()
 
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_housekeep(store), name="housekeeping")
@@ -92,6 +125,15 @@ def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([http_session, cache, housekeeping])
     routes.setup(app)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _opened(api: EcrApi) -> AsyncIterator[EcrApi]:
+    await api.open()
+    try:
+        yield api
+    finally:
+        await api.close()
 
 
 async def _housekeep(store: BlobStore) -> None:

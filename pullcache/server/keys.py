@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -17,3 +18,4 @@ STORE: web.AppKey["BlobStore"] = web.AppKey("store")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")

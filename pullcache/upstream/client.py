@@ -10,8 +10,8 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Mapping
-from urllib.parse import urljoin, urlsplit
+from typing import AsyncIterator, Callable, Mapping, Protocol
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 import structlog
@@ -94,11 +94,35 @@ class BlobStream:
         self._response.release()
 
 
+class Credentials(Protocol):
+    """Where a client's username and password come from."""
+
+    async def get(self) -> tuple[str, str] | None: ...
+
+    async def rejected(self) -> bool:
+        """The registry refused what ``get`` gave: True if asking again may give better."""
+
+
+class StaticCredentials:
+    def __init__(self, username: str | None, password: str | None) -> None:
+        self._pair = (username, password or "") if username else None
+
+    async def get(self) -> tuple[str, str] | None:
+        return self._pair
+
+    async def rejected(self) -> bool:
+        return False
+
+
 class RegistryClient:
-    """Speaks the pull API of one upstream registry, over the app's shared session."""
+    """Speaks the distribution API of one registry, over the app's shared session.
+
+    Pull for upstreams; push too, for the ECR backing tier's write-behind.
+    """
 
     def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession, *,
-                 observer: "UpstreamObserver | None" = None) -> None:
+                 observer: "UpstreamObserver | None" = None,
+                 credentials: Credentials | None = None, basic_first: bool = False) -> None:
         self.settings = settings
         self.name = settings.name
         self._base = settings.url.rstrip("/")
@@ -107,7 +131,10 @@ class RegistryClient:
         self._observer = observer or UpstreamObserver()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                               sock_read=settings.read_timeout)
-        self._challenge: Challenge | None = None
+        self._credentials = credentials or StaticCredentials(settings.username,
+                                                             settings.password)
+        # ECR always wants Basic: send it before being asked, saving a 401 round trip.
+        self._challenge: Challenge | None = Challenge("basic") if basic_first else None
         self._tokens = TokenCache(self._fetch_token,
                                   on_refresh=lambda: self._observer.token_refreshed(self.name))
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown,
@@ -162,21 +189,61 @@ class RegistryClient:
                 if k.lower() in ("content-type", "link", "oci-filters-applied")}
         return Passthrough(resp.status, body, keep)
 
+    # -- the push API (the ECR tier's write-behind) ---------------------------------------------
+
+    async def exists(self, repo: str, kind: str, digest: Digest) -> bool:
+        """HEAD a blob or a manifest by digest: present or not (404)."""
+        not_found = errors.BlobUnknown if kind == "blobs" else errors.ManifestUnknown
+        try:
+            resp = await self._send("HEAD", repo, f"{kind}/{digest}", {}, not_found=not_found)
+        except (errors.BlobUnknown, errors.ManifestUnknown, errors.NameUnknown):
+            return False
+        resp.release()
+        return True
+
+    async def push_blob(self, repo: str, digest: Digest,
+                        chunks: AsyncIterator[bytes]) -> None:
+        """OCI chunked upload (distribution-spec "Pushing a blob in chunks"): POST, PATCH
+        each chunk with its Content-Range, then PUT ``?digest=``."""
+        resp = await self._send("POST", repo, "blobs/uploads/", {"Content-Length": "0"},
+                                not_found=errors.NameUnknown, push=True)
+        resp.release()
+        location, offset = _location(resp), 0
+        async for chunk in chunks:
+            resp = await self._send(
+                "PATCH", repo, "", {"Content-Type": "application/octet-stream",
+                                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}"},
+                url=location, data=chunk, not_found=errors.BlobUnknown, push=True)
+            resp.release()
+            location, offset = _location(resp), offset + len(chunk)
+        resp = await self._send("PUT", repo, "", {"Content-Length": "0"},
+                                url=_with_query(location, "digest", str(digest)),
+                                not_found=errors.BlobUnknown, push=True)
+        resp.release()
+
+    async def push_manifest(self, repo: str, reference: str, body: bytes,
+                            media_type: str) -> None:
+        resp = await self._send("PUT", repo, f"manifests/{reference}",
+                                {"Content-Type": media_type}, data=body,
+                                not_found=errors.NameUnknown, push=True)
+        resp.release()
+
     # -- one request: breaker, auth, redirects, status → error --------------------------------
 
     async def _send(self, method: str, repo: str, tail: str, headers: dict[str, str], *,
                     not_found: type[errors.PullcacheError],
                     query: Mapping[str, str] | None = None,
-                    timeout: float | None = None) -> aiohttp.ClientResponse:
+                    timeout: float | None = None, url: str | None = None,
+                    data: bytes | None = None, push: bool = False) -> aiohttp.ClientResponse:
         self.breaker.check()
         timeout = timeout or self.settings.header_timeout
-        url = f"{self._base}/v2/{repo}/{tail}"
-        scope = scope_for(repo)
+        url = urljoin(self._base + "/", url) if url else f"{self._base}/v2/{repo}/{tail}"
+        scope = scope_for(repo) + (",push" if push else "")
         headers = {"User-Agent": USER_AGENT, **headers}
         began = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
-                resp = await self._authorized(method, url, headers, scope, query)
+                resp = await self._authorized(method, url, headers, scope, query, data)
         except TimeoutError as exc:
             self.breaker.trip()
             self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
@@ -206,9 +273,9 @@ class RegistryClient:
         raise _error_for(resp.status, resp.headers, body, not_found, self.name)
 
     async def _authorized(self, method: str, url: str, headers: dict[str, str], scope: str,
-                          query) -> aiohttp.ClientResponse:
+                          query, data: bytes | None = None) -> aiohttp.ClientResponse:
         auth = await self._auth_header(scope)
-        resp = await self._follow(method, url, headers, auth, query)
+        resp = await self._follow(method, url, headers, auth, query, data)
         if resp.status != 401 or _origin(str(resp.url)) != self._origin:
             return resp
         challenges = parse_challenges(resp.headers.get("WWW-Authenticate", ""))
@@ -216,10 +283,10 @@ class RegistryClient:
         if answer is None:
             return resp
         resp.release()
-        return await self._follow(method, url, headers, answer, query)
+        return await self._follow(method, url, headers, answer, query, data)
 
     async def _follow(self, method: str, url: str, headers: dict[str, str], auth: str | None,
-                      query) -> aiohttp.ClientResponse:
+                      query, data: bytes | None = None) -> aiohttp.ClientResponse:
         """Send, following redirects ourselves with a fresh header set each hop.
 
         distribution-spec: clients "MUST NOT forward Authorization headers across host
@@ -230,7 +297,8 @@ class RegistryClient:
             if auth and _origin(url) == self._origin:
                 hop_headers["Authorization"] = auth
             resp = await self._session.request(method, url, headers=hop_headers, params=query,
-                                               allow_redirects=False, timeout=self._timeout)
+                                               data=data, allow_redirects=False,
+                                               timeout=self._timeout)
             location = resp.headers.get("Location")
             if resp.status not in REDIRECTS or not location:
                 return resp
@@ -247,7 +315,7 @@ class RegistryClient:
         if challenge is None:
             return None
         if challenge.scheme == "basic":
-            return self._basic()
+            return await self._basic()
         return "Bearer " + await self._tokens.get(challenge, scope)
 
     async def _answer(self, challenges: list[Challenge], scope: str,
@@ -259,14 +327,19 @@ class RegistryClient:
                 # A token we just sent and got a 401 for is stale (revoked, clock skew).
                 token = await self._tokens.get(self._challenge, scope, force=stale is not None)
                 return "Bearer " + token
-            if challenge.scheme == "basic" and self.settings.username:
+            if challenge.scheme == "basic":
+                header = await self._basic()
+                if header is not None and header == stale and await self._credentials.rejected():
+                    header = await self._basic()   # e.g. an expired ECR token, refreshed
+                if header is None or header == stale:
+                    return None
                 self._challenge = Challenge("basic")
-                return None if stale == self._basic() else self._basic()
+                return header
         return None
 
-    def _basic(self) -> str | None:
-        s = self.settings
-        return basic_header(s.username, s.password or "") if s.username else None
+    async def _basic(self) -> str | None:
+        pair = await self._credentials.get()
+        return basic_header(*pair) if pair else None
 
     async def _fetch_token(self, challenge: Challenge, scope: str):
         realm = challenge.realm or ""
@@ -275,9 +348,10 @@ class RegistryClient:
             params["service"] = challenge.params["service"]
         headers = {"User-Agent": USER_AGENT}
         s = self.settings
-        if s.username and realm_trusted(self._base, realm):
-            headers["Authorization"] = basic_header(s.username, s.password or "")
-        elif s.username:
+        basic = await self._basic()
+        if basic and realm_trusted(self._base, realm):
+            headers["Authorization"] = basic
+        elif basic:
             log.warning("realm_untrusted", upstream=self.name, realm=realm)
         try:
             async with asyncio.timeout(s.header_timeout):
@@ -323,6 +397,17 @@ class UpstreamObserver:
         return None
 
     def token_refreshed(self, upstream: str) -> None: ...
+
+
+def _location(resp: aiohttp.ClientResponse) -> str:
+    location = resp.headers.get("Location")
+    if not location:
+        raise errors.UpstreamError("upload answered without a Location")
+    return urljoin(str(resp.url), location)
+
+
+def _with_query(url: str, key: str, value: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{urlencode({key: value})}"
 
 
 def _accept(accept: tuple[str, ...]) -> str:

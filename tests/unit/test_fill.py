@@ -137,6 +137,11 @@ def temp_files(store: BlobStore) -> list:
     return list(store.tmp.iterdir())
 
 
+async def settled(fills: Fills) -> None:
+    """Wait until every fill task has finished its clean-up (its result is set earlier)."""
+    await eventually(lambda: len(fills) == 0)
+
+
 # --- the happy path -----------------------------------------------------------------------------
 
 async def test_readers_get_bytes_before_the_fill_ends_and_the_blob_is_committed(fills, store):
@@ -158,7 +163,7 @@ async def test_readers_get_bytes_before_the_fill_ends_and_the_blob_is_committed(
     assert temp_files(store) == []
     assert source.closed
     assert fills.events == ["committed"]
-    await eventually(lambda: len(fills) == 0)
+    await settled(fills)
 
 
 async def test_second_caller_joins_the_running_fill(fills):
@@ -300,6 +305,7 @@ async def test_digest_mismatch_fails_every_reader_and_keeps_nothing(fills, store
         await wait(fill.result)
     with pytest.raises(FillFailed):
         await Reader(fill).result()                         # a reader arriving afterwards
+    await settled(fills)
     assert not fill.temp.exists() and temp_files(store) == []
     assert await store.stat("blob", DIGEST) is None
     assert list((store.root / "blobs").rglob("*")) == []
@@ -316,6 +322,7 @@ async def test_more_bytes_than_announced_is_size_invalid(fills, store):
         await wait(fill.result)
     with pytest.raises(FillFailed):
         await reader.result()
+    await settled(fills)
     assert temp_files(store) == [] and await store.stat("blob", DIGEST) is None
 
 
@@ -325,6 +332,7 @@ async def test_fewer_bytes_than_announced_is_size_invalid(fills, store):
     source.release_all()
     with pytest.raises(SizeInvalid):
         await wait(fill.result)
+    await settled(fills)
     assert temp_files(store) == [] and await store.stat("blob", DIGEST) is None
 
 
@@ -339,6 +347,7 @@ async def test_a_source_error_mid_stream_fails_the_readers(fills, store):
         await reader.result()
     with pytest.raises(ConnectionResetError):
         await wait(fill.result)
+    await settled(fills)
     assert temp_files(store) == []
     assert source.closed
 
@@ -351,8 +360,8 @@ async def test_an_error_before_the_start_is_raised_by_started(fills, store):
         await wait(fill.started())
     with pytest.raises(BlobUnknown):
         await wait(fill.result)
+    await settled(fills)
     assert temp_files(store) == []
-    await eventually(lambda: len(fills) == 0)
     # The key is free again: the next request starts a new fill.
     source = FakeSource(CHUNKS)
     source.release_all()
@@ -367,6 +376,7 @@ async def test_the_deadline_fails_the_fill_with_upstream_timeout(store):
     fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
     with pytest.raises(UpstreamTimeout):
         await wait(fill.result)
+    await settled(fills)
     assert temp_files(store) == []
     await fills.close()
 
@@ -403,7 +413,7 @@ async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):
     fill, _ = fills.get_or_start("blob", DIGEST, opener(source), expected_size=len(DATA))
     try:
         with pytest.raises(Exception) as info:
-            await wait(fill.started(), timeout=2)
+            await wait(fill.started(), timeout=1)
         assert not isinstance(info.value, TimeoutError)
     finally:
         await fills.close()
