@@ -80,10 +80,16 @@ def resolve(table: UpstreamTable, tail: str, *, prefix: str | None = None,
             raise NameUnknown(prefix, message=f"no upstream configured for {prefix!r}")
         upstream, namespace = upstream or by_prefix, namespace or prefix
     first, _, rest = name.partition("/")
-    if rest and looks_like_host(first) and (host := table.lookup(first)) is not None:
-        upstream, namespace, name = upstream or host, namespace or first, rest
-    elif rest and looks_like_host(first):
-        raise NameUnknown(first, message=f"no upstream configured for {first!r}")
+    if rest and looks_like_host(first):
+        host = table.lookup(first)
+        if upstream is None:
+            if host is None:
+                raise NameUnknown(first, message=f"no upstream configured for {first!r}")
+            upstream, namespace, name = host, first, rest
+        elif host == upstream:
+            name = rest   # containerd override_path: /v2/<host>/<name>?ns=<host>
+        # else: ns or a prefix chose the upstream, and the name just starts with a domain
+        # (gcr.io/google.com/cloudsdktool/…): it stays part of the name.
     upstream = upstream or table.default
     validate_name(name)
     if upstream == DOCKER_HUB and "/" not in name:

@@ -20,7 +20,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog
 
-from ..errors import DigestMismatch, PullcacheError, SizeInvalid, UpstreamTimeout
+from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
 from .store import BlobStore
@@ -78,6 +78,7 @@ class Fill:
         self.written = 0    # bytes in the temp file
         self.visible = 0    # bytes readers may see (a held-back source shows none unverified)
         self.source = ""    # the Candidate that filled it
+        self.generation = 0  # bumped when a source is dropped and its temp file deleted
         self.readers = 0
         self.origin = ""
         self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
@@ -125,6 +126,7 @@ class Fill:
                 log.warning("fill_source_skipped", digest=str(self.digest),
                             source=candidate.name, error=str(exc))
                 self.written = 0
+                self.generation += 1   # readers holding the old temp file must reopen
                 await asyncio.to_thread(self.temp.unlink, True)
         raise FillFailed("no source")  # unreachable: the loop returns or raises
 
@@ -135,7 +137,9 @@ class Fill:
                 raise SizeInvalid(f"{self.digest}: {candidate.name} announced {source.size} "
                                   f"bytes, readers were promised {self.size}")
             self.size, self.origin = source.size, source.origin
-            if not self._started.done():
+            if candidate.stream and not self._started.done():
+                # A held-back source promises readers nothing (not even a size) until its
+                # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
             hasher = self.digest.hasher()
             fd = await asyncio.to_thread(os.open, self.temp,
@@ -164,6 +168,8 @@ class Fill:
             await source.close()
         self.size = self.visible = self.written
         self.source = candidate.name
+        if not self._started.done():
+            self._started.set_result(self.size)
         return await self.store.commit(self.kind, self.digest, self.temp, self.written)
 
     def _fail(self, exc: BaseException) -> None:
@@ -190,7 +196,7 @@ class Fill:
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""
-        fd = await self._open_for_read()
+        fd, generation = await self._open_for_read()
         self.readers += 1
         cap = end if end is not None else self.size   # exclusive; None while unknown
         try:
@@ -200,6 +206,12 @@ class Fill:
                 done = self.result.done()
                 if done and self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception()))
+                if generation != self.generation:
+                    # The source was dropped before showing any byte (offset is still
+                    # ``start``): read the new temp file, never the dropped one.
+                    await asyncio.to_thread(os.close, fd)
+                    fd = -1
+                    fd, generation = await self._open_for_read()
                 available = self.visible if cap is None else min(self.visible, cap)
                 if cap is not None and cap == self.size and not done:
                     # Hold back the blob's final byte until its digest is verified: no client
@@ -222,17 +234,20 @@ class Fill:
                     await progress.wait()
         finally:
             self.readers -= 1
-            await asyncio.to_thread(os.close, fd)
+            if fd >= 0:
+                await asyncio.to_thread(os.close, fd)
 
-    async def _open_for_read(self) -> int:
-        """Open the temp file, or the committed file if the fill finished meanwhile.
+    async def _open_for_read(self) -> tuple[int, int]:
+        """Open the temp file (or the committed file if the fill finished meanwhile);
+        return the fd and the temp file's generation.
 
         An fd opened on the temp file stays valid across the commit's rename (POSIX).
         """
         await self.started()
         while True:
+            generation = self.generation
             try:
-                return await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
+                fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
             except FileNotFoundError:
                 if not self.result.done():
                     await self._progress.wait()  # the writer has not created it yet
@@ -240,7 +255,10 @@ class Fill:
                 if self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception())) from None
                 path = self.store.path(self.result.result().entry)
-                return await asyncio.to_thread(os.open, path, os.O_RDONLY)
+                return await asyncio.to_thread(os.open, path, os.O_RDONLY), generation
+            if generation == self.generation:
+                return fd, generation
+            await asyncio.to_thread(os.close, fd)   # raced with a source change: again
 
 
 def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:
@@ -281,8 +299,12 @@ class Fills:
     async def _supervise(self, key, fill: Fill, sources: list[Candidate],
                          expected_size: int | None) -> None:
         try:
-            if expected_size:
-                await self.store.make_room(expected_size)
+            try:
+                if expected_size:
+                    await self.store.make_room(expected_size)
+            except Exception as exc:  # noqa: BLE001 - the fill's supervisor: fail, don't hang
+                fill._fail(StorageError(f"no room for the fill: {exc}"))
+                return
             with self.store.reservation(expected_size or 0):
                 await fill.run(sources)
             if fill.result.exception() is None:

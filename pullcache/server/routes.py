@@ -214,7 +214,7 @@ async def tags(request: web.Request, target: Target) -> web.Response:
 def parse_n(n: str | None) -> int | None:
     if n is None or n == "":
         return None
-    if not n.isdigit():
+    if not (n.isascii() and n.isdigit()):
         raise PaginationInvalid(n)
     return int(n)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import re
 import time
 from datetime import datetime
@@ -74,10 +75,13 @@ def realm_trusted(upstream_url: str, realm: str) -> bool:
     exactly. Our domain check takes the last two labels; a public-suffix list would be more
     precise for hosts under multi-label suffixes like ``co.uk``.
     """
-    up = (urlsplit(upstream_url).hostname or "").lower()
-    rh = (urlsplit(realm).hostname or "").lower()
+    up_parts, realm_parts = urlsplit(upstream_url), urlsplit(realm)
+    up = (up_parts.hostname or "").lower()
+    rh = (realm_parts.hostname or "").lower()
     if not up or not rh:
         return False
+    if up_parts.scheme == "https" and realm_parts.scheme != "https":
+        return False   # credentials meant for TLS never go out in clear text
     if up == rh:
         return True
     if _is_ip(up) or _is_ip(rh) or "." not in up:
@@ -135,10 +139,10 @@ class TokenCache:
     async def _refresh(self, key, challenge: Challenge, scope: str) -> Token:
         value, expires_in, issued_at = await self._fetch(challenge, scope)
         now = self._clock()
-        if issued_at is not None:
-            # token.md: expiry counts from issued_at. Clock skew must not make a token look
-            # older than it is at arrival, nor younger.
-            age = min(max(time.time() - issued_at, 0.0), expires_in)
+        age = time.time() - issued_at if issued_at is not None else 0.0
+        if 0.0 < age < expires_in:
+            # token.md: expiry counts from issued_at. An age outside (0, expires_in) can only
+            # be clock skew between us and the realm: then count from arrival instead.
             lifetime = expires_in - age
         else:
             lifetime = expires_in
@@ -168,7 +172,7 @@ def parse_token_response(body: dict) -> tuple[str, float, float | None]:
         ttl = float(expires_in) if expires_in is not None else DEFAULT_EXPIRES_IN
     except (TypeError, ValueError):
         ttl = DEFAULT_EXPIRES_IN
-    if ttl <= 0:
+    if not math.isfinite(ttl) or ttl <= 0:
         ttl = DEFAULT_EXPIRES_IN
     issued = None
     if isinstance(body.get("issued_at"), str):

@@ -38,6 +38,10 @@ class Breaker:
         return self._open_until is not None and self._clock() < self._open_until
 
     def check(self) -> None:
+        if self._probing:
+            # Half-open: one request is already finding out; the rest fail fast meanwhile.
+            raise UpstreamUnavailable(f"{self.name}: circuit half-open, probing",
+                                      headers={"Retry-After": "1"})
         if self._open_until is None:
             return
         remaining = self._open_until - self._clock()
@@ -62,6 +66,7 @@ class Breaker:
         self.failure()
 
     def failure(self) -> None:
+        self._probing = False
         self._count += 1
         if self._count >= self.failures and self._open_until is None:
             self._open_until = self._clock() + self.cooldown

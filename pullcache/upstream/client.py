@@ -278,7 +278,9 @@ class RegistryClient:
         resp = await self._follow(method, url, headers, auth, query, data)
         if resp.status != 401 or _origin(str(resp.url)) != self._origin:
             return resp
-        challenges = parse_challenges(resp.headers.get("WWW-Authenticate", ""))
+        # A 401 without a challenge (some proxies strip it) repeats the last one we know.
+        challenges = parse_challenges(resp.headers.get("WWW-Authenticate", "")) or \
+            ([self._challenge] if self._challenge is not None else [])
         answer = await self._answer(challenges, scope, stale=auth)
         if answer is None:
             return resp
@@ -329,9 +331,13 @@ class RegistryClient:
                 return "Bearer " + token
             if challenge.scheme == "basic":
                 header = await self._basic()
-                if header is not None and header == stale and await self._credentials.rejected():
-                    header = await self._basic()   # e.g. an expired ECR token, refreshed
-                if header is None or header == stale:
+                if header is not None and header == stale:
+                    # Refused: worth one more try only with freshly fetched credentials
+                    # (an expired ECR token; the new one may even read the same).
+                    if not await self._credentials.rejected():
+                        return None
+                    header = await self._basic()
+                if header is None:
                     return None
                 self._challenge = Challenge("basic")
                 return header

@@ -35,6 +35,8 @@ class Pullcache:
     workdir: Path
     upstreams: list[UpstreamSpec]
     cache: dict = field(default_factory=dict)
+    backing: dict = field(default_factory=dict)   # [backing.ecr] keys
+    env: dict = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen | None = None
 
@@ -66,6 +68,9 @@ class Pullcache:
             if up.username:
                 lines += [f'username = "{up.username}"', f'password = "{up.password}"']
             lines += [f"{k} = {_toml(v)}" for k, v in up.extra.items()]
+        if self.backing:
+            lines += ["", "[backing.ecr]"] + [f"{k} = {_toml(v)}"
+                                              for k, v in self.backing.items()]
         path = self.workdir / "pullcache.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -74,6 +79,7 @@ class Pullcache:
         config = self.write_config()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env = {k: v for k, v in env.items() if not k.startswith("PULLCACHE_")}
+        env.update(self.env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pullcache", "serve", "--config", str(config)],

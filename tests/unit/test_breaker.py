@@ -113,10 +113,6 @@ def test_at_least_one_failure_is_needed():
     assert breaker.is_open
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: half-open lets every request through, not one: the first check() after the "
-    "cool-down clears _open_until, so concurrent check() calls pass too until the probe "
-    "reports (Breaker docstring: 'After the cool-down one request is let through')"))
 def test_half_open_lets_only_one_request_through(breaker, clock):
     start = clock.now
     breaker.trip()

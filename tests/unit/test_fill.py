@@ -1,7 +1,8 @@
 """pullcache.cache.fill: one verified download, tailed by many readers (real temp dirs).
 
 The upstream is an in-memory ``Source`` whose chunks are released one at a time by events,
-so each test decides exactly how far the download has got.
+so each test decides exactly how far the download has got. A fill tries a list of
+``Candidate`` sources in order (the backing tier, held back until verified; then the origin).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import time
 
 import pytest
 
-from pullcache.cache.fill import Fill, FillFailed, Fills
+from pullcache.cache.fill import Candidate, Fill, FillFailed, Fills
 from pullcache.cache.store import BlobStore, Budget
-from pullcache.errors import BlobUnknown, DigestMismatch, SizeInvalid, UpstreamTimeout
+from pullcache.errors import (
+    BlobUnknown, DigestMismatch, SizeInvalid, UpstreamError, UpstreamTimeout)
 from pullcache.oci import Digest
 
 DATA = b"0123456789abcdefghij"      # 20 bytes, delivered as 3 chunks below
@@ -33,13 +35,12 @@ class FakeSource:
         self.gates = [asyncio.Event() for _ in chunks]
         self.end = asyncio.Event()
         self.error = error            # raised after the last chunk instead of finishing
-        self.delivered = 0
+        self.opened = 0
         self.closed = False
 
     async def chunks(self):
         for gate, chunk in zip(self.gates, self._chunks):
             await gate.wait()
-            self.delivered += len(chunk)
             yield chunk
         await self.end.wait()
         if self.error is not None:
@@ -58,15 +59,24 @@ class FakeSource:
         self.release(end=True)
 
 
-def opener(source: FakeSource):
+def candidate(source: FakeSource | Exception, name: str = "origin", *,
+              stream: bool = True) -> Candidate:
+    """A Candidate whose open() returns ``source``, or raises it if it is an exception."""
     async def open_():
+        if isinstance(source, Exception):
+            raise source
+        source.opened += 1
         return source
-    return open_
+    return Candidate(name, open_, stream)
+
+
+def origin(source: FakeSource) -> list[Candidate]:
+    return [candidate(source)]
 
 
 class Reader:
-    """Consumes ``fill.read(...)`` in its own task; records whether the fill had ended
-    (``fill.result.done()``) when each chunk arrived."""
+    """Consumes ``fill.read(...)`` in its own task; records whether the fill's bytes had
+    been verified (a source recorded, or the fill ended) when each chunk arrived."""
 
     def __init__(self, fill: Fill, start: int = 0, end: int | None = None) -> None:
         self.fill = fill
@@ -78,7 +88,7 @@ class Reader:
     async def _run(self, start, end) -> bytes:
         async with contextlib.aclosing(self.fill.read(start, end)) as chunks:
             async for chunk in chunks:
-                self.chunks.append((chunk, self.fill.result.done()))
+                self.chunks.append((chunk, bool(self.fill.source) or self.fill.result.done()))
                 self.buf += chunk
                 self._grew.set()
         return bytes(self.buf)
@@ -146,7 +156,7 @@ async def settled(fills: Fills) -> None:
 
 async def test_readers_get_bytes_before_the_fill_ends_and_the_blob_is_committed(fills, store):
     source = FakeSource(CHUNKS)
-    fill, joined = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, joined = fills.get_or_start("blob", DIGEST, origin(source))
     assert not joined
     reader = Reader(fill)
     assert await wait(fill.started()) == len(DATA)
@@ -168,11 +178,11 @@ async def test_readers_get_bytes_before_the_fill_ends_and_the_blob_is_committed(
 
 async def test_second_caller_joins_the_running_fill(fills):
     source = FakeSource(CHUNKS)
-    fill, joined = fills.get_or_start("blob", DIGEST, opener(source))
-    again, joined_again = fills.get_or_start("blob", DIGEST, opener(FakeSource([b"never"])))
+    fill, joined = fills.get_or_start("blob", DIGEST, origin(source))
+    again, joined_again = fills.get_or_start("blob", DIGEST, origin(FakeSource([b"never"])))
     assert (again, joined, joined_again) == (fill, False, True)
     assert len(fills) == 1
-    other, joined_other = fills.get_or_start("manifest", DIGEST, opener(FakeSource(CHUNKS)))
+    other, joined_other = fills.get_or_start("manifest", DIGEST, origin(FakeSource(CHUNKS)))
     assert other is not fill and not joined_other          # one fill per (kind, digest)
     source.release_all()
     await wait(fill.result)
@@ -180,7 +190,7 @@ async def test_second_caller_joins_the_running_fill(fills):
 
 async def test_the_final_byte_is_held_back_until_the_digest_is_verified(fills):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     source.release()                                        # every byte, but not the end
     await eventually(lambda: fill.written == len(DATA))
     reader = Reader(fill)
@@ -194,7 +204,7 @@ async def test_the_final_byte_is_held_back_until_the_digest_is_verified(fills):
 
 async def test_a_streaming_reader_never_sees_the_final_byte_before_the_end(fills):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     reader = Reader(fill)
     for i in range(len(CHUNKS)):
         source.release(i + 1)
@@ -209,7 +219,7 @@ async def test_a_streaming_reader_never_sees_the_final_byte_before_the_end(fills
 
 async def test_unknown_size_streams_everything_and_ends_when_verified(fills, store):
     source = FakeSource(CHUNKS, size=None)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     assert await wait(fill.started()) is None
     reader = Reader(fill)
     source.release()
@@ -224,7 +234,7 @@ async def test_unknown_size_streams_everything_and_ends_when_verified(fills, sto
 
 async def test_a_late_reader_starts_from_byte_zero(fills):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     source.release(2)
     await eventually(lambda: fill.written == 15)
     late = Reader(fill)
@@ -236,7 +246,7 @@ async def test_a_late_reader_starts_from_byte_zero(fills):
 
 async def test_a_reader_after_the_commit_reads_the_committed_file(fills, store):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     source.release_all()
     await wait(fill.result)
     assert not fill.temp.exists()
@@ -246,7 +256,7 @@ async def test_a_reader_after_the_commit_reads_the_committed_file(fills, store):
 
 async def test_a_range_that_ends_early_is_served_before_the_fill_ends(fills):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     source.release(1)
     assert await Reader(fill, 2, 8).result() == DATA[2:8]   # its last byte is the 8th
     assert not fill.result.done()
@@ -258,7 +268,7 @@ async def test_a_range_that_ends_early_is_served_before_the_fill_ends(fills):
 
 async def test_a_range_to_the_end_is_held_back_like_the_whole_blob(fills):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     source.release()
     await eventually(lambda: fill.written == len(DATA))
     tail = Reader(fill, 12, len(DATA))
@@ -270,7 +280,7 @@ async def test_a_range_to_the_end_is_held_back_like_the_whole_blob(fills):
 
 async def test_cancelling_a_reader_leaves_the_fill_running(fills, store):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     quitter = Reader(fill)
     stayer = Reader(fill)
     source.release(1)
@@ -291,7 +301,7 @@ async def test_cancelling_a_reader_leaves_the_fill_running(fills, store):
 async def test_digest_mismatch_fails_every_reader_and_keeps_nothing(fills, store):
     wrong = b"X" + DATA[1:]
     source = FakeSource([wrong[:8], wrong[8:]])
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     readers = [Reader(fill) for _ in range(3)]
     source.release()
     for reader in readers:
@@ -315,7 +325,7 @@ async def test_digest_mismatch_fails_every_reader_and_keeps_nothing(fills, store
 
 async def test_more_bytes_than_announced_is_size_invalid(fills, store):
     source = FakeSource(CHUNKS, size=10)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     reader = Reader(fill)
     source.release_all()
     with pytest.raises(SizeInvalid):
@@ -328,7 +338,7 @@ async def test_more_bytes_than_announced_is_size_invalid(fills, store):
 
 async def test_fewer_bytes_than_announced_is_size_invalid(fills, store):
     source = FakeSource(CHUNKS, size=len(DATA) + 5)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     source.release_all()
     with pytest.raises(SizeInvalid):
         await wait(fill.result)
@@ -338,7 +348,7 @@ async def test_fewer_bytes_than_announced_is_size_invalid(fills, store):
 
 async def test_a_source_error_mid_stream_fails_the_readers(fills, store):
     source = FakeSource(CHUNKS[:1], size=len(DATA), error=ConnectionResetError("reset"))
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     reader = Reader(fill)
     source.release(1)
     await reader.until(8)
@@ -353,9 +363,7 @@ async def test_a_source_error_mid_stream_fails_the_readers(fills, store):
 
 
 async def test_an_error_before_the_start_is_raised_by_started(fills, store):
-    async def refuse():
-        raise BlobUnknown(str(DIGEST))
-    fill, _ = fills.get_or_start("blob", DIGEST, refuse)
+    fill, _ = fills.get_or_start("blob", DIGEST, [candidate(BlobUnknown(str(DIGEST)))])
     with pytest.raises(BlobUnknown):
         await wait(fill.started())
     with pytest.raises(BlobUnknown):
@@ -365,7 +373,7 @@ async def test_an_error_before_the_start_is_raised_by_started(fills, store):
     # The key is free again: the next request starts a new fill.
     source = FakeSource(CHUNKS)
     source.release_all()
-    fresh, joined = fills.get_or_start("blob", DIGEST, opener(source))
+    fresh, joined = fills.get_or_start("blob", DIGEST, origin(source))
     assert fresh is not fill and not joined
     await wait(fresh.result)
 
@@ -373,7 +381,7 @@ async def test_an_error_before_the_start_is_raised_by_started(fills, store):
 async def test_the_deadline_fails_the_fill_with_upstream_timeout(store):
     fills = Fills(store, deadline=0.05)
     source = FakeSource(CHUNKS)                             # never released
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     with pytest.raises(UpstreamTimeout):
         await wait(fill.result)
     await settled(fills)
@@ -383,7 +391,7 @@ async def test_the_deadline_fails_the_fill_with_upstream_timeout(store):
 
 async def test_close_cancels_a_running_fill_and_removes_its_temp_file(fills, store):
     source = FakeSource(CHUNKS)
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     reader = Reader(fill)
     source.release(1)
     await reader.until(8)
@@ -399,18 +407,125 @@ async def test_close_cancels_a_running_fill_and_removes_its_temp_file(fills, sto
     assert len(fills) == 0
 
 
+# --- several sources: the backing tier (held back until verified), then the origin ------------
+
+def tier_then_origin(tier: FakeSource | Exception, origin_source: FakeSource) -> list[Candidate]:
+    return [candidate(tier, "ecr", stream=False), candidate(origin_source, "origin")]
+
+
+async def test_a_tier_miss_hands_over_to_the_origin(fills, store):
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST,
+                                 tier_then_origin(BlobUnknown(str(DIGEST)), source))
+    reader = Reader(fill)
+    assert await wait(fill.started()) == len(DATA)
+    source.release(1)
+    await reader.until(8)                                   # the origin streams as before
+    source.release_all()
+    assert await reader.result() == DATA
+    assert (await wait(fill.result)).size == len(DATA)
+    assert fill.source == "origin"
+    assert fills.events == ["committed"]
+
+
+async def test_a_held_back_source_shows_no_byte_until_verified(fills, store):
+    tier, never = FakeSource(CHUNKS), FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, tier_then_origin(tier, never))
+    reader = Reader(fill)
+    early_range = Reader(fill, 0, 4)
+    tier.release()
+    await eventually(lambda: fill.written == len(DATA))
+    assert fill.visible == 0 and reader.buf == b"" and early_range.buf == b""
+    tier.end.set()
+    assert await reader.result() == DATA
+    assert await early_range.result() == DATA[:4]
+    assert all(ended for _, ended in reader.chunks + early_range.chunks)
+    assert fill.source == "ecr" and never.opened == 0
+    assert await store.stat("blob", DIGEST) is not None
+
+
+async def test_a_corrupt_tier_copy_is_dropped_and_the_origin_used(fills, store):
+    tier = FakeSource([b"X" + DATA[1:]])
+    source = FakeSource(CHUNKS)
+    tier.release_all()
+    source.release_all()
+    fill, _ = fills.get_or_start("blob", DIGEST, tier_then_origin(tier, source))
+    result = await wait(fill.result)
+    assert (result.size, fill.source) == (len(DATA), "origin")
+    assert store.path(result.entry).read_bytes() == DATA
+    assert await Reader(fill).result() == DATA
+    assert fills.events == ["digest_mismatch", "committed"]
+    assert tier.closed and source.closed
+    await settled(fills)
+    assert temp_files(store) == []
+
+
+async def test_a_streamed_source_that_failed_after_readers_saw_bytes_is_not_replaced(fills):
+    first = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("reset mid-blob"))
+    second = FakeSource(CHUNKS)
+    second.release_all()
+    fill, _ = fills.get_or_start("blob", DIGEST,
+                                 [candidate(first, "mirror"), candidate(second, "origin")])
+    reader = Reader(fill)
+    first.release(1)
+    await reader.until(8)
+    first.end.set()
+    with pytest.raises(UpstreamError):
+        await wait(fill.result)
+    with pytest.raises(FillFailed):
+        await reader.result()
+    assert second.opened == 0
+
+
+async def test_when_every_source_fails_the_last_error_is_the_fill_s_error(fills, store):
+    fill, _ = fills.get_or_start("blob", DIGEST, tier_then_origin(
+        BlobUnknown("not in the tier"), UpstreamError("502 from the origin")))
+    with pytest.raises(UpstreamError):
+        await wait(fill.started())
+    with pytest.raises(UpstreamError):
+        await wait(fill.result)
+    await settled(fills)
+    assert temp_files(store) == []
+
+
+async def test_a_reader_opened_during_a_corrupt_tier_copy_gets_the_origin_s_bytes(fills):
+    """A held-back tier copy promises readers nothing: a reader arriving while it downloads
+    opens no file until a verified or streaming source exists, so it can never pread the
+    dropped copy; it gets the origin's bytes."""
+    tier = FakeSource([(b"X" + DATA[1:])[:8], (b"X" + DATA[1:])[8:]])
+    source = FakeSource(CHUNKS)
+    source.release_all()
+    fill, _ = fills.get_or_start("blob", DIGEST, tier_then_origin(tier, source))
+    tier.release(1)
+    await eventually(lambda: fill.written == 8)             # the tier's temp file exists
+    reader = Reader(fill)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert fill.readers == 0, "a reader opened an unverified tier copy"
+    tier.release_all()                                      # mismatch → the origin refills
+    assert (await wait(fill.result)).size == len(DATA) and fill.source == "origin"
+    assert await reader.result() == DATA
+
+
+async def test_a_tier_copy_of_the_wrong_length_still_falls_back_to_the_origin(fills):
+    tier = FakeSource([DATA + b"extra"])
+    source = FakeSource(CHUNKS)
+    tier.release_all()
+    source.release_all()
+    fill, _ = fills.get_or_start("blob", DIGEST, tier_then_origin(tier, source))
+    result = await wait(fill.result)
+    assert (result.size, fill.source) == (len(DATA), "origin")
+    assert await wait(fill.started()) == len(DATA)
+
+
 # --- known defect -----------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Fills._supervise runs store.make_room(expected_size) before fill.run(); if it "
-    "raises, the fill's started/result futures are never resolved, so every caller awaiting "
-    "fill.started() hangs (latent: proxy.blob does not pass expected_size today)"))
 async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):
     unopened = BlobStore(tmp_path / "cache", Budget(1 << 40))  # make_room → StorageError
     fills = Fills(unopened, deadline=60)
     source = FakeSource(CHUNKS)
     source.release_all()
-    fill, _ = fills.get_or_start("blob", DIGEST, opener(source), expected_size=len(DATA))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source), expected_size=len(DATA))
     try:
         with pytest.raises(Exception) as info:
             await wait(fill.started(), timeout=1)

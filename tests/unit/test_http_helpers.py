@@ -81,9 +81,6 @@ def test_parse_n_rejects(n):
     assert info.value.status == 400
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: parse_n checks str.isdigit(), which is True for Unicode digits such as '²' that "
-    "int() rejects, so ?n=%C2%B2 raises ValueError (a 500) instead of PaginationInvalid (400)"))
 def test_parse_n_rejects_non_decimal_unicode_digits():
     with pytest.raises(PaginationInvalid):
         parse_n("²")

@@ -215,11 +215,6 @@ def test_does_not_look_like_host(component):
 GCR = UpstreamTable([("docker.io", ()), ("gcr.io", ())], default="docker.io")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when ?ns= or a /<host>/v2 prefix already names the upstream, a first name "
-    "component that merely looks like a host (GCR domain-scoped projects such as "
-    "gcr.io/google.com/cloudsdktool/cloud-sdk) is treated as a registry and refused with "
-    "NAME_UNKNOWN instead of being kept as part of the repository name"))
 @pytest.mark.parametrize("kw", [{"ns": "gcr.io"}, {"prefix": "gcr.io"}])
 def test_domain_scoped_repository_under_an_explicit_upstream(kw):
     tail = "google.com/cloudsdktool/cloud-sdk/manifests/latest"
