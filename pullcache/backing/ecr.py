@@ -55,7 +55,11 @@ class EcrCredentials:
             await self._refresh(force=False)
         return (self._token.username, self._token.password) if self._token else None
 
-    async def rejected(self) -> bool:
+    async def rejected(self, since: float) -> bool:
+        """The registry refused credentials sent at ``since`` (monotonic): True if fresher
+        ones exist now, fetched by this call or by a concurrent one."""
+        if self._fetched_at is not None and self._fetched_at > since:
+            return True
         return await self._refresh(force=True)
 
     def _may_fetch(self) -> bool:

@@ -99,8 +99,9 @@ class Credentials(Protocol):
 
     async def get(self) -> tuple[str, str] | None: ...
 
-    async def rejected(self) -> bool:
-        """The registry refused what ``get`` gave: True if asking again may give better."""
+    async def rejected(self, since: float) -> bool:
+        """The registry refused what ``get`` gave for a request sent at ``since``
+        (``time.monotonic()``): True if asking again now may give better."""
 
 
 class StaticCredentials:
@@ -110,7 +111,7 @@ class StaticCredentials:
     async def get(self) -> tuple[str, str] | None:
         return self._pair
 
-    async def rejected(self) -> bool:
+    async def rejected(self, since: float) -> bool:
         return False
 
 
@@ -275,13 +276,14 @@ class RegistryClient:
     async def _authorized(self, method: str, url: str, headers: dict[str, str], scope: str,
                           query, data: bytes | None = None) -> aiohttp.ClientResponse:
         auth = await self._auth_header(scope)
+        sent = time.monotonic()
         resp = await self._follow(method, url, headers, auth, query, data)
         if resp.status != 401 or _origin(str(resp.url)) != self._origin:
             return resp
         # A 401 without a challenge (some proxies strip it) repeats the last one we know.
         challenges = parse_challenges(resp.headers.get("WWW-Authenticate", "")) or \
             ([self._challenge] if self._challenge is not None else [])
-        answer = await self._answer(challenges, scope, stale=auth)
+        answer = await self._answer(challenges, scope, stale=auth, sent=sent)
         if answer is None:
             return resp
         resp.release()
@@ -321,7 +323,7 @@ class RegistryClient:
         return "Bearer " + await self._tokens.get(challenge, scope)
 
     async def _answer(self, challenges: list[Challenge], scope: str,
-                      stale: str | None) -> str | None:
+                      stale: str | None, sent: float) -> str | None:
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.realm:
                 self._challenge = Challenge("bearer", {k: v for k, v in challenge.params.items()
@@ -334,7 +336,7 @@ class RegistryClient:
                 if header is not None and header == stale:
                     # Refused: worth one more try only with freshly fetched credentials
                     # (an expired ECR token; the new one may even read the same).
-                    if not await self._credentials.rejected():
+                    if not await self._credentials.rejected(sent):
                         return None
                     header = await self._basic()
                 if header is None:

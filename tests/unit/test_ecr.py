@@ -1,0 +1,132 @@
+"""ECR: the repository-name mapping and the token refresh timing (injected clocks, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pullcache.backing.ecr import EcrCredentials, EcrToken, repository_name
+from pullcache.errors import NameInvalid
+
+HOUR = 3600.0
+
+
+@pytest.mark.parametrize("upstream, repo, expected", [
+    ("docker.io", "library/alpine", "pullcache/docker.io/library/alpine"),
+    ("ghcr.io", "o/app", "pullcache/ghcr.io/o/app"),
+    ("127.0.0.1:5000", "team/x", "pullcache/127.0.0.1-5000/team/x"),
+    ("Registry.K8S.io", "pause", "pullcache/registry.k8s.io/pause"),
+    ("localhost:5000", "a__b/c-d", "pullcache/localhost-5000/a__b/c-d"),
+])
+def test_repository_name(upstream, repo, expected):
+    assert repository_name("pullcache", upstream, repo) == expected
+
+
+def test_repository_name_respects_ecr_length_limit():
+    with pytest.raises(NameInvalid):
+        repository_name("pullcache", "docker.io", "a/" * 126 + "b")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = 1_800_000_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+class Fetcher:
+    """GetAuthorizationToken stand-in: each call issues a new password, valid ``ttl`` s."""
+
+    def __init__(self, clock: Clock, ttl: float = 12 * HOUR, gate: asyncio.Event | None = None):
+        self.clock, self.ttl, self.gate = clock, ttl, gate
+        self.calls = 0
+
+    async def __call__(self) -> EcrToken:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        return EcrToken("AWS", f"pw{self.calls}", self.clock.wall + self.ttl)
+
+
+def creds(clock: Clock, fetch: Fetcher, min_refresh: float = 60.0) -> EcrCredentials:
+    return EcrCredentials(fetch, min_refresh=min_refresh, clock=lambda: clock.mono,
+                          wall=lambda: clock.wall)
+
+
+async def test_cached_until_half_life_then_refreshed():
+    clock = Clock()
+    fetch = Fetcher(clock)
+    c = creds(clock, fetch)
+    assert await c.get() == ("AWS", "pw1")
+    clock.advance(6 * HOUR - 1)
+    assert await c.get() == ("AWS", "pw1") and fetch.calls == 1
+    clock.advance(2)   # past half of the 12 h: refreshed well before expiresAt
+    assert await c.get() == ("AWS", "pw2") and fetch.calls == 2
+
+
+async def test_rejected_refreshes_at_once_but_not_more_often_than_min_interval():
+    clock = Clock()
+    fetch = Fetcher(clock)
+    c = creds(clock, fetch, min_refresh=60)
+    await c.get()
+    clock.advance(59)
+    sent = clock.mono
+    assert await c.rejected(sent) is False and fetch.calls == 1   # too soon after the fetch
+    clock.advance(1)
+    sent = clock.mono
+    assert await c.rejected(sent) is True and fetch.calls == 2    # a 401: refreshed at once
+    assert await c.get() == ("AWS", "pw2")
+    # A request sent before that refresh and refused afterwards: retry with the new token.
+    assert await c.rejected(sent - 1) is True and fetch.calls == 2
+
+
+async def test_expiry_in_the_past_does_not_mean_a_fetch_per_request():
+    """Some endpoints (moto among them) report an expiresAt already past."""
+    clock = Clock()
+    fetch = Fetcher(clock, ttl=-10 * 365 * 24 * HOUR)
+    c = creds(clock, fetch, min_refresh=60)
+    for _ in range(50):
+        await c.get()
+        clock.advance(1)
+    assert fetch.calls == 1
+    clock.advance(10)
+    await c.get()
+    assert fetch.calls == 2
+
+
+async def test_one_fetch_at_a_time():
+    clock = Clock()
+    gate = asyncio.Event()
+    fetch = Fetcher(clock, gate=gate)
+    c = creds(clock, fetch)
+    waiters = [asyncio.create_task(c.get()) for _ in range(20)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert set(await asyncio.gather(*waiters)) == {("AWS", "pw1")}
+    assert fetch.calls == 1
+    # Concurrent 401s after the interval: one refresh serves them all.
+    clock.advance(120)
+    sent = clock.mono
+    clock.advance(1)
+    results = await asyncio.gather(*(c.rejected(sent) for _ in range(10)))
+    assert all(results) and fetch.calls == 2
+
+
+async def test_a_failed_fetch_propagates_and_the_next_call_retries():
+    clock = Clock()
+    calls = 0
+
+    async def flaky() -> EcrToken:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("throttled")
+        return EcrToken("AWS", "ok", clock.wall + 12 * HOUR)
+    c = creds(clock, flaky)
+    with pytest.raises(RuntimeError):
+        await c.get()
+    assert await c.get() == ("AWS", "ok")
