@@ -36,7 +36,8 @@ from ..proxy import LocalContent, Proxy, Upstream
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from . import routes
-from .keys import METRICS, PROXY, ROUTES, SESSION, STORE, UPSTREAMS
+from .keys import METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
+from .sendfile import SendfilePool
 from .middleware import oci_errors, request_context
 
 log = structlog.get_logger("pullcache.app")
@@ -115,6 +116,11 @@ def build_app(config: Config) -> web.Application:
         await tags.close()
         await store.close()
 
+    async def sendfile_pool(app: web.Application) -> AsyncIterator[None]:
+        app[SENDFILE] = pool = SendfilePool()
+        yield
+        pool.close()
+
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_housekeep(store), name="housekeeping")
         yield
@@ -122,7 +128,7 @@ def build_app(config: Config) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([http_session, cache, housekeeping])
+    app.cleanup_ctx.extend([http_session, cache, sendfile_pool, housekeeping])
     routes.setup(app)
     return app
 

@@ -20,7 +20,8 @@ from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
 from ..oci import Digest, parse_accept
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
-from .keys import METRICS, PROXY, ROUTES, STORE
+from .keys import METRICS, PROXY, ROUTES, SENDFILE, STORE
+from .sendfile import SendfilePool
 from .middleware import API_VERSION
 
 log = structlog.get_logger("pullcache.routes")
@@ -110,19 +111,26 @@ async def _send_file(request: web.Request, answer: BlobAnswer, headers) -> web.S
     """A committed blob: sendfile, with Range → 206 handled by FileResponse (RFC 9110 §14)."""
     store = request.app[STORE]
     return _PinnedFile(store.path(answer.entry), store.pin(answer.entry),
-                       request.app[METRICS].bytes_served.labels("cache"), headers=headers)
+                       request.app[METRICS].bytes_served.labels("cache"),
+                       request.app[SENDFILE], headers=headers)
 
 
 class _PinnedFile(web.FileResponse):
-    """A FileResponse that keeps its blob pinned (safe from eviction) until it is sent.
+    """A FileResponse that keeps its blob pinned (safe from eviction) until it is sent, and
+    sends it with sendfile(2) under uvloop too.
 
     aiohttp prepares a returned response itself, after the handler; the pin spans that.
+    aiohttp's zero-copy path is ``loop.sendfile``, which uvloop does not implement: aiohttp
+    then silently copies the file through Python in 256 KiB reads. We flush the headers and
+    hand the socket to ``os.sendfile`` in a thread of the app's sendfile pool.
     """
 
-    def __init__(self, path, pin: contextlib.AbstractContextManager, served, **kwargs) -> None:
+    def __init__(self, path, pin: contextlib.AbstractContextManager, served,
+                 pool: SendfilePool, **kwargs) -> None:
         super().__init__(path, **kwargs)
         self._pin = pin
         self._served = served
+        self._pool = pool
         pin.__enter__()
 
     async def prepare(self, request):
@@ -133,6 +141,29 @@ class _PinnedFile(web.FileResponse):
                 self._pin.__exit__(None, None, None)
                 self._pin = None
                 self._served.inc(self.content_length or 0)
+
+    async def _sendfile(self, request, fobj, offset: int, count: int):
+        writer = await web.StreamResponse.prepare(self, request)
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or self.compression or not self._pool.available:
+            return await self._sendfile_fallback(writer, fobj, offset, count)
+        await _flushed(transport, writer)
+        await self._pool.send(sock.fileno(), fobj.fileno(), offset, count)
+        await web.StreamResponse.write_eof(self)
+        return writer
+
+
+async def _flushed(transport, writer) -> None:
+    """Wait until the transport has written everything it holds (our headers)."""
+    if transport.get_write_buffer_size() == 0:
+        return
+    high, low = transport.get_write_buffer_limits()[::-1]
+    transport.set_write_buffer_limits(high=0)   # paused until empty; drain() waits for that
+    try:
+        await writer.drain()
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
 
 
 async def _send_fill(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
