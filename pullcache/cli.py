@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(cfg) -> int:
-    from aiohttp import web
 
     from .server.app import build_app
     try:

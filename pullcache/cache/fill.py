@@ -15,7 +15,6 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Mapping, Protocol
+from typing import AsyncIterator, Callable, Mapping
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -21,6 +21,8 @@ from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, Digest
 from .auth import (Challenge, TokenCache, basic_header, parse_challenges,
                    parse_token_response, realm_trusted, scope_for)
 from .breaker import Breaker
+from .credentials import Credentials, StaticCredentials, UpstreamObserver
+from .status import error_for
 
 log = structlog.get_logger("pullcache.upstream")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -92,27 +94,6 @@ class BlobStream:
 
     async def close(self) -> None:
         self._response.release()
-
-
-class Credentials(Protocol):
-    """Where a client's username and password come from."""
-
-    async def get(self) -> tuple[str, str] | None: ...
-
-    async def rejected(self, since: float) -> bool:
-        """The registry refused what ``get`` gave for a request sent at ``since``
-        (``time.monotonic()``): True if asking again now may give better."""
-
-
-class StaticCredentials:
-    def __init__(self, username: str | None, password: str | None) -> None:
-        self._pair = (username, password or "") if username else None
-
-    async def get(self) -> tuple[str, str] | None:
-        return self._pair
-
-    async def rejected(self, since: float) -> bool:
-        return False
 
 
 class RegistryClient:
@@ -271,7 +252,7 @@ class RegistryClient:
             except aiohttp.ClientError:
                 body = b""
         resp.release()
-        raise _error_for(resp.status, resp.headers, body, not_found, self.name)
+        raise error_for(resp.status, resp.headers, body, not_found, self.name)
 
     async def _authorized(self, method: str, url: str, headers: dict[str, str], scope: str,
                           query, data: bytes | None = None) -> aiohttp.ClientResponse:
@@ -395,18 +376,6 @@ class RegistryClient:
         return b"".join(chunks)
 
 
-class UpstreamObserver:
-    """Hooks the client calls for metrics and logs; the default does nothing."""
-
-    def requested(self, upstream: str, method: str, status: str, seconds: float) -> None: ...
-    def fetched(self, upstream: str, nbytes: int) -> None: ...
-    def rate_limit(self, upstream: str, headers: Mapping[str, str]) -> float | None:
-        """Record ``ratelimit-*`` headers; return the remaining count when it changed."""
-        return None
-
-    def token_refreshed(self, upstream: str) -> None: ...
-
-
 def _location(resp: aiohttp.ClientResponse) -> str:
     location = resp.headers.get("Location")
     if not location:
@@ -428,45 +397,3 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), port
-
-
-def _error_for(status: int, headers, body: bytes, not_found, upstream: str):
-    detail = _upstream_detail(body) or f"{upstream} answered {status}"
-    if status == 404:
-        code = _upstream_code(body)
-        cls = errors.NameUnknown if code == "NAME_UNKNOWN" else not_found
-        return cls(detail)
-    if status == 401:
-        return errors.Unauthorized(detail)
-    if status == 403:
-        return errors.Denied(detail)
-    if status == 429:
-        return errors.TooManyRequests(detail,
-                                      headers={"Retry-After": headers.get("Retry-After", "60")})
-    if status == 503:
-        return errors.UpstreamUnavailable(detail)
-    if status == 504:
-        return errors.UpstreamTimeout(detail)
-    return errors.UpstreamError(detail)
-
-
-def _upstream_errors(body: bytes) -> list:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return []
-    errs = parsed.get("errors") if isinstance(parsed, dict) else None
-    return [e for e in errs if isinstance(e, dict)] if isinstance(errs, list) else []
-
-
-def _upstream_code(body: bytes) -> str | None:
-    errs = _upstream_errors(body)
-    return errs[0].get("code") if errs else None
-
-
-def _upstream_detail(body: bytes) -> str | None:
-    errs = _upstream_errors(body)
-    if errs:
-        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:512]
-    text = body.decode("utf-8", "replace").strip()
-    return text[:512] or None

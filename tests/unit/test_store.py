@@ -263,7 +263,7 @@ async def test_reconcile_deletes_temp_files(store):
 
 
 async def test_reconcile_drops_entries_whose_file_is_gone(store):
-    (gone, egone), (kept, _) = await put(store, 1), await put(store, 2)
+    (_gone, egone), (kept, _) = await put(store, 1), await put(store, 2)
     store.path(egone).unlink()
     result = await store.reconcile()
     assert result.entries_dropped == 1

@@ -1,0 +1,52 @@
+"""Upstream HTTP answers → domain errors (the adapter's half of the error translation)."""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+from .. import errors
+
+
+def error_for(status: int, headers: Mapping[str, str], body: bytes,
+              not_found: type[errors.PullcacheError], upstream: str) -> errors.PullcacheError:
+    """The domain error for an upstream's 4xx/5xx answer (its OCI error body kept as detail)."""
+    detail = upstream_detail(body) or f"{upstream} answered {status}"
+    if status == 404:
+        code = upstream_code(body)
+        cls = errors.NameUnknown if code == "NAME_UNKNOWN" else not_found
+        return cls(detail)
+    if status == 401:
+        return errors.Unauthorized(detail)
+    if status == 403:
+        return errors.Denied(detail)
+    if status == 429:
+        return errors.TooManyRequests(detail,
+                                      headers={"Retry-After": headers.get("Retry-After", "60")})
+    if status == 503:
+        return errors.UpstreamUnavailable(detail)
+    if status == 504:
+        return errors.UpstreamTimeout(detail)
+    return errors.UpstreamError(detail)
+
+
+def upstream_errors(body: bytes) -> list:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return []
+    errs = parsed.get("errors") if isinstance(parsed, dict) else None
+    return [e for e in errs if isinstance(e, dict)] if isinstance(errs, list) else []
+
+
+def upstream_code(body: bytes) -> str | None:
+    errs = upstream_errors(body)
+    return errs[0].get("code") if errs else None
+
+
+def upstream_detail(body: bytes) -> str | None:
+    errs = upstream_errors(body)
+    if errs:
+        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:512]
+    text = body.decode("utf-8", "replace").strip()
+    return text[:512] or None
