@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog
 
-from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
+from ..errors import DigestMismatch, PullcacheError, SizeInvalid, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
 from .store import BlobStore
@@ -78,6 +78,7 @@ class Fill:
         self.visible = 0    # bytes readers may see (a held-back source shows none unverified)
         self.source = ""    # the Candidate that filled it
         self.generation = 0  # bumped when a source is dropped and its temp file deleted
+        self._reservation = None
         self.readers = 0
         self.origin = ""
         self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
@@ -141,6 +142,12 @@ class Fill:
                 # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
             hasher = self.digest.hasher()
+            if source.size:
+                # Room for it before the first byte lands; counted against the budget until
+                # committed, so concurrent fills cannot overshoot it together.
+                await self.store.make_room(source.size)
+            self._reservation = self.store.reservation(source.size or 0)
+            self._reservation.__enter__()
             fd = await asyncio.to_thread(os.open, self.temp,
                                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -165,6 +172,9 @@ class Fill:
                 await asyncio.to_thread(os.close, fd)
         finally:
             await source.close()
+            if self._reservation is not None:
+                self._reservation.__exit__(None, None, None)
+                self._reservation = None
         self.size = self.visible = self.written
         self.source = candidate.name
         if not self._started.done():
@@ -280,8 +290,8 @@ class Fills:
     def __len__(self) -> int:
         return len(self._fills)
 
-    def get_or_start(self, kind: str, digest: Digest, sources: list[Candidate],
-                     expected_size: int | None = None) -> tuple[Fill, bool]:
+    def get_or_start(self, kind: str, digest: Digest,
+                     sources: list[Candidate]) -> tuple[Fill, bool]:
         """The fill for ``digest``, started now if none is running; ``(fill, joined)``."""
         key = (kind, str(digest))
         fill = self._fills.get(key)
@@ -289,23 +299,14 @@ class Fills:
             return fill, True
         fill = Fill(kind, digest, self.store, self.deadline, self._on_event)
         self._fills[key] = fill
-        task = asyncio.create_task(self._supervise(key, fill, sources, expected_size),
-                                   name=f"fill {digest}")
+        task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill, False
 
-    async def _supervise(self, key, fill: Fill, sources: list[Candidate],
-                         expected_size: int | None) -> None:
+    async def _supervise(self, key, fill: Fill, sources: list[Candidate]) -> None:
         try:
-            try:
-                if expected_size:
-                    await self.store.make_room(expected_size)
-            except Exception as exc:  # noqa: BLE001 - the fill's supervisor: fail, don't hang
-                fill._fail(StorageError(f"no room for the fill: {exc}"))
-                return
-            with self.store.reservation(expected_size or 0):
-                await fill.run(sources)
+            await fill.run(sources)
             if fill.result.exception() is None:
                 await self.store.make_room()
         finally:

@@ -518,17 +518,19 @@ async def test_a_tier_copy_of_the_wrong_length_still_falls_back_to_the_origin(fi
     assert await wait(fill.started()) == len(DATA)
 
 
-# --- known defect -----------------------------------------------------------------------------------
+# --- storage trouble ---------------------------------------------------------------------------------
 
 async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):
     unopened = BlobStore(tmp_path / "cache", Budget(1 << 40))  # make_room → StorageError
     fills = Fills(unopened, deadline=60)
     source = FakeSource(CHUNKS)
     source.release_all()
-    fill, _ = fills.get_or_start("blob", DIGEST, origin(source), expected_size=len(DATA))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     try:
         with pytest.raises(Exception) as info:
-            await wait(fill.started(), timeout=1)
+            await wait(fill.result, timeout=1)
         assert not isinstance(info.value, TimeoutError)
+        with pytest.raises(FillFailed):
+            await Reader(fill).result()
     finally:
         await fills.close()
