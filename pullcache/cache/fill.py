@@ -12,6 +12,7 @@ client must see a broken transfer, never a complete-looking wrong blob).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -205,6 +206,18 @@ class Fill:
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""
+        async with contextlib.aclosing(self.spans(start, end, READ_CHUNK)) as spans:
+            async for fd, offset, length in spans:
+                chunk = await asyncio.to_thread(os.pread, fd, length, offset)
+                if len(chunk) != length:
+                    raise FillFailed("temp file shrank")
+                yield chunk
+
+    async def spans(self, start: int = 0, end: int | None = None,
+                    limit: int | None = None) -> AsyncIterator[tuple[int, int, int]]:
+        """``(fd, offset, length)`` of bytes ``start`` to ``end`` (exclusive) as they become
+        readable, for ``pread`` or ``sendfile``; each fd is valid until the next step.
+        Raises ``FillFailed``."""
         fd, generation = await self._open_for_read()
         self.readers += 1
         cap = end if end is not None else self.size   # exclusive; None while unknown
@@ -229,12 +242,10 @@ class Fill:
                     # ranges, like containerd, verify the digest of the whole).
                     available = min(available, cap - 1)
                 if offset < available:
-                    chunk = await asyncio.to_thread(os.pread, fd,
-                                                    min(available - offset, READ_CHUNK), offset)
-                    if not chunk:
-                        raise FillFailed("temp file shrank")
-                    offset += len(chunk)
-                    yield chunk
+                    length = available - offset if limit is None else \
+                        min(available - offset, limit)
+                    yield fd, offset, length
+                    offset += length
                 elif done:
                     if end is None and self.size != cap and cap is not None:
                         raise FillFailed("blob size differs from the announced one")

@@ -178,13 +178,24 @@ async def _send_fill(request: web.Request, answer: BlobAnswer, headers) -> web.S
     resp = web.StreamResponse(status=status, headers=headers)
     if end is not None:
         resp.content_length = end - start
-    await resp.prepare(request)
+    writer = await resp.prepare(request)
     served = 0
+    pool = request.app[SENDFILE]
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    zero_copy = pool.available and sock is not None and end is not None
     try:
-        async with contextlib.aclosing(answer.fill.read(start, end)) as chunks:
-            async for chunk in chunks:
-                await resp.write(chunk)
-                served += len(chunk)
+        if zero_copy:
+            # The bytes are in the fill's temp file already: sendfile them from there.
+            await _flushed(request.transport, writer)
+            async with contextlib.aclosing(answer.fill.spans(start, end)) as spans:
+                async for fd, offset, length in spans:
+                    await pool.send(sock.fileno(), fd, offset, length)
+                    served += length
+        else:
+            async with contextlib.aclosing(answer.fill.read(start, end)) as chunks:
+                async for chunk in chunks:
+                    await resp.write(chunk)
+                    served += len(chunk)
     except FillFailed as exc:
         # Headers are gone; the only honest signal left is a broken transfer.
         log.warning("response_aborted", digest=str(answer.digest), sent=served, error=str(exc))
