@@ -260,6 +260,9 @@ class Proxy:
         entry = await self.store.stat("blob", digest)
         if entry is not None:
             return entry.size, "hit"
+        fill = self.fills.running("blob", digest)
+        if fill is not None and fill.promised_size is not None:
+            return fill.promised_size, "joined"
         client = self.upstreams[route.upstream].client
         return await client.head_blob(route.repo, digest), "miss"
 

@@ -200,6 +200,14 @@ class Fill:
 
     # -- the readers --------------------------------------------------------------------------
 
+    @property
+    def promised_size(self) -> int | None:
+        """The size readers have been promised, once a source has been accepted."""
+        started = self._started
+        if started.done() and not started.cancelled() and started.exception() is None:
+            return started.result()
+        return None
+
     async def started(self) -> int | None:
         """Wait until the source answered; its size, or raise the domain error it gave."""
         return await asyncio.shield(self._started)
@@ -300,6 +308,9 @@ class Fills:
 
     def __len__(self) -> int:
         return len(self._fills)
+
+    def running(self, kind: str, digest: Digest) -> Fill | None:
+        return self._fills.get((kind, str(digest)))
 
     def get_or_start(self, kind: str, digest: Digest,
                      sources: list[Candidate]) -> tuple[Fill, bool]:

@@ -86,7 +86,8 @@ async def oci_errors(request: web.Request, handler):
 
 
 def _sent(resp: web.StreamResponse) -> int | None:
-    # sendfile bypasses the writer's byte count; a FileResponse sends its content length.
-    if isinstance(resp, web.FileResponse):
+    """Body bytes: the Content-Length we answered with (sendfile bypasses aiohttp's byte
+    count, and ``body_length`` counts the headers too)."""
+    if resp.content_length is not None:
         return resp.content_length
     return resp.body_length
