@@ -103,6 +103,11 @@ def test_late_follower_and_ranges_on_an_inflight_fill(counted, registry, fault_p
     leader = Download(counted.host, path)
     leader.start()
     assert fault_proxy.stalled.wait(30) and leader.first_byte.wait(30)
+    # HEAD is answered from the fill, without asking the upstream.
+    heads = fault_proxy.count("HEAD", layer.digest)
+    h = request(counted.url, path, method="HEAD", timeout=10)
+    assert h.status == 200 and h.headers["content-length"] == str(layer.size)
+    assert fault_proxy.count("HEAD", layer.digest) == heads
     # A range of bytes already written is answered now, while the fill is stalled.
     r = request(counted.url, path, headers={"Range": "bytes=1048576-2097151"}, timeout=10)
     assert r.status == 206 and r.body == data[MiB:2 * MiB]
