@@ -232,7 +232,8 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def header(size: int, args: argparse.Namespace) -> list[str]:
+def header(size: int, args: argparse.Namespace, *, nginx: bool = True) -> list[str]:
+    """The ``machine`` and ``versions`` lines (``nginx=False``: for a run that starts none)."""
     import aiohttp
     try:
         import uvloop
@@ -244,8 +245,9 @@ def header(size: int, args: argparse.Namespace) -> list[str]:
         f"machine   nproc {os.cpu_count()}   cpu {_cpu_model()}   mem {mem:.0f} GiB   "
         f"kernel {platform.release()}   python {platform.python_version()}   "
         f"blob {size // MiB} MiB ({size} B)   rounds {args.rounds}   clients {args.clients}",
-        f"versions  {_version([NGINX_BIN, '-v']).split(': ')[-1]}   "
-        f"docker-registry {_version(['docker-registry', '--version']).split()[-1]}   "
+        "versions  "
+        + (f"{_version([NGINX_BIN, '-v']).split(': ')[-1]}   " if nginx else "")
+        + f"docker-registry {_version(['docker-registry', '--version']).split()[-1]}   "
         f"{_version(['curl', '--version']).split(' (')[0]}   "
         f"{_version(['openssl', 'version']).split(' (')[0]}   "
         f"aiohttp {aiohttp.__version__}   {loop}",

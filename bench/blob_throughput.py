@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench._common import (CURL_TIMEOUT, MB, MiB, NGINX_BIN, ProcStats, best_median,
-                           blob_url, cpu_seconds, curl_get, fresh_cache, header, mb, note, out,
-                           run_herd)
+from bench._common import (MB, NGINX_BIN, REPO, Get, MiB, ProcStats, best_median, blob_url,
+                           cpu_seconds, curl_get, fresh_cache, header, mb, note, out, run_herd)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_raw_blob_image, push
