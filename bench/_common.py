@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from tests.support.daemon import Pullcache
 
-
 REPO = "bench/blob"
 MB = 1e6                       # throughput is in decimal MB/s (like curl and nginx docs)
 MiB = 1 << 20
 CURL_TIMEOUT = 120             # seconds, per transfer; keeps a wedged server from hanging the run
 NGINX_BIN = os.environ.get("PULLCACHE_BENCH_NGINX", "/usr/sbin/nginx")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 
 # -- measuring ---------------------------------------------------------------------------------
 

@@ -8,12 +8,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
+import structlog
+import uvloop
+from aiohttp import web
+
 from . import config as configuration
 from . import logs
+from .cache.store import BlobStore, Budget
 from .errors import ConfigError
+from .server.app import build_app
+from .server.middleware import AccessLogger
+
+log = structlog.get_logger("pullcache")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,48 +54,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(cfg) -> int:
-
-    from .server.app import build_app
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a dependency, but keep serving without it
-        uvloop = None
     host, port = configuration.split_listen(cfg.server.listen)
-    app = build_app(cfg)
-    runner = (uvloop.run if uvloop else asyncio.run)
     try:
-        runner(_run_site(app, host, port, cfg.server.access_log))
+        uvloop.run(_run_site(build_app(cfg), host, port, cfg.server.access_log))
+    except OSError as exc:   # the listen address is taken or not ours
+        log.error("listen_failed", host=host, port=port, error=str(exc))
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _run_site(app, host: str, port: int, access_log: bool) -> None:
-    import signal
-
-    import structlog
-    from aiohttp import web
-
-    from .server.middleware import AccessLogger
+async def _run_site(app: web.Application, host: str, port: int, access_log: bool) -> None:
     # access_log=None switches the access line off (server.access_log = false).
     runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False,
                            access_log=structlog.get_logger("pullcache.access")
                            if access_log else None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    structlog.get_logger("pullcache").info("listening", host=host, port=port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    structlog.get_logger("pullcache").info("stopping")
-    await runner.cleanup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        log.info("listening", host=host, port=port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
 
 
 async def _cache_command(cfg, action: str) -> int:
-    from .cache.store import BlobStore, Budget
     store = BlobStore(cfg.cache.dir, Budget(cfg.cache.max_size, cfg.cache.high_watermark,
                                             cfg.cache.low_watermark))
     # No reconcile here: the daemon may be mid-fill, and its temp files are not orphans.

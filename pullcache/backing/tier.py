@@ -19,7 +19,7 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 import structlog
 
 from .. import errors
-from ..oci import INDEX_TYPES, Digest
+from ..oci import DEFAULT_ACCEPT, DOCKER_V1, DOCKER_V1_SIGNED, INDEX_TYPES, Digest
 from ..upstream.client import BlobStream, Manifest, RegistryClient
 from .ecr import EcrApi, repository_name
 
@@ -47,7 +47,6 @@ class EcrTier:
         return await self.client.open_blob(self.repository(upstream, repo), digest)
 
     async def get_manifest(self, upstream: str, repo: str, digest: Digest) -> Manifest:
-        from ..oci import DEFAULT_ACCEPT, DOCKER_V1, DOCKER_V1_SIGNED
         return await self.client.get_manifest(self.repository(upstream, repo), str(digest),
                                               DEFAULT_ACCEPT + (DOCKER_V1_SIGNED, DOCKER_V1))
 
