@@ -11,7 +11,7 @@ TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light 
 	ca-certificates curl
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench clean
+.PHONY: run test venv system-deps bench bench-peer clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -33,6 +33,9 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.blob_throughput
+
+bench-peer: $(STAMP) system-deps
+	$(BIN)/python -m bench.vs_distribution
 
 clean:
 	rm -rf $(VENV) .pytest_cache

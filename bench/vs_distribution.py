@@ -12,7 +12,8 @@ Each round empties both caches (stop, delete the storage, start) and then, peer 
 
 * herd:  N concurrent ``curl | openssl dgst -sha256`` GETs of the blob: wall time, the
          GETs of that blob the FaultProxy saw, every body's sha256, the peer's VmHWM;
-* warm:  once the blob is committed, one GET: MB/s, and what it still asked upstream.
+* warm:  once the blob is committed, ``--warm-gets`` single GETs in a row: MB/s, the peer's
+         CPU per GET, and what it still asked upstream.
 
 Then, once, with both caches warm: 20 GETs of the manifest by tag in a row (what each peer
 asks upstream for them; pullcache also with ``tag_ttl = 0``), and, after SIGKILLing the
@@ -95,14 +96,16 @@ class Peer:
     committed: Callable[[str], bool]        # is this blob digest in the cache, for good?
     herds: list[Herd] = field(default_factory=list)
     herd_gets: list[int] = field(default_factory=list)
-    herd_heads: list[int] = field(default_factory=list)
+    herd_upstream: list[collections.Counter] = field(default_factory=list)
     herd_hwm: list[int] = field(default_factory=list)
     herd_rss_before: list[int] = field(default_factory=list)
     herd_cpu: list[float] = field(default_factory=list)
     herd_proxy_cpu: list[float] = field(default_factory=list)   # this process: the FaultProxy
     commit_lag: list[float | None] = field(default_factory=list)
-    warm_mbps: list[float] = field(default_factory=list)
-    warm_upstream: list[int] = field(default_factory=list)
+    warm_first: list[float] = field(default_factory=list)      # MB/s, first GET after a herd
+    warm_mbps: list[float] = field(default_factory=list)       # MB/s, every warm GET
+    warm_cpu: list[float] = field(default_factory=list)        # peer's cpu s, every warm GET
+    warm_upstream: list[int] = field(default_factory=list)     # per round, all its warm GETs
 
 
 def distribution_peer(reg: Registry, proxy: FaultProxy) -> Peer:
@@ -301,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
                 peer.herd_rss_before.append(rss_before)
                 peer.herds.append(herd)
                 peer.herd_gets.append(peer.proxy.count("GET", f"/blobs/{digest}"))
-                peer.herd_heads.append(peer.proxy.count("HEAD", f"/blobs/{digest}"))
+                peer.herd_upstream.append(upstream_requests(peer.proxy))
                 # Warm: once the blob is committed (Distribution stores it in the background).
                 deadline = herd_end + COMMIT_TIMEOUT
                 while not peer.committed(digest) and time.monotonic() < deadline:
@@ -309,14 +312,20 @@ def run(args: argparse.Namespace) -> int:
                 lag = time.monotonic() - herd_end if peer.committed(digest) else None
                 peer.commit_lag.append(lag)
                 peer.proxy.reset_counts()
-                warm = curl_get(url, size, f"warm GET via {peer.name}")
-                peer.warm_mbps.append(warm.mbps)
+                warm = []
+                for _ in range(args.warm_gets):
+                    cpu0 = ProcStats(pid).cpu_seconds()
+                    warm.append(curl_get(url, size, f"warm GET via {peer.name}").mbps)
+                    peer.warm_cpu.append(ProcStats(pid).cpu_seconds() - cpu0)
+                peer.warm_first.append(warm[0])
+                peer.warm_mbps += warm
                 peer.warm_upstream.append(len(peer.proxy.requests))
-                note(f"round {rnd + 1} {peer.name}: herd {herd.wall:.2f}s, upstream GETs "
-                     f"{peer.herd_gets[-1]} HEADs {peer.herd_heads[-1]}, sha256 ok "
+                note(f"round {rnd + 1} {peer.name}: herd {herd.wall:.2f}s, upstream "
+                     f"{show_requests(peer.herd_upstream[-1])}, sha256 ok "
                      f"{herd.digests_ok}/{args.clients}, VmHWM {mb(peer.herd_hwm[-1]):.0f} MB, "
                      f"committed {'+%.2fs' % lag if lag is not None else 'NOT'}, warm "
-                     f"{warm.mbps:.0f} MB/s ({peer.warm_upstream[-1]} upstream requests)")
+                     f"{' '.join(f'{x:.0f}' for x in warm)} MB/s "
+                     f"({peer.warm_upstream[-1]} upstream requests)")
                 problems += [f"{peer.name} herd round {rnd + 1}: {e}" for e in herd.errors]
                 if lag is None:
                     problems.append(f"{peer.name}: blob not committed {COMMIT_TIMEOUT:.0f} s "
@@ -388,8 +397,9 @@ def run(args: argparse.Namespace) -> int:
         out(f"herd upstream blob GETs    pullcache {csv(p.herd_gets):>6}     "
             f"distribution {csv(d.herd_gets):>6}     "
             f"ratio {ratio(max(p.herd_gets), max(d.herd_gets))}   (per round; pullcache goal 1; "
-            f"upstream blob HEADs {csv(p.herd_heads)} / {csv(d.herd_heads)}; "
-            f"{mb(max(p.herd_gets) * size):.0f} / {mb(max(d.herd_gets) * size):.0f} MB from origin)")
+            f"{mb(max(p.herd_gets) * size):.0f} / {mb(max(d.herd_gets) * size):.0f} MB from "
+            f"origin; every upstream request, last round: {show_requests(p.herd_upstream[-1])}"
+            f" / {show_requests(d.herd_upstream[-1])})")
 
         def matched(peer: Peer) -> str:
             ok = sum(h.digests_ok for h in peer.herds)
@@ -403,10 +413,13 @@ def run(args: argparse.Namespace) -> int:
             f"{statistics.median(p.herd_cpu):.2f} / {statistics.median(d.herd_cpu):.2f} s)")
         pwb, pwm = best_median(p.warm_mbps, higher_is_better=True)
         dwb, dwm = best_median(d.warm_mbps, higher_is_better=True)
+        pwf, dwf = statistics.median(p.warm_first), statistics.median(d.warm_first)
         lags = [f"+{x:.2f} s" if x is not None else "never" for x in d.commit_lag]
-        out(f"warm GET {args.size_mib} MiB after herd  pullcache {pwb:6.0f} MB/s  distribution "
-            f"{dwb:6.0f} MB/s  ratio {ratio(pwb, dwb)}   (best of {n}; medians {pwm:.0f} / "
-            f"{dwm:.0f}, ratio {ratio(pwm, dwm)}; upstream requests "
+        out(f"warm GET {args.size_mib} MiB after herd  pullcache {pwm:6.0f} MB/s  distribution "
+            f"{dwm:6.0f} MB/s  ratio {ratio(pwm, dwm)}   (medians of {n} x {args.warm_gets} "
+            f"GETs; best {pwb:.0f} / {dwb:.0f}; first GET after the herd {pwf:.0f} / {dwf:.0f};"
+            f" server cpu/GET {statistics.median(p.warm_cpu):.2f} / "
+            f"{statistics.median(d.warm_cpu):.2f} s; upstream requests "
             f"{csv(p.warm_upstream)} / {csv(d.warm_upstream)}; "
             f"distribution committed the blob {', '.join(lags)} after its herd)")
 
@@ -485,14 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="herd clients (default 16)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="empty-cache herd + warm GET repetitions (default 2)")
+    parser.add_argument("--warm-gets", type=int, default=3,
+                        help="single GETs of the cached blob after each herd (default 3)")
     parser.add_argument("--budget", type=int, default=230,
                         help="stop (and clean up) after this many seconds (default 230)")
     parser.add_argument("--tmpdir", default=None,
                         help="where the temp dir goes (default: $TMPDIR or /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
     args = parser.parse_args(argv)
-    if args.size_mib < 1 or args.rounds < 1 or args.clients < 1 or args.budget < 1:
-        parser.error("--size-mib, --rounds, --clients and --budget must be >= 1")
+    if min(args.size_mib, args.rounds, args.clients, args.warm_gets, args.budget) < 1:
+        parser.error("--size-mib, --rounds, --clients, --warm-gets and --budget must be >= 1")
     for tool in ("curl", "openssl", "docker-registry"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is required (make system-deps)")
