@@ -270,3 +270,16 @@ def out(line: str) -> None:
 
 def note(text: str) -> None:
     print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+def tear_down(cleanup: list, tmp, *, keep: bool) -> None:
+    """Run every clean-up step (last first, each even if another failed), then drop ``tmp``."""
+    for stop in reversed(cleanup):
+        try:
+            stop()
+        except Exception as exc:  # noqa: BLE001 - keep cleaning up
+            print(f"cleanup: {exc}", file=sys.stderr)
+    if keep:
+        print(f"kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)

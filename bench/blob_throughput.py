@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Callable
 
 from bench._common import (MB, NGINX_BIN, REPO, Get, MiB, ProcStats, best_median, blob_url,
-                           cpu_seconds, curl_get, fresh_cache, header, mb, note, out, run_herd)
+                           cpu_seconds, curl_get, fresh_cache, header, mb, note, out, run_herd,
+                           tear_down)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_raw_blob_image, push
@@ -294,15 +295,7 @@ def run(args: argparse.Namespace) -> int:
         out(f"total     {time.monotonic() - t_run:.0f} s")
         return 1 if problems or upstream_gets != 1 else 0
     finally:
-        for stop in reversed(cleanup):
-            try:
-                stop()
-            except Exception as exc:  # noqa: BLE001 - keep cleaning up
-                print(f"cleanup: {exc}", file=sys.stderr)
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(cleanup, tmp, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench._common import (MB, REPO, Herd, MiB, ProcStats, best_median, blob_url,
-                           curl_get, fresh_cache, header, mb, note, out, run_herd)
+                           curl_get, fresh_cache, header, mb, note, out, run_herd, tear_down)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import MANIFEST_TYPES, build_raw_blob_image, push
@@ -480,15 +480,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if any(x.startswith("pullcache") for x in problems) else 0
     finally:
         signal.alarm(0)
-        for stop in reversed(cleanup):
-            try:
-                stop()
-            except Exception as exc:  # noqa: BLE001 - keep cleaning up
-                print(f"cleanup: {exc}", file=sys.stderr)
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(cleanup, tmp, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
