@@ -11,102 +11,26 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import math
 import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pullcache.errors import ConfigError
+# Re-exported: the units are part of the config vocabulary (``50 * GiB``, ``"5m"``).
+from pullcache.units import (GiB, HOURS, KiB, MINUTES, MiB, SECONDS, TiB,  # noqa: F401
+                             format_duration, format_size, parse_duration, parse_size, show)
 
-KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
-SECONDS = 1.0
-MINUTES = 60 * SECONDS
-HOURS = 60 * MINUTES
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB}
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": Fraction(1, 1000)}
-_NUMBER = r"-?\d+(?:\.\d+)?"
-_SIZE_RE = re.compile(rf"\s*({_NUMBER})\s*([a-zA-Z]*)\s*")
-_DURATION_RE = re.compile(r"\s*-?(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d)\s*)+")
 _HOSTPORT_RE = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::(\d{1,5}))?")
 # DNS labels, plus "_" as in docker-compose service names
 _LABELS_RE = re.compile(r"(?!-)[\w-]{1,63}(?<!-)(?:\.(?!-)[\w-]{1,63}(?<!-))*", re.A)
 
 
-def _show(value: Any, *, type_only: bool = False) -> str:
-    """A value for an error message, TOML-style; just its type for tables, arrays, secrets."""
-    if isinstance(value, (str, bool, int, float)) and not type_only:
-        return json.dumps(value)
-    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    return kinds.get(type(value), "an array" if isinstance(value, (list, tuple)) else
-                     "a table" if isinstance(value, dict) else type(value).__name__)
-
-
-# --- public parsers ----------------------------------------------------------------------
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int (bytes) or a string like ``"50GiB"``, ``"1.5 GB"``, ``"512kib"``.
-
-    B/KB/MB/GB/TB are powers of 1000 and KiB/MiB/GiB/TiB powers of 1024; the unit is
-    case-insensitive and may follow a space. Raises ConfigError.
-    """
-    m = _SIZE_RE.fullmatch(value) if isinstance(value, str) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = Fraction(value)
-    elif m and m[2].lower() in _SIZE_UNITS:
-        n = Fraction(m[1]) * _SIZE_UNITS[m[2].lower()]
-    else:
-        raise ConfigError(f'expected a size like "50GiB", got {_show(value)}')
-    if n < 0 or n.denominator != 1:
-        raise ConfigError(f"expected a whole, non-negative number of bytes, got {_show(value)}")
-    return int(n)
-
-
-def parse_duration(value: float | int | str) -> float:
-    """Seconds from a number (seconds) or a string like ``"500ms"``, ``"30s"``, ``"5m"``,
-    ``"1h30m"``, ``"2d"`` (a bare number string is seconds). Raises ConfigError."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        total = Fraction(value)
-    elif isinstance(value, str) and re.fullmatch(rf"\s*{_NUMBER}\s*", value):
-        total = Fraction(value.strip())
-    elif isinstance(value, str) and _DURATION_RE.fullmatch(value):
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", value)
-        total = sum((Fraction(n) * _DURATION_UNITS[u] for n, u in parts), Fraction(0))
-        total = -total if value.strip().startswith("-") else total
-    else:
-        raise ConfigError(f'expected a duration like "5m", got {_show(value)}')
-    if total < 0:
-        raise ConfigError(f"expected a non-negative duration, got {_show(value)}")
-    return float(total)
-
-
-def format_size(n: int) -> int | str:
-    """``"50GiB"`` when ``n`` is a whole number of a binary unit, else ``n`` itself."""
-    for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
-        if n and n % unit == 0:
-            return f"{n // unit}{name}"
-    return n
-
-
-def format_duration(seconds: float) -> float | str:
-    """``"1h30m"`` when ``seconds`` is a whole number of milliseconds, else ``seconds``;
-    either way, ``parse_duration`` gives ``seconds`` back exactly."""
-    ms = round(seconds * 1000) if math.isfinite(seconds) and seconds >= 0 else None
-    if ms is None or float(Fraction(ms, 1000)) != seconds:
-        return seconds
-    parts = []
-    for name, unit in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        count, ms = divmod(ms, unit)
-        parts += [f"{count}{name}"] if count else []
-    return "".join(parts) or "0s"
-
+# --- public helpers ----------------------------------------------------------------------
 
 def split_listen(listen: str) -> tuple[str, int]:
     """``("127.0.0.1", 5000)`` from ``"127.0.0.1:5000"``, ``("::1", 5000)`` from
@@ -114,7 +38,7 @@ def split_listen(listen: str) -> tuple[str, int]:
     ConfigError."""
     m = _HOSTPORT_RE.fullmatch(listen) if isinstance(listen, str) else None
     if not m or m[2] is None or int(m[2]) > 65535 or not _valid_host(m[1]):
-        raise ConfigError(f'expected "host:port" or "[ipv6]:port", got {_show(listen)}')
+        raise ConfigError(f'expected "host:port" or "[ipv6]:port", got {show(listen)}')
     return m[1].strip("[]"), int(m[2])
 
 
@@ -149,7 +73,7 @@ def _valid_hostport(text: str) -> bool:
 
 def _str(value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"expected a string, got {_show(value, type_only=True)}")
+        raise ConfigError(f"expected a string, got {show(value, type_only=True)}")
     return value
 
 
@@ -159,14 +83,14 @@ def _secret(value: Any) -> str | None:
 
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"expected a boolean (true or false), got {_show(value)}")
+        raise ConfigError(f"expected a boolean (true or false), got {show(value)}")
     return value
 
 
 def _number(kinds: tuple[type, ...], ok: Callable[[Any], bool], want: str) -> Callable:
     def convert(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, kinds) or not ok(value):
-            raise ConfigError(f"expected {want}, got {_show(value)}")
+            raise ConfigError(f"expected {want}, got {show(value)}")
         return kinds[-1](value)
     return convert
 
@@ -175,7 +99,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if _str(value).lower() not in options:
             raise ConfigError(f"expected one of {', '.join(map(json.dumps, options))}, "
-                              f"got {_show(value)}")
+                              f"got {show(value)}")
         return value.lower()
     return convert
 
@@ -183,7 +107,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
 def _positive(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if (result := parse(value)) == 0:
-            raise ConfigError(f"must be greater than zero, got {_show(value)}")
+            raise ConfigError(f"must be greater than zero, got {show(value)}")
         return result
     return convert
 
@@ -196,13 +120,13 @@ def _listen(value: Any) -> str:
 def _registry(value: Any) -> str:
     if not _valid_hostport(_str(value).lower()):
         raise ConfigError(f'expected a registry host like "ghcr.io" or "127.0.0.1:5001", '
-                          f"got {_show(value)}")
+                          f"got {show(value)}")
     return value.lower()
 
 
 def _registries(value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"expected an array of registry hosts, got {_show(value)}")
+        raise ConfigError(f"expected an array of registry hosts, got {show(value)}")
     return tuple(map(_registry, value))
 
 
@@ -211,7 +135,7 @@ def _url(value: Any) -> str:
     if "@" in parts.netloc:  # not echoed: it may hold a password
         raise ConfigError("credentials belong in username/password, not in the URL")
     if parts.scheme not in ("http", "https") or not _valid_hostport(parts.netloc):
-        raise ConfigError(f'expected an http(s) URL like "https://ghcr.io", got {_show(value)}')
+        raise ConfigError(f'expected an http(s) URL like "https://ghcr.io", got {show(value)}')
     if "?" in value or "#" in value:
         raise ConfigError("must not have a query or fragment")
     return value.rstrip("/")
@@ -463,14 +387,14 @@ def _from_document(doc: dict[str, Any], env: Mapping[str, str]) -> Config:
             raise ConfigError(f"{key}: unknown key")
     backing = doc.get("backing", {})
     if not isinstance(backing, dict):
-        raise ConfigError(f"backing: expected a table, got {_show(backing, type_only=True)}")
+        raise ConfigError(f"backing: expected a table, got {show(backing, type_only=True)}")
     for key in backing:
         if key != "ecr":
             raise ConfigError(f"backing.{key}: unknown key (the backing tier is \"ecr\")")
     doc = {**doc, "backing.ecr": backing.get("ecr", {})}
     if not isinstance(raw_upstreams := doc.get("upstream", []), list):
         raise ConfigError("upstream: expected an array of tables ([[upstream]]), "
-                          f"got {_show(raw_upstreams, type_only=True)}")
+                          f"got {show(raw_upstreams, type_only=True)}")
     raw_upstreams = raw_upstreams or [{f.name: v for f in fields(UpstreamConfig)
                                        if (v := getattr(DEFAULT_DOCKER_HUB, f.name)) is not None}]
     tables = {name: (cls, doc.get(name, {})) for name, cls in _SECTIONS.items()}
@@ -510,7 +434,7 @@ def _build(cls: type, raw: Any, path: str, overrides: _Overrides,
            defaults: dict[str, Any]) -> Any:
     """An instance of ``cls`` from a TOML table, the overrides winning over the table."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a table, got {_show(raw, type_only=True)}")
+        raise ConfigError(f"{path}: expected a table, got {show(raw, type_only=True)}")
     specs = {f.name: f for f in fields(cls)}
     for key in raw:
         if key not in specs:
