@@ -21,8 +21,8 @@ from ..oci import Digest, parse_accept
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
 from .keys import METRICS, PROXY, ROUTES, SENDFILE, STORE
-from .sendfile import SendfilePool
 from .middleware import API_VERSION
+from .sendfile import SendfilePool
 
 log = structlog.get_logger("pullcache.routes")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -60,10 +60,15 @@ async def pull(request: web.Request) -> web.StreamResponse:
     request["upstream"] = target.route.upstream
     handler = {"manifests": manifest, "blobs": blob, "tags": tags,
                "referrers": referrers}[target.kind]
-    resp = await handler(request, target)
+    return await handler(request, target)
+
+
+def _headers(target: Target) -> dict[str, str]:
+    """Headers of every pull answer; routed ones echo the namespace (distribution-spec
+    "Registry Proxying": a proxy SHOULD answer ``OCI-Namespace``)."""
     if target.route.namespace:
-        resp.headers["OCI-Namespace"] = target.route.namespace
-    return resp
+        return {**API_VERSION, "OCI-Namespace": target.route.namespace}
+    return dict(API_VERSION)
 
 
 def _pull_method(request: web.Request) -> None:
@@ -78,7 +83,7 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
     accept = parse_accept(request.headers.getall("Accept", []))
     answer = await request.app[PROXY].manifest(target.route, target.reference, accept)
     request["cache"] = answer.cache
-    headers = {**API_VERSION, "Docker-Content-Digest": str(answer.digest),
+    headers = {**_headers(target), "Docker-Content-Digest": str(answer.digest),
                "Content-Type": answer.media_type, "Content-Length": str(len(answer.body)),
                "ETag": f'"{answer.digest}"'}
     if answer.warning:
@@ -92,7 +97,7 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
 async def blob(request: web.Request, target: Target) -> web.StreamResponse:
     digest = Digest.parse(target.reference)
     proxy = request.app[PROXY]
-    headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Content-Type": BLOB_TYPE,
+    headers = {**_headers(target), "Docker-Content-Digest": str(digest), "Content-Type": BLOB_TYPE,
                "Accept-Ranges": "bytes", "ETag": f'"{digest}"'}
     if request.method == "HEAD":
         size, cache = await proxy.blob_size(target.route, digest)
@@ -243,7 +248,7 @@ async def tags(request: web.Request, target: Target) -> web.Response:
     listing = await request.app[PROXY].tag_list(target.route)
     request["cache"] = "stale" if listing.warning else "pass"
     page, more = paginate(listing.tags, n, request.query.get("last"))
-    headers = dict(API_VERSION)
+    headers = _headers(target)
     if listing.warning:
         headers["Warning"] = listing.warning
     if more and page:
@@ -276,7 +281,7 @@ async def referrers(request: web.Request, target: Target) -> web.Response:
                                                 query)
     request["cache"] = "pass"
     return web.Response(status=answer.status, body=answer.body,
-                        headers={**API_VERSION, **answer.headers})
+                        headers={**_headers(target), **answer.headers})
 
 
 # -- operations ----------------------------------------------------------------------------------
