@@ -16,7 +16,11 @@ MAX_CHUNK = 1 << 30
 
 
 class SendfilePool:
-    def __init__(self, threads: int = 64, stall_timeout: float = 60.0) -> None:
+    """Threads are started on demand and spend their time blocked in poll(2) on a client's
+    socket, which costs no CPU; a slow client holds one for as long as it reads. The cap
+    bounds how many large downloads are sent at once; beyond it, downloads queue."""
+
+    def __init__(self, threads: int = 256, stall_timeout: float = 60.0) -> None:
         self.available = hasattr(os, "sendfile")
         self._executor = ThreadPoolExecutor(max_workers=threads,
                                             thread_name_prefix="sendfile")
