@@ -108,8 +108,9 @@ class Proxy:
             # client's: a registry refuses a manifest whose type is not in Accept.
             wanted = tuple(dict.fromkeys(accept + DEFAULT_ACCEPT))
             return await self._fetch_by_digest(upstream, repo, digest, wanted, None)
-        answer, joined = await self._manifest_flights.do(("digest", str(digest)), fetch)
-        return self._joined(answer) if joined else answer
+        answer, joined = await self._manifest_flights.do(("digest", str(digest)), fetch,
+                                                         on_join=self._count_join)
+        return _as(answer, "joined") if joined else answer
 
     async def _manifest_by_tag(self, upstream: Upstream, route: Route, tag: str,
                                accept: tuple[str, ...]) -> ManifestAnswer:
@@ -131,12 +132,12 @@ class Proxy:
                             tag=tag, error=str(exc), age=round(record.age(), 1))
                 return stale
         key = ("tag", route.upstream, route.repo, tag, aclass)
-        answer, joined = await self._manifest_flights.do(key, resolve)
-        return self._joined(answer) if joined and answer.cache != "stale" else answer
+        answer, joined = await self._manifest_flights.do(key, resolve,
+                                                         on_join=self._count_join)
+        return _as(answer, "joined") if joined and answer.cache != "stale" else answer
 
-    def _joined(self, answer: ManifestAnswer) -> ManifestAnswer:
+    def _count_join(self) -> None:
         self.metrics.coalesced.labels("manifest").inc()
-        return _as(answer, "joined")
 
     async def _resolve_tag(self, upstream: Upstream, route: Route, tag: str,
                            accept: tuple[str, ...], aclass: str,

@@ -22,10 +22,14 @@ class SingleFlight(Generic[T]):
     def in_flight(self, key: Hashable) -> bool:
         return key in self._flights
 
-    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Return ``(result, joined)``; ``joined`` is True for callers that did not start it."""
+    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]], *,
+                 on_join: Callable[[], None] | None = None) -> tuple[T, bool]:
+        """Return ``(result, joined)``; ``joined`` is True for callers that did not start it
+        (``on_join`` is called for them at once, while the flight is still in the air)."""
         task = self._flights.get(key)
         joined = task is not None
+        if joined and on_join is not None:
+            on_join()
         if task is None:
             task = asyncio.ensure_future(fn())
             self._flights[key] = task

@@ -282,3 +282,28 @@ def cache_cli(pc, action: str) -> dict:
                           env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def test_concurrent_tag_requests_share_one_upstream_resolution(counted, registry, fault_proxy):
+    image = build_image("tag-herd", layer_sizes=(1000,))
+    push(registry, "engine/tagherd", "v1", image)
+    # Hold the manifest GET mid-body: every other request must join it, not ask again.
+    fault_proxy.set_fault("stall", match="/manifests/sha256:", method="GET", at_byte=10,
+                          times=1)
+    results: list = []
+
+    def fetch() -> None:
+        results.append(request(counted.url, "/v2/engine/tagherd/manifests/v1", timeout=30))
+    threads = [threading.Thread(target=fetch) for _ in range(20)]
+    for t in threads:
+        t.start()
+    assert fault_proxy.stalled.wait(30)
+    wait_until(lambda: counted.metric("pullcache_coalesced_requests_total",
+                                      kind="manifest") >= 19, 30, "19 joined requests")
+    fault_proxy.release()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 20
+    assert all(r.status == 200 and r.body == image.manifest for r in results)
+    assert fault_proxy.count("HEAD", "/manifests/v1") == 1
+    assert fault_proxy.count("GET", "/manifests/") == 1
