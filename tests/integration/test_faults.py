@@ -7,7 +7,9 @@ import http.client
 import os
 
 import pytest
+from aiohttp import web
 
+from tests.support._aiothread import ThreadedApp
 from tests.support.daemon import UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_raw_blob_image, push
@@ -168,3 +170,22 @@ def test_bad_input_gets_oci_errors_and_touches_nothing(pullcache, tmp_path):
     assert set(after) <= set(before) | {str(pullcache.cache_dir / "tmp")}
     assert "Traceback" not in pullcache.log()
     assert os.path.exists("/etc/passwd")
+
+
+class RedirectLoop(ThreadedApp):
+    """A registry that answers every request with a redirect to itself."""
+
+    async def make_app(self) -> web.Application:
+        async def loop(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(f"/v2/loop/again?n={request.query.get('n', '')}x")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", loop)
+        return app
+
+
+def test_redirects_are_capped(make_pullcache):
+    with RedirectLoop() as upstream:
+        pc = make_pullcache(UpstreamSpec(upstream.host, upstream.url,
+                                         extra={"max_redirects": 3}))
+        r = request(pc.url, "/v2/loop/blobs/sha256:" + "2" * 64)
+        assert r.status == 502 and "more than 3 redirects" in r.json()["errors"][0]["detail"]
