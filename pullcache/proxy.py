@@ -222,8 +222,9 @@ class Proxy:
     # -- blobs ------------------------------------------------------------------------------------
 
     async def blob(self, route: Route, digest: Digest) -> BlobAnswer:
-        """A committed blob, or the fill that is (now) fetching it."""
-        entry = await self.store.stat("blob", digest)
+        """A committed blob (pinned: the caller serves it, then calls ``store.unpin``), or
+        the fill that is (now) fetching it."""
+        entry = await self.store.stat("blob", digest, pin=True)
         if entry is not None:
             answer = BlobAnswer(digest, entry.size, "hit", entry=entry)
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -57,7 +58,7 @@ class _RecordDisk(diskcache.Disk):
 class Index:
     """Keys are ``<kind>:<digest>``; values ``Entry``. ``get`` refreshes recency."""
 
-    def __init__(self, root: Path, *, is_pinned: Callable[[str], bool]) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
         self._cache = diskcache.Cache(
             str(root / "index"), disk=_RecordDisk,
@@ -66,8 +67,13 @@ class Index:
             size_limit=2**62,
             statistics=False,
         )
-        self._is_pinned = is_pinned
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()         # the released/deferred lists
+        # Pins: files a response is serving. Taking a pin and choosing eviction victims are
+        # atomic with respect to each other (``_evicting``), so a blob found by ``get(pin=…)``
+        # is never evicted between being found and being served.
+        self._pins: Counter[str] = Counter()
+        self._pins_lock = threading.Lock()
+        self._evicting = threading.Lock()
         self._released: list[str] = []
         self._deferred: set[str] = set()
         self._cache.disk.removed = self._note_removed  # type: ignore[attr-defined]
@@ -102,7 +108,31 @@ class Index:
 
     # -- the index ------------------------------------------------------------------------
 
-    def get(self, key: str) -> Entry | None:
+    def _is_pinned(self, relpath: str) -> bool:
+        with self._pins_lock:
+            return relpath in self._pins
+
+    def pin(self, relpath: str) -> None:
+        with self._pins_lock:
+            self._pins[relpath] += 1
+
+    def unpin(self, relpath: str) -> None:
+        with self._pins_lock:
+            self._pins[relpath] -= 1
+            if self._pins[relpath] <= 0:
+                del self._pins[relpath]
+
+    def get(self, key: str, *, pin: bool = False) -> Entry | None:
+        """The entry for ``key`` (refreshing its recency), pinned if asked."""
+        if not pin:
+            return self._get(key)
+        with self._evicting:
+            entry = self._get(key)
+            if entry is not None:
+                self.pin(entry.relpath)
+            return entry
+
+    def _get(self, key: str) -> Entry | None:
         entry = self._cache.get(key)
         if entry is None:
             return None
@@ -144,20 +174,21 @@ class Index:
         per step whatever their size, far too coarse for multi-GiB layers, so we read its
         LRU order (the same query its cull uses) and delete exactly enough.
         """
-        excess = self._cache.volume() - target
-        if excess <= 0:
-            return []
-        victims: list[str] = []
-        rows = self._cache._sql(_LRU_ORDER)  # noqa: SLF001 - diskcache exposes no ordered scan
-        for key, filename, size in rows:
+        with self._evicting:
+            excess = self._cache.volume() - target
             if excess <= 0:
-                break
-            if filename and not self._is_pinned(filename):
-                victims.append(key)
-                excess -= size or 0
-        rows.close()
-        for key in victims:
-            self._cache.delete(key)
+                return []
+            victims: list[str] = []
+            rows = self._cache._sql(_LRU_ORDER)  # noqa: SLF001 - no public ordered scan
+            for key, filename, size in rows:
+                if excess <= 0:
+                    break
+                if filename and not self._is_pinned(filename):
+                    victims.append(key)
+                    excess -= size or 0
+            rows.close()
+            for key in victims:
+                self._cache.delete(key)
         return self._unlink_released()
 
     def release_unpinned(self) -> list[str]:

@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import os
 import uuid
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +63,6 @@ class BlobStore:
         self.root = root
         self.budget = budget
         self.tmp = root / "tmp"
-        self._pins: Counter[str] = Counter()
         self._reserved = 0  # bytes promised to fills in progress
         self._on_evict = on_evict or (lambda n, nbytes: None)
         self._index: Index | None = None
@@ -75,7 +73,7 @@ class BlobStore:
         def _open() -> None:
             for sub in ("blobs", "manifests", "tmp"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-            self._index = Index(self.root, is_pinned=self._pins.__contains__)
+            self._index = Index(self.root)
         await asyncio.to_thread(_open)
         return await self.reconcile() if reconcile else None
 
@@ -91,9 +89,16 @@ class BlobStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def stat(self, kind: str, digest: Digest) -> Entry | None:
-        """The committed entry for ``digest``, refreshing its recency; None on a miss."""
-        return await asyncio.to_thread(self.index.get, _key(kind, digest))
+    async def stat(self, kind: str, digest: Digest, *, pin: bool = False) -> Entry | None:
+        """The committed entry for ``digest``, refreshing its recency; None on a miss.
+
+        ``pin``: also keep its file from eviction until ``unpin`` (a response will serve
+        it); found and pinned in one step, so eviction cannot come in between.
+        """
+        return await asyncio.to_thread(self.index.get, _key(kind, digest), pin=pin)
+
+    def unpin(self, entry: Entry) -> None:
+        self.index.unpin(entry.relpath)
 
     def path(self, entry: Entry) -> Path:
         return self.root / entry.relpath
@@ -103,14 +108,12 @@ class BlobStore:
 
     @contextmanager
     def pin(self, entry: Entry) -> Iterator[None]:
-        """Keep ``entry``'s file on disk while a response serves it."""
-        self._pins[entry.relpath] += 1
+        """Keep ``entry``'s file on disk while a response serves it (see ``stat(pin=…)``)."""
+        self.index.pin(entry.relpath)
         try:
             yield
         finally:
-            self._pins[entry.relpath] -= 1
-            if self._pins[entry.relpath] <= 0:
-                del self._pins[entry.relpath]
+            self.unpin(entry)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from typing import Callable
 from urllib.parse import urlencode
 
 import structlog
@@ -115,14 +116,15 @@ async def blob(request: web.Request, target: Target) -> web.StreamResponse:
 async def _send_file(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
     """A committed blob: sendfile, with Range → 206 handled by FileResponse (RFC 9110 §14)."""
     store = request.app[STORE]
-    return _PinnedFile(store.path(answer.entry), store.pin(answer.entry),
+    entry = answer.entry
+    return _PinnedFile(store.path(entry), lambda: store.unpin(entry),
                        request.app[METRICS].bytes_served.labels("cache"),
                        request.app[SENDFILE], headers=headers)
 
 
 class _PinnedFile(web.FileResponse):
-    """A FileResponse that keeps its blob pinned (safe from eviction) until it is sent, and
-    sends it with sendfile(2) under uvloop too.
+    """A FileResponse for a blob the proxy pinned (safe from eviction): unpinned once sent;
+    sent with sendfile(2) under uvloop too.
 
     aiohttp prepares a returned response itself, after the handler; the pin spans that.
     aiohttp's zero-copy path is ``loop.sendfile``, which uvloop does not implement: aiohttp
@@ -130,21 +132,20 @@ class _PinnedFile(web.FileResponse):
     hand the socket to ``os.sendfile`` in a thread of the app's sendfile pool.
     """
 
-    def __init__(self, path, pin: contextlib.AbstractContextManager, served,
-                 pool: SendfilePool, **kwargs) -> None:
+    def __init__(self, path, unpin: Callable[[], None], served, pool: SendfilePool,
+                 **kwargs) -> None:
         super().__init__(path, **kwargs)
-        self._pin = pin
+        self._unpin: Callable[[], None] | None = unpin   # the proxy pinned it for us
         self._served = served
         self._pool = pool
-        pin.__enter__()
 
     async def prepare(self, request):
         try:
             return await super().prepare(request)
         finally:
-            if self._pin is not None:
-                self._pin.__exit__(None, None, None)
-                self._pin = None
+            if self._unpin is not None:
+                self._unpin()
+                self._unpin = None
                 self._served.inc(self.content_length or 0)
 
     async def _sendfile(self, request, fobj, offset: int, count: int):

@@ -345,3 +345,25 @@ async def test_cache_tmp_replaced_by_a_file_is_reported(store):
     store.tmp.write_bytes(b"")
     problems = await store.readiness()
     assert len(problems) == 1 and "not writable" in problems[0]
+
+
+async def test_stat_with_pin_is_atomic_with_eviction(tmp_path):
+    """A blob found with ``stat(pin=True)`` survives eviction until unpinned, and then goes."""
+    store = BlobStore(tmp_path / "c", Budget(4 * 1000, 0.5, 0.25))
+    await store.open()
+    try:
+        a = Digest.of(b"a" * 1000)
+        await store.put_bytes("blob", a, b"a" * 1000)
+        entry = await store.stat("blob", a, pin=True)
+        for i in range(4):
+            data = bytes([i]) * 1000
+            await store.put_bytes("blob", Digest.of(data), data)
+        await store.make_room()
+        assert store.path(entry).exists(), "evicted while pinned"
+        assert await store.stat("blob", a) is not None
+        store.unpin(entry)
+        await store.make_room()   # the index database alone is over this tiny budget
+        await store.release()
+        assert await store.stat("blob", a) is None and not store.path(entry).exists()
+    finally:
+        await store.close()
