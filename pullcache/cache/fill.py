@@ -85,7 +85,7 @@ class Fill:
         self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         self._started: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._progress = asyncio.Event()
-        self._on_event = on_event or (lambda event, **kw: None)
+        self._on_event = on_event or (lambda event, **_: None)
 
     # -- the writer ---------------------------------------------------------------------------
 

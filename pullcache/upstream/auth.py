@@ -133,9 +133,6 @@ class TokenCache:
         token, _ = await self._flights.do(key, lambda: self._refresh(key, challenge, scope))
         return token.value
 
-    def invalidate(self, challenge: Challenge, scope: str) -> None:
-        self._tokens.pop(_token_key(challenge, scope), None)
-
     async def _refresh(self, key, challenge: Challenge, scope: str) -> Token:
         value, expires_in, issued_at = await self._fetch(challenge, scope)
         now = self._clock()

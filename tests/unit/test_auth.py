@@ -260,18 +260,6 @@ async def test_force_refetches_a_cached_token(clock):
     assert await tokens.get(HUB, ALPINE) == "token-2"
 
 
-async def test_invalidate_drops_only_that_token(clock):
-    fetch = Fetcher()
-    tokens = TokenCache(fetch, clock=clock)
-    await tokens.get(HUB, ALPINE)
-    await tokens.get(HUB, "repository:x:pull")
-    tokens.invalidate(HUB, ALPINE)
-    tokens.invalidate(HUB, "repository:never-fetched:pull")   # no error
-    assert tokens.cached(HUB, ALPINE) is None
-    assert tokens.cached(HUB, "repository:x:pull") == "token-2"
-    assert await tokens.get(HUB, ALPINE) == "token-3"
-
-
 async def test_concurrent_gets_for_one_key_cause_one_fetch(clock):
     fetch = Fetcher()
     fetch.gate = asyncio.Event()
