@@ -122,8 +122,9 @@ class WriteBehind:
         try:
             await self.tier.api.ensure_repository(repo)
             if job.kind == "blob":
-                await self._push_blob(repo, job.digest)
-                self._done(job, "pushed")
+                pushed = await self._push_blob(repo, job.digest)
+                # False: evicted locally before its turn; a later origin fill queues it again.
+                self._done(job, "pushed" if pushed else "skipped")
             elif await self._push_manifest(repo, job):
                 self._done(job, "pushed")
             else:
