@@ -1,0 +1,38 @@
+"""``[cache]``: where content lives, its budget and recovery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pullcache.errors import ConfigError
+
+from .fields import (
+    HOURS,
+    GiB,
+    _bool,
+    _field,
+    _fraction,
+    _positive,
+    _str,
+    _timeout,
+    default_cache_dir,
+    format_duration,
+    format_size,
+    parse_size,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    dir: Path = _field(lambda v: Path(_str(v)).expanduser(), factory=default_cache_dir, fmt=str)
+    max_size: int = _field(_positive(parse_size), 50 * GiB, fmt=format_size)
+    high_watermark: float = _field(_fraction, 0.95)
+    low_watermark: float = _field(_fraction, 0.85)
+    fill_deadline: float = _field(_timeout, 2 * HOURS, fmt=format_duration)
+    reconcile_on_start: bool = _field(_bool, True)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low_watermark < self.high_watermark <= 1:
+            raise ConfigError(f"low_watermark: must be below high_watermark "
+                              f"({self.high_watermark}), got {self.low_watermark}")

@@ -1,0 +1,19 @@
+"""``[server]`` and ``[log]``: how the daemon listens and logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .fields import _bool, _choice, _field, _listen
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = _field(_listen, "127.0.0.1:5000")
+    access_log: bool = _field(_bool, True)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = _field(_choice("debug", "info", "warning", "error"), "info")
+    format: str = _field(_choice("auto", "json", "console"), "auto")
