@@ -1,0 +1,62 @@
+"""The pull-through policy (DESIGN.md §1), split by noun:
+
+- ``manifests``: by digest from the cache, never revalidated; by tag through a fresh record,
+  else a HEAD revalidation, else stale with ``Warning: 299``.
+- ``blobs``: cache → one fill per digest (backing tier, verified before shown, else the
+  upstream), written back to the tier behind the response.
+- ``discovery``: the tag list and referrers.
+
+``Proxy`` is the one door routes use; it picks the upstream and hands over to the noun.
+This package decides; ``cache/`` stores, ``upstream/`` talks. It knows nothing of aiohttp.web.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ..backing.tier import EcrTier, WriteBehind
+from ..cache.fill import Fills
+from ..cache.store import BlobStore
+from ..cache.tags import TagStore
+from ..metrics import Metrics
+from ..oci import Digest
+from ..routing import Route
+from ..upstream.client import Passthrough
+from .answers import STALE_WARNING, BlobAnswer, ManifestAnswer, TagList, Upstream
+from .blobs import Blobs, LocalContent
+from .discovery import Discovery
+from .manifests import Manifests
+
+
+class Proxy:
+    def __init__(self, store: BlobStore, fills: Fills, tags: TagStore,
+                 upstreams: Mapping[str, Upstream], metrics: Metrics, *,
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
+        self.store = store
+        self.fills = fills
+        self.upstreams = upstreams
+        self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes)
+        self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes)
+        self.discovery = Discovery(tags)
+
+    async def manifest(self, route: Route, reference: str,
+                       accept: tuple[str, ...]) -> ManifestAnswer:
+        return await self.manifests.get(self.upstreams[route.upstream], route, reference, accept)
+
+    async def blob(self, route: Route, digest: Digest) -> BlobAnswer:
+        return await self.blobs.get(self.upstreams[route.upstream], route, digest)
+
+    async def blob_size(self, route: Route, digest: Digest) -> tuple[int | None, str]:
+        return await self.blobs.size(self.upstreams[route.upstream], route, digest)
+
+    async def tag_list(self, route: Route) -> TagList:
+        return await self.discovery.tag_list(self.upstreams[route.upstream], route)
+
+    async def referrers(self, route: Route, digest: Digest,
+                        query: Mapping[str, str]) -> Passthrough:
+        return await self.discovery.referrers(self.upstreams[route.upstream], route, digest,
+                                              query)
+
+
+__all__ = ["Proxy", "Upstream", "ManifestAnswer", "BlobAnswer", "TagList", "LocalContent",
+           "STALE_WARNING"]
