@@ -10,6 +10,9 @@ from .fields import _bool, _choice, _field, _listen
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = _field(_listen, "127.0.0.1:5000")
+    # /metrics, /healthz, /readyz and the /admin/… API; "" serves the probes and /metrics on
+    # `listen` instead (and no admin API).
+    admin_listen: str = _field(lambda v: _listen(v) if v != "" else v, "127.0.0.1:5001")
     access_log: bool = _field(_bool, True)
 
 

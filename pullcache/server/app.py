@@ -35,7 +35,7 @@ from ..metrics import Metrics
 from ..proxy import LocalContent, Proxy, Upstream
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
-from . import routes
+from . import admin, routes
 from .keys import METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
 from .sendfile import SendfilePool
 from .middleware import oci_errors, request_context
@@ -129,6 +129,8 @@ def build_app(config: Config) -> web.Application:
             await task
 
     app.cleanup_ctx.extend([http_session, cache, sendfile_pool, housekeeping])
+    if not config.server.admin_listen:
+        admin.setup_ops(app)
     routes.setup(app)
     return app
 

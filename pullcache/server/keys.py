@@ -21,3 +21,5 @@ ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
 SENDFILE: web.AppKey["SendfilePool"] = web.AppKey("sendfile")
+# On the admin app: the public app, whose objects (store, proxy, metrics…) it reports on.
+CORE: web.AppKey[web.Application] = web.AppKey("core")

@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..cache.fill import FillFailed
 from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
@@ -32,9 +31,6 @@ BLOB_TYPE = "application/octet-stream"
 
 def setup(app: web.Application) -> None:
     r = app.router
-    r.add_get("/healthz", healthz)
-    r.add_get("/readyz", readyz)
-    r.add_get("/metrics", metrics)
     for base in ("/v2", "/{prefix}/v2"):
         r.add_route("*", base, ping)
         r.add_route("*", base + "/", ping)
@@ -283,27 +279,6 @@ async def referrers(request: web.Request, target: Target) -> web.Response:
     request["cache"] = "pass"
     return web.Response(status=answer.status, body=answer.body,
                         headers={**_headers(target), **answer.headers})
-
-
-# -- operations ----------------------------------------------------------------------------------
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    problems = await request.app[STORE].readiness()
-    return web.json_response({"status": "ok" if not problems else "unready",
-                              "problems": problems}, status=503 if problems else 200)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    m = request.app[METRICS]
-    usage = await request.app[STORE].usage()
-    m.cache_bytes.set(usage["bytes"])
-    m.cache_budget.set(usage["max_size"])
-    body = generate_latest(m.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 __all__ = ["setup", "parse_range", "paginate"]

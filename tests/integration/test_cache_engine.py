@@ -253,15 +253,17 @@ def test_sigkill_mid_fill_leaves_no_partial_blob(make_pullcache, registry, fault
 
 
 def test_health_readiness_metrics_and_cli(pullcache, registry):
-    assert request(pullcache.url, "/healthz").json() == {"status": "ok"}
-    ready = request(pullcache.url, "/readyz")
+    assert request(pullcache.admin_url, "/healthz").json() == {"status": "ok"}
+    ready = request(pullcache.admin_url, "/readyz")
     assert ready.status == 200 and ready.json()["status"] == "ok"
     image = build_image("metrics", layer_sizes=(10_000,))
     push(registry, "engine/metrics", "v1", image)
     for _ in range(2):
         request(pullcache.url, "/v2/engine/metrics/manifests/v1")
         request(pullcache.url, f"/v2/engine/metrics/blobs/{image.layers[0].digest}")
-    text = request(pullcache.url, "/metrics").body.decode()
+    text = request(pullcache.admin_url, "/metrics").body.decode()
+    # The ops routes live on the admin listener only: mirror clients cannot read them.
+    assert [request(pullcache.url, path).status for path in ("/metrics", "/readyz")] == [404] * 2
     for name in ("pullcache_requests_total", "pullcache_served_bytes_total",
                  "pullcache_upstream_fetched_bytes_total", "pullcache_fills_in_flight",
                  "pullcache_coalesced_requests", "pullcache_evicted_files",

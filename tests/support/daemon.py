@@ -38,11 +38,17 @@ class Pullcache:
     backing: dict = field(default_factory=dict)   # [backing.ecr] keys
     env: dict = field(default_factory=dict)
     port: int = 0
+    admin_port: int = 0
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener: /metrics, /healthz, /readyz, /admin/…"""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def host(self) -> str:
@@ -58,7 +64,9 @@ class Pullcache:
 
     def write_config(self) -> Path:
         self.port = self.port or free_port()
-        lines = ["[server]", f'listen = "127.0.0.1:{self.port}"', "", "[cache]",
+        self.admin_port = self.admin_port or free_port()
+        lines = ["[server]", f'listen = "127.0.0.1:{self.port}"',
+                 f'admin_listen = "127.0.0.1:{self.admin_port}"', "", "[cache]",
                  f'dir = "{self.cache_dir}"']
         cache = {"max_size": "4GiB", **self.cache}
         lines += [f"{k} = {_toml(v)}" for k, v in cache.items()]
@@ -87,7 +95,7 @@ class Pullcache:
         log.close()
         try:
             proc = self.proc
-            wait_http(self.url + "/healthz", timeout=timeout, ok_statuses=(200,),
+            wait_http(self.admin_url + "/healthz", timeout=timeout, ok_statuses=(200,),
                       abort=lambda: None if proc.poll() is None else "pullcache exited")
         except Exception:
             self.stop()
@@ -131,7 +139,7 @@ class Pullcache:
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0 when absent)."""
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         total = 0.0
