@@ -80,6 +80,11 @@ class BlobUnknown(PullcacheError):
     status, code, message = 404, "BLOB_UNKNOWN", "blob unknown to registry"
 
 
+class BlobUploadUnknown(PullcacheError):
+    """An upload session: a pull-through cache has none (end-13 answers 404)."""
+    status, code, message = 404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"
+
+
 # --- upstream trouble ---------------------------------------------------------------------
 
 class Unauthorized(PullcacheError):
