@@ -39,7 +39,7 @@ class Proxy:
         self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes)
         self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes)
         self.discovery = Discovery(tags)
-        self.referrer_lists = Referrers(self.manifests, tags)
+        self.referrer_lists = Referrers(self.manifests, tags, metrics)
 
     async def manifest(self, route: Route, reference: str,
                        accept: tuple[str, ...]) -> ManifestAnswer:

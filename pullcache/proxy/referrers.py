@@ -24,6 +24,7 @@ import structlog
 
 from .. import errors
 from ..cache.tags import TagStore
+from ..metrics import Metrics
 from ..oci import DEFAULT_ACCEPT, OCI_INDEX, Digest, referrer_descriptors, referrers_tag
 from ..routing import Route
 from ..singleflight import SingleFlight
@@ -43,15 +44,22 @@ class ReferrersAnswer:
 
 
 class Referrers:
-    def __init__(self, manifests: Manifests, tags: TagStore) -> None:
+    def __init__(self, manifests: Manifests, tags: TagStore, metrics: Metrics) -> None:
         self.manifests = manifests
         self.tags = tags
+        self.metrics = metrics
         self._flights: SingleFlight[list[dict]] = SingleFlight()
         # Where the API answered "not here", and when (monotonic): asked again after
         # referrers_ttl, so an upstream that gains the API is noticed.
         self._without_api: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     async def get(self, upstream: Upstream, route: Route, subject: Digest) -> ReferrersAnswer:
+        answer = await self._answer(upstream, route, subject)
+        self.metrics.requests.labels("referrers", answer.cache).inc()
+        return answer
+
+    async def _answer(self, upstream: Upstream, route: Route,
+                      subject: Digest) -> ReferrersAnswer:
         max_age = upstream.referrers_max_age
         where = (route.upstream, route.repo)
         learned = self._without_api.get(where)

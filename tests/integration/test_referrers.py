@@ -126,6 +126,7 @@ def test_fallback_is_a_tag_served_stale_and_referrers_are_cache_hits(make_pullca
         r = request(pc.url, f"/v2/refs/stale/manifests/{desc['digest']}")
         assert r.status == 200 and r.sha256 == desc["digest"]
     assert pc.metric("pullcache_requests_total", kind="manifest", outcome="hit") == hits + 2
+    assert pc.metric("pullcache_requests_total", kind="referrers", outcome="tag:stale") == 1
     assert fault_proxy.count() == before + 1   # the one revalidation that found it down
 
 
@@ -160,6 +161,8 @@ def test_api_upstream_list_is_served_whole_and_kept(make_pullcache, api_upstream
     assert found == [referrer_descriptor(signature)]
     assert r.headers["oci-filters-applied"] == "artifactType"
     assert api_upstream.count(f"/referrers/{subject.digest}") == 2   # kept for referrers_ttl
+    assert pc.metric("pullcache_requests_total", kind="referrers", outcome="api:miss") == 1
+    assert pc.metric("pullcache_requests_total", kind="referrers", outcome="api:hit") == 1
 
     _, found = referrers(pc, "app", UNKNOWN_SUBJECT)
     assert found == []
