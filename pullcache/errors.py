@@ -37,8 +37,6 @@ class NameInvalid(PullcacheError):
     status, code, message = 400, "NAME_INVALID", "invalid repository name"
 
 
-
-
 class DigestInvalid(PullcacheError):
     status, code, message = 400, "DIGEST_INVALID", "provided digest did not match uploaded content"
 

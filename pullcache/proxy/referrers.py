@@ -99,6 +99,9 @@ class Referrers:
             query = next_page(page.headers.get("Link"))
             if not query:
                 break
+        else:
+            log.warning("referrers_truncated", upstream=route.upstream, repo=route.repo,
+                        subject=str(subject), pages=MAX_PAGES)
         manifests = list(found.values())
         await self.tags.put_referrers(route.upstream, route.repo, str(subject),
                                       {"manifests": manifests, "checked_at": time.time()})

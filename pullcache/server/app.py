@@ -78,7 +78,7 @@ def build_app(config: Config) -> web.Application:
                                         observer=metrics, credentials=credentials,
                                         basic_first=credentials is not None)
                 upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale,
-                                           u.referrers_ttl)
+                                             referrers_ttl=u.referrers_ttl)
             app[UPSTREAMS] = upstreams
             yield
 
