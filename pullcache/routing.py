@@ -12,12 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .errors import NameInvalid, NameUnknown, NotFound
+from .errors import BlobUploadUnknown, NameInvalid, NameUnknown, NotFound
 from .oci import validate_name
 
 DOCKER_HUB = "docker.io"
 _ENDPOINT = re.compile(
     r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)|(?P<tags>tags/list))$")
+_UPLOAD = re.compile(r"^.+?/blobs/uploads/[^/]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,8 @@ def resolve(table: UpstreamTable, tail: str, *, prefix: str | None = None,
     """Map ``/[<prefix>/]v2/<tail>`` (``tail`` = ``<name>/<endpoint>``) to a ``Target``."""
     m = _ENDPOINT.match(tail)
     if not m:
+        if _UPLOAD.match(tail):   # end-13 GET of an upload session: none exist here
+            raise BlobUploadUnknown(tail)
         raise NotFound(tail, message="not a pull API endpoint")
     name = m.group("name")
     kind = "tags" if m.group("tags") else m.group("kind")

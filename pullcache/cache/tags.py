@@ -68,6 +68,14 @@ class TagStore:
     async def put_list(self, upstream: str, repo: str, tags: list[str]) -> None:
         await asyncio.to_thread(self._cache.set, f"{upstream}/{repo}#tags/list", tags)
 
+    async def get_referrers(self, upstream: str, repo: str, subject: str) -> dict | None:
+        """The last referrers list the upstream's API gave for ``subject``, with its time."""
+        return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}@{subject}#referrers")
+
+    async def put_referrers(self, upstream: str, repo: str, subject: str, record: dict) -> None:
+        await asyncio.to_thread(self._cache.set, f"{upstream}/{repo}@{subject}#referrers",
+                                record)
+
 
 def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:
     return f"{upstream}/{repo}:{tag}#{aclass}"

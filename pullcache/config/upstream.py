@@ -25,6 +25,10 @@ from .fields import (
 )
 
 
+def _optional_duration(value: float | None) -> str | None:
+    return None if value is None else format_duration(value)
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     host: str = _field(_registry)
@@ -37,6 +41,9 @@ class UpstreamConfig:
     # from GetAuthorizationToken with the standard AWS credential chain.
     auth: str = _field(_choice("auto", "ecr"), "auto")
     tag_ttl: float = _field(parse_duration, 5 * MINUTES, fmt=format_duration)
+    # How long a referrers list (distribution-spec end-12a) is served before upstream is
+    # asked again; unset: tag_ttl. The fallback tag schema is a tag, so it follows tag_ttl.
+    referrers_ttl: float | None = _field(parse_duration, None, fmt=_optional_duration)
     serve_stale: bool = _field(_bool, True)
     connect_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
 
 from .. import errors
 from ..cache.fill import Fill
@@ -18,6 +19,11 @@ class Upstream:
     client: RegistryClient
     tag_ttl: float
     serve_stale: bool
+    referrers_ttl: float | None = None   # None: tag_ttl
+
+    @property
+    def referrers_max_age(self) -> float:
+        return self.tag_ttl if self.referrers_ttl is None else self.referrers_ttl
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +66,11 @@ def parse_digest(text: str | None) -> Digest | None:
         return Digest.parse(text)
     except errors.DigestInvalid:
         return None
+
+
+def next_page(link: str | None) -> dict[str, str]:
+    """The query of an RFC 8288 ``Link: <…?last=x&n=y>; rel="next"``, or {}."""
+    if not link or 'rel="next"' not in link or "<" not in link:
+        return {}
+    target = link[link.index("<") + 1:link.index(">")]
+    return dict(parse_qsl(urlsplit(target).query))

@@ -77,7 +77,8 @@ def build_app(config: Config) -> web.Application:
                 client = RegistryClient(UpstreamSettings.from_config(u), session,
                                         observer=metrics, credentials=credentials,
                                         basic_first=credentials is not None)
-                upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale)
+                upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale,
+                                             referrers_ttl=u.referrers_ttl)
             app[UPSTREAMS] = upstreams
             yield
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..cache.fill import FillFailed
 from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
-from ..oci import Digest, parse_accept
+from ..oci import OCI_INDEX, Digest, parse_accept, referrers_index
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
 from .keys import METRICS, PROXY, ROUTES, SENDFILE, STORE
@@ -70,8 +70,10 @@ def _headers(target: Target) -> dict[str, str]:
 
 def _pull_method(request: web.Request) -> None:
     if request.method not in ("GET", "HEAD"):
-        # A pull-through cache accepts no pushes or deletes (distribution-spec code-13).
-        raise Unsupported(f"{request.method} is not supported by a pull-through cache")
+        # A pull-through cache accepts no pushes or deletes: 405 UNSUPPORTED (code-13), which
+        # end-9/end-10 list for disabled deletes; RFC 9110 §15.5.6 wants the Allow header.
+        raise Unsupported(f"{request.method} is not supported by a pull-through cache",
+                          headers={"Allow": "GET, HEAD"})
 
 
 # -- manifests ---------------------------------------------------------------------------------
@@ -273,12 +275,22 @@ def paginate(tags: list[str], n: int | None, last: str | None) -> tuple[list[str
 
 
 async def referrers(request: web.Request, target: Target) -> web.Response:
-    query = {k: v for k, v in request.query.items() if k == "artifactType"}
-    answer = await request.app[PROXY].referrers(target.route, Digest.parse(target.reference),
-                                                query)
-    request["cache"] = "pass"
-    return web.Response(status=answer.status, body=answer.body,
-                        headers={**_headers(target), **answer.headers})
+    """Always a 200 image index (end-12a), filtered here by ``artifactType`` (end-12b).
+
+    A malformed digest is a 400 DIGEST_INVALID: the spec's "If the request is invalid, such
+    as a <digest> with an invalid syntax, a 400 Bad Request MUST be returned".
+    """
+    subject = Digest.parse(target.reference)
+    answer = await request.app[PROXY].referrers(target.route, subject)
+    request["cache"] = answer.cache
+    artifact_type = request.query.get("artifactType") or None
+    headers = {**_headers(target), "Content-Type": OCI_INDEX}
+    if artifact_type:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if answer.warning:
+        headers["Warning"] = answer.warning
+    return web.Response(body=referrers_index(answer.descriptors, artifact_type),
+                        headers=headers)
 
 
 __all__ = ["setup", "parse_range", "paginate"]

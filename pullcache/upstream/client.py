@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 
 from .. import errors
-from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, Digest
+from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, OCI_INDEX, Digest
 from .auth import (Challenge, TokenCache, basic_header, parse_challenges,
                    parse_token_response, realm_trusted, scope_for)
 from .breaker import Breaker
@@ -159,9 +159,10 @@ class RegistryClient:
                                 not_found=errors.BlobUnknown)
         return BlobStream(resp, lambda n: self._observer.fetched(self.name, n))
 
-    async def passthrough(self, repo: str, tail: str, query: Mapping[str, str]) -> Passthrough:
+    async def passthrough(self, repo: str, tail: str, query: Mapping[str, str], *,
+                          accept: str = "application/json") -> Passthrough:
         """GET a read-only JSON endpoint (tags/list, referrers) and hand back its answer."""
-        resp = await self._send("GET", repo, tail, {"Accept": "application/json"},
+        resp = await self._send("GET", repo, tail, {"Accept": accept},
                                 query=query, not_found=errors.NameUnknown)
         try:
             body = await self._read_limited(resp, MAX_MANIFEST_SIZE)
@@ -170,6 +171,19 @@ class RegistryClient:
         keep = {k: v for k, v in resp.headers.items()
                 if k.lower() in ("content-type", "link", "oci-filters-applied")}
         return Passthrough(resp.status, body, keep)
+
+    async def referrers(self, repo: str, subject: Digest,
+                        query: Mapping[str, str] | None = None) -> Passthrough:
+        """One page of the referrers API (distribution-spec end-12a).
+
+        Raises ``errors.Unsupported`` when the upstream lacks the API: a 404 (the spec's own
+        signal, "Unavailable Referrers API"), a 405, or an ``UNSUPPORTED`` error.
+        """
+        try:
+            return await self.passthrough(repo, f"referrers/{subject}", query or {},
+                                          accept=f"{OCI_INDEX}, application/json")
+        except (errors.NameUnknown, errors.ManifestUnknown) as exc:
+            raise errors.Unsupported(exc.detail) from exc
 
     # -- the push API (the ECR tier's write-behind) ---------------------------------------------
 

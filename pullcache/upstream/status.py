@@ -16,6 +16,8 @@ def error_for(status: int, headers: Mapping[str, str], body: bytes,
         code = upstream_code(body)
         cls = errors.NameUnknown if code == "NAME_UNKNOWN" else not_found
         return cls(detail)
+    if status == 405 or (status < 500 and upstream_code(body) == "UNSUPPORTED"):
+        return errors.Unsupported(detail)   # distribution-spec code-13: not offered here
     if status == 401:
         return errors.Unauthorized(detail)
     if status == 403:
