@@ -50,7 +50,7 @@ class Discovery:
                              if isinstance(t, str))
             except (ValueError, AttributeError) as exc:
                 raise errors.UpstreamError("malformed tags/list answer") from exc
-            query = next_page(page.headers.get("Link"))
+            query = next_page(page)
             if not query:
                 break
         return sorted(found)
@@ -61,9 +61,6 @@ class Discovery:
         return await upstream.client.passthrough(route.repo, f"referrers/{digest}", query)
 
 
-def next_page(link: str | None) -> dict[str, str]:
-    """The query of an RFC 8288 ``Link: <…?last=x&n=y>; rel="next"``, or {}."""
-    if not link or 'rel="next"' not in link or "<" not in link:
-        return {}
-    target = link[link.index("<") + 1:link.index(">")]
-    return dict(parse_qsl(urlsplit(target).query))
+def next_page(page: Passthrough) -> dict[str, str]:
+    """The query of the page's RFC 8288 ``Link: <…?last=x&n=y>; rel="next"``, or {}."""
+    return dict(parse_qsl(urlsplit(page.next).query)) if page.next else {}

@@ -19,9 +19,10 @@ import structlog
 from .. import errors
 from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, Digest
 from .auth import (Challenge, TokenCache, basic_header, parse_challenges,
-                   parse_token_response, realm_trusted, scope_for)
+                   parse_token_response, scope_for)
 from .breaker import Breaker
 from .credentials import Credentials, StaticCredentials, UpstreamObserver
+from .realm import RealmTrust
 from .status import error_for
 
 log = structlog.get_logger("pullcache.upstream")
@@ -30,26 +31,30 @@ MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = "pullcache/0.1"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamSettings:
-    """What a client needs of its ``[[upstream]]`` config section."""
+    """What a client needs of its ``[[upstream]]`` config section.
+
+    No defaults here: they live once, in ``config.upstream.UpstreamConfig``.
+    """
     name: str
     url: str
-    username: str | None = None
-    password: str | None = None
-    connect_timeout: float = 5.0
-    header_timeout: float = 15.0
-    revalidate_timeout: float = 3.0
-    read_timeout: float = 30.0
-    max_redirects: int = 5
-    breaker_failures: int = 5
-    breaker_cooldown: float = 30.0
+    username: str | None
+    password: str | None
+    connect_timeout: float
+    header_timeout: float
+    revalidate_timeout: float
+    read_timeout: float
+    max_redirects: int
+    breaker_failures: int
+    breaker_cooldown: float
+    trusted_realms: tuple[str, ...]
 
     @classmethod
     def from_config(cls, cfg) -> "UpstreamSettings":
-        return cls(cfg.host, cfg.url, cfg.username, cfg.password, cfg.connect_timeout,
-                   cfg.header_timeout, cfg.revalidate_timeout, cfg.read_timeout,
-                   cfg.max_redirects, cfg.breaker_failures, cfg.breaker_cooldown)
+        """From an ``UpstreamConfig`` (duck-typed: the adapter does not import config)."""
+        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__ if f != "name"},
+                   name=cfg.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,7 @@ class Passthrough:
     status: int
     body: bytes
     headers: dict[str, str]
+    next: str | None = None   # the RFC 8288 ``rel="next"`` link, absolute
 
 
 class BlobStream:
@@ -117,10 +123,12 @@ class RegistryClient:
                                                              settings.password)
         # ECR always wants Basic: send it before being asked, saving a 401 round trip.
         self._challenge: Challenge | None = Challenge("basic") if basic_first else None
+        self._realms = RealmTrust(settings.url, settings.trusted_realms)
         self._tokens = TokenCache(self._fetch_token,
                                   on_refresh=lambda: self._observer.token_refreshed(self.name))
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown,
                                name=settings.name)
+        self._observer.breaker_watched(self.name, lambda: self.breaker.state)
 
     # -- the pull API -------------------------------------------------------------------------
 
@@ -169,7 +177,7 @@ class RegistryClient:
             resp.release()
         keep = {k: v for k, v in resp.headers.items()
                 if k.lower() in ("content-type", "link", "oci-filters-applied")}
-        return Passthrough(resp.status, body, keep)
+        return Passthrough(resp.status, body, keep, _next_link(resp))
 
     # -- the push API (the ECR tier's write-behind) ---------------------------------------------
 
@@ -217,32 +225,51 @@ class RegistryClient:
                     query: Mapping[str, str] | None = None,
                     timeout: float | None = None, url: str | None = None,
                     data: bytes | None = None, push: bool = False) -> aiohttp.ClientResponse:
-        self.breaker.check()
+        """One request through the breaker. ``timeout`` (shorter than ``header_timeout``)
+        marks a request that may give up early: running out of it is one failure, not a
+        trip, since a slow answer is not a dead upstream."""
+        ticket = self.breaker.check()
+        # Every outcome reaches the breaker (finally), or a probe that ended any other way
+        # would leave it half-open, failing every request, for good.
+        verdict: Callable[[], None] = lambda: self.breaker.release(ticket)
+        brief = timeout is not None and timeout < self.settings.header_timeout
         timeout = timeout or self.settings.header_timeout
         url = urljoin(self._base + "/", url) if url else f"{self._base}/v2/{repo}/{tail}"
         scope = scope_for(repo) + (",push" if push else "")
         headers = {"User-Agent": USER_AGENT, **headers}
         began = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                resp = await self._authorized(method, url, headers, scope, query, data)
-        except TimeoutError as exc:
-            self.breaker.trip()
-            self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
-            raise errors.UpstreamTimeout(f"{self.name}: no answer within {timeout:g}s") from exc
-        except aiohttp.ClientError as exc:
-            self.breaker.failure()
-            self._observer.requested(self.name, method, "error", time.monotonic() - began)
-            raise errors.UpstreamUnavailable(f"{self.name}: {exc.__class__.__name__}") from exc
+            try:
+                async with asyncio.timeout(timeout):
+                    resp = await self._authorized(method, url, headers, scope, query, data)
+            except TimeoutError as exc:
+                connect = isinstance(exc, aiohttp.ConnectionTimeoutError)
+                verdict = self.breaker.failure if brief and not connect else self.breaker.trip
+                self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
+                raise errors.UpstreamTimeout(
+                    f"{self.name}: no answer within {timeout:g}s") from exc
+            except aiohttp.ClientError as exc:
+                verdict = self.breaker.failure
+                self._observer.requested(self.name, method, "error", time.monotonic() - began)
+                raise errors.UpstreamUnavailable(
+                    f"{self.name}: {exc.__class__.__name__}") from exc
+            except errors.UPSTREAM_FAILURES:
+                # The token realm down, the redirect cap, the ECR API failing: no usable
+                # answer, as good as none.
+                verdict = self.breaker.failure
+                raise
+            except errors.PullcacheError:
+                verdict = self.breaker.success   # refused (realm, ECR API): it is up
+                raise
+            bad = resp.status >= 500 or resp.status == 429
+            verdict = self.breaker.failure if bad else self.breaker.success
+        finally:
+            verdict()
         self._observer.requested(self.name, method, str(resp.status), time.monotonic() - began)
         remaining = self._observer.rate_limit(self.name, resp.headers)
         if remaining is not None:
             log.info("ratelimit_changed", upstream=self.name, remaining=remaining,
                      limit=resp.headers.get("ratelimit-limit"))
-        if resp.status >= 500 or resp.status == 429:
-            self.breaker.failure()
-        else:
-            self.breaker.success()
         if resp.status < 400:
             return resp
         body = b""
@@ -261,10 +288,14 @@ class RegistryClient:
         resp = await self._follow(method, url, headers, auth, query, data)
         if resp.status != 401 or _origin(str(resp.url)) != self._origin:
             return resp
-        # A 401 without a challenge (some proxies strip it) repeats the last one we know.
-        challenges = parse_challenges(resp.headers.get("WWW-Authenticate", "")) or \
-            ([self._challenge] if self._challenge is not None else [])
-        answer = await self._answer(challenges, scope, stale=auth, sent=sent)
+        try:
+            # A 401 without a challenge (some proxies strip it) repeats the last one we know.
+            challenges = parse_challenges(resp.headers.get("WWW-Authenticate", "")) or \
+                ([self._challenge] if self._challenge is not None else [])
+            answer = await self._answer(challenges, scope, stale=auth, sent=sent)
+        except BaseException:
+            resp.release()   # answering failed (realm down, cancelled): free the connection
+            raise
         if answer is None:
             return resp
         resp.release()
@@ -310,8 +341,10 @@ class RegistryClient:
                 self._challenge = Challenge("bearer", {k: v for k, v in challenge.params.items()
                                                        if k in ("realm", "service")})
                 # A token we just sent and got a 401 for is stale (revoked, clock skew).
-                token = await self._tokens.get(self._challenge, scope, force=stale is not None)
-                return "Bearer " + token
+                refused = stale[len("Bearer "):] if stale and stale.startswith("Bearer ") \
+                    else None
+                return "Bearer " + await self._tokens.get(self._challenge, scope,
+                                                          stale=refused)
             if challenge.scheme == "basic":
                 header = await self._basic()
                 if header is not None and header == stale:
@@ -338,7 +371,7 @@ class RegistryClient:
         headers = {"User-Agent": USER_AGENT}
         s = self.settings
         basic = await self._basic()
-        if basic and realm_trusted(self._base, realm):
+        if basic and self._realms.allows(realm):
             headers["Authorization"] = basic
         elif basic:
             log.warning("realm_untrusted", upstream=self.name, realm=realm)
@@ -374,6 +407,16 @@ class RegistryClient:
                 raise errors.UpstreamError(f"response larger than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _next_link(resp: aiohttp.ClientResponse) -> str | None:
+    """aiohttp's RFC 8288 parse of ``Link`` skips what it cannot read (a link without
+    ``>``); a target that is no URL at all is no next page either."""
+    try:
+        link = resp.links.get("next")
+    except ValueError:
+        return None
+    return str(link["url"]) if link is not None and link.get("url") else None
 
 
 def _location(resp: aiohttp.ClientResponse) -> str:
