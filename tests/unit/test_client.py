@@ -114,14 +114,17 @@ def probing(client: RegistryClient, clock: Clock) -> None:
     clock.now += 30
 
 
-@pytest.mark.parametrize("way, error, after", [
+PROBE_FAILURES = [
     ("token realm down", errors.UpstreamUnavailable, State.OPEN),
     ("token realm refusing", errors.Unauthorized, State.CLOSED),   # it answered: it is up
     ("redirect cap", errors.UpstreamError, State.OPEN),
     ("ECR credentials denied", errors.Denied, State.CLOSED),
     ("ECR API unreachable", errors.UpstreamUnavailable, State.OPEN),
     ("unexpected exception", RuntimeError, State.OPEN),
-])
+]
+
+
+@pytest.mark.parametrize("way, error, after", PROBE_FAILURES, ids=[p[0] for p in PROBE_FAILURES])
 async def test_a_half_open_probe_failing_in_a_non_network_way_ends_the_probe(
         registry, session, way, error, after):
     clock = Clock()
