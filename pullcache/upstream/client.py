@@ -7,7 +7,6 @@ from ``errors.py``; nothing above it sees aiohttp's client types.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Mapping
@@ -18,12 +17,12 @@ import structlog
 
 from .. import errors
 from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, Digest
-from .auth import (Challenge, TokenCache, basic_header, parse_challenges,
-                   parse_token_response, scope_for)
+from .auth import scope_for
+from .authenticator import Authenticator
 from .breaker import Breaker
 from .credentials import Credentials, StaticCredentials, UpstreamObserver
 from .realm import RealmTrust
-from .status import error_for
+from .status import error_for, read_limited
 
 log = structlog.get_logger("pullcache.upstream")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -119,13 +118,13 @@ class RegistryClient:
         self._observer = observer or UpstreamObserver()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                               sock_read=settings.read_timeout)
-        self._credentials = credentials or StaticCredentials(settings.username,
-                                                             settings.password)
-        # ECR always wants Basic: send it before being asked, saving a 401 round trip.
-        self._challenge: Challenge | None = Challenge("basic") if basic_first else None
-        self._realms = RealmTrust(settings.url, settings.trusted_realms)
-        self._tokens = TokenCache(self._fetch_token,
-                                  on_refresh=lambda: self._observer.token_refreshed(self.name))
+        self._auth = Authenticator(
+            self.name, session,
+            credentials or StaticCredentials(settings.username, settings.password),
+            RealmTrust(settings.url, settings.trusted_realms), timeout=self._timeout,
+            header_timeout=settings.header_timeout, user_agent=USER_AGENT,
+            on_token=lambda: self._observer.token_refreshed(self.name),
+            basic_first=basic_first)
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown,
                                name=settings.name)
         self._observer.breaker_watched(self.name, lambda: self.breaker.state)
@@ -137,8 +136,7 @@ class RegistryClient:
         """HEAD a manifest; ``revalidating`` (a cached copy exists) waits only briefly."""
         resp = await self._send("HEAD", repo, f"manifests/{reference}",
                                 {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown,
-                                timeout=self.settings.revalidate_timeout if revalidating
-                                else None)
+                                revalidating=revalidating)
         resp.release()
         return ManifestHead(resp.headers.get("Docker-Content-Digest"),
                             resp.headers.get("Content-Type"), resp.content_length)
@@ -150,7 +148,7 @@ class RegistryClient:
         try:
             if (resp.content_length or 0) > MAX_MANIFEST_SIZE:
                 raise errors.UpstreamError(f"manifest larger than {MAX_MANIFEST_SIZE} bytes")
-            body = await self._read_limited(resp, MAX_MANIFEST_SIZE)
+            body = await read_limited(resp, MAX_MANIFEST_SIZE)
         finally:
             resp.release()
         return Manifest(body, resp.headers.get("Content-Type"),
@@ -172,7 +170,7 @@ class RegistryClient:
         resp = await self._send("GET", repo, tail, {"Accept": "application/json"},
                                 query=query, not_found=errors.NameUnknown)
         try:
-            body = await self._read_limited(resp, MAX_MANIFEST_SIZE)
+            body = await read_limited(resp, MAX_MANIFEST_SIZE)
         finally:
             resp.release()
         keep = {k: v for k, v in resp.headers.items()
@@ -222,18 +220,21 @@ class RegistryClient:
 
     async def _send(self, method: str, repo: str, tail: str, headers: dict[str, str], *,
                     not_found: type[errors.PullcacheError],
-                    query: Mapping[str, str] | None = None,
-                    timeout: float | None = None, url: str | None = None,
-                    data: bytes | None = None, push: bool = False) -> aiohttp.ClientResponse:
-        """One request through the breaker. ``timeout`` (shorter than ``header_timeout``)
-        marks a request that may give up early: running out of it is one failure, not a
-        trip, since a slow answer is not a dead upstream."""
+                    query: Mapping[str, str] | None = None, url: str | None = None,
+                    data: bytes | None = None, push: bool = False,
+                    revalidating: bool = False) -> aiohttp.ClientResponse:
+        """One request through the breaker.
+
+        ``revalidating``: a cached copy can be served instead, so wait only
+        ``revalidate_timeout``; running out of it is one failure, not a trip (a slow
+        answer is not a dead upstream, and one must not fail every uncached pull).
+        """
         ticket = self.breaker.check()
         # Every outcome reaches the breaker (finally), or a probe that ended any other way
         # would leave it half-open, failing every request, for good.
         verdict: Callable[[], None] = lambda: self.breaker.release(ticket)
-        brief = timeout is not None and timeout < self.settings.header_timeout
-        timeout = timeout or self.settings.header_timeout
+        timeout = self.settings.revalidate_timeout if revalidating \
+            else self.settings.header_timeout
         url = urljoin(self._base + "/", url) if url else f"{self._base}/v2/{repo}/{tail}"
         scope = scope_for(repo) + (",push" if push else "")
         headers = {"User-Agent": USER_AGENT, **headers}
@@ -244,7 +245,8 @@ class RegistryClient:
                     resp = await self._authorized(method, url, headers, scope, query, data)
             except TimeoutError as exc:
                 connect = isinstance(exc, aiohttp.ConnectionTimeoutError)
-                verdict = self.breaker.failure if brief and not connect else self.breaker.trip
+                verdict = self.breaker.failure if revalidating and not connect \
+                    else self.breaker.trip
                 self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
                 raise errors.UpstreamTimeout(
                     f"{self.name}: no answer within {timeout:g}s") from exc
@@ -275,7 +277,7 @@ class RegistryClient:
         body = b""
         if method != "HEAD":
             try:
-                body = await self._read_limited(resp, MAX_ERROR_BODY, truncate=True)
+                body = await read_limited(resp, MAX_ERROR_BODY, truncate=True)
             except aiohttp.ClientError:
                 body = b""
         resp.release()
@@ -283,16 +285,14 @@ class RegistryClient:
 
     async def _authorized(self, method: str, url: str, headers: dict[str, str], scope: str,
                           query, data: bytes | None = None) -> aiohttp.ClientResponse:
-        auth = await self._auth_header(scope)
+        auth = await self._auth.header(scope)
         sent = time.monotonic()
         resp = await self._follow(method, url, headers, auth, query, data)
         if resp.status != 401 or _origin(str(resp.url)) != self._origin:
             return resp
         try:
-            # A 401 without a challenge (some proxies strip it) repeats the last one we know.
-            challenges = parse_challenges(resp.headers.get("WWW-Authenticate", "")) or \
-                ([self._challenge] if self._challenge is not None else [])
-            answer = await self._answer(challenges, scope, stale=auth, sent=sent)
+            answer = await self._auth.answer(resp.headers.get("WWW-Authenticate", ""), scope,
+                                             stale=auth, sent=sent)
         except BaseException:
             resp.release()   # answering failed (realm down, cancelled): free the connection
             raise
@@ -324,89 +324,6 @@ class RegistryClient:
                 method = "GET"
         raise errors.UpstreamError(f"{self.name}: more than "
                                    f"{self.settings.max_redirects} redirects")
-
-    async def _auth_header(self, scope: str) -> str | None:
-        """Credentials to send before being asked, once we know the upstream's scheme."""
-        challenge = self._challenge
-        if challenge is None:
-            return None
-        if challenge.scheme == "basic":
-            return await self._basic()
-        return "Bearer " + await self._tokens.get(challenge, scope)
-
-    async def _answer(self, challenges: list[Challenge], scope: str,
-                      stale: str | None, sent: float) -> str | None:
-        for challenge in challenges:
-            if challenge.scheme == "bearer" and challenge.realm:
-                self._challenge = Challenge("bearer", {k: v for k, v in challenge.params.items()
-                                                       if k in ("realm", "service")})
-                # A token we just sent and got a 401 for is stale (revoked, clock skew).
-                refused = stale[len("Bearer "):] if stale and stale.startswith("Bearer ") \
-                    else None
-                return "Bearer " + await self._tokens.get(self._challenge, scope,
-                                                          stale=refused)
-            if challenge.scheme == "basic":
-                header = await self._basic()
-                if header is not None and header == stale:
-                    # Refused: worth one more try only with freshly fetched credentials
-                    # (an expired ECR token; the new one may even read the same).
-                    if not await self._credentials.rejected(sent):
-                        return None
-                    header = await self._basic()
-                if header is None:
-                    return None
-                self._challenge = Challenge("basic")
-                return header
-        return None
-
-    async def _basic(self) -> str | None:
-        pair = await self._credentials.get()
-        return basic_header(*pair) if pair else None
-
-    async def _fetch_token(self, challenge: Challenge, scope: str):
-        realm = challenge.realm or ""
-        params = {"scope": scope}
-        if challenge.params.get("service"):
-            params["service"] = challenge.params["service"]
-        headers = {"User-Agent": USER_AGENT}
-        s = self.settings
-        basic = await self._basic()
-        if basic and self._realms.allows(realm):
-            headers["Authorization"] = basic
-        elif basic:
-            log.warning("realm_untrusted", upstream=self.name, realm=realm)
-        try:
-            async with asyncio.timeout(s.header_timeout):
-                async with self._session.get(realm, params=params, headers=headers,
-                                             allow_redirects=False,
-                                             timeout=self._timeout) as resp:
-                    body = await self._read_limited(resp, MAX_ERROR_BODY, truncate=True)
-                    status = resp.status
-        except TimeoutError as exc:
-            raise errors.UpstreamTimeout(f"{self.name}: token realm timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise errors.UpstreamUnavailable(f"{self.name}: token realm unreachable") from exc
-        if status in (401, 403):
-            raise errors.Unauthorized(f"{self.name}: token realm refused the credentials")
-        if status != 200:
-            raise errors.UpstreamError(f"{self.name}: token realm answered {status}")
-        try:
-            return parse_token_response(json.loads(body))
-        except ValueError as exc:
-            raise errors.UpstreamError(f"{self.name}: bad token response") from exc
-
-    @staticmethod
-    async def _read_limited(resp: aiohttp.ClientResponse, limit: int,
-                            truncate: bool = False) -> bytes:
-        chunks, total = [], 0
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            total += len(chunk)
-            if total > limit:
-                if truncate:
-                    break
-                raise errors.UpstreamError(f"response larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 def _next_link(resp: aiohttp.ClientResponse) -> str | None:

@@ -174,8 +174,10 @@ def test_cached_image_pulls_fast_with_upstream_blackholed(make_pullcache, regist
     assert not pc.events("breaker_opened")      # one slow revalidation is one failure
     # A generous bound, far below the 60 s header timeout it must not wait for.
     assert first < 30, f"{first:.1f}s: waited on the blackholed upstream"
+    assert pc.metric("pullcache_upstream_breaker_state", upstream=fault_proxy.host) == 0
     pull()                  # the second revalidation timeout opens the breaker
     assert pc.events("breaker_opened")
+    assert pc.metric("pullcache_upstream_breaker_state", upstream=fault_proxy.host) == 1
     fault_proxy.reset_counts()
     pull()                  # breaker open: served stale without asking upstream
     assert fault_proxy.count() == 0
@@ -296,9 +298,11 @@ def test_health_readiness_metrics_and_cli(pullcache, registry):
                  "pullcache_upstream_fetched_bytes_total", "pullcache_fills_in_flight",
                  "pullcache_coalesced_requests", "pullcache_evicted_files",
                  "pullcache_cache_bytes", "pullcache_cache_budget_bytes",
-                 "pullcache_upstream_request_seconds_bucket", "pullcache_digest_mismatches"):
+                 "pullcache_upstream_request_seconds_bucket", "pullcache_digest_mismatches",
+                 "pullcache_upstream_breaker_state"):
         assert name in text, name
     assert pullcache.metric("pullcache_requests_total", kind="blob", outcome="hit") == 1
+    assert pullcache.metric("pullcache_upstream_breaker_state") == 0     # closed
     # Two pulls of the layer: the first from its fill, the second from the cache.
     size = image.layers[0].size
     assert pullcache.metric("pullcache_served_bytes_total", source="cache") == size
