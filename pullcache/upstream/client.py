@@ -261,7 +261,9 @@ class RegistryClient:
                 verdict = self.breaker.failure
                 raise
             except errors.PullcacheError:
-                verdict = self.breaker.success   # refused (realm, ECR API): it is up
+                # Refused (the realm, the ECR API): an answer, not an outage; failing fast
+                # would not spare anyone a wait.
+                verdict = self.breaker.success
                 raise
             bad = resp.status >= 500 or resp.status == 429
             verdict = self.breaker.failure if bad else self.breaker.success
