@@ -308,6 +308,27 @@ async def test_a_stale_token_401_refetches_once_for_concurrent_requests(registry
     assert realm.fetches == 1, "each refused request fetched its own token"
 
 
+@pytest.mark.parametrize("trusted_realms, sent", [((), None), (("localhost",), "Basic")])
+async def test_credentials_go_only_to_a_trusted_realm(registry, session, trusted_realms, sent):
+    """The realm is served by the same process under another host name (localhost, not
+    127.0.0.1): not the upstream's host, so it gets the credentials only when listed."""
+    port = registry.url.rsplit(":", 1)[1]
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            seen.append(request.headers.get("Authorization"))
+            return web.json_response({"token": "t"})
+        if request.headers.get("Authorization") == "Bearer t":
+            return web.Response(headers={"Docker-Content-Digest": str(DIGEST)})
+        return await bearer(f"http://localhost:{port}/token")(request)
+    registry.handler = handler
+    client = RegistryClient(settings(registry.url, username="u", password="p",
+                                     trusted_realms=trusted_realms), session)
+    await client.head_manifest("r", "v1", ())
+    assert len(seen) == 1 and (seen[0] or "").split(" ")[0] == (sent or "")
+
+
 # --- redirects and links ---------------------------------------------------------------------
 
 async def test_redirects_are_capped(registry, session):
