@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -52,6 +52,9 @@ class Metrics:
                                      ["upstream"], registry=r)
         self.token_refreshes = Counter("pullcache_token_refreshes",
                                        "Bearer tokens fetched", ["upstream"], registry=r)
+        self.breaker_state = Gauge("pullcache_upstream_breaker_state",
+                                   "Circuit breaker per upstream: 0 closed, 1 open, "
+                                   "2 half-open (a probe in flight)", ["upstream"], registry=r)
         self.tier_reads = Counter("pullcache_tier_reads", "Backing-tier lookups by outcome",
                                   ["kind", "outcome"], registry=r)
         self.tier_writes = Counter("pullcache_tier_writes", "Backing-tier write-backs ended",
@@ -83,6 +86,9 @@ class Metrics:
 
     def token_refreshed(self, upstream: str) -> None:
         self.token_refreshes.labels(upstream).inc()
+
+    def breaker_watched(self, upstream: str, state: Callable[[], int]) -> None:
+        self.breaker_state.labels(upstream).set_function(lambda: float(state()))
 
     def fill_event(self, event: str, **_: object) -> None:
         if event in ("committed", "failed"):

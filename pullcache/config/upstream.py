@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from pullcache.domains import registrable_domain
 from pullcache.errors import ConfigError
 
 from .fields import (
@@ -20,13 +21,38 @@ from .fields import (
     _secret,
     _timeout,
     _url,
+    _valid_hostport,
     format_duration,
     parse_duration,
+    show,
 )
 
 
 def _optional_duration(value: float | None) -> str | None:
     return None if value is None else format_duration(value)
+
+
+def _realm(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a realm host string, got {show(value)}")
+    entry = value.strip().lower().rstrip(".")
+    if entry.startswith("*."):
+        domain = entry[2:]
+        if _valid_hostport(domain) and ":" not in domain and registrable_domain(domain):
+            return entry
+        if _valid_hostport(domain) and ":" not in domain:
+            # "*.co.uk", "*.herokuapp.com": every owner under a public suffix, not one.
+            raise ConfigError(f"{show(value)} spans a public suffix: name a domain that "
+                              f"one owner registered")
+    elif _valid_hostport(entry):
+        return entry
+    raise ConfigError(f'expected a host, "host:port" or "*.domain", got {show(value)}')
+
+
+def _realms(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"expected an array of realm hosts, got {show(value)}")
+    return tuple(map(_realm, value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +84,9 @@ class UpstreamConfig:
     profile: str | None = _field(_secret, None)
     aws_endpoint_url: str | None = _field(_url, None)   # the ECR API, e.g. a VPC endpoint
     token_min_refresh: float = _field(parse_duration, 1 * MINUTES, fmt=format_duration)
+    # Token realms, besides the upstream's own host and the built-in presets, that may
+    # receive this upstream's credentials: "host", "host:port" or "*.domain".
+    trusted_realms: tuple[str, ...] = _field(_realms, (), fmt=list)
 
     def __post_init__(self) -> None:
         if (self.username is None) != (self.password is None):

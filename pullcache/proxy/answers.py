@@ -68,9 +68,7 @@ def parse_digest(text: str | None) -> Digest | None:
         return None
 
 
-def next_page(link: str | None) -> dict[str, str]:
-    """The query of an RFC 8288 ``Link: <…?last=x&n=y>; rel="next"``, or {}."""
-    if not link or 'rel="next"' not in link or "<" not in link:
-        return {}
-    target = link[link.index("<") + 1:link.index(">")]
-    return dict(parse_qsl(urlsplit(target).query))
+def next_page(page) -> dict[str, str]:
+    """The query of a page's RFC 8288 ``Link: <…?last=x&n=y>; rel="next"`` (parsed by
+    aiohttp into ``Passthrough.next``), or {}."""
+    return dict(parse_qsl(urlsplit(page.next).query)) if page.next else {}

@@ -46,7 +46,7 @@ class Discovery:
                              if isinstance(t, str))
             except (ValueError, AttributeError) as exc:
                 raise errors.UpstreamError("malformed tags/list answer") from exc
-            query = next_page(page.headers.get("Link"))
+            query = next_page(page)
             if not query:
                 break
         return sorted(found)

@@ -96,7 +96,7 @@ class Referrers:
             page = await upstream.client.referrers(route.repo, subject, query)
             for desc in referrer_descriptors(page.body):
                 found.setdefault(desc["digest"], desc)
-            query = next_page(page.headers.get("Link"))
+            query = next_page(page)
             if not query:
                 break
         else:

@@ -30,7 +30,7 @@ from ..backing.tier import EcrTier, WriteBehind
 from ..cache.fill import Fills
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
-from ..config import Config
+from ..config import Config, UpstreamConfig
 from ..metrics import Metrics
 from ..proxy import LocalContent, Proxy, Upstream
 from ..routing import UpstreamTable
@@ -96,10 +96,10 @@ def build_app(config: Config) -> web.Application:
                     ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
                     endpoint_url=ecr.endpoint_url)))
                 client = RegistryClient(
-                    UpstreamSettings("ecr-tier", ecr.data_plane,
-                                     connect_timeout=ecr.connect_timeout,
-                                     header_timeout=ecr.header_timeout,
-                                     read_timeout=ecr.read_timeout),
+                    UpstreamSettings.from_config(UpstreamConfig(
+                        host="ecr-tier", url=ecr.data_plane,
+                        connect_timeout=ecr.connect_timeout,
+                        header_timeout=ecr.header_timeout, read_timeout=ecr.read_timeout)),
                     app[SESSION], observer=metrics, basic_first=True,
                     credentials=EcrCredentials(api.token, min_refresh=ecr.token_min_refresh))
                 tier = EcrTier(api, client, ecr.repository_prefix)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 
 class Credentials(Protocol):
@@ -36,3 +36,6 @@ class UpstreamObserver:
         return None
 
     def token_refreshed(self, upstream: str) -> None: ...
+
+    def breaker_watched(self, upstream: str, state: Callable[[], int]) -> None:
+        """``state()`` reads the upstream's breaker now (``breaker.State``)."""

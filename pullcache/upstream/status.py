@@ -52,3 +52,17 @@ def upstream_detail(body: bytes) -> str | None:
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:512]
     text = body.decode("utf-8", "replace").strip()
     return text[:512] or None
+
+
+async def read_limited(resp, limit: int, truncate: bool = False) -> bytes:
+    """An aiohttp response body up to ``limit`` bytes: cut there (``truncate``) or refused
+    with ``UpstreamError``."""
+    chunks, total = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            if truncate:
+                break
+            raise errors.UpstreamError(f"response larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

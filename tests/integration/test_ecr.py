@@ -77,6 +77,13 @@ def wait_written(pc: Pullcache, pushed: int) -> None:
     wait_until(done, 60, "the write-behind to land in ECR")
 
 
+def assert_tier_tried(pc: Pullcache, image) -> None:
+    """The tier was asked first, and failed, for the manifest and for every blob."""
+    assert pc.metric("pullcache_tier_reads_total", kind="manifest", outcome="error") == 1
+    skipped = {e["digest"] for e in pc.events("fill_source_skipped") if e["source"] == "ecr"}
+    assert skipped == {blob.digest for blob in image.blobs()}
+
+
 def ecr_repo(origin: FaultProxy, repo: str) -> str:
     return f"pullcache/{origin.host.replace(':', '-')}/{repo}"
 
@@ -121,6 +128,8 @@ def test_tier_trouble_falls_back_to_the_origin(node, origin, registry, ecr_front
     ecr_front.set_fault(kind, match="/v2/", **fault)
     pc = node("c")
     pull(pc, "fleet/down", "v1", image)   # no client-visible error
+    assert ecr_front.fault_hits >= 1 + len(image.blobs())   # the manifest and every blob
+    assert_tier_tried(pc, image)
     assert origin.count("GET", "/blobs/") == len(image.blobs())
     assert "Traceback" not in pc.log()
 
@@ -134,6 +143,8 @@ def test_tier_unreachable_falls_back_to_the_origin(node, origin, registry, moto,
                    backing=backing_config(moto, "http://127.0.0.1:9"), env=AWS_ENV).start()
     try:
         pull(pc, "fleet/gone", "v1", image)
+        assert_tier_tried(pc, image)
+        assert origin.count("GET", "/blobs/") == len(image.blobs())
     finally:
         pc.stop()
 

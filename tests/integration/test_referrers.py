@@ -12,7 +12,6 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.daemon import UpstreamSpec
-from tests.support.faultproxy import FaultProxy
 from tests.support.http import request
 from tests.support.images import (build_artifact, build_image, build_referrers_index, push,
                                   referrer_descriptor, referrers_tag)

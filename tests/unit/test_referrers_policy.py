@@ -26,8 +26,11 @@ def desc(n: int, kind: str = "application/x.sig") -> dict:
 
 
 def page(descs: list[dict], link: str | None = None) -> Passthrough:
+    """A page as the client hands it over: aiohttp has parsed ``Link`` into ``next``."""
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descs})
-    return Passthrough(200, body.encode(), {"Link": link} if link else {})
+    target = link[link.index("<") + 1:link.index(">")] if link else None
+    return Passthrough(200, body.encode(), {"Link": link} if link else {},
+                       f"http://up.example{target}" if target else None)
 
 
 class FakeClient:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import os
 from pathlib import Path
 
@@ -348,22 +350,42 @@ async def test_cache_tmp_replaced_by_a_file_is_reported(store):
 
 
 async def test_stat_with_pin_is_atomic_with_eviction(tmp_path):
-    """A blob found with ``stat(pin=True)`` survives eviction until unpinned, and then goes."""
+    """A blob found with ``stat(pin=True)`` survives eviction until unpinned, and then goes.
+
+    The lookup and the eviction race in two threads released together by a barrier, many
+    times: whichever wins, a lookup that found the blob must find its file still there."""
     store = BlobStore(tmp_path / "c", Budget(4 * 1000, 0.5, 0.25))
     await store.open()
+    a = Digest.of(b"a" * 1000)
+    barrier = threading.Barrier(2)
+
+    def racing(coroutine_fn):
+        def run():
+            barrier.wait(timeout=10)
+            return asyncio.run(coroutine_fn())
+        return run
+
     try:
-        a = Digest.of(b"a" * 1000)
-        await store.put_bytes("blob", a, b"a" * 1000)
-        entry = await store.stat("blob", a, pin=True)
-        for i in range(4):
-            data = bytes([i]) * 1000
-            await store.put_bytes("blob", Digest.of(data), data)
-        await store.make_room()
-        assert store.path(entry).exists(), "evicted while pinned"
-        assert await store.stat("blob", a) is not None
-        store.unpin(entry)
-        await store.make_room()   # the index database alone is over this tiny budget
-        await store.release()
-        assert await store.stat("blob", a) is None and not store.path(entry).exists()
+        found = 0
+        for round_ in range(30):
+            await store.put_bytes("blob", a, b"a" * 1000)
+            for i in range(4):
+                data = bytes([round_, i]) * 500
+                await store.put_bytes("blob", Digest.of(data), data)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                lookup = pool.submit(racing(lambda: store.stat("blob", a, pin=True)))
+                evict = pool.submit(racing(store.make_room))
+                entry, _ = lookup.result(timeout=30), evict.result(timeout=30)
+            await store.make_room()                 # evicts a's entry if the lookup won
+            if entry is not None:
+                found += 1
+                assert store.path(entry).exists(), f"round {round_}: evicted while pinned"
+                assert store.path(entry).read_bytes() == b"a" * 1000
+                store.unpin(entry)
+                await store.make_room()
+                await store.release()
+                assert await store.stat("blob", a) is None
+                assert not store.path(entry).exists()
+        assert found, "the lookup never won the race: nothing was checked"
     finally:
         await store.close()
