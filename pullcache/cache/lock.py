@@ -13,10 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ..errors import StorageError
-
-
-class CacheLocked(StorageError):
+class CacheLocked(Exception):
     """Another process holds the cache directory."""
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 import structlog
 import uvloop
 from aiohttp import web
 
 from .. import config as configuration
+from ..cache.lock import CacheLocked
 from ..server.admin import build_admin_app
 from ..server.app import build_app
 from ..server.middleware import AccessLogger
@@ -20,6 +22,10 @@ log = structlog.get_logger("pullcache")
 def serve(cfg) -> int:
     try:
         uvloop.run(_run_sites(cfg))
+    except CacheLocked as exc:   # another daemon, or an offline `pullcache cache …`
+        log.error("cache_locked", error=str(exc))
+        print(f"pullcache: refusing to start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:   # the listen address is taken or not ours
         log.error("listen_failed", error=str(exc))
         return 1
