@@ -56,13 +56,17 @@ class Samples:
             maxlen=int(window / interval) + 1)
 
     def take(self) -> None:
+        self._ring.append(self._now())
+
+    def _now(self) -> tuple[float, float, float, float, float]:
         hits, misses = request_counts(self.metrics)
-        self._ring.append((time.time(), hits, misses,
-                           counter_total(self.metrics.bytes_served, source="cache"),
-                           counter_total(self.metrics.bytes_fetched)))
+        return (time.time(), hits, misses,
+                counter_total(self.metrics.bytes_served, source="cache"),
+                counter_total(self.metrics.bytes_fetched))
 
     def series(self) -> list[dict]:
-        points = list(self._ring)
+        """Per-interval differences, the last one running up to now."""
+        points = list(self._ring) + [self._now()]
         return [{"t": b[0], "hits": b[1] - a[1], "misses": b[2] - a[2],
                  "cache_bytes": b[3] - a[3], "upstream_bytes": b[4] - a[4]}
                 for a, b in zip(points, points[1:])]
