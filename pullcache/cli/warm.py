@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from ..units import human_size
@@ -70,9 +69,11 @@ def _poll(client: AdminClient, path: str, show) -> dict:
 
 
 def _live(client: AdminClient, path: str, console: Console) -> dict:
+    # Rate and ETA from the daemon's own figures (bytes done over the image's time), not
+    # from rich's estimate over our polls, which says nothing sensible for a 1 s warm.
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.fields[layers]}"), DownloadColumn(binary_units=True),
-               TransferSpeedColumn(), TimeRemainingColumn())
+               TextColumn("{task.fields[rate]:>11}"), TextColumn("{task.fields[eta]:>9}"))
     with Progress(*columns, console=console) as progress:
         tasks: dict[str, int] = {}
 
@@ -80,11 +81,11 @@ def _live(client: AdminClient, path: str, console: Console) -> dict:
             for image in job["images"]:
                 if image["ref"] not in tasks:
                     tasks[image["ref"]] = progress.add_task(image["ref"], total=None,
-                                                            layers="")
+                                                            layers="", rate="", eta="")
                 total = image["bytes_total"] or None
                 progress.update(tasks[image["ref"]], total=total,
                                 completed=image["bytes_done"], layers=_layers(image),
-                                description=_label(image))
+                                description=_label(image), **_rate_eta(image))
         return _poll(client, path, show)
 
 
@@ -107,6 +108,18 @@ def _plain(client: AdminClient, path: str, console: Console) -> dict:
     return _poll(client, path, show)
 
 
+def _rate_eta(image: dict) -> dict[str, str]:
+    seconds = image["seconds"]
+    moving = image["bytes_done"] - image["cached_bytes"]   # bytes that came over the wire
+    rate = moving / seconds if seconds > 0 and moving > 0 else 0.0
+    if image["state"] in ("done", "failed"):
+        return {"rate": f"{human_size(rate)}/s" if rate else "", "eta": "done"
+                if image["state"] == "done" else "failed"}
+    left = image["bytes_total"] - image["bytes_done"]
+    eta = f"eta {int(left / rate)}s" if rate and left > 0 else ""
+    return {"rate": f"{human_size(rate)}/s" if rate else "", "eta": eta}
+
+
 def _layers(image: dict) -> str:
     return f"{image['layers_done']}/{image['layers_total']} layers"
 
@@ -121,7 +134,8 @@ def summary_table(images: list[dict]) -> Table:
     for name, justify in (("image", "left"), ("digest", "left"), ("size", "right"),
                           ("cached", "right"), ("fetched", "right"), ("time", "right"),
                           ("result", "left")):
-        table.add_column(name, justify=justify)
+        # Names and digests whole (people copy them); a long failure reason wraps instead.
+        table.add_column(name, justify=justify, no_wrap=name != "result")
     for i in images:
         digest = (i["digest"] or "-")[:19]
         result = "[green]ok[/]" if i["state"] == "done" else f"[red]{i['error'] or i['state']}[/]"

@@ -137,6 +137,22 @@ def test_pinned_images_survive_an_eviction_storm(make_pullcache, registry):
     assert listed["pins"][0]["digest"] == pinned.digest
     human = cli(pc, "cache", "pins").stdout
     assert "ops/pinned:v1" in human and "warm" in human
+    rows = {r["repository"]: r for r in cli_json(pc, "cache", "ls")["images"]}
+    assert list(rows) == ["ops/pinned"] and rows["ops/pinned"]["pinned"]
+    assert rows["ops/pinned"]["size"] == pinned.size + sum(b.size for b in pinned.blobs())
+
+
+def test_pins_larger_than_the_budget_are_reported_at_start_and_in_readyz(make_pullcache,
+                                                                         registry):
+    big = build_raw_blob_image("pin-too-big", 2 * MiB)
+    push(registry, "ops/too-big", "v1", big)
+    pc = make_pullcache(UpstreamSpec(registry.host, registry.url), max_size="1MiB",
+                        pin=[f"{registry.host}/ops/too-big:v1"])
+    wait_until(lambda: request(pc.admin_url, "/readyz").json()["detail"], timeout=30,
+               what="readyz detail")
+    ready = request(pc.admin_url, "/readyz").json()
+    assert ready["status"] == "ok" and "more than cache.max_size (1.0 MiB)" in ready["detail"][0]
+    assert pc.events("pins_exceed_budget")
 
 
 def test_a_pinned_tag_that_moves_is_rewarmed_and_the_old_digest_unpinned(make_pullcache,
