@@ -109,11 +109,24 @@ def test_warm_and_a_concurrent_pull_share_one_upstream_get_per_layer(counted, re
         assert fault_proxy.count("GET", f"/blobs/{blob.digest}") == 1
 
 
-def test_warm_reports_failures_and_exits_1(counted, registry):
-    proc = cli(counted, "warm", "ops/missing:v1", "--json", check=False)
+def test_warm_reports_failures_and_exits_1_with_plain_lines_off_a_terminal(counted,
+                                                                           registry, tmp_path):
+    image = build_image("warm-plain", layer_sizes=(10_000,))
+    push(registry, "ops/plain", "v1", image)
+    listing = tmp_path / "images.txt"
+    listing.write_text("# what CI needs\nops/plain:v1\n\nops/missing:v1  # gone\n")
+    proc = cli(counted, "warm", "--file", str(listing), check=False)
     assert proc.returncode == 1
-    assert json.loads(proc.stdout)["images"][0]["state"] == "failed"
-    assert "ops/missing:v1" in proc.stderr and "MANIFEST_UNKNOWN" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("warm ops/plain:v1: done, 2/2 layers") for line in lines), lines
+    assert any(line.startswith("warm ops/missing:v1: failed: MANIFEST_UNKNOWN")
+               for line in lines), lines
+    summary = [line for line in lines if line.startswith("│ ops/")]
+    assert len(summary) == 2 and "ok" in summary[0] and "MANIFEST_UNKNOWN" in summary[1]
+    assert "warm ops/missing:v1: MANIFEST_UNKNOWN" in proc.stderr
+    again = cli_json(counted, "warm", "ops/plain:v1")["images"][0]
+    assert again["fetched_bytes"] == 0 and again["cached_bytes"] == sum(
+        b.size for b in image.blobs())
 
 
 def test_pinned_images_survive_an_eviction_storm(make_pullcache, registry):
