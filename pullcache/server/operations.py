@@ -61,7 +61,10 @@ def operations_context(config: Config):
     async def operations(app: web.Application) -> AsyncIterator[None]:
         store, metrics = app[STORE], app[METRICS]
         pins = await asyncio.to_thread(PinSet(config.cache.dir).load)
+        # Content of pins still configured stays held across the restart until re-warmed;
+        # pins no longer configured are let go (and offline gc must see that too).
         pins.retain(set(config.cache.pin))
+        await asyncio.to_thread(pins.save)
         store.index.keeps = pins.keeps
         metrics.pinned_bytes.set(pins.pinned_bytes())
         warmer = Warmer(app[PROXY], app[ROUTES], store)

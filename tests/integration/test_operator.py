@@ -226,6 +226,7 @@ def test_cache_verify_finds_and_repairs_a_corrupted_blob_and_runs_offline(pullca
                                                                           registry):
     image = build_image("verify", layer_sizes=(50_000, 70_000))
     push(registry, "ops/verify", "v1", image)
+    assert request(pullcache.url, "/v2/ops/verify/manifests/v1").status == 200
     for blob in image.blobs():
         assert request(pullcache.url, f"/v2/ops/verify/blobs/{blob.digest}").status == 200
     bad = image.layers[1]
@@ -250,6 +251,9 @@ def test_cache_verify_finds_and_repairs_a_corrupted_blob_and_runs_offline(pullca
     stats = cli_json(pullcache, "cache", "stats")
     assert stats["daemon"] is False and stats["entries"] >= len(image.blobs())
     assert "n/a (no daemon)" in cli(pullcache, "cache", "stats").stdout
+    [row] = cli_json(pullcache, "cache", "ls")["images"]
+    assert (row["repository"], row["tag"], row["digest"]) == ("ops/verify", "v1", image.digest)
+    assert cli_json(pullcache, "cache", "gc")["freed_bytes"] == 0
     rm = cli(pullcache, "cache", "rm", "ops/verify:v1", check=False)
     assert rm.returncode == 1 and "needs the running daemon" in rm.stderr
 
