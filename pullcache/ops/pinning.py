@@ -37,15 +37,16 @@ class Pinning:
         self.progress: dict[str, ImageProgress] = {}
         self.over_budget: str | None = None
         self._on_bytes = on_bytes or (lambda nbytes: None)
-        self.rounds = 0
 
     async def run(self) -> None:
         """The owned refresh loop: every pin, then a pause of ``interval``; ends on cancel."""
         self.pins.retain(set(self.refs))
         while True:
             for ref in self.refs:
-                await self.refresh(ref)
-            self.rounds += 1
+                try:
+                    await self.refresh(ref)
+                except Exception:  # noqa: BLE001 - the loop's supervisor: the next round retries
+                    log.exception("pin_refresh_failed", ref=ref)
             await asyncio.sleep(self.interval)
 
     async def refresh(self, ref: str) -> None:
