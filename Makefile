@@ -12,7 +12,7 @@ TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light 
 	ca-certificates curl chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench bench-peer clean
+.PHONY: run test venv system-deps bench bench-peer bench-warm clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -37,6 +37,9 @@ bench: $(STAMP) system-deps
 
 bench-peer: $(STAMP) system-deps
 	$(BIN)/python -m bench.vs_distribution
+
+bench-warm: $(STAMP) system-deps
+	$(BIN)/python -m bench.warm
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,7 +15,6 @@ from .. import logs
 from ..errors import ConfigError
 from .cache import cache_command
 from .client import AdminClient, AdminError, DaemonUnreachable
-from .serve import serve
 from .warm import read_images, warm
 
 
@@ -74,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(configuration.render(cfg), end="")
         return 0
     if args.command == "serve":
+        from .serve import serve   # the server stack: not loaded by the client commands
         logs.setup(cfg.log.level, cfg.log.format)
         return serve(cfg)
     # The other commands print their own results; only their problems are logged.

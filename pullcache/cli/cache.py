@@ -17,7 +17,7 @@ from . import offline, render
 from .client import AdminClient, AdminError, DaemonUnreachable
 
 OFFLINE = ("ls", "gc", "verify", "stats", "pins")
-POLL = 0.25
+POLL = 0.1
 
 
 def cache_command(cfg, args) -> int:

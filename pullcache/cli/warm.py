@@ -21,7 +21,7 @@ from ..units import human_size
 from . import render
 from .client import AdminClient
 
-POLL = 0.25
+POLL = 0.1
 LOG_EVERY = 5.0
 
 

@@ -79,7 +79,7 @@ class Pinning:
             message = (f"pinned images need {human_size(pinned)}, more than cache.max_size "
                        f"({human_size(self.max_size)})")
             if message != self.over_budget:
-                log.warning("pins_exceed_budget", pinned_bytes=pinned, max_size=self.max_size)
+                log.warning("pins_exceeded_budget", pinned_bytes=pinned, max_size=self.max_size)
             self.over_budget = message
         else:
             self.over_budget = None

@@ -100,7 +100,7 @@ def _pinning(config: Config, app: web.Application, pins: PinSet,
         try:
             intervals.append(ttls[parse_image(app[ROUTES], ref).route.upstream])
         except Exception as exc:  # noqa: BLE001 - reported; the pin's warm will say why
-            log.error("pin_invalid", ref=ref, error=str(exc))
+            log.error("pin_rejected", ref=ref, error=str(exc))
     wanted = config.cache.pin_platforms
     platforms = [Platform.parse(p) for p in wanted if p != "all"] or None
     return Pinning(pins, warmer, config.cache.pin, platforms=platforms,

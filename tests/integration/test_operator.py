@@ -165,7 +165,7 @@ def test_pins_larger_than_the_budget_are_reported_at_start_and_in_readyz(make_pu
                what="readyz detail")
     ready = request(pc.admin_url, "/readyz").json()
     assert ready["status"] == "ok" and "more than cache.max_size (1.0 MiB)" in ready["detail"][0]
-    assert pc.events("pins_exceed_budget")
+    assert pc.events("pins_exceeded_budget")
 
 
 def test_a_pinned_tag_that_moves_is_rewarmed_and_the_old_digest_unpinned(make_pullcache,
