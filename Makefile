@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # What the integration and end-to-end tests drive: a real registry (CNCF Distribution), the
 # real clients (skopeo, containerd, podman, dockerd), nginx as the benchmark's reference, htpasswd
-# for the basic-auth registry. The suite runs its own private daemons; it never uses system ones.
+# for the basic-auth registry, chromium for the status page. The suite runs its own private
+# daemons; it never uses system ones.
 TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light apache2-utils \
-	ca-certificates curl
+	ca-certificates curl chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench bench-peer clean
+.PHONY: run test venv system-deps bench bench-peer bench-warm clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -36,6 +37,9 @@ bench: $(STAMP) system-deps
 
 bench-peer: $(STAMP) system-deps
 	$(BIN)/python -m bench.vs_distribution
+
+bench-warm: $(STAMP) system-deps
+	$(BIN)/python -m bench.warm
 
 clean:
 	rm -rf $(VENV) .pytest_cache

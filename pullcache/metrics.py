@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -61,15 +62,24 @@ class Metrics:
                                    ["kind", "outcome"], registry=r)
         self.tier_queue = Gauge("pullcache_tier_write_queue",
                                 "Write-backs queued or waiting to retry", registry=r)
+        self.pinned_bytes = Gauge("pullcache_pinned_bytes",
+                                  "Bytes held by pinned images (cache.pin)", registry=r)
         self._last_remaining: dict[str, float] = {}
+        # upstream → (wall clock, method, status) of its last failed request (status page)
+        self.last_errors: dict[str, tuple[float, str, str]] = {}
 
     # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------
 
     def requested(self, upstream: str, method: str, status: str, seconds: float) -> None:
         self.upstream_latency.labels(upstream, method, status).observe(seconds)
+        if not status.isdigit() or int(status) >= 500 or status == "429":
+            self.last_errors[upstream] = (time.time(), method, status)
 
     def fetched(self, upstream: str, nbytes: int) -> None:
         self.bytes_fetched.labels(upstream).inc(nbytes)
+
+    def remaining(self, upstream: str) -> float | None:
+        return self._last_remaining.get(upstream)
 
     def rate_limit(self, upstream: str, headers: Mapping[str, str]) -> float | None:
         """Record Docker Hub's ``ratelimit-*`` headers; returns remaining when it changed."""

@@ -309,6 +309,9 @@ class Fills:
     def __len__(self) -> int:
         return len(self._fills)
 
+    def in_flight(self) -> list[Fill]:
+        return list(self._fills.values())
+
     def running(self, kind: str, digest: Digest) -> Fill | None:
         return self._fills.get((kind, str(digest)))
 

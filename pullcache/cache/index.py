@@ -76,6 +76,8 @@ class Index:
         self._evicting = threading.Lock()
         self._released: list[str] = []
         self._deferred: set[str] = set()
+        # Persistently pinned keys (``cache.pin``, see pins.py): never eviction victims.
+        self.keeps: Callable[[str], bool] = lambda key: False
         self._cache.disk.removed = self._note_removed  # type: ignore[attr-defined]
 
     # -- diskcache hands us every path it would delete ---------------------------------------
@@ -160,6 +162,12 @@ class Index:
     def keys(self) -> Iterator[str]:
         return iter(self._cache)
 
+    def last_used(self, key: str) -> float | None:
+        """When ``key`` was last read or stored (wall clock), without touching its recency."""
+        rows = self._cache._sql(  # noqa: SLF001 - diskcache has no public access-time read
+            "SELECT access_time FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchall()
+        return rows[0][0] if rows else None
+
     def volume(self) -> int:
         """Bytes used: indexed files plus the index database itself."""
         return self._cache.volume()
@@ -183,7 +191,7 @@ class Index:
             for key, filename, size in rows:
                 if excess <= 0:
                     break
-                if filename and not self._is_pinned(filename):
+                if filename and not self._is_pinned(filename) and not self.keeps(key):
                     victims.append(key)
                     excess -= size or 0
             rows.close()

@@ -1,5 +1,5 @@
 """The operator's listener (``server.admin_listen``): ``/metrics``, ``/healthz``, ``/readyz``
-and the ``/admin/…`` JSON API.
+the ``/admin/…`` JSON API (``admin_api.py``) and the status page at ``/`` (``admin_page.py``).
 
 It is a second ``web.Application`` on its own address, so the probes and the metrics are never
 on the public port (where clients of the mirror could read them). It owns no objects: every
@@ -13,20 +13,20 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .keys import CORE, METRICS, STORE
+from .admin_api import setup_api
+from .admin_page import setup_page
+from .keys import CORE, METRICS, STORE, core_of
 from .middleware import oci_errors
+from .operations import OPS
 
 
 def build_admin_app(core: web.Application) -> web.Application:
     admin = web.Application(middlewares=[oci_errors])
     admin[CORE] = core
     setup_ops(admin)
+    setup_api(admin)
+    setup_page(admin)
     return admin
-
-
-def core_of(request: web.Request) -> web.Application:
-    """The app whose objects this request reports on (itself on a single listener)."""
-    return request.app.get(CORE, request.app)
 
 
 def setup_ops(app: web.Application) -> None:
@@ -41,9 +41,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    problems = await core_of(request)[STORE].readiness()
+    core = core_of(request)
+    problems = await core[STORE].readiness()
+    ops = core.get(OPS)
+    # Pins past the budget do not stop serving, but the operator must hear of it.
+    detail = [ops.pinning.over_budget] if ops and ops.pinning and ops.pinning.over_budget \
+        else []
     return web.json_response({"status": "ok" if not problems else "unready",
-                              "problems": problems}, status=503 if problems else 200)
+                              "problems": problems, "detail": detail},
+                             status=503 if problems else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

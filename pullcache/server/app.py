@@ -9,10 +9,11 @@ How a request flows through what this module builds:
    else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
 4. ``routes`` writes the answer: sendfile for committed blobs, a tail of the fill otherwise.
 
-Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the HTTP client session (and
-the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag records, fills, the
-ECR backing tier and its write-behind workers, drained with a deadline), and the
-housekeeping task. Each background task ends when its context is torn down.
+Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the cache-dir lock, the HTTP
+client session (and the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag
+records, fills, the ECR backing tier and its write-behind workers, drained with a deadline),
+the housekeeping task, and the operator's objects (``operations.py``: jobs, pins, status
+samples). Each background task ends when its context is torn down.
 """
 
 from __future__ import annotations
@@ -36,19 +37,22 @@ from ..proxy import LocalContent, Proxy, Upstream
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from . import admin, routes
+from ..ops.status import Pulls
 from .keys import METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
 from .sendfile import SendfilePool
 from .middleware import oci_errors, request_context
+from .operations import PULLS, count_pulls, lock_context, operations_context
 
 log = structlog.get_logger("pullcache.app")
 HOUSEKEEPING_INTERVAL = 30.0
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[request_context, oci_errors],
+    app = web.Application(middlewares=[request_context, oci_errors, count_pulls],
                           handler_args={"max_field_size": 16 * 1024})
     metrics = Metrics()
     app[METRICS] = metrics
+    app[PULLS] = Pulls()
     app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),
                                 config.default_upstream.host)
     store = BlobStore(config.cache.dir, Budget(config.cache.max_size,
@@ -129,7 +133,10 @@ def build_app(config: Config) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([http_session, cache, sendfile_pool, housekeeping])
+    # The cache-dir lock first (a second daemon stops before touching anything); the
+    # operator's jobs and tasks last (they use everything else, and end first).
+    app.cleanup_ctx.extend([lock_context(config), http_session, cache, sendfile_pool,
+                            housekeeping, operations_context(config)])
     if not config.server.admin_listen:
         admin.setup_ops(app)
     routes.setup(app)

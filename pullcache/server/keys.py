@@ -23,3 +23,9 @@ SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
 SENDFILE: web.AppKey["SendfilePool"] = web.AppKey("sendfile")
 # On the admin app: the public app, whose objects (store, proxy, metrics…) it reports on.
 CORE: web.AppKey[web.Application] = web.AppKey("core")
+
+
+def core_of(request: web.Request) -> web.Application:
+    """The app whose objects this request reports on: the public app for the admin app's
+    requests, the app itself on a single listener (``admin_listen = ""``)."""
+    return request.app.get(CORE, request.app)

@@ -55,6 +55,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
                      prefix=request.match_info.get("prefix"),
                      ns=request.query.get("ns"))
     request["upstream"] = target.route.upstream
+    request["repo"] = target.route.repo   # for the status page's top images
     handler = {"manifests": manifest, "blobs": blob, "tags": tags,
                "referrers": referrers}[target.kind]
     return await handler(request, target)

@@ -315,9 +315,9 @@ def test_health_readiness_metrics_and_cli(pullcache, registry):
 
 def cache_cli(pc, action: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "pullcache", "cache", action, "--config",
-                           str(pc.workdir / "pullcache.toml")], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "pullcache", "cache", action, "--json",
+                           "--config", str(pc.workdir / "pullcache.toml")],
+                          capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
