@@ -13,12 +13,14 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .keys import CORE, METRICS, STORE
+from .access import no_server_header
+from .keys import CORE, DRAINING, METRICS, STORE
 from .middleware import oci_errors
 
 
 def build_admin_app(core: web.Application) -> web.Application:
     admin = web.Application(middlewares=[oci_errors])
+    admin.on_response_prepare.append(no_server_header)
     admin[CORE] = core
     setup_ops(admin)
     return admin
@@ -41,7 +43,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    problems = await core_of(request)[STORE].readiness()
+    core = core_of(request)
+    if core[DRAINING].is_set():   # SIGTERM: take us out of the load balancer at once
+        return web.json_response({"status": "draining", "problems": ["draining"]}, status=503)
+    problems = await core[STORE].readiness()
     return web.json_response({"status": "ok" if not problems else "unready",
                               "problems": problems}, status=503 if problems else 200)
 

@@ -20,6 +20,7 @@ from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
 from ..oci import Digest, parse_accept
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
+from .authz import authorize
 from .keys import METRICS, PROXY, ROUTES, SENDFILE, STORE
 from .middleware import API_VERSION
 from .sendfile import SendfilePool
@@ -55,6 +56,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
                      prefix=request.match_info.get("prefix"),
                      ns=request.query.get("ns"))
     request["upstream"] = target.route.upstream
+    authorize(request, target)   # before the proxy: a refusal reveals nothing cached
     handler = {"manifests": manifest, "blobs": blob, "tags": tags,
                "referrers": referrers}[target.kind]
     return await handler(request, target)
