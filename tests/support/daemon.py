@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ports import free_port, wait_http
+from .ports import free_port, wait_http, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,8 @@ class Pullcache:
     upstreams: list[UpstreamSpec]
     cache: dict = field(default_factory=dict)
     backing: dict = field(default_factory=dict)   # [backing.ecr] keys
+    server: dict = field(default_factory=dict)    # more [server] keys (tls_cert, …)
+    access: dict = field(default_factory=dict)    # [access] keys
     env: dict = field(default_factory=dict)
     port: int = 0
     admin_port: int = 0
@@ -43,7 +45,8 @@ class Pullcache:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.server.get("tls_cert") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:
@@ -66,7 +69,11 @@ class Pullcache:
         self.port = self.port or free_port()
         self.admin_port = self.admin_port or free_port()
         lines = ["[server]", f'listen = "127.0.0.1:{self.port}"',
-                 f'admin_listen = "127.0.0.1:{self.admin_port}"', "", "[cache]",
+                 f'admin_listen = "127.0.0.1:{self.admin_port}"']
+        lines += [f"{k} = {_toml(v)}" for k, v in self.server.items()]
+        if self.access:
+            lines += ["", "[access]"] + [f"{k} = {_toml(v)}" for k, v in self.access.items()]
+        lines += ["", "[cache]",
                  f'dir = "{self.cache_dir}"']
         cache = {"max_size": "4GiB", **self.cache}
         lines += [f"{k} = {_toml(v)}" for k, v in cache.items()]
@@ -114,6 +121,17 @@ class Pullcache:
                 self.proc.wait()
         code, self.proc = self.proc.returncode, None
         return code
+
+    def reload(self, timeout: float = 15.0) -> bool:
+        """Write the config again and SIGHUP; True once pullcache says it reloaded, False if
+        it said the reload failed."""
+        self.write_config()
+        before = len(self.events("reloaded")), len(self.events("reload_failed"))
+        self.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: (len(self.events("reloaded")),
+                            len(self.events("reload_failed"))) != before, timeout,
+                   "pullcache to reload")
+        return len(self.events("reloaded")) > before[0]
 
     def kill(self) -> None:
         """SIGKILL: no cleanup runs, exactly like a crash or the OOM killer."""
