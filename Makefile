@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # What the integration and end-to-end tests drive: a real registry (CNCF Distribution), the
 # real clients (skopeo, containerd, podman, dockerd), nginx as the benchmark's reference, htpasswd
-# for the basic-auth registry. The suite runs its own private daemons; it never uses system ones.
+# for the basic-auth registry, systemd-analyze for the unit's security rating. The suite runs
+# its own private daemons; it never uses system ones.
 TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light apache2-utils \
-	ca-certificates curl
+	ca-certificates curl systemd
 PYTEST_ARGS ?=
 
 .PHONY: run test venv system-deps bench bench-peer clean
