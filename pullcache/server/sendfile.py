@@ -15,6 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 MAX_CHUNK = 1 << 30
 
 
+def plain_socket(transport: asyncio.BaseTransport | None):
+    """The transport's socket if bytes written to it reach the client as they are; None
+    under TLS, where sendfile(2) would bypass the encryption and corrupt the stream."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    return transport.get_extra_info("socket")
+
+
 class SendfilePool:
     """Threads are started on demand and spend their time blocked in poll(2) on a client's
     socket, which costs no CPU; a slow client holds one for as long as it reads. The cap
