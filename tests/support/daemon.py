@@ -41,12 +41,13 @@ class Pullcache:
     env: dict = field(default_factory=dict)
     port: int = 0
     admin_port: int = 0
+    listen_host: str = "127.0.0.1"   # or "::1"
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         scheme = "https" if self.server.get("tls_cert") else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{self.host}"
 
     @property
     def admin_url(self) -> str:
@@ -55,7 +56,8 @@ class Pullcache:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.port}"
 
     @property
     def cache_dir(self) -> Path:
@@ -66,9 +68,9 @@ class Pullcache:
         return self.workdir / "pullcache.log"
 
     def write_config(self) -> Path:
-        self.port = self.port or free_port()
+        self.port = self.port or free_port(self.listen_host)
         self.admin_port = self.admin_port or free_port()
-        lines = ["[server]", f'listen = "127.0.0.1:{self.port}"',
+        lines = ["[server]", f'listen = "{self.host}"',
                  f'admin_listen = "127.0.0.1:{self.admin_port}"']
         lines += [f"{k} = {_toml(v)}" for k, v in self.server.items()]
         if self.access:
