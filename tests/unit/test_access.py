@@ -116,3 +116,25 @@ def test_notifier_speaks_to_abstract_and_path_sockets(tmp_path):
         n.close()
     assert Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None
     Notifier({}).send("READY=1")   # no manager: nothing happens
+
+
+def test_networks_from_the_environment():
+    cfg = loads("", env={"PULLCACHE_ACCESS_ANONYMOUS_NETWORKS": "127.0.0.0/8, ::1"})
+    assert [str(n) for n in cfg.access.anonymous_networks] == ["127.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match="access.allow_networks"):
+        loads('[access]\nallow_networks = ["10.0.0.300/8"]\n', env={})
+
+
+@pytest.mark.parametrize("allowed,status", [("127.0.0.0/8", 200), ("10.0.0.0/8", 403)])
+async def test_ops_routes_on_the_public_port_follow_access(tmp_path, allowed, status):
+    """With admin_listen = "", /metrics and the probes are public routes: [access] applies."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pullcache.server.app import build_app
+    cfg = loads(f'[server]\nadmin_listen = ""\n[cache]\ndir = "{tmp_path}"\n'
+                f'[access]\nallow_networks = ["{allowed}"]\n', env={})
+    async with TestClient(TestServer(build_app(cfg), host="127.0.0.1")) as client:
+        for path in ("/metrics", "/healthz", "/readyz"):
+            resp = await client.get(path)
+            assert resp.status == status, path
+            assert resp.headers["Server"] == "pullcache"
