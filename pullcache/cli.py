@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(cfg, path: Path | None = None) -> int:
     try:
         uvloop.run(_run_sites(cfg, path))
-    except ssl.SSLError as exc:   # before OSError: it is one
-        log.error("tls_failed", error=str(exc))
+    except ConfigError as exc:   # a TLS file that does not load
+        log.error("config_failed", error=str(exc))
         return 2
     except OSError as exc:   # the listen address is taken or not ours, or a TLS file
         log.error("listen_failed", error=str(exc))

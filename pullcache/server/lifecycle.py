@@ -47,15 +47,24 @@ log = structlog.get_logger("pullcache.lifecycle")
 # -- TLS ---------------------------------------------------------------------------------------
 
 def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
-    """The public site's context, or None for plain HTTP. Raises OSError/ssl.SSLError."""
+    """The public site's context, or None for plain HTTP. Raises ConfigError naming the key
+    whose file does not load."""
     if server.tls_cert is None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(server.tls_cert, server.tls_key)
+    try:
+        ctx.load_cert_chain(server.tls_cert, server.tls_key)
+    except (OSError, ssl.SSLError) as exc:   # ssl.SSLError: e.g. the key is not the cert's
+        raise ConfigError(f"server.tls_cert/tls_key: cannot load {server.tls_cert} and "
+                          f"{server.tls_key}: {exc}") from None
     if server.tls_client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=server.tls_client_ca)
+        try:
+            ctx.load_verify_locations(cafile=server.tls_client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"server.tls_client_ca: cannot load {server.tls_client_ca}: "
+                              f"{exc}") from None
     return ctx
 
 

@@ -138,3 +138,13 @@ async def test_ops_routes_on_the_public_port_follow_access(tmp_path, allowed, st
             resp = await client.get(path)
             assert resp.status == status, path
             assert resp.headers["Server"] == "pullcache"
+
+
+def test_serve_refuses_tls_files_that_do_not_load(tmp_path, capsys):
+    from pullcache.cli import main
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[server]\ntls_cert = "{tmp_path}/cert.pem"\n'
+                      f'tls_key = "{tmp_path}/missing.pem"\n[cache]\ndir = "{tmp_path}/c"\n')
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "server.tls_cert/tls_key" in capsys.readouterr().err
