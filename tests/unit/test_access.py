@@ -140,11 +140,14 @@ async def test_ops_routes_on_the_public_port_follow_access(tmp_path, allowed, st
             assert resp.headers["Server"] == "pullcache"
 
 
-def test_serve_refuses_tls_files_that_do_not_load(tmp_path, capsys):
-    from pullcache.cli import main
+def test_serve_refuses_tls_files_that_do_not_load(tmp_path, monkeypatch):
+    from pullcache import cli
+    from pullcache.server.lifecycle import tls_context
+    monkeypatch.setattr(cli.logs, "setup", lambda *a: None)   # keep the test's stderr
     (tmp_path / "cert.pem").write_text("not a certificate\n")
     config = tmp_path / "c.toml"
     config.write_text(f'[server]\ntls_cert = "{tmp_path}/cert.pem"\n'
                       f'tls_key = "{tmp_path}/missing.pem"\n[cache]\ndir = "{tmp_path}/c"\n')
-    assert main(["serve", "--config", str(config)]) == 2
-    assert "server.tls_cert/tls_key" in capsys.readouterr().err
+    assert cli.main(["serve", "--config", str(config)]) == 2
+    with pytest.raises(ConfigError, match="server.tls_cert/tls_key: cannot load"):
+        tls_context(loads(config.read_text(), env={}).server)
