@@ -40,7 +40,7 @@ from pathlib import Path
 
 import bcrypt
 import structlog
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ..config import AccessConfig
 from ..errors import ConfigError, Denied, TooManyRequests, Unauthorized
@@ -245,10 +245,21 @@ async def access_control(request: web.Request, handler):
     return await handler(request)
 
 
+SERVER = "pullcache"
+
+
 async def no_server_header(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: aiohttp would announce ``Python/x aiohttp/y``; name no
-    versions (aiohttp only sets the header when it is absent)."""
-    response.headers["Server"] = "pullcache"
+    versions (aiohttp only sets the header when it is absent).
+
+    Answers aiohttp writes before any app sees the request (400 for a malformed request
+    line or oversized headers) run no app signal; for those, the default that
+    ``web_response`` fills in is replaced too, once per process.
+    """
+    response.headers["Server"] = SERVER
+
+
+web_response.SERVER_SOFTWARE = SERVER
 
 
 __all__ = ["ACCESS", "ANYONE", "AccessControl", "Identity", "access_control",

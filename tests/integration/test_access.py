@@ -208,11 +208,15 @@ def test_mtls_refuses_a_handshake_without_a_client_certificate(mtls, pki):
         request(mtls.url, "/v2/", context=ca.client_context(stranger))
 
 
-def test_admin_listener_stays_plain_and_private(secure):
+def test_no_server_version_even_on_malformed_requests(secure):
     r = request(secure["pc"].admin_url, "/readyz")
-    assert r.status == 200 and "aiohttp" not in r.headers.get("server", "")
-    with socket.create_connection(("127.0.0.1", secure["pc"].admin_port)):
-        pass
+    assert r.status == 200 and r.headers["server"] == "pullcache"
+    # aiohttp answers these itself, before any app runs.
+    with socket.create_connection(("127.0.0.1", secure["pc"].admin_port)) as sock:
+        sock.sendall(b"NOT HTTP\r\n\r\n")
+        head = sock.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.") and " 400 " in head.splitlines()[0]
+    assert "server: pullcache" in head.lower() and "aiohttp" not in head.lower()
 
 
 def test_blobs_over_tls_are_intact_from_a_fill_and_from_the_cache(secure, registry):
