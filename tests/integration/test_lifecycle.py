@@ -171,7 +171,33 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
 
 
-def test_hardened_unit_rates_ok():
+def test_sighup_replaces_upstream_credentials_and_policy(tmp_path, registry_basic):
+    reg = registry_basic
+    image = build_image("reload-creds", layer_sizes=(10_000,))
+    push(reg, "private/app", "v1", image, username=reg.username, password=reg.password)
+    up = UpstreamSpec(reg.host, reg.url, reg.username, "wrong", default=True)
+    pc = Pullcache(tmp_path / "pc", [up])
+    pc.workdir.mkdir()
+    pc.start()
+    try:
+        accept = {"Accept": image.media_type}
+        assert request(pc.url, "/v2/private/app/manifests/v1", headers=accept).status == 401
+        up.password = reg.password
+        up.extra["deny"] = ["private/secret"]
+        assert pc.reload()
+        r = request(pc.url, "/v2/private/app/manifests/v1", headers=accept)
+        assert r.status == 200 and r.body == image.manifest
+        assert request(pc.url, "/v2/private/secret/manifests/v1").status == 403
+        # Upstreams cannot be added by a reload: refused, and the old config stays.
+        pc.upstreams.append(UpstreamSpec("ghcr.io", "https://ghcr.io"))
+        assert not pc.reload()
+        assert "needs a restart" in pc.events("reload_failed")[-1]["error"]
+        assert request(pc.url, "/v2/private/secret/manifests/v1").status == 403
+    finally:
+        pc.stop()
+
+
+def test_hardened_unit_rates_ok(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (make test installs the systemd package)")
@@ -187,3 +213,9 @@ def test_hardened_unit_rates_ok():
                  "SystemCallFilter=@system-service", "PrivateDevices=yes",
                  "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in text, line
+    # Every directive parses (verify wants ExecStart's binary to exist, so a copy runs true).
+    copy = tmp_path / "pullcache.service"
+    copy.write_text(re.sub(r"^ExecStart=.*$", "ExecStart=/bin/true", text, flags=re.M))
+    proc = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
