@@ -20,8 +20,8 @@ from . import config as configuration
 from . import logs
 from .cache.store import BlobStore, Budget
 from .errors import ConfigError
-from .server.admin import build_admin_app
 from .server import lifecycle
+from .server.admin import build_admin_app
 from .server.app import build_app
 from .server.middleware import AccessLogger
 
@@ -61,7 +61,7 @@ def _serve(cfg, path: Path | None = None) -> int:
     except ConfigError as exc:   # a TLS file that does not load
         log.error("config_failed", error=str(exc))
         return 2
-    except OSError as exc:   # the listen address is taken or not ours, or a TLS file
+    except OSError as exc:   # the listen address is taken or not ours
         log.error("listen_failed", error=str(exc))
         return 1
     except KeyboardInterrupt:

@@ -42,7 +42,8 @@ from ..upstream.credentials import StaticCredentials
 from . import admin, routes
 from .access import ACCESS, AccessControl, access_control, no_server_header
 from .authz import POLICY
-from .keys import CREDENTIALS, DRAINING, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
+from .keys import (CREDENTIALS, DRAINING, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE,
+                   UPSTREAMS)
 from .sendfile import SendfilePool
 from .middleware import oci_errors, request_context
 

@@ -95,7 +95,8 @@ def test_https_only_tls12_and_later(secure, pki):
 
 
 @pytest.mark.parametrize("path", ["/v2/", "/v2/library/open/manifests/v1",
-                                  "/v2/library/open/tags/list", "/v2/nothing/blobs/sha256:" + "0" * 64])
+                                  "/v2/library/open/tags/list",
+                                  "/v2/nothing/blobs/sha256:" + "0" * 64])
 def test_no_credentials_is_401_with_the_basic_challenge(secure, path):
     r = get(secure, path)
     assert r.status == 401

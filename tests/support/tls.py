@@ -4,6 +4,7 @@ for 127.0.0.1/localhost, and client certificates for mTLS; plus htpasswd files."
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 import subprocess
 from dataclasses import dataclass
@@ -14,7 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-import ipaddress
 
 
 def _name(cn: str) -> x509.Name:
@@ -36,11 +36,6 @@ def _key_pem(key) -> bytes:
 class Issued:
     cert: Path
     key: Path
-
-    @property
-    def fingerprint(self) -> bytes:
-        cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
-        return cert.fingerprint(hashes.SHA256())
 
 
 class CA:
@@ -84,7 +79,8 @@ class CA:
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        return Issued(_write(self.dir / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM)),
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        return Issued(_write(self.dir / f"{name}.crt", pem),
                       _write(self.dir / f"{name}.key", _key_pem(key)))
 
     def client_context(self, client: Issued | None = None) -> ssl.SSLContext:
