@@ -96,6 +96,32 @@ def test_drain_finishes_a_slow_download_and_refuses_new_connections(tmp_path, re
         pc.stop()
 
 
+def test_drain_timeout_cuts_a_stalled_client_and_exits_cleanly(tmp_path, registry):
+    image = build_raw_blob_image("drain-stall", 32 * MiB)   # more than socket buffers hold
+    push(registry, "drain/stall", "v1", image)
+    pc = Pullcache(tmp_path / "pc", [UpstreamSpec(registry.host, registry.url, default=True)])
+    pc.workdir.mkdir()
+    pc.server["drain_timeout"] = "1s"
+    pc.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", pc.port, timeout=60)
+        conn.request("GET", f"/v2/drain/stall/blobs/{image.layers[0].digest}")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read(64 * 1024)   # then it never reads again
+        pc.proc.send_signal(signal.SIGTERM)
+        assert pc.proc.wait(30) == 0   # the drain gave up on it after drain_timeout
+        got = 64 * 1024
+        try:   # what the socket buffers held, then the cut
+            while chunk := resp.read(MiB):
+                got += len(chunk)
+        except (http.client.IncompleteRead, ConnectionError):
+            pass
+        conn.close()
+        assert got < image.layers[0].size
+    finally:
+        pc.stop()
+
+
 def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
