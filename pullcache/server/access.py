@@ -185,16 +185,15 @@ class AccessControl:
         return Verifier(read_htpasswd(config.htpasswd), config.credentials_ttl)
 
     def configure(self, config: AccessConfig, verifier: Verifier | None) -> None:
-        self.config = config
-        self.verifier = verifier
-        self.limiter = FailureLimiter(config.max_failures, config.failure_window)
+        # One assignment: a request sees the old policy or the new one, never a mix.
+        self._state = (config, verifier,
+                       FailureLimiter(config.max_failures, config.failure_window))
 
     async def identify(self, address: str | None, authorization: str | None) -> Identity:
-        cfg = self.config
+        cfg, verifier, limiter = self._state
         ip = _address(address)
         if ip is None or not any(ip in net for net in cfg.allow_networks):
             raise Denied(message="this address may not use this registry")
-        verifier = self.verifier
         if verifier is None:
             return ANYONE
         anonymous_ok = any(ip in net for net in cfg.anonymous_networks)
@@ -205,7 +204,7 @@ class AccessControl:
             raise Unauthorized(headers=CHALLENGE)
         ok = verifier.remembered(*pair)
         if ok is None:
-            wait = self.limiter.retry_after(str(ip))
+            wait = limiter.retry_after(str(ip))
             if wait is not None:
                 if anonymous_ok:
                     return ANYONE
@@ -213,7 +212,7 @@ class AccessControl:
                                       headers={"Retry-After": str(math.ceil(wait))})
             ok = await verifier.verify(*pair)
             if not ok:
-                self.limiter.failed(str(ip))
+                limiter.failed(str(ip))
         if ok:
             return Identity(pair[0], authenticated=True)
         if anonymous_ok:
