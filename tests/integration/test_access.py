@@ -231,3 +231,20 @@ def test_blobs_over_tls_are_intact_from_a_fill_and_from_the_cache(secure, regist
         assert r.status == 200 and r.sha256 == layer.digest
     r = get(secure, f"/v2/team/blob/blobs/{layer.digest}", {**ALICE, "Range": "bytes=100-"})
     assert r.status == 206 and len(r.body) == layer.size - 100
+
+
+def test_a_refused_pull_never_reaches_the_upstream(make_pullcache, fault_proxy, registry):
+    """Policy is decided before the cache or the upstream is asked: the upstream (behind a
+    counting proxy) sees nothing of a denied repository, whatever the endpoint."""
+    image = build_image("never-upstream", layer_sizes=(10_000,))
+    push(registry, "team/secret-x", "v1", image)
+    pc = make_pullcache(UpstreamSpec("docker.io", fault_proxy.url,
+                                     extra={"deny": ["team/secret-*"]}))
+    before = fault_proxy.count()
+    for path in ("manifests/v1", f"manifests/{image.digest}", "tags/list",
+                 f"blobs/{image.layers[0].digest}", f"referrers/{image.digest}"):
+        for method in ("GET", "HEAD"):
+            r = request(pc.url, f"/v2/team/secret-x/{path}", method=method)
+            assert r.status == 403, (method, path, r.status)
+    assert fault_proxy.count() == before
+    assert pc.metric("pullcache_requests_total", outcome="denied") == 10
