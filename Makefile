@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # What the integration and end-to-end tests drive: a real registry (CNCF Distribution), the
 # real clients (skopeo, containerd, podman, dockerd), nginx as the benchmark's reference, htpasswd
-# for the basic-auth registry, chromium for the status page. The suite runs its own private
+# for the basic-auth registry, chromium for the status page, systemd-analyze for
+# the unit's security rating. The suite runs its own private
 # daemons; it never uses system ones.
 TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light apache2-utils \
-	ca-certificates curl chromium
+	ca-certificates curl chromium systemd
 PYTEST_ARGS ?=
 
 .PHONY: run test venv system-deps bench bench-peer bench-warm clean

@@ -16,7 +16,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("pullcache_requests", "Pull requests by kind and outcome",
+        self.requests = Counter("pullcache_requests", "Pull requests by kind and outcome "
+                                "(the cache's answer, or denied by policy)",
                                 ["kind", "outcome"], registry=r)
         self.http_responses = Counter("pullcache_http_responses",
                                       "HTTP responses by method and status",

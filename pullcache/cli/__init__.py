@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .serve import serve   # the server stack: not loaded by the client commands
         logs.setup(cfg.log.level, cfg.log.format)
-        return serve(cfg)
+        return serve(cfg, path)
     # The other commands print their own results; only their problems are logged.
     logs.setup("warning", cfg.log.format)
     if args.command == "warm":

@@ -84,6 +84,10 @@ def _str(value: Any) -> str:
     return value
 
 
+def _file(value: Any) -> Path | None:
+    return Path(_str(value)).expanduser() if value != "" else None  # "" is "not set"
+
+
 def _secret(value: Any) -> str | None:
     return _str(value) or None  # "" is "not set"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from pullcache.domains import registrable_domain
@@ -19,6 +20,7 @@ from .fields import (
     _registries,
     _registry,
     _secret,
+    _str,
     _timeout,
     _url,
     _valid_hostport,
@@ -55,6 +57,28 @@ def _realms(value: object) -> tuple[str, ...]:
     return tuple(map(_realm, value))
 
 
+_COMPONENT = r"[a-z0-9*]+(?:(?:[._]|__|-+)[a-z0-9*]+)*"   # the OCI name grammar, plus *
+_GLOB = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f'expected an array of repository globs like ["library/*"], '
+                          f"got {show(value)}")
+    for glob in value:
+        if not _GLOB.fullmatch(_str(glob)):
+            raise ConfigError(f'expected a repository glob like "library/*" or "myorg/**", '
+                              f"got {show(glob)}")
+    return tuple(value)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(_str(v) and ":" not in v for v in value):
+        raise ConfigError(f'expected an array of user names like ["ci", "anonymous"], '
+                          f"got {show(value)}")
+    return tuple(value)
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     host: str = _field(_registry)
@@ -87,6 +111,14 @@ class UpstreamConfig:
     # Token realms, besides the upstream's own host and the built-in presets, that may
     # receive this upstream's credentials: "host", "host:port" or "*.domain".
     trusted_realms: tuple[str, ...] = _field(_realms, (), fmt=list)
+
+
+    # Pull policy: repository globs ("*" within one path component, "**" across them).
+    # With `allow`, only matching repositories may be pulled; `deny` wins over `allow`.
+    allow: tuple[str, ...] | None = _field(_globs, None, fmt=list)
+    deny: tuple[str, ...] = _field(_globs, (), fmt=list)
+    # Who may use this upstream (htpasswd user names; "anonymous" for anonymous clients).
+    users: tuple[str, ...] | None = _field(_names, None, fmt=list)
 
     def __post_init__(self) -> None:
         if (self.username is None) != (self.password is None):

@@ -13,15 +13,17 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .access import no_server_header
 from .admin_api import setup_api
 from .admin_page import setup_page
-from .keys import CORE, METRICS, STORE, core_of
+from .keys import CORE, DRAINING, METRICS, STORE, core_of
 from .middleware import oci_errors
 from .operations import OPS
 
 
 def build_admin_app(core: web.Application) -> web.Application:
     admin = web.Application(middlewares=[oci_errors])
+    admin.on_response_prepare.append(no_server_header)
     admin[CORE] = core
     setup_ops(admin)
     setup_api(admin)
@@ -42,6 +44,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     core = core_of(request)
+    if core[DRAINING].is_set():   # SIGTERM: take us out of the load balancer at once
+        return web.json_response({"status": "draining", "problems": ["draining"]}, status=503)
     problems = await core[STORE].readiness()
     ops = core.get(OPS)
     # Pins past the budget do not stop serving, but the operator must hear of it.

@@ -3,8 +3,10 @@
 How a request flows through what this module builds:
 
 1. ``middleware.request_context`` tags the request (``AccessLogger`` writes its line);
-   ``middleware.oci_errors`` turns any domain error into the OCI error envelope.
-2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository.
+   ``middleware.oci_errors`` turns any domain error into the OCI error envelope;
+   ``access.access_control`` says who is asking (``[access]``), or answers 401/403/429.
+2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository, and
+   ``authz.authorize`` whether this identity may pull it (``policy``), else 403.
 3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
    else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
 4. ``routes`` writes the answer: sendfile for committed blobs, a tail of the fill otherwise.
@@ -33,12 +35,17 @@ from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
 from ..config import Config, UpstreamConfig
 from ..metrics import Metrics
+from ..policy import Policy
 from ..proxy import LocalContent, Proxy, Upstream
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
+from ..upstream.credentials import StaticCredentials
 from . import admin, routes
 from ..ops.status import Pulls
-from .keys import METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
+from .access import ACCESS, AccessControl, access_control, no_server_header
+from .authz import POLICY
+from .keys import (CREDENTIALS, DRAINING, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE,
+                   UPSTREAMS)
 from .sendfile import SendfilePool
 from .middleware import oci_errors, request_context
 from .operations import PULLS, count_pulls, lock_context, operations_context
@@ -48,8 +55,15 @@ HOUSEKEEPING_INTERVAL = 30.0
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[request_context, oci_errors, count_pulls],
+    app = web.Application(middlewares=[request_context, oci_errors, access_control, count_pulls],
                           handler_args={"max_field_size": 16 * 1024})
+    app.on_response_prepare.append(no_server_header)
+    app[DRAINING] = asyncio.Event()
+    app[ACCESS] = AccessControl(config.access)
+    app[POLICY] = Policy.from_config(config.upstreams)
+    # Upstreams' static credentials, by host: SIGHUP replaces them (lifecycle.reload).
+    app[CREDENTIALS] = {u.host: StaticCredentials(u.username, u.password)
+                        for u in config.upstreams if u.auth != "ecr"}
     metrics = Metrics()
     app[METRICS] = metrics
     app[PULLS] = Pulls()
@@ -72,7 +86,7 @@ def build_app(config: Config) -> web.Application:
             app[SESSION] = session
             upstreams = {}
             for u in config.upstreams:
-                credentials = None
+                credentials = app[CREDENTIALS].get(u.host)
                 if u.auth == "ecr":
                     api = await stack.enter_async_context(_opened(EcrApi(
                         u.ecr_region, registry_id=u.ecr_registry_id, profile=u.profile,
@@ -80,7 +94,7 @@ def build_app(config: Config) -> web.Application:
                     credentials = EcrCredentials(api.token, min_refresh=u.token_min_refresh)
                 client = RegistryClient(UpstreamSettings.from_config(u), session,
                                         observer=metrics, credentials=credentials,
-                                        basic_first=credentials is not None)
+                                        basic_first=u.auth == "ecr")
                 upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale,
                                              referrers_ttl=u.referrers_ttl)
             app[UPSTREAMS] = upstreams

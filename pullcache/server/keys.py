@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..proxy import Proxy, Upstream
     from ..routing import UpstreamTable
+    from ..upstream.credentials import StaticCredentials
     from .sendfile import SendfilePool
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
@@ -21,6 +23,9 @@ ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
 SENDFILE: web.AppKey["SendfilePool"] = web.AppKey("sendfile")
+# Set on SIGTERM: /readyz answers 503 while the requests in flight finish.
+DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining")
+CREDENTIALS: web.AppKey["dict[str, StaticCredentials]"] = web.AppKey("credentials")
 # On the admin app: the public app, whose objects (store, proxy, metrics…) it reports on.
 CORE: web.AppKey[web.Application] = web.AppKey("core")
 

@@ -55,7 +55,8 @@ class AccessLogger(AbstractAccessLogger):
         log.info("request", request_id=request.get("request_id"), method=request.method,
                  path=request.path, status=response.status, bytes=_sent(response),
                  seconds=round(time, 4), cache=request.get("cache"),
-                 upstream=request.get("upstream"), outcome=request.get("outcome", "ok"),
+                 upstream=request.get("upstream"), user=request.get("user"),
+                 outcome=request.get("outcome", "ok"),
                  user_agent=request.headers.get("User-Agent"))
 
 

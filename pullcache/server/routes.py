@@ -20,9 +20,10 @@ from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
 from ..oci import OCI_INDEX, Digest, parse_accept, referrers_index
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
+from .authz import authorize
 from .keys import METRICS, PROXY, ROUTES, SENDFILE, STORE
 from .middleware import API_VERSION
-from .sendfile import SendfilePool
+from .sendfile import SendfilePool, plain_socket
 
 log = structlog.get_logger("pullcache.routes")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -55,6 +56,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
                      prefix=request.match_info.get("prefix"),
                      ns=request.query.get("ns"))
     request["upstream"] = target.route.upstream
+    authorize(request, target)   # before the proxy: a refusal reveals nothing cached
     request["repo"] = target.route.repo   # for the status page's top images
     handler = {"manifests": manifest, "blobs": blob, "tags": tags,
                "referrers": referrers}[target.kind]
@@ -150,7 +152,7 @@ class _PinnedFile(web.FileResponse):
     async def _sendfile(self, request, fobj, offset: int, count: int):
         writer = await web.StreamResponse.prepare(self, request)
         transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
+        sock = plain_socket(transport)
         if sock is None or self.compression or not self._pool.available:
             return await self._sendfile_fallback(writer, fobj, offset, count)
         await _flushed(transport, writer)
@@ -186,7 +188,7 @@ async def _send_fill(request: web.Request, answer: BlobAnswer, headers) -> web.S
     writer = await resp.prepare(request)
     served = 0
     pool = request.app[SENDFILE]
-    sock = request.transport.get_extra_info("socket") if request.transport else None
+    sock = plain_socket(request.transport)
     zero_copy = pool.available and sock is not None and end is not None
     try:
         if zero_copy:

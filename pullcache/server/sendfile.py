@@ -15,6 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 MAX_CHUNK = 1 << 30
 
 
+def plain_socket(transport: asyncio.BaseTransport | None):
+    """The transport's socket if bytes written to it reach the client as they are; None
+    under TLS, where sendfile(2) would bypass the encryption and corrupt the stream."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    return transport.get_extra_info("socket")
+
+
 class SendfilePool:
     """Threads are started on demand and spend their time blocked in poll(2) on a client's
     socket, which costs no CPU; a slow client holds one for as long as it reads. The cap
@@ -25,6 +33,9 @@ class SendfilePool:
         self._executor = ThreadPoolExecutor(max_workers=threads,
                                             thread_name_prefix="sendfile")
         self._stall_ms = int(stall_timeout * 1000)
+        # Written once by interrupt(): wakes every thread blocked in poll(2) for good.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._interrupted = False
 
     async def send(self, out_fd: int, in_fd: int, offset: int, count: int) -> None:
         loop = asyncio.get_running_loop()
@@ -33,7 +44,10 @@ class SendfilePool:
     def _send(self, out_fd: int, in_fd: int, offset: int, count: int) -> None:
         poller = select.poll()
         poller.register(out_fd, select.POLLOUT)
+        poller.register(self._wake_r, select.POLLIN)
         while count > 0:
+            if self._interrupted:
+                raise ConnectionAbortedError("server stopping")
             try:
                 sent = os.sendfile(out_fd, in_fd, offset, min(count, MAX_CHUNK))
             except BlockingIOError:
@@ -45,5 +59,14 @@ class SendfilePool:
             offset += sent
             count -= sent
 
+    def interrupt(self) -> None:
+        """Make every send in progress (and every later one) fail now: the drain's
+        deadline has passed, and a thread blocked on a stalled client would otherwise hold
+        the process (and the client's fd) for up to ``stall_timeout``."""
+        self._interrupted = True
+        os.write(self._wake_w, b"!")
+
     def close(self) -> None:
+        if not self._interrupted:
+            self.interrupt()
         self._executor.shutdown(wait=False, cancel_futures=True)

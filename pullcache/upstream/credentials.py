@@ -17,6 +17,10 @@ class Credentials(Protocol):
 
 class StaticCredentials:
     def __init__(self, username: str | None, password: str | None) -> None:
+        self.replace(username, password)
+
+    def replace(self, username: str | None, password: str | None) -> None:
+        """New credentials (SIGHUP) for every request from now on."""
         self._pair = (username, password or "") if username else None
 
     async def get(self) -> tuple[str, str] | None:

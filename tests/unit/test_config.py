@@ -522,7 +522,7 @@ def test_example_config_loads():
 def test_example_config_documents_every_key():
     text = EXAMPLE.read_text()
     for cls in (cfg.ServerConfig, cfg.CacheConfig, cfg.LogConfig, UpstreamConfig,
-                cfg.EcrBackingConfig):
+                cfg.EcrBackingConfig, cfg.AccessConfig):
         for f in dataclasses.fields(cls):
             assert re.search(rf"^#? ?{f.name} = ", text, re.M), f.name
 
