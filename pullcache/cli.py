@@ -1,4 +1,4 @@
-"""Command line: ``pullcache serve | check-config | cache stats | cache gc``.
+"""Command line: ``pullcache serve | check-config | cache stats | cache gc | tier status``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -18,6 +18,7 @@ from aiohttp import web
 
 from . import config as configuration
 from . import logs
+from .backing.status import tier_status
 from .cache.store import BlobStore, Budget
 from .errors import ConfigError
 from .server.app import build_app
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = sub.add_parser("cache", help="inspect or trim the cache (safe while serving)")
     cache.add_argument("action", choices=("stats", "gc"))
     cache.add_argument("--config", type=Path)
+    tier = sub.add_parser("tier", help="the ECR tier: write-behind queue and repositories")
+    tier.add_argument("action", choices=("status",))
+    tier.add_argument("--config", type=Path)
     args = parser.parse_args(argv)
 
     path = getattr(args, "config", None) or getattr(args, "file", None)
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(cfg.log.level, cfg.log.format)
     if args.command == "serve":
         return _serve(cfg)
+    if args.command == "tier":
+        status = asyncio.run(tier_status(cfg.cache.dir, cfg.backing_ecr))
+        print(json.dumps(status, indent=2))
+        return 0
     return asyncio.run(_cache_command(cfg, args.action))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import diskcache
 
 MAX_FAILED = 1000
+JOURNAL_DIR = "tier-queue"   # under the cache root
 
 
 @dataclass(frozen=True, slots=True)

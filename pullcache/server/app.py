@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from ..backing.ecr import EcrApi, EcrCredentials
-from ..backing.journal import Journal
+from ..backing.journal import JOURNAL_DIR, Journal
 from ..backing.repositories import RepositorySettings
 from ..backing.tier import EcrTier, WriteBehind
 from ..cache.fill import Fills
@@ -109,7 +109,7 @@ def build_app(config: Config) -> web.Application:
                     credentials=EcrCredentials(api.token, min_refresh=ecr.token_min_refresh))
                 tier = EcrTier(api, client, ecr.repository_prefix, settings)
                 writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS]),
-                                     Journal(config.cache.dir / "tier-queue"),
+                                     Journal(config.cache.dir / JOURNAL_DIR),
                                      concurrency=ecr.write_concurrency,
                                      retries=ecr.write_retries,
                                      drain_timeout=ecr.drain_timeout, metrics=metrics)
