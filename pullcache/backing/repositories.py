@@ -20,6 +20,7 @@ from typing import Any, Callable
 import structlog
 
 from .. import errors
+from ..singleflight import SingleFlight
 from .ecr import EcrApi
 
 log = structlog.get_logger("pullcache.tier")
@@ -128,10 +129,16 @@ class Repositories:
         self._clock = clock
         self._ready: dict[str, str] = {}      # name -> "created" | "existing"
         self._denied: dict[str, float] = {}   # name -> monotonic time of the denial
+        self._flights: SingleFlight[None] = SingleFlight()
 
     async def ensure(self, name: str) -> None:
         """The repository exists (created now if needed); ``errors.Denied`` while
-        CreateRepository is denied for it (the tier is read-only for it meanwhile)."""
+        CreateRepository is denied for it (the tier is read-only for it meanwhile). One
+        call to ECR at a time per name, however many jobs ask."""
+        if name not in self._ready:
+            await self._flights.do(name, lambda: self._ensure(name))
+
+    async def _ensure(self, name: str) -> None:
         if name in self._ready:
             return
         denied_at = self._denied.get(name)
@@ -182,6 +189,9 @@ class Repositories:
         if differences:
             log.warning("ecr_repository_settings_differ", repository=name,
                         differences=differences, altered=False)
+
+    async def close(self) -> None:
+        await self._flights.close()
 
     def status(self) -> dict[str, str]:
         now = self._clock()

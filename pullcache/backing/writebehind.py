@@ -184,6 +184,9 @@ class WriteBehind:
                 await self.tier.client.push_blob(repo, digest, chunks)
             except FileNotFoundError:   # evicted while it was being read
                 return "gone"
+            except errors.PullcacheError:
+                self._uploaded("blob", "failed")
+                raise
             self._uploaded("blob")
             self._remember(repo, "blob", str(digest))
             log.info("tier_blob_pushed", repository=repo, digest=str(digest))
@@ -363,9 +366,9 @@ class WriteBehind:
             self._present.clear()
         self._present[(repo, kind, ref)] = None
 
-    def _uploaded(self, kind: str) -> None:
+    def _uploaded(self, kind: str, outcome: str = "completed") -> None:
         if self._metrics is not None:
-            self._metrics.tier_uploads.labels(kind, "completed").inc()
+            self._metrics.tier_uploads.labels(kind, outcome).inc()
 
     def _gauge(self) -> None:
         if self._metrics is not None:
@@ -412,6 +415,7 @@ class WriteBehind:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._flights.close()
+        await self.tier.repositories.close()
         if self.journal is not None:
             await asyncio.to_thread(self.journal.close)
 
