@@ -32,8 +32,8 @@ DAYS = 24 * 60 * MINUTES
 def _tags(value: Any) -> tuple[tuple[str, str], ...]:
     """``{ team = "platform" }`` (or ``team=platform,env=prod`` from the environment);
     ECR's tag limits: keys up to 128 characters, values up to 256."""
-    if isinstance(value, list):   # an environment variable, split at commas
-        value = dict(item.partition("=")[::2] for item in value)
+    if isinstance(value, list) and all(isinstance(i, str) and "=" in i for i in value):
+        value = dict(item.partition("=")[::2] for item in value)   # from the environment
     if not isinstance(value, dict):
         raise ConfigError(f"expected a table of tags, got {show(value, type_only=True)}")
     for key, text in value.items():

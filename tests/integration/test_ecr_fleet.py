@@ -93,10 +93,12 @@ def test_a_third_node_fetches_no_manifest_from_the_origin(node, origin, registry
     a = node("a")
     pull_child(a, "fleet/third", "v1", index, amd64)
     wait_written(a, 2 + len(amd64.blobs()))
+    origin.reset_counts()
     b = node("b")
     pull_child(b, "fleet/third", "v1", index, arm64)
     wait_written(b, len(arm64.blobs()))
-    # B's write-back: no origin manifest fetch (the fleet had every manifest already).
+    # Neither B's pull nor its write-back fetched a manifest: the fleet had them all.
+    assert origin.count("GET", "/manifests/") == 0, origin.requests
     origin.reset_counts()
     c = node("c")
     for child in (amd64, arm64):
