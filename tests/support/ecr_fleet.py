@@ -20,8 +20,8 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.http import request
 from tests.support.ports import wait_until
 
-__all__ = ["moto", "aws_front", "aws", "ecr_registry", "origin", "ecr_front", "node", "pull", "pull_child",
-           "wait_written", "ecr_repo", "completed_uploads", "ecr_auth"]
+__all__ = ["moto", "aws_front", "aws", "ecr_registry", "origin", "ecr_front", "node", "pull",
+           "pull_child", "wait_written", "ecr_repo", "completed_uploads", "ecr_auth"]
 
 
 @pytest.fixture(scope="module")
