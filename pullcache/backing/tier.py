@@ -55,7 +55,7 @@ class EcrTier:
             pass
         try:
             stream = await self.client.open_blob(self.manifest_store, digest)
-        except errors.BlobUnknown as exc:
+        except (errors.BlobUnknown, errors.NameUnknown) as exc:   # no store yet: a miss too
             raise errors.ManifestUnknown(str(digest)) from exc
         body = await _read(stream, MAX_MANIFEST_SIZE)
         if not digest.matches(body):
