@@ -31,7 +31,7 @@ def origin_counts(origin) -> dict[str, int]:
 
 def test_node_b_gets_every_manifest_from_the_tier(node, origin, registry, ecr_front,
                                                    ecr_registry):
-    amd64 = build_image("fleet-amd64", layer_sizes=(300_000, 40_000), arch="amd64")
+    amd64 = build_image("fleet-amd64", layer_sizes=(9_000_000, 40_000), arch="amd64")  # 2 PATCHes
     arm64 = build_image("fleet-arm64", layer_sizes=(250_000, 30_000), arch="arm64")
     index = build_index([amd64, arm64])
     push(registry, "fleet/multi", "v1", index)
