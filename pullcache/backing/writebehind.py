@@ -4,11 +4,11 @@
   only once ECR confirmed the push; a restart resumes what a crash left (#13).
 - **One upload per (repository, digest).** A manifest job pushes the blobs it references;
   the blobs' own jobs may be uploading them at that moment. Every job awaits the one flight
-  for that pair, which first asks ECR whether it is there; ``pullcache_tier_uploads`` counts
+  for that pair (``uploads.Uploads``), which first asks ECR whether it is there; uploads count
   completed PUTs, ``pullcache_tier_writes`` counts jobs by outcome.
 - **Every manifest shared.** An index's children go up with it, the ones this node never
   pulled fetched from the origin once (manifests, never layers). What ECR cannot hold as an
-  image (its layers are not in the tier) is kept as an artifact (``tier.artifact``).
+  image (its layers are not in the tier) is kept as an artifact (``content.artifact``; ``uploads.Uploads.keep``).
 - Throttling and 5xx are retried with jittered exponential backoff; ``close`` drains for
   ``drain_timeout`` and leaves the rest in the journal.
 """
@@ -25,19 +25,16 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol
 import structlog
 
 from .. import errors
-from ..oci import INDEX_TYPES, OCI_MANIFEST, Digest
-from ..singleflight import SingleFlight
-from .content import (EMPTY, Source, artifact, artifact_tag, bytes_source, file_source,
-                      references)
+from ..oci import INDEX_TYPES, Digest
+from .content import Source, file_source, references
 from .journal import Job, Journal
+from .uploads import Uploads
 
 if TYPE_CHECKING:
     from .tier import EcrTier
 
 log = structlog.get_logger("pullcache.tier")
-MAX_REMEMBERED = 100_000
 REFUSED = ("MANIFEST_BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "MANIFEST_INVALID", "BLOB_UNKNOWN")
-TAG_REFUSED = ("TAG_INVALID", "ImageTagAlreadyExists", "already exists")
 
 
 class LocalContent(Protocol):
@@ -76,8 +73,7 @@ class WriteBehind:
         self._failed: dict[str, dict] = {}
         self._empty = asyncio.Event()
         self._empty.set()
-        self._flights: SingleFlight[str] = SingleFlight()
-        self._present: dict[tuple[str, str, str], None] = {}   # known in the tier
+        self.uploads = Uploads(tier, metrics)
         self._workers: list[asyncio.Task] = []
         self._tasks: set[asyncio.Task] = set()
 
@@ -146,7 +142,7 @@ class WriteBehind:
         try:
             await self.tier.repositories.ensure(repo)
             if job.kind == "blob":
-                outcome = await self._upload(repo, Digest.parse(job.digest),
+                outcome = await self.uploads.blob(repo, Digest.parse(job.digest),
                                              self._local_file(Digest.parse(job.digest)))
                 # "gone": evicted locally before its turn; a later origin fill queues it again.
                 outcome = "skipped" if outcome == "gone" else outcome
@@ -170,35 +166,6 @@ class WriteBehind:
 
     # -- blobs ------------------------------------------------------------------------------------
 
-    async def _upload(self, repo: str, digest: Digest, source: Source) -> str:
-        """The blob is in ``repo`` when this returns "pushed" or "present"; "gone" if the
-        source no longer has it. One flight per (repository, digest), joined by every job."""
-        async def once() -> str:
-            if await self.tier.client.exists(repo, "blobs", digest):
-                self._remember(repo, "blob", str(digest))
-                return "present"
-            chunks = await source()
-            if chunks is None:
-                return "gone"
-            try:
-                await self.tier.client.push_blob(repo, digest, chunks)
-            except FileNotFoundError:   # evicted while it was being read
-                return "gone"
-            except errors.PullcacheError:
-                self._uploaded("blob", "failed")
-                raise
-            self._uploaded("blob")
-            self._remember(repo, "blob", str(digest))
-            log.info("tier_blob_pushed", repository=repo, digest=str(digest))
-            return "pushed"
-        return await self._once((repo, "blob", str(digest)), once)
-
-    async def _once(self, key: tuple[str, str, str], fn: Callable[[], Awaitable[str]]) -> str:
-        if key in self._present:
-            return "present"
-        result, _ = await self._flights.do(key, fn)
-        return result
-
     def _local_file(self, digest: Digest) -> Source:
         async def open_() -> AsyncIterator[bytes] | None:
             return file_source(await self.local.blob_path(digest))
@@ -216,7 +183,7 @@ class WriteBehind:
         outcome = await self._put_manifest(job.upstream, job.repo, repo, digest, *found,
                                            patient=patient)
         if job.tag and outcome in ("pushed", "present"):
-            await self._push_tag(repo, job.tag, *found)
+            await self.uploads.tag(repo, job.tag, *found)
         elif job.tag and outcome == "artifact":
             log.info("tier_tag_skipped", repository=repo, tag=job.tag,
                      reason="the manifest is kept as an artifact")
@@ -226,12 +193,12 @@ class WriteBehind:
                             body: bytes, media_type: str, *, patient: bool) -> str:
         """"pushed" | "present" (as itself in ``repo``), "artifact" (in the manifest store),
         or "wait" (this node is still fetching what it references)."""
-        if await self._manifest_present(repo, digest):
+        if await self.uploads.has_manifest(repo, digest):
             return "present"
         absent = waiting = False
         for kind, ref in references(body, media_type):
             if kind == "blobs":
-                absent |= await self._upload(repo, ref, self._local_file(ref)) == "gone"
+                absent |= await self.uploads.blob(repo, ref, self._local_file(ref)) == "gone"
             else:
                 child = await self._child(upstream, name, repo, ref, patient=patient)
                 waiting |= child == "wait"
@@ -241,93 +208,31 @@ class WriteBehind:
             if patient:
                 return "wait"
         if absent or waiting:
-            return await self._keep(digest, body, media_type)
+            return await self.uploads.keep(digest, body, media_type)
 
-        async def put() -> str:
-            try:
-                await self.tier.client.push_manifest(repo, str(digest), body, media_type)
-            except errors.UpstreamError as exc:
-                if not any(code in str(exc) for code in REFUSED):
-                    raise
-                log.info("tier_manifest_refused", repository=repo, digest=str(digest),
-                         error=str(exc))
-                return await self._keep(digest, body, media_type)
-            self._uploaded("manifest")
-            self._remember(repo, "manifest", str(digest))
-            log.info("tier_manifest_pushed", repository=repo, digest=str(digest))
-            return "pushed"
-        return await self._once((repo, "manifest", str(digest)), put)
+        try:
+            return await self.uploads.manifest(repo, digest, body, media_type)
+        except errors.UpstreamError as exc:
+            if not any(code in str(exc) for code in REFUSED):
+                raise
+            log.info("tier_manifest_refused", repository=repo, digest=str(digest),
+                     error=str(exc))
+            return await self.uploads.keep(digest, body, media_type)
 
     async def _child(self, upstream: str, name: str, repo: str, ref: Digest, *,
                      patient: bool) -> str:
         """An index's child, into the tier: from this node, else the origin (once)."""
-        if await self._manifest_present(repo, ref):
+        if await self.uploads.has_manifest(repo, ref):
             return "present"
         found = await self.local.manifest(ref)
         if found is None:
-            if await self._artifact_present(ref):
+            if await self.uploads.has_artifact(ref):
                 return "artifact"
             found = await self.local.origin_manifest(upstream, name, ref)
             if found is None:
                 return "missing"
             patient = False   # no node pulled this platform: its layers are not coming
         return await self._put_manifest(upstream, name, repo, ref, *found, patient=patient)
-
-    async def _keep(self, digest: Digest, body: bytes, media_type: str) -> str:
-        """Store a manifest as an artifact in the manifest store: readable by digest."""
-        store = self.tier.manifest_store
-        tag = artifact_tag(digest)
-
-        async def keep() -> str:
-            await self.tier.repositories.ensure(store)
-            if await self.tier.client.exists(store, "manifests", tag):
-                self._remember(store, "manifest", tag)
-                return "artifact"
-            await self._upload(store, Digest.of(EMPTY), bytes_source(EMPTY))
-            await self._upload(store, digest, bytes_source(body))
-            await self.tier.client.push_manifest(store, tag, artifact(body, media_type, digest),
-                                                 OCI_MANIFEST)
-            self._uploaded("manifest")
-            self._remember(store, "manifest", tag)
-            log.info("tier_manifest_stored", repository=store, digest=str(digest),
-                     kind="artifact")
-            return "artifact"
-        result = await self._once((store, "manifest", tag), keep)
-        return "artifact" if result == "present" else result
-
-    async def _manifest_present(self, repo: str, digest: Digest) -> bool:
-        if (repo, "manifest", str(digest)) in self._present:
-            return True
-        if await self.tier.client.exists(repo, "manifests", digest):
-            self._remember(repo, "manifest", str(digest))
-            return True
-        return False
-
-    async def _artifact_present(self, digest: Digest) -> bool:
-        store, tag = self.tier.manifest_store, artifact_tag(digest)
-        if (store, "manifest", tag) in self._present:
-            return True
-        if await self.tier.client.exists(store, "manifests", tag):
-            self._remember(store, "manifest", tag)
-            return True
-        return False
-
-    async def _push_tag(self, repo: str, tag: str, body: bytes, media_type: str) -> None:
-        """The tag, pointing at the digest this node saw. IMMUTABLE: a tag that exists is
-        left as it is (skipped cleanly, the digest is in the tier anyway)."""
-        immutable = self.tier.repositories.settings.immutable
-        if immutable and await self.tier.client.exists(repo, "manifests", tag):
-            log.info("tier_tag_skipped", repository=repo, tag=tag, reason="immutable")
-            return
-        try:
-            await self.tier.client.push_manifest(repo, tag, body, media_type)
-        except errors.PullcacheError as exc:
-            if not (immutable and any(code in str(exc) for code in TAG_REFUSED)):
-                raise
-            log.info("tier_tag_skipped", repository=repo, tag=tag, reason="immutable")
-            return
-        self._uploaded("manifest")
-        log.info("tier_tag_pushed", repository=repo, tag=tag)
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -360,15 +265,6 @@ class WriteBehind:
         if self._metrics is not None:
             self._metrics.tier_writes.labels(job.kind, outcome).inc()
         self._gauge()
-
-    def _remember(self, repo: str, kind: str, ref: str) -> None:
-        if len(self._present) >= MAX_REMEMBERED:
-            self._present.clear()
-        self._present[(repo, kind, ref)] = None
-
-    def _uploaded(self, kind: str, outcome: str = "completed") -> None:
-        if self._metrics is not None:
-            self._metrics.tier_uploads.labels(kind, outcome).inc()
 
     def _gauge(self) -> None:
         if self._metrics is not None:
@@ -414,7 +310,7 @@ class WriteBehind:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._flights.close()
+        await self.uploads.close()
         await self.tier.repositories.close()
         if self.journal is not None:
             await asyncio.to_thread(self.journal.close)
