@@ -74,6 +74,7 @@ class WriteBehind:
         self._empty = asyncio.Event()
         self._empty.set()
         self.uploads = Uploads(tier, metrics)
+        self._denied_logged: set[str] = set()
         self._workers: list[asyncio.Task] = []
         self._tasks: set[asyncio.Task] = set()
 
@@ -149,6 +150,12 @@ class WriteBehind:
             else:
                 outcome = await self._manifest_job(repo, entry)
         except errors.Denied as exc:   # CreateRepository denied (logged there) or a push denied
+            if self.tier.repositories.status().get(repo) != "denied" and \
+                    repo not in self._denied_logged:   # one line per repository
+                self._denied_logged.add(repo)
+                log.error("tier_write_denied", repository=repo, kind=job.kind, error=str(exc),
+                          needs=["ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+                                 "ecr:CompleteLayerUpload", "ecr:PutImage"])
             await self._end(entry, "denied", error=str(exc))
             return
         except errors.PullcacheError as exc:

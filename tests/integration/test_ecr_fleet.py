@@ -62,6 +62,9 @@ def test_node_b_gets_every_manifest_from_the_tier(node, origin, registry, ecr_fr
     assert b.metric("pullcache_tier_reads_total", kind="manifest", outcome="hit") == 3
     assert b.metric("pullcache_tier_reads_total", kind="blob", outcome="hit") == \
         len(amd64.blobs())
+    # arm64's blobs were tier misses: normal, so logged at info, never as a warning.
+    skipped = b.events("fill_source_skipped")
+    assert len(skipped) == len(arm64.blobs()) and {e["level"] for e in skipped} == {"info"}
 
     # B writes back what it took from the origin: arm64's blobs.
     wait_written(b, len(arm64.blobs()))

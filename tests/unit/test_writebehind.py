@@ -214,3 +214,18 @@ def test_journal_keys_and_bounds(tmp_path):
 ])
 def test_stored_media_type(doc, expected):
     assert stored_media_type(json.dumps(doc).encode()) == expected
+
+
+async def test_a_denied_push_is_logged_once_per_repository(tmp_path, capsys):
+    class Refusing(MemoryRegistry):
+        async def push_blob(self, repo, digest, chunks):
+            raise errors.Denied("not authorized to perform: ecr:InitiateLayerUpload")
+    local = Local(tmp_path)
+    writes = await writer(Refusing(), local).open()
+    for payload in (b"one", b"two", b"three"):
+        writes.blob("up", "team/app", local.add_blob(payload))
+    await writes.idle()
+    await writes.close()
+    assert writes.status()["failed"] == 3
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("tier_write_denied") == 1
