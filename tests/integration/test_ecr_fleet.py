@@ -148,6 +148,8 @@ def test_queued_pushes_survive_sigkill(node, origin, registry, ecr_front, ecr_re
     ecr_front.set_fault("blackhole", match="/blobs/uploads/")
     a = node("a", header_timeout="30s")
     pull(a, "fleet/crash", "v1", image)
+    assert origin_counts(origin) == {"manifest GET": 1, "manifest HEAD": 1,
+                                     "blob GET": len(image.blobs()), "blob HEAD": 0}
     mirrored = ecr_repo(origin, "fleet/crash")
     jobs = len(image.blobs()) + 1
 
@@ -160,6 +162,9 @@ def test_queued_pushes_survive_sigkill(node, origin, registry, ecr_front, ecr_re
     a.start()
     wait_written(a, jobs)
     assert a.events("tier_queue_resumed")[-1]["jobs"] == jobs
+    # Resumed from the local cache: the origin was asked nothing more.
+    assert origin_counts(origin)["blob GET"] == len(image.blobs())
+    assert origin_counts(origin)["manifest GET"] == 1
     assert tier_status(a)["queue"] == {}
     status = tier_status(a)
     assert mirrored in status["repositories"]
