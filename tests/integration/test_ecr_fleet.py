@@ -15,18 +15,11 @@ import sys
 from tests.support.daemon import ROOT
 from tests.support.ecr import AWS_ENV
 from tests.support.ecr_fleet import *  # noqa: F401,F403 - the fixtures
-from tests.support.ecr_fleet import (completed_uploads, ecr_auth, ecr_repo, pull, pull_child,
-                                     wait_written)
+from tests.support.ecr_fleet import (completed_uploads, ecr_auth, ecr_repo, origin_counts,
+                                     pull, pull_child, wait_written)
 from tests.support.http import request
 from tests.support.images import build_image, build_index, push
 from tests.support.ports import wait_until
-
-
-def origin_counts(origin) -> dict[str, int]:
-    return {"manifest GET": origin.count("GET", "/manifests/"),
-            "manifest HEAD": origin.count("HEAD", "/manifests/"),
-            "blob GET": origin.count("GET", "/blobs/"),
-            "blob HEAD": origin.count("HEAD", "/blobs/")}
 
 
 def test_node_b_gets_every_manifest_from_the_tier(node, origin, registry, ecr_front,

@@ -21,7 +21,7 @@ from tests.support.http import request
 from tests.support.ports import wait_until
 
 __all__ = ["moto", "aws_front", "aws", "ecr_registry", "origin", "ecr_front", "node", "pull",
-           "pull_child", "wait_written", "ecr_repo", "completed_uploads", "ecr_auth"]
+           "pull_child", "wait_written", "origin_counts", "ecr_repo", "completed_uploads", "ecr_auth"]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,15 @@ def wait_written(pc: Pullcache, jobs: int, timeout: float = 60) -> None:
         return pc.metric("pullcache_tier_write_queue") == 0 and \
             pc.metric("pullcache_tier_writes_total") >= jobs
     wait_until(done, timeout, "the write-behind to land in ECR")
+
+
+def origin_counts(origin: FaultProxy) -> dict[str, int]:
+    """The origin's request log, counted: manifest GETs (what Docker Hub's limit counts),
+    manifest HEADs (free), blob GETs and blob HEADs."""
+    return {"manifest GET": origin.count("GET", "/manifests/"),
+            "manifest HEAD": origin.count("HEAD", "/manifests/"),
+            "blob GET": origin.count("GET", "/blobs/"),
+            "blob HEAD": origin.count("HEAD", "/blobs/")}
 
 
 def ecr_repo(origin: FaultProxy, repo: str) -> str:
