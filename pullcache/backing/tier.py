@@ -16,6 +16,8 @@ digest is the manifest's digest, and any node reads it back by digest and verifi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .. import errors
 from ..oci import DEFAULT_ACCEPT, DOCKER_V1, DOCKER_V1_SIGNED, MAX_MANIFEST_SIZE, Digest
 from ..upstream.client import BlobStream, Manifest, RegistryClient
@@ -24,7 +26,13 @@ from .ecr import EcrApi, repository_name
 from .repositories import Repositories, RepositorySettings
 from .writebehind import LocalContent, WriteBehind
 
-__all__ = ["EcrTier", "LocalContent", "WriteBehind"]
+__all__ = ["EcrTier", "LocalContent", "StoredManifest", "WriteBehind"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest(Manifest):
+    """A manifest the tier holds only as an artifact: the node that read it may complete it
+    (push it as itself once its layers or children are in the tier)."""
 
 
 class EcrTier:
@@ -60,7 +68,7 @@ class EcrTier:
         body = await _read(stream, MAX_MANIFEST_SIZE)
         if not digest.matches(body):
             raise errors.DigestMismatch(str(digest))
-        return Manifest(body, stored_media_type(body), str(digest))
+        return StoredManifest(body, stored_media_type(body), str(digest))
 
 
 async def _read(stream: BlobStream, limit: int) -> bytes:

@@ -7,8 +7,9 @@
   for that pair (``uploads.Uploads``), which first asks ECR whether it is there; uploads count
   completed PUTs, ``pullcache_tier_writes`` counts jobs by outcome.
 - **Every manifest shared.** An index's children go up with it, the ones this node never
-  pulled fetched from the origin once (manifests, never layers). What ECR cannot hold as an
-  image (its layers are not in the tier) is kept as an artifact (``content.artifact``; ``uploads.Uploads.keep``).
+  pulled fetched from the origin once (manifests, never layers). What ECR cannot hold as
+  itself (layers or children not in the tier) is kept as an artifact (``Uploads.keep``); a
+  node that reads such a manifest queues it again, and pushes it as itself once it can.
 - Throttling and 5xx are retried with jittered exponential backoff; ``close`` drains for
   ``drain_timeout`` and leaves the rest in the journal.
 """
@@ -210,12 +211,13 @@ class WriteBehind:
                 child = await self._child(upstream, name, repo, ref, patient=patient)
                 waiting |= child == "wait"
                 absent |= child in ("artifact", "missing")
-        image = media_type not in INDEX_TYPES
-        if (waiting and not absent) or (absent and image):
-            if patient:
-                return "wait"
-        if absent or waiting:
-            return await self.uploads.keep(digest, body, media_type)
+        if media_type in INDEX_TYPES and (absent or waiting):
+            # Readable by the fleet at once; pushed as itself later if its children get there
+            # meanwhile (this node, or the node that pulls the missing platform, completes it).
+            await self.uploads.keep(digest, body, media_type)
+            return "wait" if patient else "artifact"
+        if absent:   # an image whose layers this node does not have (yet)
+            return "wait" if patient else await self.uploads.keep(digest, body, media_type)
 
         try:
             return await self.uploads.manifest(repo, digest, body, media_type)

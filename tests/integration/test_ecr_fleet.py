@@ -59,8 +59,9 @@ def test_node_b_gets_every_manifest_from_the_tier(node, origin, registry, ecr_fr
     skipped = b.events("fill_source_skipped")
     assert len(skipped) == len(arm64.blobs()) and {e["level"] for e in skipped} == {"info"}
 
-    # B writes back what it took from the origin: arm64's blobs.
-    wait_written(b, len(arm64.blobs()))
+    # B writes back what it took from the origin (arm64's blobs), and completes what the tier
+    # held only as artifacts: arm64's manifest, then the index, with the tag B saw.
+    wait_written(b, len(arm64.blobs()) + 2)
     uploads = completed_uploads(ecr_front)
     assert uploads and max(uploads.values()) == 1, uploads   # no blob uploaded twice
     mirrored = ecr_repo(origin, "fleet/multi")
@@ -70,15 +71,17 @@ def test_node_b_gets_every_manifest_from_the_tier(node, origin, registry, ecr_fr
     metric = sum(pc.metric("pullcache_tier_uploads_total", kind="blob", outcome="completed")
                  for pc in (a, b))
     assert metric == sum(uploads.values())
-    # amd64 went up as an image; the index and arm64 (layers absent then) as artifacts that
-    # read back by digest: the artifact's one blob is the manifest itself.
-    auth = ecr_auth(ecr_registry, amd64.media_type)
-    assert request(ecr_registry.url, f"/v2/{mirrored}/manifests/{amd64.digest}",
-                   headers=auth).body == amd64.manifest
+    # A pushed amd64 as an image, and the index and arm64 (no layers in the tier then) as
+    # artifacts that read back by digest: the artifact's one blob is the manifest itself.
     for obj in (index, arm64):
         got = request(ecr_registry.url, f"/v2/pullcache/manifests/blobs/{obj.digest}",
                       headers=ecr_auth(ecr_registry))
         assert got.status == 200 and got.body == obj.manifest
+    # After B, every manifest is in the mirror as itself, and v1 names the index.
+    for ref, obj in ((amd64.digest, amd64), (arm64.digest, arm64), ("v1", index)):
+        got = request(ecr_registry.url, f"/v2/{mirrored}/manifests/{ref}",
+                      headers=ecr_auth(ecr_registry, f"{index.media_type}, {amd64.media_type}"))
+        assert got.status == 200 and got.body == obj.manifest, ref
 
 
 def test_a_third_node_fetches_no_manifest_from_the_origin(node, origin, registry):
@@ -92,7 +95,7 @@ def test_a_third_node_fetches_no_manifest_from_the_origin(node, origin, registry
     origin.reset_counts()
     b = node("b")
     pull_child(b, "fleet/third", "v1", index, arm64)
-    wait_written(b, len(arm64.blobs()))
+    wait_written(b, len(arm64.blobs()) + 2)
     # Neither B's pull nor its write-back fetched a manifest: the fleet had them all.
     assert origin.count("GET", "/manifests/") == 0, origin.requests
     origin.reset_counts()

@@ -76,6 +76,8 @@ def node(tmp_path, origin, aws, ecr_front):
     def make(name: str, **backing) -> Pullcache:
         workdir = tmp_path / name
         workdir.mkdir()
+        # Few retries: a manifest that waits for its layers or children gives up sooner.
+        backing = {"write_retries": 3, **backing}
         pc = Pullcache(workdir, [UpstreamSpec(origin.host, origin.url, default=True)],
                        backing=backing_config(aws, ecr_front.url, **backing), env=AWS_ENV)
         nodes.append(pc)
