@@ -21,7 +21,8 @@ from tests.support.http import request
 from tests.support.ports import wait_until
 
 __all__ = ["moto", "aws_front", "aws", "ecr_registry", "origin", "ecr_front", "node", "pull",
-           "pull_child", "wait_written", "origin_counts", "ecr_repo", "completed_uploads", "ecr_auth"]
+           "pull_child", "wait_written", "origin_counts", "ecr_repo", "completed_uploads",
+           "ecr_auth"]
 
 
 @pytest.fixture(scope="module")
