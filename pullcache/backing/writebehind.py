@@ -28,7 +28,7 @@ import structlog
 from .. import errors
 from ..oci import INDEX_TYPES, Digest
 from .content import Source, file_source, references
-from .journal import Job, Journal
+from .journal import MAX_FAILED, Job, Journal
 from .uploads import Uploads
 
 if TYPE_CHECKING:
@@ -266,6 +266,8 @@ class WriteBehind:
             self._failed[job.key] = {"kind": job.kind, "upstream": job.upstream,
                                      "repo": job.repo, "digest": job.digest, "tag": job.tag,
                                      "error": error, "at": time.time()}
+            while len(self._failed) > MAX_FAILED:   # the oldest first, as in the journal
+                self._failed.pop(next(iter(self._failed)))
             if self.journal is not None:
                 await asyncio.to_thread(self.journal.fail, job, error)
         self._jobs.pop(job.key, None)
