@@ -62,7 +62,11 @@ class Metrics:
         self.tier_writes = Counter("pullcache_tier_writes", "Backing-tier write-backs ended",
                                    ["kind", "outcome"], registry=r)
         self.tier_queue = Gauge("pullcache_tier_write_queue",
-                                "Write-backs queued or waiting to retry", registry=r)
+                                "Write-back jobs not yet acknowledged (queued, waiting to "
+                                "retry, or in flight)", registry=r)
+        self.tier_uploads = Counter("pullcache_tier_uploads",
+                                    "Uploads to the backing tier (completed PUTs, not jobs)",
+                                    ["kind", "outcome"], registry=r)
         self.pinned_bytes = Gauge("pullcache_pinned_bytes",
                                   "Bytes held by pinned images (cache.pin)", registry=r)
         self._last_remaining: dict[str, float] = {}

@@ -124,8 +124,9 @@ class Fill:
             except PullcacheError as exc:
                 if i == len(sources) - 1 or self.visible > 0:
                     raise
-                log.warning("fill_source_skipped", digest=str(self.digest),
-                            source=candidate.name, error=str(exc))
+                (log.info if exc.status == 404 else log.warning)(   # a miss is not trouble
+                    "fill_source_skipped", digest=str(self.digest), source=candidate.name,
+                    error=str(exc))
                 self.written = 0
                 self.generation += 1   # readers holding the old temp file must reopen
                 await asyncio.to_thread(self.temp.unlink, True)

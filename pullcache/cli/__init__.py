@@ -1,4 +1,5 @@
-"""Command line: ``pullcache serve | check-config | warm | cache ls|rm|gc|verify|stats|pins``.
+"""Command line: ``pullcache serve | check-config | warm | cache ls|rm|gc|verify|stats|pins |
+tier status``.
 
 Commands that need the daemon talk to it through its admin API (``client.py``).
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
@@ -15,6 +16,7 @@ from .. import logs
 from ..errors import ConfigError
 from .cache import cache_command
 from .client import AdminClient, AdminError, DaemonUnreachable
+from .tier import tier_command
 from .warm import read_images, warm
 
 
@@ -56,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--rate", type=float, metavar="BYTES_PER_S",
                            help="read at most this fast (default: unthrottled, one file "
                                 "at a time)")
+    tier = sub.add_parser("tier", help="the ECR tier: write-behind queue and repositories")
+    tier.add_argument("action", choices=("status",))
+    tier.add_argument("--config", type=Path)
     return parser
 
 
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("warning", cfg.log.format)
     if args.command == "warm":
         return _warm(cfg, args)
+    if args.command == "tier":
+        return tier_command(cfg)
     return cache_command(cfg, args)
 
 

@@ -4,13 +4,14 @@ the tier in the background."""
 
 from __future__ import annotations
 
+from .. import errors
 from ..backing.tier import EcrTier, WriteBehind
 from ..cache.fill import Candidate, Fill, Fills
 from ..cache.store import BlobStore
 from ..metrics import Metrics
 from ..oci import Digest
 from ..routing import Route
-from .answers import BlobAnswer, Upstream
+from .answers import BlobAnswer, Upstream, tier_outcome
 
 
 class Blobs:
@@ -68,6 +69,13 @@ class Blobs:
         fill = self.fills.running("blob", digest)
         if fill is not None and fill.promised_size is not None:
             return fill.promised_size, "joined"
+        if self.tier is not None:   # the tier client: the tier reads' breaker and timeouts
+            try:
+                size = await self.tier.head_blob(route.upstream, route.repo, digest)
+                self.metrics.tier_reads.labels("blob_head", "hit").inc()
+                return size, "tier"
+            except errors.PullcacheError as exc:
+                self.metrics.tier_reads.labels("blob_head", tier_outcome(exc)).inc()
         return await upstream.client.head_blob(route.repo, digest), "miss"
 
 

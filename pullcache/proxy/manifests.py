@@ -14,7 +14,7 @@ import time
 import structlog
 
 from .. import errors
-from ..backing.tier import EcrTier, WriteBehind
+from ..backing.tier import EcrTier, StoredManifest, WriteBehind
 from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..metrics import Metrics
@@ -120,6 +120,8 @@ class Manifests:
                 got = await self.tier.get_manifest(upstream.client.name, repo, digest)
                 answer = await self._store(got.body, got.content_type, got.digest, digest)
                 self.metrics.tier_reads.labels("manifest", "hit").inc()
+                if isinstance(got, StoredManifest):   # only an artifact there: complete it
+                    self._write_back(upstream, repo, digest, tag)
                 return answer
             except errors.PullcacheError as exc:
                 self.metrics.tier_reads.labels("manifest", tier_outcome(exc)).inc()

@@ -10,6 +10,8 @@
     GET  /admin/jobs, /admin/jobs/{id}
     GET  /admin/pins
     GET  /admin/status             everything the status page shows
+    GET  /admin/tier               the ECR tier's write-behind: pending, in flight, failed
+                                   (with the last error) per repository; repositories created
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..ops.refs import Platform
 from ..ops.status import counter_total, gauge_value, hit_ratio, request_counts
 from ..ops.verify import Verifier, VerifyProgress
 from ..ops.warm import ImageProgress
-from .keys import core_of, METRICS, PROXY, ROUTES, STORE, UPSTREAMS
+from .keys import core_of, METRICS, PROXY, ROUTES, STORE, TIER, UPSTREAMS
 from .operations import OPS
 
 
@@ -44,6 +46,7 @@ def setup_api(app: web.Application) -> None:
     r.add_get("/admin/jobs/{id}", job)
     r.add_get("/admin/pins", pins)
     r.add_get("/admin/status", status)
+    r.add_get("/admin/tier", tier)
 
 
 async def _body(request: web.Request) -> dict:
@@ -181,7 +184,7 @@ async def status(request: web.Request) -> web.Response:
         breaker = up.client.breaker
         last = m.last_errors.get(host)
         upstreams.append({
-            "host": host, "breaker": "open" if breaker.is_open else "closed",
+            "host": host, "breaker": breaker.state.name.lower().replace("_", "-"),
             "ratelimit_remaining": m.remaining(host),
             "last_error": {"age": round(time.time() - last[0], 1), "method": last[1],
                            "status": last[2]} if last else None})
@@ -192,3 +195,10 @@ async def status(request: web.Request) -> web.Response:
         "pins": ops.pinning.snapshot() if ops.pinning else [],
         "series": ops.samples.series(), "sample_interval": ops.samples.interval,
         "jobs": [j.snapshot() for j in ops.jobs.all() if j.state == "running"]})
+
+
+async def tier(request: web.Request) -> web.Response:
+    writes = core_of(request).get(TIER)
+    if writes is None:
+        return web.json_response({"enabled": False})
+    return web.json_response({"enabled": True, **writes.status()})

@@ -29,6 +29,8 @@ import structlog
 from aiohttp import web
 
 from ..backing.ecr import EcrApi, EcrCredentials
+from ..backing.journal import JOURNAL_DIR, Journal
+from ..backing.repositories import RepositorySettings
 from ..backing.tier import EcrTier, WriteBehind
 from ..cache.fill import Fills
 from ..cache.store import BlobStore, Budget
@@ -36,7 +38,8 @@ from ..cache.tags import TagStore
 from ..config import Config, UpstreamConfig
 from ..metrics import Metrics
 from ..policy import Policy
-from ..proxy import LocalContent, Proxy, Upstream
+from ..proxy import Proxy, Upstream
+from ..proxy.fleet import FleetContent
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from ..upstream.credentials import StaticCredentials
@@ -45,7 +48,7 @@ from ..ops.status import Pulls
 from .access import ACCESS, AccessControl, access_control, no_server_header
 from .authz import POLICY
 from .keys import (CREDENTIALS, DRAINING, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE,
-                   UPSTREAMS)
+                   TIER, UPSTREAMS)
 from .sendfile import SendfilePool
 from .middleware import oci_errors, request_context
 from .operations import PULLS, count_pulls, lock_context, operations_context
@@ -76,6 +79,9 @@ def build_app(config: Config) -> web.Application:
                                                   metrics.evicted_bytes.inc(nbytes)))
     app[STORE] = store
     metrics.cache_budget.set(config.cache.max_size)
+    # Read now, so that a bad lifecycle_policy file stops the start with its key path.
+    settings = RepositorySettings.from_config(config.backing_ecr) \
+        if config.backing_ecr.enabled else None
 
     async def http_session(app: web.Application) -> AsyncIterator[None]:
         # One session for every upstream; per-request timeouts are set by each client.
@@ -120,12 +126,15 @@ def build_app(config: Config) -> web.Application:
                         header_timeout=ecr.header_timeout, read_timeout=ecr.read_timeout)),
                     app[SESSION], observer=metrics, basic_first=True,
                     credentials=EcrCredentials(api.token, min_refresh=ecr.token_min_refresh))
-                tier = EcrTier(api, client, ecr.repository_prefix)
-                writes = WriteBehind(tier, LocalContent(store),
+                tier = EcrTier(api, client, ecr.repository_prefix, settings)
+                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS]),
+                                     Journal(config.cache.dir / JOURNAL_DIR),
                                      concurrency=ecr.write_concurrency,
                                      retries=ecr.write_retries,
                                      drain_timeout=ecr.drain_timeout, metrics=metrics)
+                await writes.open()   # resumes what a crash left queued
                 stack.push_async_callback(writes.close)
+                app[TIER] = writes
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
                                tier=tier, writes=writes)
             try:

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from ..backing.tier import WriteBehind
     from ..cache.store import BlobStore
     from ..metrics import Metrics
     from ..proxy import Proxy, Upstream
@@ -23,6 +24,8 @@ ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
 SENDFILE: web.AppKey["SendfilePool"] = web.AppKey("sendfile")
+#: the ECR tier's write-behind, when ``[backing.ecr]`` is enabled (its ``status()`` is JSON)
+TIER: web.AppKey["WriteBehind"] = web.AppKey("tier")
 # Set on SIGTERM: /readyz answers 503 while the requests in flight finish.
 DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining")
 CREDENTIALS: web.AppKey["dict[str, StaticCredentials]"] = web.AppKey("credentials")

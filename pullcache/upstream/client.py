@@ -193,11 +193,14 @@ class RegistryClient:
 
     # -- the push API (the ECR tier's write-behind) ---------------------------------------------
 
-    async def exists(self, repo: str, kind: str, digest: Digest) -> bool:
-        """HEAD a blob or a manifest by digest: present or not (404)."""
+    async def exists(self, repo: str, kind: str, digest: Digest | str) -> bool:
+        """HEAD a blob or a manifest by digest (a manifest also by tag): present or not."""
         not_found = errors.BlobUnknown if kind == "blobs" else errors.ManifestUnknown
+        # Distribution answers 404 for an OCI manifest's tag a client did not Accept.
+        headers = {"Accept": _accept(DEFAULT_ACCEPT)} if kind == "manifests" else {}
         try:
-            resp = await self._send("HEAD", repo, f"{kind}/{digest}", {}, not_found=not_found)
+            resp = await self._send("HEAD", repo, f"{kind}/{digest}", headers,
+                                    not_found=not_found)
         except (errors.BlobUnknown, errors.ManifestUnknown, errors.NameUnknown):
             return False
         resp.release()

@@ -187,4 +187,6 @@ def _toml(value) -> str:
         return str(value)
     if isinstance(value, (list, tuple)):
         return json.dumps([str(v) for v in value])
+    if isinstance(value, dict):   # an inline table
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     return json.dumps(str(value))
