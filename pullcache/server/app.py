@@ -7,7 +7,8 @@ How a request flows through what this module builds:
 2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository.
 3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
    else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
-4. ``routes`` writes the answer: sendfile for committed blobs, a tail of the fill otherwise.
+4. ``routes`` writes the answer; a blob's body (a committed file or a fill's tail) goes out
+   by non-blocking sendfile from the event loop (``sendfile.Sendfile``).
 
 Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the HTTP client session (and
 the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag records, fills, the
@@ -37,7 +38,7 @@ from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from . import routes
 from .keys import METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
-from .sendfile import SendfilePool
+from .sendfile import Sendfile
 from .middleware import oci_errors, request_context
 
 log = structlog.get_logger("pullcache.app")
@@ -57,6 +58,7 @@ def build_app(config: Config) -> web.Application:
                       on_evict=lambda n, nbytes: (metrics.evictions.inc(n),
                                                   metrics.evicted_bytes.inc(nbytes)))
     app[STORE] = store
+    app[SENDFILE] = Sendfile(config.server.send_timeout)
     metrics.cache_budget.set(config.cache.max_size)
 
     async def http_session(app: web.Application) -> AsyncIterator[None]:
@@ -116,11 +118,6 @@ def build_app(config: Config) -> web.Application:
         await tags.close()
         await store.close()
 
-    async def sendfile_pool(app: web.Application) -> AsyncIterator[None]:
-        app[SENDFILE] = pool = SendfilePool()
-        yield
-        pool.close()
-
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_housekeep(store), name="housekeeping")
         yield
@@ -128,7 +125,7 @@ def build_app(config: Config) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([http_session, cache, sendfile_pool, housekeeping])
+    app.cleanup_ctx.extend([http_session, cache, housekeeping])
     routes.setup(app)
     return app
 

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..proxy import Proxy, Upstream
     from ..routing import UpstreamTable
-    from .sendfile import SendfilePool
+    from .sendfile import Sendfile
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
 STORE: web.AppKey["BlobStore"] = web.AppKey("store")
@@ -20,4 +20,4 @@ METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
-SENDFILE: web.AppKey["SendfilePool"] = web.AppKey("sendfile")
+SENDFILE: web.AppKey["Sendfile"] = web.AppKey("sendfile")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pullcache.errors import PaginationInvalid, RangeInvalid
-from pullcache.server.routes import paginate, parse_n, parse_range
+from pullcache.server.ranges import parse_range
+from pullcache.server.routes import paginate, parse_n
 
 SIZE = 1000
 
