@@ -37,15 +37,15 @@ class Sendfile:
         self.stall_timeout = stall_timeout
 
     def sender(self, request: web.Request, resp: web.StreamResponse) -> "Sender":
-        return Sender(request, resp, self.stall_timeout)
+        return Sender(request.transport, resp, self.stall_timeout)
 
 
 class Sender:
     """One response's body on its way out; ``sent`` counts the bytes that left."""
 
-    def __init__(self, request: web.Request, resp: web.StreamResponse,
+    def __init__(self, transport: asyncio.Transport | None, resp: web.StreamResponse,
                  stall_timeout: float) -> None:
-        self.transport = request.transport
+        self.transport = transport
         self.resp = resp
         self.stall_timeout = stall_timeout
         self.sent = 0
