@@ -21,6 +21,7 @@ from . import logs
 from .cache.store import BlobStore, Budget
 from .errors import ConfigError
 from .server.app import build_app
+from .server.listener import Listener, connection_cap, raise_open_files_limit
 from .server.middleware import AccessLogger
 
 log = structlog.get_logger("pullcache")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(cfg) -> int:
     host, port = configuration.split_listen(cfg.server.listen)
     try:
-        uvloop.run(_run_site(build_app(cfg), host, port, cfg.server.access_log))
+        uvloop.run(_run_site(build_app(cfg), host, port, cfg.server))
     except OSError as exc:   # the listen address is taken or not ours
         log.error("listen_failed", host=host, port=port, error=str(exc))
         return 1
@@ -65,14 +66,17 @@ def _serve(cfg) -> int:
     return 0
 
 
-async def _run_site(app: web.Application, host: str, port: int, access_log: bool) -> None:
+async def _run_site(app: web.Application, host: str, port: int, server) -> None:
     # access_log=None switches the access line off (server.access_log = false).
     runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False,
                            access_log=structlog.get_logger("pullcache.access")
-                           if access_log else None)
+                           if server.access_log else None,
+                           keepalive_timeout=server.keepalive_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        cap = connection_cap(server.max_connections, raise_open_files_limit())
+        site = Listener(runner, host, port, max_connections=cap,
+                        header_timeout=server.header_timeout)
         await site.start()
         log.info("listening", host=host, port=port)
         stop = asyncio.Event()

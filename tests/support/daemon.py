@@ -36,6 +36,7 @@ class Pullcache:
     upstreams: list[UpstreamSpec]
     cache: dict = field(default_factory=dict)
     backing: dict = field(default_factory=dict)   # [backing.ecr] keys
+    server: dict = field(default_factory=dict)    # [server] keys beside listen
     env: dict = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen | None = None
@@ -58,8 +59,9 @@ class Pullcache:
 
     def write_config(self) -> Path:
         self.port = self.port or free_port()
-        lines = ["[server]", f'listen = "127.0.0.1:{self.port}"', "", "[cache]",
-                 f'dir = "{self.cache_dir}"']
+        lines = ["[server]", f'listen = "127.0.0.1:{self.port}"']
+        lines += [f"{k} = {_toml(v)}" for k, v in self.server.items()]
+        lines += ["", "[cache]", f'dir = "{self.cache_dir}"']
         cache = {"max_size": "4GiB", **self.cache}
         lines += [f"{k} = {_toml(v)}" for k, v in cache.items()]
         for up in self.upstreams:
