@@ -20,13 +20,17 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog
 
-from ..errors import DigestMismatch, PullcacheError, SizeInvalid, UpstreamTimeout
+from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
 from .store import BlobStore
+from .writer import Writer, WriterFailed
 
 log = structlog.get_logger("pullcache.fill")
 READ_CHUNK = 1 << 20
+# Readers are woken when this much more is readable, or when the writer has caught up with
+# the source (a stalled upstream): not once per chunk.
+WAKE_STEP = 2 << 20
 
 
 class Source(Protocol):
@@ -77,6 +81,11 @@ class Fill:
         self.size: int | None = None
         self.written = 0    # bytes in the temp file
         self.visible = 0    # bytes readers may see (a held-back source shows none unverified)
+        self.verified = False  # every byte is in the temp file and matched the digest
+        self._began = time.monotonic()
+        self.verified_after: float | None = None   # seconds from start to verification
+        self._woken_at = 0
+        self._writer: Writer | None = None
         self.source = ""    # the Candidate that filled it
         self.generation = 0  # bumped when a source is dropped and its temp file deleted
         self._reservation = None
@@ -90,7 +99,7 @@ class Fill:
     # -- the writer ---------------------------------------------------------------------------
 
     async def run(self, sources: "list[Candidate]") -> None:
-        began = time.monotonic()
+        began = self._began = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline):
                 entry = await self._download_first(sources)
@@ -108,7 +117,8 @@ class Fill:
             seconds = time.monotonic() - began
             self.result.set_result(FillResult(entry, self.written, self.origin, seconds))
             log.info("fill_committed", digest=str(self.digest), kind=self.kind,
-                     bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
+                     bytes=self.written, seconds=round(seconds, 3), origin=self.origin,
+                     verified_seconds=round(self.verified_after or seconds, 3))
             self._on_event("committed", bytes=self.written)
         finally:
             self._wake()
@@ -126,7 +136,7 @@ class Fill:
                     raise
                 log.warning("fill_source_skipped", digest=str(self.digest),
                             source=candidate.name, error=str(exc))
-                self.written = 0
+                self.written = self._woken_at = 0
                 self.generation += 1   # readers holding the old temp file must reopen
                 await asyncio.to_thread(self.temp.unlink, True)
         raise FillFailed("no source")  # unreachable: the loop returns or raises
@@ -151,36 +161,57 @@ class Fill:
             self._reservation.__enter__()
             fd = await asyncio.to_thread(os.open, self.temp,
                                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._writer = Writer(fd, hasher, lambda n: self._progressed(n, candidate.stream))
             try:
+                received = 0
                 async for chunk in source.chunks():
-                    if self.size is not None and self.written + len(chunk) > self.size:
+                    received += len(chunk)
+                    if self.size is not None and received > self.size:
                         raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
-                    await asyncio.to_thread(_write_and_hash, fd, chunk, hasher)
-                    self.written += len(chunk)
-                    if candidate.stream:
-                        self.visible = self.written
-                        self._wake()
+                    await self._writer.write(chunk)   # waits only when the queue is full
+                hexdigest = await self._writer.finish()
                 if self.size is not None and self.written != self.size:
                     raise SizeInvalid(f"{self.digest}: {self.written} of {self.size} bytes")
-                if hasher.hexdigest() != self.digest.hex:
+                if hexdigest != self.digest.hex:
                     log.warning("digest_mismatch", digest=str(self.digest),
-                                got=f"{self.digest.algorithm}:{hasher.hexdigest()}",
+                                got=f"{self.digest.algorithm}:{hexdigest}",
                                 origin=self.origin, source=candidate.name, bytes=self.written)
                     self._on_event("digest_mismatch")
                     raise DigestMismatch(str(self.digest))
+                # Verified: readers may have the final byte now. Durability comes after; a
+                # crash before the commit only loses the cache entry, never a wrong byte.
+                self._verified(candidate)
                 await asyncio.to_thread(os.fsync, fd)
             finally:
+                await self._writer.close()
                 await asyncio.to_thread(os.close, fd)
+        except WriterFailed as exc:
+            raise StorageError(f"cannot write the fill: {exc}") from exc
         finally:
             await source.close()
             if self._reservation is not None:
                 self._reservation.__exit__(None, None, None)
                 self._reservation = None
+        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+
+    def _progressed(self, written: int, stream: bool) -> None:
+        """The writer thread's report (at most once per loop iteration)."""
+        self.written = written
+        if not stream:
+            return
+        self.visible = written
+        if written - self._woken_at >= WAKE_STEP or (self._writer and self._writer.idle):
+            self._woken_at = written
+            self._wake()
+
+    def _verified(self, candidate: "Candidate") -> None:
         self.size = self.visible = self.written
         self.source = candidate.name
+        self.verified = True
+        self.verified_after = time.monotonic() - self._began
         if not self._started.done():
             self._started.set_result(self.size)
-        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+        self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._started.done():
@@ -233,8 +264,8 @@ class Fill:
             offset = start
             while cap is None or offset < cap:
                 progress = self._progress
-                done = self.result.done()
-                if done and self.result.exception() is not None:
+                verified = self.verified   # then the bytes are whole, whatever the commit does
+                if not verified and self.result.done() and self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception()))
                 if generation != self.generation:
                     # The source was dropped before showing any byte (offset is still
@@ -243,7 +274,7 @@ class Fill:
                     fd = -1
                     fd, generation = await self._open_for_read()
                 available = self.visible if cap is None else min(self.visible, cap)
-                if cap is not None and cap == self.size and not done:
+                if cap is not None and cap == self.size and not verified:
                     # Hold back the blob's final byte until its digest is verified: no client
                     # may receive a complete-looking blob of unverified content. A range that
                     # ends earlier is served as soon as it is written (clients that assemble
@@ -254,7 +285,7 @@ class Fill:
                         min(available - offset, limit)
                     yield fd, offset, length
                     offset += length
-                elif done:
+                elif verified:
                     if end is None and self.size != cap and cap is not None:
                         raise FillFailed("blob size differs from the announced one")
                     return   # size was unknown: the verified end is where the bytes end
@@ -287,13 +318,6 @@ class Fill:
             if generation == self.generation:
                 return fd, generation
             await asyncio.to_thread(os.close, fd)   # raced with a source change: again
-
-
-def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(fd, view):]
-    hasher.update(chunk)
 
 
 class Fills:

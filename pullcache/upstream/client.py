@@ -73,6 +73,9 @@ class Passthrough:
     headers: dict[str, str]
 
 
+BLOB_READ = 4 << 20
+
+
 class BlobStream:
     """An open upstream blob body; a ``Source`` for a fill."""
 
@@ -84,7 +87,8 @@ class BlobStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.content.iter_chunked(1 << 20):
+            # Whatever has arrived, up to 4 MiB at a time: few, large chunks for the fill.
+            async for chunk in self._response.content.iter_chunked(BLOB_READ):
                 self._on_bytes(len(chunk))
                 yield chunk
         except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout

@@ -11,6 +11,7 @@ from tests.support.daemon import UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.http import request
 from tests.support.images import build_image, build_index, push
+from tests.support.ports import wait_until
 
 D_M = "application/vnd.docker.distribution.manifest.v2+json"
 D_L = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -66,6 +67,9 @@ def test_blobs_are_shared_across_routes(routed, seeded, registry, registry_token
     layer = seeded["hub"].layers[0]
     cold = request(routed.url, f"/v2/alpine/blobs/{layer.digest}?ns=docker.io")  # a fill
     assert cold.sha256 == layer.digest and cold.headers["oci-namespace"] == "docker.io"
+    # The client has its last byte at verification; the commit follows.
+    wait_until(lambda: any(e.get("digest") == layer.digest
+                           for e in routed.events("fill_committed")), 30, "the commit")
     # Same digest asked for under another upstream: served from the one stored copy.
     r = request(routed.url, f"/v2/o/app/blobs/{layer.digest}?ns=ghcr.io")
     assert r.status == 200 and r.sha256 == layer.digest

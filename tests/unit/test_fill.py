@@ -16,7 +16,7 @@ import pytest
 from pullcache.cache.fill import Candidate, Fill, FillFailed, Fills
 from pullcache.cache.store import BlobStore, Budget
 from pullcache.errors import (
-    BlobUnknown, DigestMismatch, SizeInvalid, UpstreamError, UpstreamTimeout)
+    BlobUnknown, DigestMismatch, SizeInvalid, StorageError, UpstreamError, UpstreamTimeout)
 from pullcache.oci import Digest
 
 DATA = b"0123456789abcdefghij"      # 20 bytes, delivered as 3 chunks below
@@ -441,6 +441,7 @@ async def test_a_held_back_source_shows_no_byte_until_verified(fills, store):
     assert await early_range.result() == DATA[:4]
     assert all(ended for _, ended in reader.chunks + early_range.chunks)
     assert fill.source == "ecr" and never.opened == 0
+    await wait(fill.result)              # readers may finish before the commit does
     assert await store.stat("blob", DIGEST) is not None
 
 
@@ -534,3 +535,66 @@ async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):
             await Reader(fill).result()
     finally:
         await fills.close()
+
+
+# --- the pipeline: one writer thread, few wake-ups, the final byte at verification -------------
+
+async def test_the_final_byte_is_released_at_verification_before_the_commit(fills, store,
+                                                                             monkeypatch):
+    committing, commit_may_go = asyncio.Event(), asyncio.Event()
+    real_commit = store.commit
+
+    async def slow_commit(*args, **kwargs):
+        committing.set()
+        await commit_may_go.wait()
+        return await real_commit(*args, **kwargs)
+    monkeypatch.setattr(store, "commit", slow_commit)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    assert await reader.result() == DATA          # whole, while the commit has not run
+    await wait(committing.wait())
+    assert not fill.result.done() and fill.verified
+    commit_may_go.set()
+    assert (await wait(fill.result)).size == len(DATA)
+    assert await store.stat("blob", DIGEST) is not None
+
+
+async def test_a_disk_write_error_fails_the_fill_with_a_storage_error(fills, store,
+                                                                      monkeypatch):
+    import errno
+    import pullcache.cache.writer as writer_module
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(writer_module.os, "write", full)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    with pytest.raises(StorageError):
+        await wait(fill.result)
+    with pytest.raises(FillFailed):
+        await reader.result()
+    await settled(fills)
+    assert temp_files(store) == [] and await store.stat("blob", DIGEST) is None
+
+
+async def test_readers_are_woken_per_step_not_per_chunk(fills, monkeypatch):
+    data = bytes(range(256)) * 4096 * 8          # 8 MiB in 512 chunks of 16 KiB
+    chunks = [data[i:i + 16384] for i in range(0, len(data), 16384)]
+    source = FakeSource(chunks)
+    fill, _ = fills.get_or_start("blob", Digest.of(data), origin(source))
+    wakes = 0
+    real_wake = fill._wake
+
+    def counting_wake():
+        nonlocal wakes
+        wakes += 1
+        real_wake()
+    monkeypatch.setattr(fill, "_wake", counting_wake)
+    reader = Reader(fill)
+    source.release_all()
+    assert await reader.result() == data
+    assert wakes < len(chunks) // 4, f"{wakes} wake-ups for {len(chunks)} chunks"
