@@ -16,7 +16,7 @@ import queue
 import threading
 from typing import Callable
 
-DEPTH = 16              # chunks queued at most (with 1-4 MiB chunks: ≤ 64 MiB in flight)
+DEPTH = 4               # chunks queued at most (upstream reads are ≤ 4 MiB: ≤ 16 MiB held)
 
 
 class WriterFailed(Exception):
