@@ -29,13 +29,12 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench._common import MiB, curl_get, header, mb, note, out, tear_down
+from bench._common import MiB, ProcStats, curl_get, header, mb, note, out, tear_down
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.images import build_raw_blob_image, push
 from tests.support.registry import start_registry
@@ -51,38 +50,6 @@ class Client:
     status: bytes = b""
     error: str | None = None
     digest: str | None = None
-
-
-class Watch:
-    """Polls the daemon's thread count and VmHWM while a phase runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.max_threads = 0
-        self.hwm = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with open(f"/proc/{self.pid}/status") as f:
-                    for line in f:
-                        if line.startswith("Threads:"):
-                            self.max_threads = max(self.max_threads, int(line.split()[1]))
-                        elif line.startswith("VmHWM:"):
-                            self.hwm = int(line.split()[1]) * 1024
-            except FileNotFoundError:
-                return
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> "Watch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 async def _connect(host: str, port: int) -> socket.socket:
@@ -198,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         big_path = f"/v2/bench/slow/blobs/{big_digest}"
         little_path = f"/v2/bench/slow/blobs/{little_digest}"
 
-        with Watch(pc.proc.pid) as watch:
+        with ProcStats(pc.proc.pid, interval=0.1) as watch:
             clients, midway = asyncio.run(slow_phase("127.0.0.1", pc.port, big_path,
                                                      args.clients, args.rate_mib * MiB,
                                                      args.seconds))
@@ -211,17 +178,17 @@ def run(args: argparse.Namespace) -> int:
             f"{got[0] / MiB:.1f} median {statistics.median(got) / MiB:.1f} max "
             f"{got[-1] / MiB:.1f}   aggregate {sum(got) / args.seconds / 1e6:.0f} MB/s   "
             f"daemon threads max {watch.max_threads} (goal <= {TARGET_THREADS})   "
-            f"peak RSS {watch.hwm / MiB:.0f} MiB (VmHWM; goal <= {TARGET_RSS_MIB})   "
+            f"peak RSS {watch.hwm() / MiB:.0f} MiB (VmHWM; goal <= {TARGET_RSS_MIB})   "
             f"errors {len(errors)}")
         if progressed < args.clients or midway < args.clients:
             problems.append(f"only {midway}/{progressed} of {args.clients} clients progressed")
         if watch.max_threads > TARGET_THREADS:
             problems.append(f"{watch.max_threads} threads")
-        if watch.hwm > TARGET_RSS_MIB * MiB:
-            problems.append(f"peak RSS {watch.hwm / MiB:.0f} MiB")
+        if watch.hwm() > TARGET_RSS_MIB * MiB:
+            problems.append(f"peak RSS {watch.hwm() / MiB:.0f} MiB")
 
         began = time.monotonic()
-        with Watch(pc.proc.pid) as watch:
+        with ProcStats(pc.proc.pid, interval=0.1) as watch:
             done = asyncio.run(digest_phase("127.0.0.1", pc.port, little_path, args.clients,
                                             small, args.seconds * 3))
         wall = time.monotonic() - began
@@ -230,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         out(f"digest {args.clients} x {args.digest_mib} MiB full speed   completed "
             f"{len(complete)}/{args.clients}   sha256 match {matched}/{len(complete)}   "
             f"wall {wall:.1f} s   {mb(sum(c.got for c in done)) / wall:.0f} MB/s   "
-            f"daemon threads max {watch.max_threads}   peak RSS {watch.hwm / MiB:.0f} MiB")
+            f"daemon threads max {watch.max_threads}   peak RSS {watch.hwm() / MiB:.0f} MiB")
         errors += [c.error for c in done if c.error]
         if matched != len(complete) or len(complete) < args.clients:
             problems.append(f"digest phase: {matched} matched of {len(complete)} completed")
