@@ -212,6 +212,11 @@ def fresh_cache(pc: Pullcache) -> None:
     pc.start()
 
 
+def fill_committed(pc: Pullcache, digest: str) -> bool:
+    """pullcache sends a fill's last byte once verified; the commit (fsync, rename) follows."""
+    return any(e.get("digest") == digest for e in pc.events("fill_committed"))
+
+
 def blob_url(base: str, digest: str) -> str:
     return f"{base}/v2/{REPO}/blobs/{digest}"
 

@@ -16,7 +16,7 @@ import queue
 import threading
 from typing import Callable
 
-DEPTH = 4               # chunks queued at most (upstream reads are ≤ 4 MiB: ≤ 16 MiB held)
+DEPTH = 64              # chunks queued at most (as read: ≤ 256 KiB each, ≤ 16 MiB held)
 
 
 class WriterFailed(Exception):
