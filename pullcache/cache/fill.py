@@ -3,10 +3,12 @@
 A ``Fill`` is a task owned by ``Fills`` (and so by the app), not by any request: it streams
 source bytes into a temp file while hashing them. Readers tail the temp file as it grows,
 from any offset, so the first byte reaches every client as soon as it reaches us, N clients
-cost one download, and a client that hangs up slows or cancels nothing. On a hash match the
-file is fsynced, renamed into place and indexed; on a mismatch or a source error the temp
-file is deleted and every reader raises ``FillFailed``, so its response is cut short (a
-client must see a broken transfer, never a complete-looking wrong blob).
+cost one download, and a client that hangs up slows or cancels nothing. The loop reads the
+source and one writer thread writes and hashes (``writer.Writer``). On a hash match readers
+get the final byte at once, then the file is fsynced, renamed into place and indexed; on a
+mismatch or a source error the temp file is deleted and every reader raises ``FillFailed``,
+so its response is cut short (a client must see a broken transfer, never a complete-looking
+wrong blob).
 """
 
 from __future__ import annotations
