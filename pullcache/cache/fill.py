@@ -33,6 +33,7 @@ READ_CHUNK = 1 << 20
 # Readers are woken when this much more is readable, or when the writer has caught up with
 # the source (a stalled upstream): not once per chunk.
 WAKE_STEP = 2 << 20
+COMMIT_GRACE = 30.0     # seconds a verified fill may take to commit at shutdown
 
 
 class Source(Protocol):
@@ -329,7 +330,7 @@ class Fills:
         self.store = store
         self.deadline = deadline
         self._fills: dict[tuple[str, str], Fill] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Fill] = {}
         self._on_event = on_event
 
     def __len__(self) -> int:
@@ -348,8 +349,8 @@ class Fills:
         fill = Fill(kind, digest, self.store, self.deadline, self._on_event)
         self._fills[key] = fill
         task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = fill
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
         return fill, False
 
     async def _supervise(self, key, fill: Fill, sources: list[Candidate]) -> None:
@@ -360,8 +361,15 @@ class Fills:
         finally:
             self._fills.pop(key, None)
 
-    async def close(self) -> None:
-        """Cancel every fill (at shutdown); their temp files are removed."""
+    async def close(self, commit_grace: float = COMMIT_GRACE) -> None:
+        """At shutdown: cancel every fill still downloading (their temp files are removed).
+        A verified fill has already given clients their last byte: it gets ``commit_grace``
+        seconds to finish its commit, so what was served stays cached."""
+        committing = [task for task, fill in self._tasks.items() if fill.verified]
+        for task in set(self._tasks) - set(committing):
+            task.cancel()
+        if committing:
+            await asyncio.wait(committing, timeout=commit_grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

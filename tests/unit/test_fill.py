@@ -598,3 +598,31 @@ async def test_readers_are_woken_per_step_not_per_chunk(fills, monkeypatch):
     source.release_all()
     assert await reader.result() == data
     assert wakes < len(chunks) // 4, f"{wakes} wake-ups for {len(chunks)} chunks"
+
+
+async def test_close_lets_a_verified_fill_commit_and_cancels_the_rest(fills, store,
+                                                                     monkeypatch):
+    committing, commit_may_go = asyncio.Event(), asyncio.Event()
+    real_commit = store.commit
+
+    async def slow_commit(*args, **kwargs):
+        committing.set()
+        await commit_may_go.wait()
+        return await real_commit(*args, **kwargs)
+    monkeypatch.setattr(store, "commit", slow_commit)
+    done, downloading = FakeSource(CHUNKS), FakeSource(CHUNKS)
+    verified, _ = fills.get_or_start("blob", DIGEST, origin(done))
+    other_digest = Digest.of(b"another blob")
+    unfinished, _ = fills.get_or_start("blob", other_digest, origin(downloading))
+    done.release_all()
+    downloading.release(1)
+    await wait(committing.wait())                # verified, its commit under way
+    closing = asyncio.create_task(fills.close())
+    with pytest.raises(FillFailed):
+        await wait(unfinished.result)            # the download is cancelled at once ...
+    assert not closing.done()
+    commit_may_go.set()                          # ... the verified one commits
+    await wait(closing)
+    assert (await wait(verified.result)).size == len(DATA)
+    assert await store.stat("blob", DIGEST) is not None
+    assert await store.stat("blob", other_digest) is None
