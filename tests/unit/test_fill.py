@@ -539,8 +539,9 @@ async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):
 
 # --- the pipeline: one writer thread, few wake-ups, the final byte at verification -------------
 
-async def test_the_final_byte_is_released_at_verification_before_the_commit(fills, store,
-                                                                             monkeypatch):
+@pytest.fixture
+def held_commit(store, monkeypatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """``store.commit`` sets the first event, then waits for the second."""
     committing, commit_may_go = asyncio.Event(), asyncio.Event()
     real_commit = store.commit
 
@@ -549,6 +550,12 @@ async def test_the_final_byte_is_released_at_verification_before_the_commit(fill
         await commit_may_go.wait()
         return await real_commit(*args, **kwargs)
     monkeypatch.setattr(store, "commit", slow_commit)
+    return committing, commit_may_go
+
+
+async def test_the_final_byte_is_released_at_verification_before_the_commit(fills, store,
+                                                                             held_commit):
+    committing, commit_may_go = held_commit
     source = FakeSource(CHUNKS)
     fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     reader = Reader(fill)
@@ -601,15 +608,8 @@ async def test_readers_are_woken_per_step_not_per_chunk(fills, monkeypatch):
 
 
 async def test_close_lets_a_verified_fill_commit_and_cancels_the_rest(fills, store,
-                                                                     monkeypatch):
-    committing, commit_may_go = asyncio.Event(), asyncio.Event()
-    real_commit = store.commit
-
-    async def slow_commit(*args, **kwargs):
-        committing.set()
-        await commit_may_go.wait()
-        return await real_commit(*args, **kwargs)
-    monkeypatch.setattr(store, "commit", slow_commit)
+                                                                     held_commit):
+    committing, commit_may_go = held_commit
     done, downloading = FakeSource(CHUNKS), FakeSource(CHUNKS)
     verified, _ = fills.get_or_start("blob", DIGEST, origin(done))
     other_digest = Digest.of(b"another blob")
