@@ -190,3 +190,45 @@ async def test_a_fast_client_gets_every_span_and_the_loop_stays_responsive(files
         os.close(fb)
         server.close()
         client.close()
+
+
+class TlsTransport(FakeTransport):
+    """A TLS transport: its raw socket must never be written to directly."""
+
+    def get_extra_info(self, name: str):
+        return {"socket": self.sock, "ssl_object": object()}.get(name)
+
+
+class Collected:
+    """Stands in for the StreamResponse the copied path writes through."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.body += data
+
+
+async def test_a_tls_connection_gets_the_spans_copied_through_the_response(files):
+    tmp, a, b = files
+    server, client = pair()
+    resp = Collected()
+    sender = Sender(TlsTransport(server), resp, stall_timeout=10)
+    fa, fb = os.open(tmp / "a", os.O_RDONLY), os.open(tmp / "b", os.O_RDONLY)
+
+    async def spans():
+        yield fa, 5, 3 * MiB
+        yield fb, 0, 10
+
+    try:
+        await asyncio.wait_for(sender.send(None, spans()), 10)
+        assert bytes(resp.body) == a[5:5 + 3 * MiB] + b[:10]
+        assert sender.sent == 3 * MiB + 10
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(1)                      # nothing went around the TLS layer
+    finally:
+        os.close(fa)
+        os.close(fb)
+        server.close()
+        client.close()
