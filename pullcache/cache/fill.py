@@ -294,6 +294,12 @@ class Fill:
                     return   # size was unknown: the verified end is where the bytes end
                 else:
                     await progress.wait()
+            while cap == 0 and not self.verified:
+                # An empty blob has no final byte to hold back: its (empty) end waits for
+                # the verification all the same.
+                if self.result.done() and self.result.exception() is not None:
+                    raise FillFailed(str(self.result.exception()))
+                await self._progress.wait()
         finally:
             self.readers -= 1
             if fd >= 0:

@@ -626,3 +626,21 @@ async def test_close_lets_a_verified_fill_commit_and_cancels_the_rest(fills, sto
     assert (await wait(verified.result)).size == len(DATA)
     assert await store.stat("blob", DIGEST) is not None
     assert await store.stat("blob", other_digest) is None
+
+
+async def test_an_announced_empty_blob_ends_only_when_verified(fills):
+    source = FakeSource([], size=0)                # empty, but DIGEST is not the empty digest
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    await wait(fill.started())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not reader.task.done(), "an unverified empty body looked complete"
+    source.end.set()
+    with pytest.raises(FillFailed):
+        await reader.result()
+    empty = Digest.of(b"")
+    good = FakeSource([], size=0)
+    good.release_all()
+    fill, _ = fills.get_or_start("blob", empty, origin(good))
+    assert await Reader(fill).result() == b""
