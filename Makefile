@@ -13,7 +13,7 @@ TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light 
 	ca-certificates curl chromium systemd
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench bench-peer bench-warm clean
+.PHONY: run test venv system-deps bench bench-peer bench-warm bench-slow clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -41,6 +41,9 @@ bench-peer: $(STAMP) system-deps
 
 bench-warm: $(STAMP) system-deps
 	$(BIN)/python -m bench.warm
+
+bench-slow: $(STAMP) system-deps
+	$(BIN)/python -m bench.slow_clients
 
 clean:
 	rm -rf $(VENV) .pytest_cache

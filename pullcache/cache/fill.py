@@ -3,10 +3,12 @@
 A ``Fill`` is a task owned by ``Fills`` (and so by the app), not by any request: it streams
 source bytes into a temp file while hashing them. Readers tail the temp file as it grows,
 from any offset, so the first byte reaches every client as soon as it reaches us, N clients
-cost one download, and a client that hangs up slows or cancels nothing. On a hash match the
-file is fsynced, renamed into place and indexed; on a mismatch or a source error the temp
-file is deleted and every reader raises ``FillFailed``, so its response is cut short (a
-client must see a broken transfer, never a complete-looking wrong blob).
+cost one download, and a client that hangs up slows or cancels nothing. The loop reads the
+source and one writer thread writes and hashes (``writer.Writer``). On a hash match readers
+get the final byte at once, then the file is fsynced, renamed into place and indexed; on a
+mismatch or a source error the temp file is deleted and every reader raises ``FillFailed``,
+so its response is cut short (a client must see a broken transfer, never a complete-looking
+wrong blob).
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog
 
-from ..errors import DigestMismatch, PullcacheError, SizeInvalid, UpstreamTimeout
+from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
 from .store import BlobStore
+from .writer import Writer, WriterFailed
 
 log = structlog.get_logger("pullcache.fill")
 READ_CHUNK = 1 << 20
+# Readers are woken when this much more is readable, or when the writer has caught up with
+# the source (a stalled upstream): not once per chunk.
+WAKE_STEP = 2 << 20
+COMMIT_GRACE = 30.0     # seconds a verified fill may take to commit at shutdown
 
 
 class Source(Protocol):
@@ -77,6 +84,11 @@ class Fill:
         self.size: int | None = None
         self.written = 0    # bytes in the temp file
         self.visible = 0    # bytes readers may see (a held-back source shows none unverified)
+        self.verified = False  # every byte is in the temp file and matched the digest
+        self._began = time.monotonic()
+        self.verified_after: float | None = None   # seconds from start to verification
+        self._woken_at = 0
+        self._writer: Writer | None = None
         self.source = ""    # the Candidate that filled it
         self.generation = 0  # bumped when a source is dropped and its temp file deleted
         self._reservation = None
@@ -90,7 +102,7 @@ class Fill:
     # -- the writer ---------------------------------------------------------------------------
 
     async def run(self, sources: "list[Candidate]") -> None:
-        began = time.monotonic()
+        began = self._began = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline):
                 entry = await self._download_first(sources)
@@ -108,7 +120,8 @@ class Fill:
             seconds = time.monotonic() - began
             self.result.set_result(FillResult(entry, self.written, self.origin, seconds))
             log.info("fill_committed", digest=str(self.digest), kind=self.kind,
-                     bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
+                     bytes=self.written, seconds=round(seconds, 3), origin=self.origin,
+                     verified_seconds=round(self.verified_after or seconds, 3))
             self._on_event("committed", bytes=self.written)
         finally:
             self._wake()
@@ -127,7 +140,7 @@ class Fill:
                 (log.info if exc.status == 404 else log.warning)(   # a miss is not trouble
                     "fill_source_skipped", digest=str(self.digest), source=candidate.name,
                     error=str(exc))
-                self.written = 0
+                self.written = self._woken_at = 0
                 self.generation += 1   # readers holding the old temp file must reopen
                 await asyncio.to_thread(self.temp.unlink, True)
         raise FillFailed("no source")  # unreachable: the loop returns or raises
@@ -152,36 +165,57 @@ class Fill:
             self._reservation.__enter__()
             fd = await asyncio.to_thread(os.open, self.temp,
                                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._writer = Writer(fd, hasher, lambda n: self._progressed(n, candidate.stream))
             try:
+                received = 0
                 async for chunk in source.chunks():
-                    if self.size is not None and self.written + len(chunk) > self.size:
+                    received += len(chunk)
+                    if self.size is not None and received > self.size:
                         raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
-                    await asyncio.to_thread(_write_and_hash, fd, chunk, hasher)
-                    self.written += len(chunk)
-                    if candidate.stream:
-                        self.visible = self.written
-                        self._wake()
+                    await self._writer.write(chunk)   # waits only when the queue is full
+                hexdigest = await self._writer.finish()
                 if self.size is not None and self.written != self.size:
                     raise SizeInvalid(f"{self.digest}: {self.written} of {self.size} bytes")
-                if hasher.hexdigest() != self.digest.hex:
+                if hexdigest != self.digest.hex:
                     log.warning("digest_mismatch", digest=str(self.digest),
-                                got=f"{self.digest.algorithm}:{hasher.hexdigest()}",
+                                got=f"{self.digest.algorithm}:{hexdigest}",
                                 origin=self.origin, source=candidate.name, bytes=self.written)
                     self._on_event("digest_mismatch")
                     raise DigestMismatch(str(self.digest))
+                # Verified: readers may have the final byte now. Durability comes after; a
+                # crash before the commit only loses the cache entry, never a wrong byte.
+                self._verified(candidate)
                 await asyncio.to_thread(os.fsync, fd)
             finally:
+                await self._writer.close()
                 await asyncio.to_thread(os.close, fd)
+        except WriterFailed as exc:
+            raise StorageError(f"cannot write the fill: {exc}") from exc
         finally:
             await source.close()
             if self._reservation is not None:
                 self._reservation.__exit__(None, None, None)
                 self._reservation = None
+        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+
+    def _progressed(self, written: int, stream: bool) -> None:
+        """The writer thread's report (at most once per loop iteration)."""
+        self.written = written
+        if not stream:
+            return
+        self.visible = written
+        if written - self._woken_at >= WAKE_STEP or (self._writer and self._writer.idle):
+            self._woken_at = written
+            self._wake()
+
+    def _verified(self, candidate: "Candidate") -> None:
         self.size = self.visible = self.written
         self.source = candidate.name
+        self.verified = True
+        self.verified_after = time.monotonic() - self._began
         if not self._started.done():
             self._started.set_result(self.size)
-        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+        self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._started.done():
@@ -234,8 +268,8 @@ class Fill:
             offset = start
             while cap is None or offset < cap:
                 progress = self._progress
-                done = self.result.done()
-                if done and self.result.exception() is not None:
+                verified = self.verified   # then the bytes are whole, whatever the commit does
+                if not verified and self.result.done() and self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception()))
                 if generation != self.generation:
                     # The source was dropped before showing any byte (offset is still
@@ -244,7 +278,7 @@ class Fill:
                     fd = -1
                     fd, generation = await self._open_for_read()
                 available = self.visible if cap is None else min(self.visible, cap)
-                if cap is not None and cap == self.size and not done:
+                if cap is not None and cap == self.size and not verified:
                     # Hold back the blob's final byte until its digest is verified: no client
                     # may receive a complete-looking blob of unverified content. A range that
                     # ends earlier is served as soon as it is written (clients that assemble
@@ -255,12 +289,18 @@ class Fill:
                         min(available - offset, limit)
                     yield fd, offset, length
                     offset += length
-                elif done:
+                elif verified:
                     if end is None and self.size != cap and cap is not None:
                         raise FillFailed("blob size differs from the announced one")
                     return   # size was unknown: the verified end is where the bytes end
                 else:
                     await progress.wait()
+            while cap == 0 and not self.verified:
+                # An empty blob has no final byte to hold back: its (empty) end waits for
+                # the verification all the same.
+                if self.result.done() and self.result.exception() is not None:
+                    raise FillFailed(str(self.result.exception()))
+                await self._progress.wait()
         finally:
             self.readers -= 1
             if fd >= 0:
@@ -290,13 +330,6 @@ class Fill:
             await asyncio.to_thread(os.close, fd)   # raced with a source change: again
 
 
-def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(fd, view):]
-    hasher.update(chunk)
-
-
 class Fills:
     """The app's fills in progress, one per (kind, digest); owns their tasks."""
 
@@ -304,7 +337,7 @@ class Fills:
         self.store = store
         self.deadline = deadline
         self._fills: dict[tuple[str, str], Fill] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Fill] = {}
         self._on_event = on_event
 
     def __len__(self) -> int:
@@ -326,8 +359,8 @@ class Fills:
         fill = Fill(kind, digest, self.store, self.deadline, self._on_event)
         self._fills[key] = fill
         task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = fill
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
         return fill, False
 
     async def _supervise(self, key, fill: Fill, sources: list[Candidate]) -> None:
@@ -338,8 +371,15 @@ class Fills:
         finally:
             self._fills.pop(key, None)
 
-    async def close(self) -> None:
-        """Cancel every fill (at shutdown); their temp files are removed."""
+    async def close(self, commit_grace: float = COMMIT_GRACE) -> None:
+        """At shutdown: cancel every fill still downloading (their temp files are removed).
+        A verified fill has already given clients their last byte: it gets ``commit_grace``
+        seconds to finish its commit, so what was served stays cached."""
+        committing = [task for task, fill in self._tasks.items() if fill.verified]
+        for task in set(self._tasks) - set(committing):
+            task.cancel()
+        if committing:
+            await asyncio.wait(committing, timeout=commit_grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

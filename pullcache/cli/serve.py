@@ -3,7 +3,6 @@ drain and stop (``server.lifecycle``)."""
 
 from __future__ import annotations
 
-import ssl
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ..cache.lock import CacheLocked
 from ..errors import ConfigError
 from ..server import lifecycle
 from ..server.admin import build_admin_app
+from ..server.listener import Listener, connection_cap, raise_open_files_limit
 from ..server.app import build_app
 from ..server.middleware import AccessLogger
 
@@ -49,28 +49,35 @@ async def _run_sites(cfg, path: Path | None = None) -> None:
     # access_log=None switches the access line off (server.access_log = false).
     access = structlog.get_logger("pullcache.access") if cfg.server.access_log else None
     runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False,
-                           access_log=access, shutdown_timeout=cfg.server.drain_timeout)
+                           access_log=access, shutdown_timeout=cfg.server.drain_timeout,
+                           keepalive_timeout=cfg.server.keepalive_timeout)
     await runner.setup()   # runs the cleanup_ctx: every object the admin app reports on
     runners = [runner]
     try:
-        await _start(runner, cfg.server.listen, "listening", tls)
+        server = cfg.server
+        cap = connection_cap(server.max_connections, raise_open_files_limit())
+        host, port = configuration.split_listen(server.listen)
+        # The public site bounds what clients may hold: connections, header time (listener).
+        await _start(Listener(runner, host, port, max_connections=cap,
+                              header_timeout=server.header_timeout, ssl_context=tls),
+                     server.listen, "listening", tls=tls is not None)
         if cfg.server.admin_listen:
             admin_runner = web.AppRunner(build_admin_app(app), handle_signals=False,
                                          access_log=None)
             await admin_runner.setup()
             runners.insert(0, admin_runner)
-            await _start(admin_runner, cfg.server.admin_listen, "admin_listening")
+            host, port = configuration.split_listen(cfg.server.admin_listen)
+            await _start(web.TCPSite(admin_runner, host, port, reuse_address=True),
+                         cfg.server.admin_listen, "admin_listening")
         await lifecycle.run_until_stopped(app, runner, cfg, path, tls)
     finally:
         for r in runners:
             await r.cleanup()
 
 
-async def _start(runner: web.AppRunner, listen: str, event: str,
-                 tls: ssl.SSLContext | None = None) -> None:
-    host, port = configuration.split_listen(listen)
+async def _start(site: web.BaseSite, listen: str, event: str, *, tls: bool = False) -> None:
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls).start()
+        await site.start()
     except OSError as exc:
         raise OSError(exc.errno, f"{listen}: {exc.strerror}") from exc
-    log.info(event, host=host, port=port, tls=tls is not None)
+    log.info(event, listen=listen, tls=tls)

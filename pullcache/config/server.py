@@ -7,7 +7,10 @@ from pathlib import Path
 
 from pullcache.errors import ConfigError
 
-from .fields import SECONDS, _bool, _choice, _field, _file, _listen, _timeout, format_duration
+from .fields import (SECONDS, _bool, _choice, _field, _file, _listen, _number, _timeout,
+                     format_duration)
+
+_connections = _number((int,), lambda v: v >= 1, "a whole number >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +27,11 @@ class ServerConfig:
     tls_client_ca: Path | None = _field(_file, None, fmt=str)
     # SIGTERM: how long responses in flight may take to finish before they are cut.
     drain_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
+    # Many and slow clients: each bounds what one connection may hold.
+    header_timeout: float = _field(_timeout, 10 * SECONDS, fmt=format_duration)
+    keepalive_timeout: float = _field(_timeout, 75 * SECONDS, fmt=format_duration)
+    max_connections: int = _field(_connections, 4096)
+    send_timeout: float = _field(_timeout, 60 * SECONDS, fmt=format_duration)
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import errors
+from ..cache.body import FillBody
 from ..cache.fill import Fill, FillFailed
 from ..cache.store import BlobStore
 from ..oci import DEFAULT_ACCEPT, INDEX_TYPES, Digest
@@ -130,14 +131,15 @@ class Warmer:
                     limit: asyncio.Semaphore) -> None:
         async with limit:
             answer = await self.proxy.blob(ref.route, Digest.parse(digest))
-            if answer.entry is not None:
-                self.store.unpin(answer.entry)   # Proxy.blob pinned it for a response
-                progress.cached_bytes += answer.entry.size
+            await answer.body.aclose()   # nothing is sent: let go of the pin at once
+            if not isinstance(answer.body, FillBody):
+                progress.cached_bytes += answer.size or 0
             else:
-                progress.fills[digest] = answer.fill
+                fill = answer.body.fill
+                progress.fills[digest] = fill
                 try:
                     # shield: a cancelled warm must not cancel a fill others may be tailing.
-                    result = await asyncio.shield(answer.fill.result)
+                    result = await asyncio.shield(fill.result)
                 finally:
                     progress.fills.pop(digest, None)
                 progress.fetched_bytes += result.size

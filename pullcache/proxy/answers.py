@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import errors
-from ..cache.fill import Fill
-from ..cache.index import Entry
+from ..cache.body import Body
 from ..oci import Digest
 from ..upstream.client import RegistryClient
 
@@ -46,12 +45,14 @@ class TagList:
 
 @dataclass(frozen=True, slots=True)
 class BlobAnswer:
-    """A committed file (``entry``) or a fill in progress (``fill``), never both."""
+    """A blob's body, wherever it comes from; the caller sends it, then ``body.aclose()``."""
     digest: Digest
-    size: int | None
+    body: Body
     cache: str                 # hit | miss | joined
-    entry: Entry | None = None
-    fill: Fill | None = None
+
+    @property
+    def size(self) -> int | None:
+        return self.body.size
 
 
 def tier_outcome(exc: errors.PullcacheError) -> str:

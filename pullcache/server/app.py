@@ -9,7 +9,8 @@ How a request flows through what this module builds:
    ``authz.authorize`` whether this identity may pull it (``policy``), else 403.
 3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
    else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
-4. ``routes`` writes the answer: sendfile for committed blobs, a tail of the fill otherwise.
+4. ``routes`` writes the answer; a blob's body (a committed file or a fill's tail) goes out
+   by non-blocking sendfile from the event loop (``sendfile.Sendfile``).
 
 Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the cache-dir lock, the HTTP
 client session (and the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag
@@ -49,7 +50,7 @@ from .access import ACCESS, AccessControl, access_control, no_server_header
 from .authz import POLICY
 from .keys import (CREDENTIALS, DRAINING, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE,
                    TIER, UPSTREAMS)
-from .sendfile import SendfilePool
+from .sendfile import Sendfile
 from .middleware import oci_errors, request_context
 from .operations import PULLS, count_pulls, lock_context, operations_context
 
@@ -78,6 +79,7 @@ def build_app(config: Config) -> web.Application:
                       on_evict=lambda n, nbytes: (metrics.evictions.inc(n),
                                                   metrics.evicted_bytes.inc(nbytes)))
     app[STORE] = store
+    app[SENDFILE] = Sendfile(config.server.send_timeout)
     metrics.cache_budget.set(config.cache.max_size)
     # Read now, so that a bad lifecycle_policy file stops the start with its key path.
     settings = RepositorySettings.from_config(config.backing_ecr) \
@@ -87,8 +89,12 @@ def build_app(config: Config) -> web.Application:
         # One session for every upstream; per-request timeouts are set by each client.
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
         async with contextlib.AsyncExitStack() as stack:
+            # read_bufsize: a response may buffer 2x this before aiohttp pauses reading; the
+            # 64 KiB default paused a fast blob download every 128 KiB. (Far larger buffers
+            # measured slower here: every chunk is fresh memory to fault in.)
             session = await stack.enter_async_context(aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, trust_env=False))
+                connector=connector, auto_decompress=False, trust_env=False,
+                read_bufsize=256 << 10))
             app[SESSION] = session
             upstreams = {}
             for u in config.upstreams:
@@ -144,11 +150,6 @@ def build_app(config: Config) -> web.Application:
         await tags.close()
         await store.close()
 
-    async def sendfile_pool(app: web.Application) -> AsyncIterator[None]:
-        app[SENDFILE] = pool = SendfilePool()
-        yield
-        pool.close()
-
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_housekeep(store), name="housekeeping")
         yield
@@ -158,8 +159,8 @@ def build_app(config: Config) -> web.Application:
 
     # The cache-dir lock first (a second daemon stops before touching anything); the
     # operator's jobs and tasks last (they use everything else, and end first).
-    app.cleanup_ctx.extend([lock_context(config), http_session, cache, sendfile_pool,
-                            housekeeping, operations_context(config)])
+    app.cleanup_ctx.extend([lock_context(config), http_session, cache, housekeeping,
+                            operations_context(config)])
     if not config.server.admin_listen:
         admin.setup_ops(app)
     routes.setup(app)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..proxy import Proxy, Upstream
     from ..routing import UpstreamTable
     from ..upstream.credentials import StaticCredentials
-    from .sendfile import SendfilePool
+    from .sendfile import Sendfile
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
 STORE: web.AppKey["BlobStore"] = web.AppKey("store")
@@ -23,7 +23,7 @@ METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
-SENDFILE: web.AppKey["SendfilePool"] = web.AppKey("sendfile")
+SENDFILE: web.AppKey["Sendfile"] = web.AppKey("sendfile")
 #: the ECR tier's write-behind, when ``[backing.ecr]`` is enabled (its ``status()`` is JSON)
 TIER: web.AppKey["WriteBehind"] = web.AppKey("tier")
 # Set on SIGTERM: /readyz answers 503 while the requests in flight finish.

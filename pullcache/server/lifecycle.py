@@ -28,7 +28,7 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import structlog
 from aiohttp import web
@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..policy import Policy
 from .access import ACCESS, AccessControl
 from .authz import POLICY
-from .keys import CREDENTIALS, DRAINING, SENDFILE
+from .keys import CREDENTIALS, DRAINING
 
 log = structlog.get_logger("pullcache.lifecycle")
 
@@ -170,7 +170,7 @@ async def run_until_stopped(app: web.Application, public: web.AppRunner, cfg: Co
         notifier.send("STOPPING=1", "STATUS=draining")
         app[DRAINING].set()
         log.info("draining", timeout=cfg.server.drain_timeout)
-        await drain(public, cfg.server.drain_timeout, on_deadline=app[SENDFILE].interrupt)
+        await drain(public, cfg.server.drain_timeout)
         log.info("stopping")
     finally:
         watchdog.cancel()
@@ -180,12 +180,11 @@ async def run_until_stopped(app: web.Application, public: web.AppRunner, cfg: Co
             loop.remove_signal_handler(sig)
 
 
-async def drain(runner: web.AppRunner, timeout: float,
-                on_deadline: Callable[[], None] = lambda: None) -> None:
+async def drain(runner: web.AppRunner, timeout: float) -> None:
     """Close the listening sockets, then wait (up to ``timeout``) for the requests in
-    flight; aiohttp cancels what is left, and ``on_deadline`` runs then to stop what a
-    cancellation cannot (sendfile threads). ``runner.cleanup()`` later finds nothing to wait
-    for and only runs the app's cleanup."""
+    flight; aiohttp cancels what is left (a send waiting on a stalled client included: it
+    waits in the loop, ``server/sendfile.py``). ``runner.cleanup()`` later finds nothing to
+    wait for and only runs the app's cleanup."""
     for site in list(runner.sites):
         await site.stop()
     server = runner.server
@@ -193,11 +192,7 @@ async def drain(runner: web.AppRunner, timeout: float,
         return
     await asyncio.sleep(0)   # let requests accepted just now start (as aiohttp does)
     server.pre_shutdown()    # idle keep-alive connections close now
-    deadline = asyncio.get_running_loop().call_later(timeout, on_deadline)
-    try:
-        await server.shutdown(timeout)
-    finally:
-        deadline.cancel()
+    await server.shutdown(timeout)
 
 
 __all__ = ["Notifier", "drain", "reload", "run_until_stopped", "tls_context"]

@@ -7,26 +7,25 @@ exactly as upstream sent it; HEAD answers carry ``Content-Length`` and no body.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import re
-from typing import Callable
 from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
 
 from ..cache.fill import FillFailed
-from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
+from ..errors import NameUnknown, PaginationInvalid, Unsupported
 from ..oci import OCI_INDEX, Digest, parse_accept, referrers_index
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
+from . import ranges
 from .authz import authorize
-from .keys import METRICS, PROXY, ROUTES, SENDFILE, STORE
+from .keys import METRICS, PROXY, ROUTES, SENDFILE
 from .middleware import API_VERSION
-from .sendfile import SendfilePool, plain_socket
+from .sendfile import ClientStalled
 
 log = structlog.get_logger("pullcache.routes")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 BLOB_TYPE = "application/octet-stream"
 
 
@@ -99,8 +98,9 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
 async def blob(request: web.Request, target: Target) -> web.StreamResponse:
     digest = Digest.parse(target.reference)
     proxy = request.app[PROXY]
+    etag = f'"{digest}"'
     headers = {**_headers(target), "Docker-Content-Digest": str(digest), "Content-Type": BLOB_TYPE,
-               "Accept-Ranges": "bytes", "ETag": f'"{digest}"'}
+               "Accept-Ranges": "bytes", "ETag": etag}
     if request.method == "HEAD":
         size, cache = await proxy.blob_size(target.route, digest)
         request["cache"] = cache
@@ -109,137 +109,60 @@ async def blob(request: web.Request, target: Target) -> web.StreamResponse:
         return web.Response(headers=headers)
     answer = await proxy.blob(target.route, digest)
     request["cache"] = answer.cache
-    if answer.entry is not None:
-        return await _send_file(request, answer, headers)
-    return await _send_fill(request, answer, headers)
-
-
-async def _send_file(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
-    """A committed blob: sendfile, with Range → 206 handled by FileResponse (RFC 9110 §14)."""
-    store = request.app[STORE]
-    entry = answer.entry
-    return _PinnedFile(store.path(entry), lambda: store.unpin(entry),
-                       request.app[METRICS].bytes_served.labels("cache"),
-                       request.app[SENDFILE], headers=headers)
-
-
-class _PinnedFile(web.FileResponse):
-    """A FileResponse for a blob the proxy pinned (safe from eviction): unpinned once sent;
-    sent with sendfile(2) under uvloop too.
-
-    aiohttp prepares a returned response itself, after the handler; the pin spans that.
-    aiohttp's zero-copy path is ``loop.sendfile``, which uvloop does not implement: aiohttp
-    then silently copies the file through Python in 256 KiB reads. We flush the headers and
-    hand the socket to ``os.sendfile`` in a thread of the app's sendfile pool.
-    """
-
-    def __init__(self, path, unpin: Callable[[], None], served, pool: SendfilePool,
-                 **kwargs) -> None:
-        super().__init__(path, **kwargs)
-        self._unpin: Callable[[], None] | None = unpin   # the proxy pinned it for us
-        self._served = served
-        self._pool = pool
-
-    async def prepare(self, request):
-        try:
-            return await super().prepare(request)
-        finally:
-            if self._unpin is not None:
-                self._unpin()
-                self._unpin = None
-                self._served.inc(self.content_length or 0)
-
-    async def _sendfile(self, request, fobj, offset: int, count: int):
-        writer = await web.StreamResponse.prepare(self, request)
-        transport = request.transport
-        sock = plain_socket(transport)
-        if sock is None or self.compression or not self._pool.available:
-            return await self._sendfile_fallback(writer, fobj, offset, count)
-        await _flushed(transport, writer)
-        await self._pool.send(sock.fileno(), fobj.fileno(), offset, count)
-        await web.StreamResponse.write_eof(self)
-        return writer
-
-
-async def _flushed(transport, writer) -> None:
-    """Wait until the transport has written everything it holds (our headers)."""
-    if transport.get_write_buffer_size() == 0:
-        return
-    high, low = transport.get_write_buffer_limits()[::-1]
-    transport.set_write_buffer_limits(high=0)   # paused until empty; drain() waits for that
     try:
-        await writer.drain()
+        return await _send_blob(request, answer, headers)
     finally:
-        transport.set_write_buffer_limits(high=high, low=low)
+        await answer.body.aclose()
 
 
-async def _send_fill(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
-    """A blob still arriving: tail the fill, cut the connection if it fails."""
-    start, end = 0, answer.size
-    status = 200
-    wanted = parse_range(request.headers.get("Range"), answer.size)
+async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
+    """Any blob, hit or fill alike: one Range policy (``ranges``), one ETag (the digest).
+
+    Once ``prepare()`` has sent the headers, an error can only cut the connection: a second
+    response written into a started body would look like blob bytes (and an unverified
+    blob must look broken, never complete).
+    """
+    size = answer.size
+    start, end, status = 0, size, 200
+    wanted = ranges.wanted(request.headers, size, headers["ETag"])  # may raise 416: no body yet
     if wanted is not None:
-        start, end = wanted
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{answer.size}"
+        (start, end), status = wanted, 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     resp = web.StreamResponse(status=status, headers=headers)
     if end is not None:
         resp.content_length = end - start
-    writer = await resp.prepare(request)
-    served = 0
-    pool = request.app[SENDFILE]
-    sock = plain_socket(request.transport)
-    zero_copy = pool.available and sock is not None and end is not None
+    sender = request.app[SENDFILE].sender(request, resp)
     try:
-        if zero_copy:
-            # The bytes are in the fill's temp file already: sendfile them from there.
-            await _flushed(request.transport, writer)
-            async with contextlib.aclosing(answer.fill.spans(start, end)) as spans:
-                async for fd, offset, length in spans:
-                    await pool.send(sock.fileno(), fd, offset, length)
-                    served += length
-        else:
-            async with contextlib.aclosing(answer.fill.read(start, end)) as chunks:
-                async for chunk in chunks:
-                    await resp.write(chunk)
-                    served += len(chunk)
+        writer = await resp.prepare(request)
+        async with contextlib.aclosing(answer.body.spans(start, end)) as spans:
+            await sender.send(writer, spans)
+        await resp.write_eof()
+    except asyncio.CancelledError:
+        _cut(request, "cancelled")
+        raise
     except FillFailed as exc:
-        # Headers are gone; the only honest signal left is a broken transfer.
-        log.warning("response_aborted", digest=str(answer.digest), sent=served, error=str(exc))
-        request["outcome"] = "aborted"
-        if request.transport is not None:
-            request.transport.abort()
-        return resp
+        log.warning("response_aborted", digest=str(answer.digest), sent=sender.sent,
+                    error=str(exc))
+        _cut(request, "aborted")
+    except ClientStalled:
+        _cut(request, "client_stalled")
     except ConnectionError:
-        request["outcome"] = "client_gone"   # the fill carries on without this reader
-        return resp
+        _cut(request, "client_gone")   # a fill carries on without this reader
+    except Exception as exc:  # noqa: BLE001 - after prepare() nothing may reach the envelope
+        log.exception("response_failed", digest=str(answer.digest), sent=sender.sent,
+                      error=repr(exc))
+        _cut(request, "failed")
     finally:
-        request.app[METRICS].bytes_served.labels("fill").inc(served)
-    await resp.write_eof()
+        request.app[METRICS].bytes_served.labels(
+            "cache" if answer.cache == "hit" else "fill").inc(sender.sent)
     return resp
 
 
-def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
-    """One ``bytes=`` range → ``(start, end_exclusive)``; None to send the whole blob.
-
-    Multiple ranges are answered with the whole blob, which RFC 9110 §14.2 allows.
-    """
-    if not header or size is None:
-        return None
-    m = _RANGE.fullmatch(header.strip())
-    if not m or (not m.group(1) and not m.group(2)):
-        return None
-    first, last = m.group(1), m.group(2)
-    if not first:                       # suffix range: the last N bytes
-        start, end = max(size - int(last), 0), size
-    else:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-        if last and int(last) < start:
-            return None
-    if start >= size:
-        raise RangeInvalid(header, headers={"Content-Range": f"bytes */{size}"})
-    return start, end
+def _cut(request: web.Request, outcome: str) -> None:
+    """Break the connection: the client sees a short body, never a complete-looking one."""
+    request["outcome"] = outcome
+    if request.transport is not None:
+        request.transport.abort()
 
 
 # -- tags/list and referrers -------------------------------------------------------------------
@@ -296,4 +219,4 @@ async def referrers(request: web.Request, target: Target) -> web.Response:
                         headers=headers)
 
 
-__all__ = ["setup", "parse_range", "paginate"]
+__all__ = ["setup", "paginate"]

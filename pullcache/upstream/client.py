@@ -89,9 +89,13 @@ class BlobStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.content.iter_chunked(1 << 20):
-                self._on_bytes(len(chunk))
-                yield chunk
+            # Each buffered chunk as it arrived: iter_chunks hands them over one by one,
+            # where iter_any/iter_chunked join what is buffered (a copy of every byte). The
+            # fill passes each to its writer thread without waiting, so they cost the loop little.
+            async for chunk, _ in self._response.content.iter_chunks():
+                if chunk:
+                    self._on_bytes(len(chunk))
+                    yield chunk
         except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout
             raise errors.UpstreamTimeout("blob body stalled") from exc
         except aiohttp.ClientError as exc:

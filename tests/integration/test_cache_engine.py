@@ -258,6 +258,9 @@ def test_sigkill_mid_fill_leaves_no_partial_blob(make_pullcache, registry, fault
     push(registry, "engine/crash", "small", small)
     for blob in small.blobs():
         assert request(pc.url, f"/v2/engine/crash/blobs/{blob.digest}").status == 200
+    # A client has its last byte once the digest matched; the commit (fsync, rename) follows.
+    wait_until(lambda: len(pc.events("fill_committed")) == len(small.blobs()), 30,
+               "the small blobs' commits")
     layer = image.layers[0]
     fault_proxy.set_fault("stall", match=layer.digest, at_byte=24 * MiB, times=1)
     client = Download(pc.host, f"/v2/engine/crash/blobs/{layer.digest}")
@@ -290,9 +293,11 @@ def test_health_readiness_metrics_and_cli(pullcache, registry):
     assert ready.status == 200 and ready.json()["status"] == "ok"
     image = build_image("metrics", layer_sizes=(10_000,))
     push(registry, "engine/metrics", "v1", image)
+    layer = image.layers[0]
     for _ in range(2):
         request(pullcache.url, "/v2/engine/metrics/manifests/v1")
-        request(pullcache.url, f"/v2/engine/metrics/blobs/{image.layers[0].digest}")
+        request(pullcache.url, f"/v2/engine/metrics/blobs/{layer.digest}")
+        pullcache.wait_committed(layer.digest)
     text = request(pullcache.admin_url, "/metrics").body.decode()
     # The ops routes live on the admin listener only: mirror clients cannot read them.
     assert [request(pullcache.url, path).status for path in ("/metrics", "/readyz")] == [404] * 2
@@ -306,7 +311,7 @@ def test_health_readiness_metrics_and_cli(pullcache, registry):
     assert pullcache.metric("pullcache_requests_total", kind="blob", outcome="hit") == 1
     assert pullcache.metric("pullcache_upstream_breaker_state") == 0     # closed
     # Two pulls of the layer: the first from its fill, the second from the cache.
-    size = image.layers[0].size
+    size = layer.size
     assert pullcache.metric("pullcache_served_bytes_total", source="cache") == size
     assert pullcache.metric("pullcache_served_bytes_total", source="fill") == size
     gc = cache_cli(pullcache, "gc")

@@ -229,6 +229,7 @@ def test_cache_verify_finds_and_repairs_a_corrupted_blob_and_runs_offline(pullca
     assert request(pullcache.url, "/v2/ops/verify/manifests/v1").status == 200
     for blob in image.blobs():
         assert request(pullcache.url, f"/v2/ops/verify/blobs/{blob.digest}").status == 200
+    pullcache.wait_committed(*(blob.digest for blob in image.blobs()))
     bad = image.layers[1]
     with open(blob_file(pullcache, bad.digest), "r+b") as f:
         f.seek(1000)

@@ -157,6 +157,14 @@ class Pullcache:
                 out.append(record)
         return out
 
+    def wait_committed(self, *digests: str, timeout: float = 30.0) -> None:
+        """Until every digest's fill is committed: a client has the last byte at
+        verification, and fsync, rename and index follow (``cache/fill.py``)."""
+        def done() -> bool:
+            committed = {e.get("digest") for e in self.events("fill_committed")}
+            return set(digests) <= committed
+        wait_until(done, timeout, f"the commit of {', '.join(digests)}")
+
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0 when absent)."""
         with urllib.request.urlopen(self.admin_url + "/metrics", timeout=10) as resp:

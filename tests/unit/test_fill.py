@@ -441,6 +441,7 @@ async def test_a_held_back_source_shows_no_byte_until_verified(fills, store):
     assert await early_range.result() == DATA[:4]
     assert all(ended for _, ended in reader.chunks + early_range.chunks)
     assert fill.source == "ecr" and never.opened == 0
+    await wait(fill.result)              # readers may finish before the commit does
     assert await store.stat("blob", DIGEST) is not None
 
 
@@ -533,3 +534,112 @@ async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):
             await Reader(fill).result()
     finally:
         await fills.close()
+
+
+# --- the pipeline: one writer thread, few wake-ups, the final byte at verification -------------
+
+@pytest.fixture
+def held_commit(store, monkeypatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """``store.commit`` sets the first event, then waits for the second."""
+    committing, commit_may_go = asyncio.Event(), asyncio.Event()
+    real_commit = store.commit
+
+    async def slow_commit(*args, **kwargs):
+        committing.set()
+        await commit_may_go.wait()
+        return await real_commit(*args, **kwargs)
+    monkeypatch.setattr(store, "commit", slow_commit)
+    return committing, commit_may_go
+
+
+async def test_the_final_byte_is_released_at_verification_before_the_commit(fills, store,
+                                                                             held_commit):
+    committing, commit_may_go = held_commit
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    assert await reader.result() == DATA          # whole, while the commit has not run
+    await wait(committing.wait())
+    assert not fill.result.done() and fill.verified
+    commit_may_go.set()
+    assert (await wait(fill.result)).size == len(DATA)
+    assert await store.stat("blob", DIGEST) is not None
+
+
+async def test_a_disk_write_error_fails_the_fill_with_a_storage_error(fills, store,
+                                                                      monkeypatch):
+    import errno
+    import pullcache.cache.writer as writer_module
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(writer_module.os, "write", full)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    with pytest.raises(StorageError):
+        await wait(fill.result)
+    with pytest.raises(FillFailed):
+        await reader.result()
+    await settled(fills)
+    assert temp_files(store) == [] and await store.stat("blob", DIGEST) is None
+
+
+async def test_readers_are_woken_per_step_not_per_chunk(fills, monkeypatch):
+    data = bytes(range(256)) * 4096 * 8          # 8 MiB in 512 chunks of 16 KiB
+    chunks = [data[i:i + 16384] for i in range(0, len(data), 16384)]
+    source = FakeSource(chunks)
+    fill, _ = fills.get_or_start("blob", Digest.of(data), origin(source))
+    wakes = 0
+    real_wake = fill._wake
+
+    def counting_wake():
+        nonlocal wakes
+        wakes += 1
+        real_wake()
+    monkeypatch.setattr(fill, "_wake", counting_wake)
+    reader = Reader(fill)
+    source.release_all()
+    assert await reader.result() == data
+    assert wakes < len(chunks) // 4, f"{wakes} wake-ups for {len(chunks)} chunks"
+
+
+async def test_close_lets_a_verified_fill_commit_and_cancels_the_rest(fills, store,
+                                                                     held_commit):
+    committing, commit_may_go = held_commit
+    done, downloading = FakeSource(CHUNKS), FakeSource(CHUNKS)
+    verified, _ = fills.get_or_start("blob", DIGEST, origin(done))
+    other_digest = Digest.of(b"another blob")
+    unfinished, _ = fills.get_or_start("blob", other_digest, origin(downloading))
+    done.release_all()
+    downloading.release(1)
+    await wait(committing.wait())                # verified, its commit under way
+    closing = asyncio.create_task(fills.close())
+    with pytest.raises(FillFailed):
+        await wait(unfinished.result)            # the download is cancelled at once ...
+    assert not closing.done()
+    commit_may_go.set()                          # ... the verified one commits
+    await wait(closing)
+    assert (await wait(verified.result)).size == len(DATA)
+    assert await store.stat("blob", DIGEST) is not None
+    assert await store.stat("blob", other_digest) is None
+
+
+async def test_an_announced_empty_blob_ends_only_when_verified(fills):
+    source = FakeSource([], size=0)                # empty, but DIGEST is not the empty digest
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    await wait(fill.started())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not reader.task.done(), "an unverified empty body looked complete"
+    source.end.set()
+    with pytest.raises(FillFailed):
+        await reader.result()
+    empty = Digest.of(b"")
+    good = FakeSource([], size=0)
+    good.release_all()
+    fill, _ = fills.get_or_start("blob", empty, origin(good))
+    assert await Reader(fill).result() == b""
