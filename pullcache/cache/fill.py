@@ -143,12 +143,9 @@ class Fill:
                 # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
             hasher = self.digest.hasher()
-            if source.size:
-                # Room for it before the first byte lands; counted against the budget until
-                # committed, so concurrent fills cannot overshoot it together.
-                await self.store.make_room(source.size)
-            self._reservation = self.store.reservation(source.size or 0)
-            self._reservation.__enter__()
+            # Room for it before the first byte lands, made and reserved in one step and
+            # counted until committed, so concurrent fills cannot overshoot it together.
+            self._reservation = await self.store.reserve(source.size or 0)
             fd = await asyncio.to_thread(os.open, self.temp,
                                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -171,16 +168,18 @@ class Fill:
                 await asyncio.to_thread(os.fsync, fd)
             finally:
                 await asyncio.to_thread(os.close, fd)
+        except BaseException:
+            if self._reservation is not None:
+                self._reservation.release()
+            raise
         finally:
             await source.close()
-            if self._reservation is not None:
-                self._reservation.__exit__(None, None, None)
-                self._reservation = None
         self.size = self.visible = self.written
         self.source = candidate.name
         if not self._started.done():
             self._started.set_result(self.size)
-        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+        with self._reservation:   # released once the index counts the bytes
+            return await self.store.commit(self.kind, self.digest, self.temp, self.written)
 
     def _fail(self, exc: BaseException) -> None:
         if not self._started.done():

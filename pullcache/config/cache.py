@@ -10,6 +10,7 @@ from pullcache.errors import ConfigError
 from .fields import (
     HOURS,
     GiB,
+    MiB,
     _bool,
     _field,
     _fraction,
@@ -31,6 +32,8 @@ class CacheConfig:
     low_watermark: float = _field(_fraction, 0.85)
     fill_deadline: float = _field(_timeout, 2 * HOURS, fmt=format_duration)
     reconcile_on_start: bool = _field(_bool, True)
+    # The hot layer: manifests, tag records and index entries kept in memory for hits.
+    memory: int = _field(_positive(parse_size), 64 * MiB, fmt=format_size)
 
     def __post_init__(self) -> None:
         if not 0 < self.low_watermark < self.high_watermark <= 1:
