@@ -164,7 +164,7 @@ class BlobStore:
     def _pin_value(self, value: tuple[Entry, bytes | None]) -> None:
         self.index.pin(value[0].relpath)
 
-    def _warm(self, key: str, pin: bool, body: bool):
+    def _warm(self, key: str, pin: bool, body: bool, *, touch: bool = True):
         """(thread) Read ``key`` from the index and keep it in the hot layer: under the
         index's eviction lock, so an eviction cannot forget it before it is kept."""
         kept: list = []
@@ -179,7 +179,8 @@ class BlobStore:
         entry = self.index.get(key, pin=pin, found=keep)
         if entry is None:
             return None
-        self.hot.touch(key)
+        if touch:
+            self.hot.touch(key)
         if not body:
             return entry
         return kept[0] if kept and kept[0][1] is not None else None
@@ -234,8 +235,7 @@ class BlobStore:
             os.replace(temp, final)
             _fsync_dir(final.parent)
             self.index.add(key, entry)
-            if kind == "manifest":
-                self._warm(key, False, True)   # the next request for it is a memory hit
+            self._warm(key, False, False, touch=False)  # the next request: a memory hit
             return entry
         try:
             return await asyncio.to_thread(_commit)
