@@ -15,23 +15,9 @@ from pullcache.server.keys import PROXY, STORE
 from tests.support.daemon import UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, push
+from tests.support.spies import Spy
 
 OCI_M = "application/vnd.oci.image.manifest.v1+json"
-
-
-class Spy:
-    """Stands in for a diskcache.Cache and records every use of it."""
-
-    def __init__(self, target) -> None:
-        self._target, self.used = target, []
-
-    def __getattr__(self, name):
-        self.used.append(name)
-        return getattr(self._target, name)
-
-    def __contains__(self, key) -> bool:
-        self.used.append("__contains__")
-        return key in self._target
 
 
 @pytest.fixture(scope="module")

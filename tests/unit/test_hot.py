@@ -10,27 +10,9 @@ from pullcache.cache.hot import ITEM_OVERHEAD, HotLayer
 from pullcache.cache.store import BlobStore, Budget
 from pullcache.cache.tags import TagRecord, TagStore
 from pullcache.oci import Digest
+from tests.support.spies import Spy
 
 KiB = 1 << 10
-
-
-class Spy:
-    """Stands in for a diskcache.Cache and records every use of it."""
-
-    def __init__(self, target) -> None:
-        self._target, self.used = target, []
-
-    def __getattr__(self, name):
-        self.used.append(name)
-        return getattr(self._target, name)
-
-    def __contains__(self, key) -> bool:
-        self.used.append("__contains__")
-        return key in self._target
-
-    def __iter__(self):
-        self.used.append("__iter__")
-        return iter(self._target)
 
 
 def data(n: int, size: int = 4 * KiB) -> bytes:
@@ -128,7 +110,7 @@ async def test_a_tag_record_is_served_from_memory_and_written_through(tmp_path):
     assert tags.cached("up", "repo", "v1", "x") == record
     assert await tags.get("up", "repo", "v1", "x") == record
     assert spy.used == []
-    tags._cache = spy._target
+    tags._cache = spy.target
     await tags.close()
     cold = TagStore(tmp_path, HotLayer(1 << 20))         # a restart: from disk
     await cold.open()
@@ -230,7 +212,7 @@ async def test_a_flush_writes_every_touch_in_one_transaction(tmp_path, kind):
         spy = store.index._cache = Spy(store.index._cache)
         assert await store.flush_recency() == 5
         assert spy.used.count("transact") == 1
-        store.index._cache = spy._target
+        store.index._cache = spy.target
         after = access_times(store)
         assert all(after[f"{kind}:{d}"] > before[f"{kind}:{d}"] for d in digests)
     finally:
