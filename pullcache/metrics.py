@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _RATELIMIT = re.compile(r"^\s*(\d+)")
+
+
+class _Children:
+    """A labelled collector whose children are looked up once: prometheus_client's
+    ``labels()`` validates and locks on every call, a per-request cost on the hot path."""
+
+    def __init__(self, collector) -> None:
+        self.collector = collector
+        self._children: dict[tuple, Any] = {}
+
+    def labels(self, *values):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.collector.labels(*values)
+        return child
+
+    def __getattr__(self, name: str):
+        return getattr(self.collector, name)
 
 
 class Metrics:
@@ -59,6 +77,9 @@ class Metrics:
         self.tier_queue = Gauge("pullcache_tier_write_queue",
                                 "Write-backs queued or waiting to retry", registry=r)
         self._last_remaining: dict[str, float] = {}
+        for name, collector in list(vars(self).items()):
+            if getattr(collector, "_labelnames", ()):
+                setattr(self, name, _Children(collector))
 
     # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------
 

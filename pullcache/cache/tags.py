@@ -14,6 +14,7 @@ read never writes it, and a tag in use is re-stored at every revalidation anyway
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class TagRecord:
         return (time.time() if now is None else now) - self.checked_at
 
 
+@functools.lru_cache(maxsize=256)   # a handful of distinct Accept lists in practice
 def accept_class(accept: tuple[str, ...]) -> str:
     """The manifest media types an Accept list admits, as a stable key."""
     return ",".join(sorted(t for t in _KNOWN if accepts(accept, t))) or "none"
