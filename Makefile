@@ -9,9 +9,12 @@ STAMP := $(VENV)/.installed
 # for the basic-auth registry. The suite runs its own private daemons; it never uses system ones.
 TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light apache2-utils \
 	ca-certificates curl
+# What only the benchmarks drive: wrk (HTTP load at many connections; ApacheBench, from
+# apache2-utils above, for HEAD, which Debian's wrk 4.1 cannot do).
+BENCH_PACKAGES := wrk
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench bench-peer clean
+.PHONY: run test venv system-deps bench-deps bench bench-peer bench-manifests clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -31,8 +34,14 @@ system-deps:
 test: $(STAMP) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) system-deps
+bench-deps: system-deps
+	scripts/ensure-debian-packages $(BENCH_PACKAGES)
+
+bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.blob_throughput
+
+bench-manifests: $(STAMP) bench-deps
+	$(BIN)/python -m bench.manifests
 
 bench-peer: $(STAMP) system-deps
 	$(BIN)/python -m bench.vs_distribution

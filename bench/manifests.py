@@ -65,21 +65,25 @@ def _seconds(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def _grab(text: str, pattern: str, default: str | None = None) -> str:
+    """The first group of ``pattern`` in a load tool's report (``default`` if absent)."""
+    m = re.search(pattern, text)
+    if m:
+        return m.group(1)
+    if default is None:
+        raise RuntimeError(f"no {pattern!r} in:\n{text}")
+    return default
+
+
 def parse_wrk(text: str) -> Wrk:
-    def grab(pattern: str, default: str | None = None) -> str:
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1)
-        if default is None:
-            raise RuntimeError(f"wrk output has no {pattern!r}:\n{text}")
-        return default
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)",
-                                           grab(r"Socket errors: ([^\n]*)", "")))
-    return Wrk(requests=int(grab(r"(\d+) requests in")),
-               rate=float(grab(r"Requests/sec:\s+([\d.]+)")),
-               p50=_seconds(grab(r"\s50%\s+([\d.]+\w+)")),
-               p99=_seconds(grab(r"\s99%\s+([\d.]+\w+)")),
-               errors=errors, non_2xx=int(grab(r"Non-2xx or 3xx responses: (\d+)", "0")))
+                                           _grab(text, r"Socket errors: ([^\n]*)", "")))
+    return Wrk(requests=int(_grab(text, r"(\d+) requests in")),
+               rate=float(_grab(text, r"Requests/sec:\s+([\d.]+)")),
+               p50=_seconds(_grab(text, r"\s50%\s+([\d.]+\w+)")),
+               p99=_seconds(_grab(text, r"\s99%\s+([\d.]+\w+)")),
+               errors=errors,
+               non_2xx=int(_grab(text, r"Non-2xx or 3xx responses: (\d+)", "0")))
 
 
 def wrk(url: str, *, threads: int, connections: int, duration: int, head: bool = False,
@@ -110,19 +114,12 @@ def ab(url: str, *, connections: int, duration: int, head: bool = False,
     if proc.returncode != 0:
         raise RuntimeError(f"ab exited {proc.returncode}: {proc.stderr.strip()}")
     text = proc.stdout
-
-    def grab(pattern: str, default: str | None = None) -> str:
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1)
-        if default is None:
-            raise RuntimeError(f"ab output has no {pattern!r}:\n{text}")
-        return default
-    return Wrk(requests=int(grab(r"Complete requests:\s+(\d+)")),
-               rate=float(grab(r"Requests per second:\s+([\d.]+)")),
-               p50=int(grab(r"\s50%\s+(\d+)")) / 1e3, p99=int(grab(r"\s99%\s+(\d+)")) / 1e3,
-               errors=int(grab(r"Failed requests:\s+(\d+)")),
-               non_2xx=int(grab(r"Non-2xx responses:\s+(\d+)", "0")))
+    return Wrk(requests=int(_grab(text, r"Complete requests:\s+(\d+)")),
+               rate=float(_grab(text, r"Requests per second:\s+([\d.]+)")),
+               p50=int(_grab(text, r"\s50%\s+(\d+)")) / 1e3,
+               p99=int(_grab(text, r"\s99%\s+(\d+)")) / 1e3,
+               errors=int(_grab(text, r"Failed requests:\s+(\d+)")),
+               non_2xx=int(_grab(text, r"Non-2xx responses:\s+(\d+)", "0")))
 
 
 def raise_fd_limit(want: int) -> int:
