@@ -63,9 +63,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
                      prefix=request.match_info.get("prefix"),
                      ns=request.query.get("ns"))
     request["upstream"] = target.route.upstream
-    handler = {"manifests": manifest, "blobs": blob, "tags": tags,
-               "referrers": referrers}[target.kind]
-    return await handler(request, target)
+    return await _HANDLERS[target.kind](request, target)
 
 
 def _headers(target: Target) -> dict[str, str]:
@@ -287,6 +285,9 @@ async def referrers(request: web.Request, target: Target) -> web.Response:
     request["cache"] = "pass"
     return web.Response(status=answer.status, body=answer.body,
                         headers={**_headers(target), **answer.headers})
+
+
+_HANDLERS = {"manifests": manifest, "blobs": blob, "tags": tags, "referrers": referrers}
 
 
 # -- operations ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -90,3 +91,23 @@ def test_the_json_access_line_is_the_structlog_line_and_scrubbed():
     assert record["bytes"] == 12 and record["seconds"] == 0.0012 and record["status"] == 200
     assert "pw" not in record["user_agent"] and "abc.def" not in record["user_agent"]
     assert record["timestamp"].endswith("Z") and len(record["timestamp"]) == 27
+
+
+async def test_access_lines_of_one_loop_iteration_go_out_together_at_its_end():
+    class File(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            File.writes += 1
+            return super().write(text)
+    out = File()
+    write = logs._json_access_writer(out)
+    fields = dict(method="GET", path="/v2/", status=200, bytes=2, seconds=0.001, cache=None,
+                  upstream=None, outcome="ok", user_agent=None)
+    for n in range(3):
+        write(request_id=f"r{n}", **fields)
+    assert out.getvalue() == ""                      # not yet: the iteration is not over
+    await asyncio.sleep(0)
+    lines = out.getvalue().splitlines()
+    assert [json.loads(x)["request_id"] for x in lines] == ["r0", "r1", "r2"]
+    assert File.writes == 1
