@@ -8,8 +8,10 @@ exactly as upstream sent it; HEAD answers carry ``Content-Length`` and no body.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 from urllib.parse import urlencode
 
 import structlog
@@ -86,13 +88,23 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
     accept = parse_accept(request.headers.getall("Accept", []))
     answer = await request.app[PROXY].manifest(target.route, target.reference, accept)
     request["cache"] = answer.cache
-    headers = {**_headers(target), "Docker-Content-Digest": str(answer.digest),
-               "Content-Type": answer.media_type, "Content-Length": str(len(answer.body)),
-               "ETag": f'"{answer.digest}"'}
-    if answer.warning:
-        headers["Warning"] = answer.warning
     # aiohttp sends no body for HEAD but keeps our Content-Length.
-    return web.Response(body=answer.body, headers=headers)
+    return web.Response(body=answer.body, headers=_manifest_headers(
+        answer.digest, answer.media_type, len(answer.body), target.route.namespace,
+        answer.warning))
+
+
+@functools.lru_cache(maxsize=1024)   # hot manifests are answered again and again
+def _manifest_headers(digest: Digest, media_type: str, length: int, namespace: str | None,
+                      warning: str | None) -> Mapping[str, str]:
+    """A manifest answer's headers (aiohttp copies them into each response)."""
+    headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Content-Type": media_type,
+               "Content-Length": str(length), "ETag": f'"{digest}"'}
+    if namespace:
+        headers["OCI-Namespace"] = namespace
+    if warning:
+        headers["Warning"] = warning
+    return MappingProxyType(headers)
 
 
 # -- blobs ---------------------------------------------------------------------------------------
