@@ -33,10 +33,10 @@ import structlog
 from ..errors import StorageError
 from ..oci import Digest
 from .hot import HotLayer
-from .index import Entry, Index, key_for, relpath_for
+from .index import Entry, Index, relpath_for
+from .recovery import KINDS, Reconciled, reconcile  # noqa: F401 - KINDS: part of the API
 
 log = structlog.get_logger("pullcache.cache")
-KINDS = ("blob", "manifest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +72,6 @@ class Reservation:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-@dataclass(frozen=True, slots=True)
-class Reconciled:
-    temp_files_removed: int
-    entries_dropped: int
-    files_adopted: int
-    files_rejected: int
 
 
 class BlobStore:
@@ -350,46 +342,9 @@ class BlobStore:
         without an entry (a crash between rename and index): hashed, adopted when the content
         matches the name, deleted otherwise.
         """
-        result = await asyncio.to_thread(self._reconcile)
+        result = await asyncio.to_thread(reconcile, self.root, self.tmp, self.index)
         log.info("cache_reconciled", **dataclasses.asdict(result))
         return result
-
-    def _reconcile(self) -> Reconciled:
-        temps = 0
-        for temp in self.tmp.iterdir():
-            temp.unlink(missing_ok=True)
-            temps += 1
-        dropped = 0
-        for key in list(self.index.keys()):
-            kind, _, digest = key.partition(":")
-            try:
-                parsed = Digest.parse(digest)
-            except Exception:  # noqa: BLE001 - a foreign key is simply dropped
-                parsed = None
-            if parsed is None or kind not in KINDS or not (
-                    self.root / relpath_for(kind, parsed.algorithm, parsed.hex)).is_file():
-                self.index.drop(key)
-                dropped += 1
-        adopted = rejected = 0
-        for kind in KINDS:
-            top = relpath_for(kind, "x", "xx").split("/")[0]
-            for path in (self.root / top).glob("*/*/*"):
-                relpath = path.relative_to(self.root).as_posix()
-                key = key_for(relpath)
-                if key is None or key in self.index:
-                    continue
-                if kind == "manifest":
-                    # Its media type died with the crash; it will be fetched again.
-                    path.unlink(missing_ok=True)
-                    rejected += 1
-                elif _file_matches(path, key.split(":", 1)[1]):
-                    self.index.add(key, Entry(relpath, path.stat().st_size))
-                    adopted += 1
-                else:
-                    path.unlink(missing_ok=True)
-                    rejected += 1
-        return Reconciled(temps, dropped, adopted, rejected)
-
 
 def _key(kind: str, digest: Digest) -> str:
     return f"{kind}:{digest}"
@@ -401,15 +356,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _file_matches(path: Path, digest: str) -> bool:
-    try:
-        expected = Digest.parse(digest)
-    except Exception:  # noqa: BLE001
-        return False
-    hasher = expected.hasher()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest() == expected.hex
