@@ -21,10 +21,10 @@ from . import logs
 from .cache.store import BlobStore, Budget
 from .errors import ConfigError
 from .server.app import build_app
+from .server.listener import BatchAcceptSite
 from .server.middleware import AccessLogger
 
 log = structlog.get_logger("pullcache")
-LISTEN_BACKLOG = 2048
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +73,8 @@ async def _run_site(app: web.Application, host: str, port: int, access_log: bool
                            if access_log else None)
     await runner.setup()
     try:
-        # A node rollout opens hundreds of connections at once: with aiohttp's default
-        # backlog (128) the kernel drops the SYNs beyond it, and those clients retry after
-        # 1 s, 3 s... (a p99 of seconds). The kernel caps it at net.core.somaxconn.
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+        # Accepted in batches, with a deep backlog: a rollout's 1,000 clients connect at once.
+        site = BatchAcceptSite(runner, host, port)
         await site.start()
         log.info("listening", host=host, port=port)
         stop = asyncio.Event()

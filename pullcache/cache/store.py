@@ -55,8 +55,8 @@ class Budget:
 
 
 class Reservation:
-    """Bytes a fill counts against the budget until ``release`` (after its commit, so the
-    bytes are never counted by neither the reservation nor the index). Idempotent."""
+    """Bytes a fill counts against the budget until ``release``, which comes after its
+    commit: the bytes are always counted, by the reservation or by the index. Idempotent."""
 
     def __init__(self, release: Callable[[int], None], nbytes: int) -> None:
         self._release: Callable[[int], None] | None = release
@@ -158,7 +158,10 @@ class BlobStore:
 
     def _warm(self, key: str, pin: bool, body: bool, *, touch: bool = True):
         """(thread) Read ``key`` from the index and keep it in the hot layer: under the
-        index's eviction lock, so an eviction cannot forget it before it is kept."""
+        index's eviction lock, so an eviction cannot forget it before it is kept.
+
+        Returns the ``Entry``, or with ``body`` the ``(Entry, bytes)`` pair; None on a miss.
+        """
         kept: list = []
 
         def keep(key: str, entry: Entry) -> None:

@@ -4,6 +4,7 @@ SQLite, no thread), recency reaches the index at a clean stop, a SIGKILL loses n
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 
 import pytest
@@ -57,10 +58,6 @@ async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, im
             assert r.status == 200
             await r.read()
     store = app[STORE]
-    await store.flush_recency()
-    index = store.index._cache = Spy(store.index._cache)
-    tags = app[PROXY].manifests.tags
-    tag_disk = tags._cache = Spy(tags._cache)
     hops: list[object] = []
     real_to_thread = asyncio.to_thread
 
@@ -68,6 +65,16 @@ async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, im
         hops.append(func)
         return await real_to_thread(func, *args, **kwargs)
     monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    # The warm-up's blob fill and its reader finish in the background (close, commit): wait
+    # until nothing holds a blob or temp file open, then start counting.
+    async with asyncio.timeout(10):
+        while len(app[PROXY].fills) or open_content(store.root):
+            await asyncio.sleep(0.01)
+    await store.flush_recency()
+    hops.clear()
+    index = store.index._cache = Spy(store.index._cache)
+    tags = app[PROXY].manifests.tags
+    tag_disk = tags._cache = Spy(tags._cache)
 
     for _ in range(3):
         for method, path in paths:
@@ -82,6 +89,19 @@ async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, im
     assert store.hot.pending() == 2          # the manifest and the blob, in memory
     assert await store.flush_recency() == 2  # and the spy does see a flush
     assert "transact" in index.used
+
+
+def open_content(root) -> list[str]:
+    """Files under the cache's blobs/, manifests/ or tmp/ this process holds open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if any(target.startswith(str(root / sub)) for sub in ("blobs", "manifests", "tmp")):
+            found.append(target)
+    return found
 
 
 def access_times(cache_dir) -> dict[str, float]:
