@@ -54,6 +54,10 @@ class Metrics:
         self.evictions = Counter("pullcache_evicted_files", "Files evicted", registry=r)
         self.evicted_bytes = Counter("pullcache_evicted_bytes", "Bytes evicted", registry=r)
         self.cache_bytes = Gauge("pullcache_cache_bytes", "Bytes used by the cache", registry=r)
+        self.hot_bytes = Gauge("pullcache_hot_bytes",
+                               "Bytes held by the in-memory hot layer (cache.memory)", registry=r)
+        self.hot_items = Gauge("pullcache_hot_items",
+                               "Entries, manifests and tag records in the hot layer", registry=r)
         self.cache_budget = Gauge("pullcache_cache_budget_bytes", "cache.max_size", registry=r)
         self.digest_mismatches = Counter("pullcache_digest_mismatches",
                                          "Upstream content that failed verification",

@@ -54,6 +54,8 @@ def build_app(config: Config) -> web.Application:
     app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),
                                 config.default_upstream.host)
     hot = HotLayer(config.cache.memory)
+    metrics.hot_bytes.set_function(lambda: hot.nbytes)
+    metrics.hot_items.set_function(lambda: len(hot))
     store = BlobStore(config.cache.dir, Budget(config.cache.max_size,
                                                config.cache.high_watermark,
                                                config.cache.low_watermark),

@@ -89,6 +89,14 @@ async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, im
     assert store.hot.pending() == 2          # the manifest and the blob, in memory
     assert await store.flush_recency() == 2  # and the spy does see a flush
     assert "transact" in index.used
+    store.index._cache, tags._cache = index.target, tag_disk.target
+    async with client.get("/metrics") as r:
+        exposed = await r.text()
+    samples = dict(line.rsplit(" ", 1) for line in exposed.splitlines()
+                   if line and not line.startswith("#"))
+    assert float(samples['pullcache_requests_total{kind="manifest",outcome="hit"}']) >= 12
+    assert float(samples["pullcache_hot_bytes"]) >= len(image.manifest)
+    assert float(samples["pullcache_hot_items"]) >= 3   # a tag, a manifest, a blob entry
 
 
 def open_content(root) -> list[str]:
