@@ -12,8 +12,9 @@ Recency: a hit records a *touch* (key → wall-clock time) here instead of writi
 order is the flushed recency plus the pending touches, and a crash loses at most one
 interval of recency, never an entry.
 
-Thread-safety: the event loop reads and fills it; the thread that evicts calls ``forget``.
-One ``threading.Lock`` guards both, held for dictionary operations only. ``get(pin=…)`` runs
+Thread-safety: the event loop reads it and records touches; threads that read the index
+fill it, and the thread that evicts calls ``forget``. One ``threading.Lock`` guards the
+items, held for dictionary operations only. ``get(pin=…)`` runs
 the pin under that lock, so a hit and its pin are atomic with an eviction's ``forget``.
 """
 
@@ -84,7 +85,10 @@ class HotLayer:
     # -- recency ----------------------------------------------------------------------------
 
     def touch(self, key: str) -> None:
-        """Record a use of the index entry ``key``, to be flushed to the index later."""
+        """Record a use of the index entry ``key``, to be flushed to the index later.
+
+        Event-loop thread only, like ``take_touches`` (no lock on the hit path): a touch
+        from another thread could land in a batch a flush is already writing."""
         self._touches[key] = self._clock()
 
     def take_touches(self) -> dict[str, float]:

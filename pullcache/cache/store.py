@@ -134,7 +134,10 @@ class BlobStore:
         """
         entry = self.lookup(kind, digest, pin=pin)
         if entry is None:
-            entry = await asyncio.to_thread(self._warm, _key(kind, digest), pin, False)
+            key = _key(kind, digest)
+            entry = await asyncio.to_thread(self._warm, key, pin, False)
+            if entry is not None:
+                self.hot.touch(key)   # here, on the loop: touches are the loop's alone
         return entry
 
     def cached_manifest(self, digest: Digest) -> tuple[Entry, bytes] | None:
@@ -150,13 +153,16 @@ class BlobStore:
         """A manifest and its body: from memory, else from disk (warming memory)."""
         found = self.cached_manifest(digest)
         if found is None:
-            found = await asyncio.to_thread(self._warm, _key("manifest", digest), False, True)
+            key = _key("manifest", digest)
+            found = await asyncio.to_thread(self._warm, key, False, True)
+            if found is not None:
+                self.hot.touch(key)
         return found
 
     def _pin_value(self, value: tuple[Entry, bytes | None]) -> None:
         self.index.pin(value[0].relpath)
 
-    def _warm(self, key: str, pin: bool, body: bool, *, touch: bool = True):
+    def _warm(self, key: str, pin: bool, body: bool):
         """(thread) Read ``key`` from the index and keep it in the hot layer: under the
         index's eviction lock, so an eviction cannot forget it before it is kept.
 
@@ -174,8 +180,6 @@ class BlobStore:
         entry = self.index.get(key, pin=pin, found=keep)
         if entry is None:
             return None
-        if touch:
-            self.hot.touch(key)
         if not body:
             return entry
         return kept[0] if kept and kept[0][1] is not None else None
@@ -230,7 +234,7 @@ class BlobStore:
             os.replace(temp, final)
             _fsync_dir(final.parent)
             self.index.add(key, entry)
-            self._warm(key, False, False, touch=False)  # the next request: a memory hit
+            self._warm(key, False, False)   # the next request for it: a memory hit
             return entry
         try:
             return await asyncio.to_thread(_commit)
