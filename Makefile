@@ -11,9 +11,13 @@ STAMP := $(VENV)/.installed
 # daemons; it never uses system ones.
 TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light apache2-utils \
 	ca-certificates curl chromium systemd
+# What only the benchmarks drive: wrk (HTTP load at many connections; ApacheBench, from
+# apache2-utils above, for HEAD, which Debian's wrk 4.1 cannot do).
+BENCH_PACKAGES := wrk
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench bench-peer bench-warm bench-slow clean
+.PHONY: run test venv system-deps bench-deps bench bench-peer bench-manifests bench-warm \
+	bench-slow clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -33,16 +37,22 @@ system-deps:
 test: $(STAMP) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) system-deps
+bench-deps: system-deps
+	scripts/ensure-debian-packages $(BENCH_PACKAGES)
+
+bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.blob_throughput
 
-bench-peer: $(STAMP) system-deps
+bench-manifests: $(STAMP) bench-deps
+	$(BIN)/python -m bench.manifests
+
+bench-peer: $(STAMP) bench-deps
 	$(BIN)/python -m bench.vs_distribution
 
-bench-warm: $(STAMP) system-deps
+bench-warm: $(STAMP) bench-deps
 	$(BIN)/python -m bench.warm
 
-bench-slow: $(STAMP) system-deps
+bench-slow: $(STAMP) bench-deps
 	$(BIN)/python -m bench.slow_clients
 
 clean:

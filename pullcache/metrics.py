@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _RATELIMIT = re.compile(r"^\s*(\d+)")
+
+
+class _Children:
+    """A labelled collector whose children are looked up once: prometheus_client's
+    ``labels()`` validates and locks on every call, a per-request cost on the hot path."""
+
+    def __init__(self, collector) -> None:
+        self.collector = collector
+        self._children: dict[tuple, Any] = {}
+
+    def labels(self, *values):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.collector.labels(*values)
+        return child
+
+    def __getattr__(self, name: str):
+        return getattr(self.collector, name)
 
 
 class Metrics:
@@ -38,6 +56,10 @@ class Metrics:
         self.evictions = Counter("pullcache_evicted_files", "Files evicted", registry=r)
         self.evicted_bytes = Counter("pullcache_evicted_bytes", "Bytes evicted", registry=r)
         self.cache_bytes = Gauge("pullcache_cache_bytes", "Bytes used by the cache", registry=r)
+        self.hot_bytes = Gauge("pullcache_hot_bytes",
+                               "Bytes held by the in-memory hot layer (cache.memory)", registry=r)
+        self.hot_items = Gauge("pullcache_hot_items",
+                               "Entries, manifests and tag records in the hot layer", registry=r)
         self.cache_budget = Gauge("pullcache_cache_budget_bytes", "cache.max_size", registry=r)
         self.digest_mismatches = Counter("pullcache_digest_mismatches",
                                          "Upstream content that failed verification",
@@ -72,6 +94,9 @@ class Metrics:
         self._last_remaining: dict[str, float] = {}
         # upstream → (wall clock, method, status) of its last failed request (status page)
         self.last_errors: dict[str, tuple[float, str, str]] = {}
+        for name, collector in list(vars(self).items()):
+            if getattr(collector, "_labelnames", ()):
+                setattr(self, name, _Children(collector))
 
     # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------
 

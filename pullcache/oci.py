@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -40,6 +41,10 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> "Digest":
+        return _parse_digest(cls, text)
+
+    @classmethod
+    def _parse(cls, text: str) -> "Digest":
         if not DIGEST_RE.fullmatch(text or ""):
             raise DigestInvalid(text, message="invalid digest")
         algorithm, _, encoded = text.partition(":")
@@ -74,6 +79,11 @@ def is_digest_reference(reference: str) -> bool:
     return ":" in reference
 
 
+@functools.lru_cache(maxsize=4096)   # the hot digests are parsed on every request
+def _parse_digest(cls: type[Digest], text: str) -> Digest:
+    return cls._parse(text)
+
+
 def parse_reference(reference: str) -> str | Digest:
     """A manifest reference is a tag or a digest."""
     if is_digest_reference(reference):
@@ -90,6 +100,11 @@ def parse_accept(values: Iterable[str]) -> tuple[str, ...]:
     comma-separated line. Parameters (``;q=…``) are dropped: registries ignore them, and so do
     we. Order of first appearance is kept, duplicates dropped.
     """
+    return _parse_accept(tuple(values))
+
+
+@functools.lru_cache(maxsize=256)   # clients send a handful of distinct Accept lists
+def _parse_accept(values: tuple[str, ...]) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for value in values:
         for part in value.split(","):

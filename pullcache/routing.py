@@ -8,6 +8,7 @@ In order (PROTOCOL §2.2, §2.12): containerd's ``?ns=<host>``; a path prefix
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -61,7 +62,16 @@ def looks_like_host(component: str) -> bool:
 
 def resolve(table: UpstreamTable, tail: str, *, prefix: str | None = None,
             ns: str | None = None) -> Target:
-    """Map ``/[<prefix>/]v2/<tail>`` (``tail`` = ``<name>/<endpoint>``) to a ``Target``."""
+    """Map ``/[<prefix>/]v2/<tail>`` (``tail`` = ``<name>/<endpoint>``) to a ``Target``.
+
+    A pure function of immutable inputs, asked the same few questions on the hot path
+    (a node rollout pulls one manifest thousands of times): answers are memoized.
+    """
+    return _resolve(table, tail, prefix, ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve(table: UpstreamTable, tail: str, prefix: str | None, ns: str | None) -> Target:
     m = _ENDPOINT.match(tail)
     if not m:
         if _UPLOAD.match(tail):   # end-13 GET of an upload session: none exist here

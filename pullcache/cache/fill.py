@@ -157,12 +157,9 @@ class Fill:
                 # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
             hasher = self.digest.hasher()
-            if source.size:
-                # Room for it before the first byte lands; counted against the budget until
-                # committed, so concurrent fills cannot overshoot it together.
-                await self.store.make_room(source.size)
-            self._reservation = self.store.reservation(source.size or 0)
-            self._reservation.__enter__()
+            # Room for it before the first byte lands, made and reserved in one step and
+            # counted until committed, so concurrent fills cannot overshoot it together.
+            self._reservation = await self.store.reserve(source.size or 0)
             fd = await asyncio.to_thread(os.open, self.temp,
                                          os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._writer = Writer(fd, hasher, lambda n: self._progressed(n, candidate.stream))
@@ -189,14 +186,16 @@ class Fill:
             finally:
                 await self._writer.close()
                 await asyncio.to_thread(os.close, fd)
-        except WriterFailed as exc:
-            raise StorageError(f"cannot write the fill: {exc}") from exc
+        except BaseException as exc:
+            if self._reservation is not None:
+                self._reservation.release()
+            if isinstance(exc, WriterFailed):
+                raise StorageError(f"cannot write the fill: {exc}") from exc
+            raise
         finally:
             await source.close()
-            if self._reservation is not None:
-                self._reservation.__exit__(None, None, None)
-                self._reservation = None
-        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+        with self._reservation:   # released once the index counts the bytes
+            return await self.store.commit(self.kind, self.digest, self.temp, self.written)
 
     def _progressed(self, written: int, stream: bool) -> None:
         """The writer thread's report (at most once per loop iteration)."""

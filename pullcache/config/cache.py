@@ -10,6 +10,7 @@ from pullcache.errors import ConfigError
 from .fields import (
     HOURS,
     GiB,
+    MiB,
     _bool,
     _field,
     _fraction,
@@ -31,6 +32,8 @@ class CacheConfig:
     low_watermark: float = _field(_fraction, 0.85)
     fill_deadline: float = _field(_timeout, 2 * HOURS, fmt=format_duration)
     reconcile_on_start: bool = _field(_bool, True)
+    # The hot layer: manifests, tag records and index entries kept in memory for hits.
+    memory: int = _field(_positive(parse_size), 64 * MiB, fmt=format_size)
     # Images kept warm and never evicted: warmed at start and every tag_ttl (issue #12).
     pin: tuple[str, ...] = _field(lambda v: _strings(v, "image references"), (), fmt=list)
     # Platforms of pinned images: "os/arch[/variant]", or "all"; empty: the host's.

@@ -64,7 +64,10 @@ class Manifests:
     async def _by_tag(self, upstream: Upstream, route: Route, tag: str,
                       accept: tuple[str, ...]) -> ManifestAnswer:
         aclass = accept_class(accept)
-        record = await self.tags.get(route.upstream, route.repo, tag, aclass)
+        # The hot path: a fresh record and its manifest, both from memory.
+        record = self.tags.cached(route.upstream, route.repo, tag, aclass)
+        if record is None:
+            record = await self.tags.get(route.upstream, route.repo, tag, aclass)
         if record is not None and record.age() < upstream.tag_ttl:
             cached = await self.cached(Digest.parse(record.digest))
             if cached is not None:
@@ -145,14 +148,11 @@ class Manifests:
                               STALE_WARNING)
 
     async def cached(self, digest: Digest) -> ManifestAnswer | None:
-        """The manifest from the local cache, or None."""
-        entry = await self.store.stat("manifest", digest)
-        if entry is None:
+        """The manifest from the local cache (memory, else disk), or None."""
+        found = self.store.cached_manifest(digest) or await self.store.manifest(digest)
+        if found is None:
             return None
-        try:
-            body = await self.store.read_bytes(entry)
-        except FileNotFoundError:
-            return None  # evicted between stat and read: a miss
+        entry, body = found
         return ManifestAnswer(body, entry.media_type or "", digest, "hit")
 
     async def _store(self, body: bytes, content_type: str | None, header_digest: str | None,

@@ -15,7 +15,8 @@ How a request flows through what this module builds:
 Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the cache-dir lock, the HTTP
 client session (and the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag
 records, fills, the ECR backing tier and its write-behind workers, drained with a deadline),
-the housekeeping task, and the operator's objects (``operations.py``: jobs, pins, status
+the housekeeping and recency-flush tasks (the hot layer's buffered uses are flushed to the
+index once more as they end), and the operator's objects (``operations.py``: jobs, pins, status
 samples). Each background task ends when its context is torn down.
 """
 
@@ -34,6 +35,7 @@ from ..backing.journal import JOURNAL_DIR, Journal
 from ..backing.repositories import RepositorySettings
 from ..backing.tier import EcrTier, WriteBehind
 from ..cache.fill import Fills
+from ..cache.hot import FLUSH_INTERVAL, HotLayer
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
 from ..config import Config, UpstreamConfig
@@ -73,11 +75,15 @@ def build_app(config: Config) -> web.Application:
     app[PULLS] = Pulls()
     app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),
                                 config.default_upstream.host)
+    hot = HotLayer(config.cache.memory)
+    metrics.hot_bytes.set_function(lambda: hot.nbytes)
+    metrics.hot_items.set_function(lambda: len(hot))
     store = BlobStore(config.cache.dir, Budget(config.cache.max_size,
                                                config.cache.high_watermark,
                                                config.cache.low_watermark),
                       on_evict=lambda n, nbytes: (metrics.evictions.inc(n),
-                                                  metrics.evicted_bytes.inc(nbytes)))
+                                                  metrics.evicted_bytes.inc(nbytes)),
+                      hot=hot)
     app[STORE] = store
     app[SENDFILE] = Sendfile(config.server.send_timeout)
     metrics.cache_budget.set(config.cache.max_size)
@@ -114,7 +120,7 @@ def build_app(config: Config) -> web.Application:
 
     async def cache(app: web.Application) -> AsyncIterator[None]:
         await store.open(reconcile=config.cache.reconcile_on_start)
-        tags = TagStore(config.cache.dir)
+        tags = TagStore(config.cache.dir, hot)
         await tags.open()
         fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event)
         metrics.fills_in_flight.set_function(lambda: len(fills))
@@ -151,11 +157,14 @@ def build_app(config: Config) -> web.Application:
         await store.close()
 
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_housekeep(store), name="housekeeping")
+        tasks = [asyncio.create_task(_housekeep(store), name="housekeeping"),
+                 asyncio.create_task(_flush_recency(store), name="recency")]
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # The last uses reach the index before it closes (the cache context, torn down next).
+        await store.flush_recency()
 
     # The cache-dir lock first (a second daemon stops before touching anything); the
     # operator's jobs and tasks last (they use everything else, and end first).
@@ -174,6 +183,17 @@ async def _opened(api: EcrApi) -> AsyncIterator[EcrApi]:
         yield api
     finally:
         await api.close()
+
+
+async def _flush_recency(store: BlobStore) -> None:
+    """Every few seconds: write the hot layer's buffered uses to the index, in one
+    transaction (a crash loses at most this interval of recency, never an entry)."""
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        try:
+            await store.flush_recency()
+        except Exception:  # noqa: BLE001 - the task's supervisor: log and carry on
+            log.exception("recency_flush_failed")
 
 
 async def _housekeep(store: BlobStore) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from types import MappingProxyType
+from typing import Mapping
 from urllib.parse import urlencode
 
 import structlog
@@ -46,7 +49,11 @@ async def ping(request: web.Request) -> web.Response:
     for host in (request.match_info.get("prefix"), request.query.get("ns")):
         if host and request.app[ROUTES].lookup(host) is None:
             raise NameUnknown(host, message=f"no upstream configured for {host!r}")
-    return web.json_response({}, headers=API_VERSION)
+    # The answer never changes: body and headers built once (no json.dumps per request).
+    return web.Response(body=b"{}", headers=_PING_HEADERS)
+
+
+_PING_HEADERS = {**API_VERSION, "Content-Type": "application/json; charset=utf-8"}
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
@@ -57,9 +64,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     request["upstream"] = target.route.upstream
     authorize(request, target)   # before the proxy: a refusal reveals nothing cached
     request["repo"] = target.route.repo   # for the status page's top images
-    handler = {"manifests": manifest, "blobs": blob, "tags": tags,
-               "referrers": referrers}[target.kind]
-    return await handler(request, target)
+    return await _HANDLERS[target.kind](request, target)
 
 
 def _headers(target: Target) -> dict[str, str]:
@@ -84,13 +89,23 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
     accept = parse_accept(request.headers.getall("Accept", []))
     answer = await request.app[PROXY].manifest(target.route, target.reference, accept)
     request["cache"] = answer.cache
-    headers = {**_headers(target), "Docker-Content-Digest": str(answer.digest),
-               "Content-Type": answer.media_type, "Content-Length": str(len(answer.body)),
-               "ETag": f'"{answer.digest}"'}
-    if answer.warning:
-        headers["Warning"] = answer.warning
     # aiohttp sends no body for HEAD but keeps our Content-Length.
-    return web.Response(body=answer.body, headers=headers)
+    return web.Response(body=answer.body, headers=_manifest_headers(
+        answer.digest, answer.media_type, len(answer.body), target.route.namespace,
+        answer.warning))
+
+
+@functools.lru_cache(maxsize=1024)   # hot manifests are answered again and again
+def _manifest_headers(digest: Digest, media_type: str, length: int, namespace: str | None,
+                      warning: str | None) -> Mapping[str, str]:
+    """A manifest answer's headers (aiohttp copies them into each response)."""
+    headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Content-Type": media_type,
+               "Content-Length": str(length), "ETag": f'"{digest}"'}
+    if namespace:
+        headers["OCI-Namespace"] = namespace
+    if warning:
+        headers["Warning"] = warning
+    return MappingProxyType(headers)
 
 
 # -- blobs ---------------------------------------------------------------------------------------
@@ -217,6 +232,9 @@ async def referrers(request: web.Request, target: Target) -> web.Response:
         headers["Warning"] = answer.warning
     return web.Response(body=referrers_index(answer.descriptors, artifact_type),
                         headers=headers)
+
+
+_HANDLERS = {"manifests": manifest, "blobs": blob, "tags": tags, "referrers": referrers}
 
 
 __all__ = ["setup", "paginate"]

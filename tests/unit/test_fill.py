@@ -643,3 +643,51 @@ async def test_an_announced_empty_blob_ends_only_when_verified(fills):
     good.release_all()
     fill, _ = fills.get_or_start("blob", empty, origin(good))
     assert await Reader(fill).result() == b""
+
+# --- the budget ----------------------------------------------------------------------------------
+
+class SampledSource(FakeSource):
+    """Records the cache's disk use (indexed files, index database, temp files) before
+    every chunk it hands over."""
+
+    def __init__(self, chunks: list[bytes], store: BlobStore, peaks: list[int]) -> None:
+        super().__init__(chunks)
+        self.store, self.peaks = store, peaks
+        self.release_all()
+
+    async def chunks(self):
+        async for chunk in super().chunks():
+            self.peaks.append(disk_use(self.store))
+            yield chunk
+
+
+def disk_use(store: BlobStore) -> int:
+    return store.index.volume() + sum(p.stat().st_size for p in store.tmp.iterdir())
+
+
+async def test_concurrent_fills_never_overshoot_the_budget(tmp_path):
+    """Issue #8 item 4: 12 concurrent 1 MiB fills on a 10 MiB cache (high watermark 7 MiB),
+    already holding 6 MiB of evictable blobs, stay within 10 MiB all along."""
+    mib = 1 << 20
+    store = BlobStore(tmp_path / "cache", Budget(10 * mib, 0.7, 0.5))
+    await store.open()
+    fills = Fills(store, deadline=60)
+    try:
+        for n in range(6):
+            data = bytes([n]) * mib
+            await store.put_bytes("blob", Digest.of(data), data)
+        peaks: list[int] = []
+        blobs = [bytes([100 + n]) * mib for n in range(12)]
+        started = [fills.get_or_start("blob", Digest.of(data), [candidate(
+            SampledSource([data[:mib // 2], data[mib // 2:]], store, peaks))])[0]
+            for data in blobs]
+        results = await wait(asyncio.gather(*(f.result for f in started)), timeout=30)
+        await settled(fills)
+        assert [r.size for r in results] == [mib] * 12
+        peaks.append(disk_use(store))
+        assert max(peaks) <= 10 * mib, f"peak {max(peaks) / mib:.2f} MiB"
+        assert (await store.usage())["reserved"] == 0
+        assert store.index.volume() <= store.budget.max_size
+    finally:
+        await fills.close()
+        await store.close()

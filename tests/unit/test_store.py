@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 
 from pullcache.cache.index import Entry, key_for, relpath_for
 from pullcache.cache.store import BlobStore, Budget
@@ -164,6 +165,7 @@ async def test_volume_counts_the_committed_bytes(store):
 async def test_eviction_order_is_by_use_not_by_storage(store):
     (a, _), (b, _), (c, _) = [await put(store, n) for n in range(3)]
     assert await store.stat("blob", a) is not None         # a is now the most recently used
+    assert await store.flush_recency() == 1
     freed = store.index.evict_to(store.index.volume() - 1)
     assert freed == [relpath_for("blob", "sha256", b.hex)]
     assert indexed(store) == {f"blob:{a}", f"blob:{c}"}
@@ -238,14 +240,36 @@ async def test_make_room_evicts_down_to_the_low_watermark(budgeted):
     assert budgeted.index.volume() + MiB <= budgeted.budget.low
 
 
-async def test_make_room_counts_reservations(budgeted):
+async def test_reserve_makes_room_and_counts_the_reservation_in_one_step(budgeted):
     stored = [await put(budgeted, n, MiB) for n in range(8)]
     assert await budgeted.make_room() == 0
-    with budgeted.reservation(2 * MiB):
+    with await budgeted.reserve(2 * MiB):
         assert (await budgeted.usage())["reserved"] == 2 * MiB
-        assert await budgeted.make_room() == 2 * MiB          # down to 8.5 - 2 MiB
+        # 8 MiB + 2 MiB incoming passes 9.5 MiB: down to 8.5 - 2 MiB, by reserve itself.
+        assert budgeted.evicted == [(2, 2 * MiB)]
+        assert indexed(budgeted) == {f"blob:{d}" for d, _ in stored[2:]}
+        assert await budgeted.make_room() == 0          # the reservation is counted
     assert (await budgeted.usage())["reserved"] == 0
-    assert indexed(budgeted) == {f"blob:{d}" for d, _ in stored[2:]}
+
+
+async def test_reserve_waits_while_fills_in_flight_leave_no_room(budgeted):
+    first = await budgeted.reserve(6 * MiB)
+    with structlog.testing.capture_logs() as logs:
+        second = asyncio.create_task(budgeted.reserve(6 * MiB))   # 12 MiB would pass 10 MiB
+        async with asyncio.timeout(5):
+            while not any(e["event"] == "cache_full_waited" for e in logs):
+                await asyncio.sleep(0.001)
+    assert not second.done()
+    first.release()
+    async with asyncio.timeout(5):
+        (await second).release()
+    first.release()                                      # idempotent
+    assert (await budgeted.usage())["reserved"] == 0
+
+
+async def test_a_fill_alone_is_never_kept_waiting(budgeted):
+    with await budgeted.reserve(20 * MiB):              # bigger than the whole cache
+        assert (await budgeted.usage())["reserved"] == 20 * MiB
 
 
 def test_budget_watermarks():
