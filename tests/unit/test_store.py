@@ -413,3 +413,36 @@ async def test_stat_with_pin_is_atomic_with_eviction(tmp_path):
         assert found, "the lookup never won the race: nothing was checked"
     finally:
         await store.close()
+
+
+# --- eviction racing a committed read (issue #8) -------------------------------------------------
+
+async def test_eviction_racing_a_committed_read_never_removes_the_file_under_it(store):
+    """A response holds a FileBody (found and pinned in one step); eviction runs in another
+    thread while it reads. Every byte read is the blob's, the file outlives the response,
+    and once the response lets go the evicted file is unlinked."""
+    from pullcache.cache.body import FileBody
+    digest, _ = await put(store, 1, 2 * MiB)
+    entry = await store.stat("blob", digest, pin=True)
+    body = await FileBody.open(store, entry)
+    path = store.path(entry)
+    evicting = threading.Event()
+
+    def evict_repeatedly() -> None:
+        evicting.set()
+        for _ in range(50):
+            store.index.evict_to(0)
+            store.index.drop(f"blob:{digest}")   # as `cache rm` would, while we read
+    worker = threading.Thread(target=evict_repeatedly)
+    worker.start()
+    await asyncio.to_thread(evicting.wait, 5)
+    got = bytearray()
+    async for fd, offset, length in body.spans(0, body.size):
+        got += await asyncio.to_thread(os.pread, fd, length, offset)
+        assert path.exists(), "the file went while a response was reading it"
+    await asyncio.to_thread(worker.join, 10)
+    assert bytes(got) == blob(1, 2 * MiB)
+    assert path.exists() and f"blob:{digest}" not in indexed(store)
+    await body.aclose()
+    await store.release()
+    assert not path.exists(), "the evicted file outlived its last reader"

@@ -229,3 +229,26 @@ async def test_a_denied_push_is_logged_once_per_repository(tmp_path, capsys):
     assert writes.status()["failed"] == 3
     captured = capsys.readouterr()
     assert (captured.out + captured.err).count("tier_write_denied") == 1
+
+
+async def test_a_blob_evicted_between_lookup_and_read_is_skipped_not_pushed(tmp_path):
+    """The write-behind found the file, then eviction removed it before the upload read it:
+    the job ends "skipped" (a later origin fill queues it again), nothing half-pushed."""
+    registry, metrics = MemoryRegistry(), Metrics()
+
+    class Evicting(Local):
+        async def blob_path(self, digest):
+            path = await super().blob_path(digest)
+            if path is not None:
+                path.unlink()          # eviction wins the race right after the lookup
+            return path
+    local = Evicting(tmp_path)
+    blob = local.add_blob(b"layer" * 1000)
+    writes = await writer(registry, local, metrics=metrics).open()
+    writes.blob("up", "team/app", blob)
+    await asyncio.wait_for(writes.idle(), 10)
+    await writes.close()
+    assert registry.blobs == {} and registry.completed == Counter()
+    assert metrics.tier_writes.labels("blob", "skipped")._value.get() == 1
+    assert metrics.tier_uploads.labels("blob", "completed")._value.get() == 0
+    assert writes.status()["failed"] == 0
