@@ -50,6 +50,7 @@ from ..singleflight import SingleFlight
 log = structlog.get_logger("pullcache.access")
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="pullcache"'}
 MAX_REMEMBERED = 10_000   # verified pairs and counted addresses kept at most
+MAX_ADDRESSES = 10_000    # client addresses whose network verdict is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,18 +186,24 @@ class AccessControl:
         return Verifier(read_htpasswd(config.htpasswd), config.credentials_ttl)
 
     def configure(self, config: AccessConfig, verifier: Verifier | None) -> None:
-        # One assignment: a request sees the old policy or the new one, never a mix.
+        # One assignment: a request sees the old policy or the new one, never a mix. The
+        # networks' verdict per client address is remembered with the policy it came from.
         self._state = (config, verifier,
-                       FailureLimiter(config.max_failures, config.failure_window))
+                       FailureLimiter(config.max_failures, config.failure_window), {})
 
     async def identify(self, address: str | None, authorization: str | None) -> Identity:
-        cfg, verifier, limiter = self._state
-        ip = _address(address)
-        if ip is None or not any(ip in net for net in cfg.allow_networks):
+        cfg, verifier, limiter, networks = self._state
+        gate = networks.get(address)
+        if gate is None:   # parsing and matching an address costs more than the rest
+            gate = _gate(cfg, address)
+            if len(networks) >= MAX_ADDRESSES:
+                networks.clear()
+            networks[address] = gate
+        ip, allowed, anonymous_ok = gate
+        if not allowed:
             raise Denied(message="this address may not use this registry")
         if verifier is None:
             return ANYONE
-        anonymous_ok = any(ip in net for net in cfg.anonymous_networks)
         pair = parse_basic(authorization)
         if pair is None:
             if anonymous_ok:
@@ -219,6 +226,15 @@ class AccessControl:
             return ANYONE
         log.warning("login_failed", client=str(ip))   # no user name: it may be a secret
         raise Unauthorized(message="invalid username or password", headers=CHALLENGE)
+
+
+def _gate(cfg: AccessConfig, address: str | None) -> tuple[object, bool, bool]:
+    """(the address, whether it may connect, whether it may pull anonymously)."""
+    ip = _address(address)
+    if ip is None:
+        return None, False, False
+    return (ip, any(ip in net for net in cfg.allow_networks),
+            any(ip in net for net in cfg.anonymous_networks))
 
 
 def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -244,22 +260,13 @@ async def access_control(request: web.Request, handler):
     return await handler(request)
 
 
+# aiohttp would announce ``Server: Python/x aiohttp/y``; name no versions. aiohttp fills in
+# its module's default on every response it prepares (``setdefault``), its own 400s for a
+# malformed request line included, which no app signal sees; replacing that default once per
+# process covers every answer, and costs nothing per response.
 SERVER = "pullcache"
-
-
-async def no_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: aiohttp would announce ``Python/x aiohttp/y``; name no
-    versions (aiohttp only sets the header when it is absent).
-
-    Answers aiohttp writes before any app sees the request (400 for a malformed request
-    line or oversized headers) run no app signal; for those, the default that
-    ``web_response`` fills in is replaced too, once per process.
-    """
-    response.headers["Server"] = SERVER
-
-
 web_response.SERVER_SOFTWARE = SERVER
 
 
 __all__ = ["ACCESS", "ANYONE", "AccessControl", "Identity", "access_control",
-           "no_server_header", "parse_basic", "read_htpasswd"]
+           "parse_basic", "read_htpasswd"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .access import no_server_header
 from .admin_api import setup_api
 from .admin_page import setup_page
 from .keys import CORE, DRAINING, METRICS, STORE, core_of
@@ -23,7 +22,6 @@ from .operations import OPS
 
 def build_admin_app(core: web.Application) -> web.Application:
     admin = web.Application(middlewares=[oci_errors])
-    admin.on_response_prepare.append(no_server_header)
     admin[CORE] = core
     setup_ops(admin)
     setup_api(admin)

@@ -48,22 +48,21 @@ from ..upstream.client import RegistryClient, UpstreamSettings
 from ..upstream.credentials import StaticCredentials
 from . import admin, routes
 from ..ops.status import Pulls
-from .access import ACCESS, AccessControl, access_control, no_server_header
+from .access import ACCESS, AccessControl, access_control
 from .authz import POLICY
-from .keys import (CREDENTIALS, DRAINING, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE,
-                   TIER, UPSTREAMS)
+from .keys import (CREDENTIALS, DRAINING, METRICS, PROXY, PULLS, ROUTES, SENDFILE, SESSION,
+                   STORE, TIER, UPSTREAMS)
 from .sendfile import Sendfile
 from .middleware import oci_errors, request_context
-from .operations import PULLS, count_pulls, lock_context, operations_context
+from .operations import lock_context, operations_context
 
 log = structlog.get_logger("pullcache.app")
 HOUSEKEEPING_INTERVAL = 30.0
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[request_context, oci_errors, access_control, count_pulls],
+    app = web.Application(middlewares=[request_context, oci_errors, access_control],
                           handler_args={"max_field_size": 16 * 1024})
-    app.on_response_prepare.append(no_server_header)
     app[DRAINING] = asyncio.Event()
     app[ACCESS] = AccessControl(config.access)
     app[POLICY] = Policy.from_config(config.upstreams)

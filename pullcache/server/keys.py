@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ..backing.tier import WriteBehind
     from ..cache.store import BlobStore
     from ..metrics import Metrics
+    from ..ops.status import Pulls
     from ..proxy import Proxy, Upstream
     from ..routing import UpstreamTable
     from ..upstream.credentials import StaticCredentials
@@ -37,3 +38,5 @@ def core_of(request: web.Request) -> web.Application:
     """The app whose objects this request reports on: the public app for the admin app's
     requests, the app itself on a single listener (``admin_listen = ""``)."""
     return request.app.get(CORE, request.app)
+# Answered manifest GETs by image, for the status page's top list (routes count them).
+PULLS: web.AppKey["Pulls"] = web.AppKey("pulls")

@@ -25,7 +25,7 @@ from ..ops.pinning import Pinning
 from ..ops.refs import Platform, parse_image
 from ..ops.status import Pulls, Samples
 from ..ops.warm import Warmer
-from .keys import METRICS, PROXY, ROUTES, STORE
+from .keys import METRICS, PROXY, PULLS, ROUTES, STORE
 
 log = structlog.get_logger("pullcache.ops")
 SAMPLE_INTERVAL = 10.0
@@ -44,7 +44,6 @@ class Operations:
 
 
 OPS: web.AppKey[Operations] = web.AppKey("operations")
-PULLS: web.AppKey[Pulls] = web.AppKey("pulls")
 
 
 def lock_context(config: Config):
@@ -109,11 +108,3 @@ def _pinning(config: Config, app: web.Application, pins: PinSet,
                    on_bytes=app[METRICS].pinned_bytes.set)
 
 
-@web.middleware
-async def count_pulls(request: web.Request, handler) -> web.StreamResponse:
-    """Counts answered manifest GETs by image, for the status page's top list."""
-    response = await handler(request)
-    if request.method == "GET" and response.status == 200 and "repo" in request \
-            and "/manifests/" in request.path:
-        request.app[PULLS].count(request["upstream"], request["repo"])
-    return response

@@ -24,7 +24,7 @@ from ..proxy import BlobAnswer
 from ..routing import Target, resolve
 from . import ranges
 from .authz import authorize
-from .keys import METRICS, PROXY, ROUTES, SENDFILE
+from .keys import METRICS, PROXY, PULLS, ROUTES, SENDFILE
 from .middleware import API_VERSION
 from .sendfile import ClientStalled
 
@@ -63,7 +63,6 @@ async def pull(request: web.Request) -> web.StreamResponse:
                      ns=request.query.get("ns"))
     request["upstream"] = target.route.upstream
     authorize(request, target)   # before the proxy: a refusal reveals nothing cached
-    request["repo"] = target.route.repo   # for the status page's top images
     return await _HANDLERS[target.kind](request, target)
 
 
@@ -89,6 +88,8 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
     accept = parse_accept(request.headers.getall("Accept", []))
     answer = await request.app[PROXY].manifest(target.route, target.reference, accept)
     request["cache"] = answer.cache
+    if request.method == "GET":   # the status page's top images, by pulls
+        request.app[PULLS].count(target.route.upstream, target.route.repo)
     # aiohttp sends no body for HEAD but keeps our Content-Length.
     return web.Response(body=answer.body, headers=_manifest_headers(
         answer.digest, answer.media_type, len(answer.body), target.route.namespace,
