@@ -11,7 +11,7 @@ TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light 
 	ca-certificates curl
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench bench-peer clean
+.PHONY: run test venv system-deps bench bench-peer bench-chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -36,6 +36,9 @@ bench: $(STAMP) system-deps
 
 bench-peer: $(STAMP) system-deps
 	$(BIN)/python -m bench.vs_distribution
+
+bench-chaos: $(STAMP) system-deps
+	$(BIN)/python -m bench.chaos_soak $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

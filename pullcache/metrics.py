@@ -58,6 +58,9 @@ class Metrics:
                                    ["kind", "outcome"], registry=r)
         self.tier_queue = Gauge("pullcache_tier_write_queue",
                                 "Write-backs queued or waiting to retry", registry=r)
+        self.asyncio_tasks = Gauge("pullcache_asyncio_tasks",
+                                   "asyncio tasks alive on the event loop (a leak check)",
+                                   registry=r)
         self._last_remaining: dict[str, float] = {}
 
     # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------

@@ -283,7 +283,12 @@ class Fill:
                 if self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception())) from None
                 path = self.store.path(self.result.result().entry)
-                return await asyncio.to_thread(os.open, path, os.O_RDONLY), generation
+                try:
+                    return await asyncio.to_thread(os.open, path, os.O_RDONLY), generation
+                except FileNotFoundError:
+                    # Evicted between its commit and this late reader (a budget smaller
+                    # than the fills in flight): a cut the client retries, not a 500.
+                    raise FillFailed("evicted right after its commit") from None
             if generation == self.generation:
                 return fd, generation
             await asyncio.to_thread(os.close, fd)   # raced with a source change: again

@@ -28,6 +28,7 @@ import structlog
 from ..errors import StorageError
 from ..oci import Digest
 from .index import Entry, Index, key_for, relpath_for
+from .verify import file_matches
 
 log = structlog.get_logger("pullcache.cache")
 KINDS = ("blob", "manifest")
@@ -262,7 +263,7 @@ class BlobStore:
                     # Its media type died with the crash; it will be fetched again.
                     path.unlink(missing_ok=True)
                     rejected += 1
-                elif _file_matches(path, key.split(":", 1)[1]):
+                elif file_matches(path, key.split(":", 1)[1]):
                     self.index.add(key, Entry(relpath, path.stat().st_size))
                     adopted += 1
                 else:
@@ -281,15 +282,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _file_matches(path: Path, digest: str) -> bool:
-    try:
-        expected = Digest.parse(digest)
-    except Exception:  # noqa: BLE001
-        return False
-    hasher = expected.hasher()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest() == expected.hex

@@ -66,6 +66,8 @@ def build_app(config: Config) -> web.Application:
             session = await stack.enter_async_context(aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, trust_env=False))
             app[SESSION] = session
+            loop = asyncio.get_running_loop()
+            metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
             upstreams = {}
             for u in config.upstreams:
                 credentials = None

@@ -27,6 +27,8 @@ class SendfilePool:
         self._stall_ms = int(stall_timeout * 1000)
 
     async def send(self, out_fd: int, in_fd: int, offset: int, count: int) -> None:
+        if out_fd < 0:   # the transport was closed (the client left) between two sends
+            raise ConnectionResetError("client went away")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._send, out_fd, in_fd, offset, count)
 

@@ -249,7 +249,7 @@ class RegistryClient:
         if method != "HEAD":
             try:
                 body = await self._read_limited(resp, MAX_ERROR_BODY, truncate=True)
-            except aiohttp.ClientError:
+            except (errors.UpstreamError, errors.UpstreamTimeout):
                 body = b""
         resp.release()
         raise error_for(resp.status, resp.headers, body, not_found, self.name)
@@ -365,14 +365,21 @@ class RegistryClient:
     @staticmethod
     async def _read_limited(resp: aiohttp.ClientResponse, limit: int,
                             truncate: bool = False) -> bytes:
+        """A small body (manifest, error, token) in memory. A body cut or stalled midway
+        is the upstream's failure (502/504), never ours."""
         chunks, total = [], 0
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            total += len(chunk)
-            if total > limit:
-                if truncate:
-                    break
-                raise errors.UpstreamError(f"response larger than {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                total += len(chunk)
+                if total > limit:
+                    if truncate:
+                        break
+                    raise errors.UpstreamError(f"response larger than {limit} bytes")
+                chunks.append(chunk)
+        except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout
+            raise errors.UpstreamTimeout("response body stalled") from exc
+        except aiohttp.ClientError as exc:
+            raise errors.UpstreamError(f"response body failed: {exc}") from exc
         return b"".join(chunks)
 
 
