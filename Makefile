@@ -11,7 +11,7 @@ TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light 
 	ca-certificates curl
 PYTEST_ARGS ?=
 
-.PHONY: run test venv system-deps bench bench-peer bench-chaos clean
+.PHONY: run test venv system-deps bench bench-peer bench-chaos bench-stale clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -39,6 +39,9 @@ bench-peer: $(STAMP) system-deps
 
 bench-chaos: $(STAMP) system-deps
 	$(BIN)/python -m bench.chaos_soak $(CHAOS_ARGS)
+
+bench-stale: $(STAMP) system-deps
+	$(BIN)/python -m bench.stale_tag
 
 clean:
 	rm -rf $(VENV) .pytest_cache

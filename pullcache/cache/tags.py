@@ -58,9 +58,24 @@ class TagStore:
 
     async def put(self, upstream: str, repo: str, tag: str, aclass: str,
                   record: TagRecord) -> None:
-        await asyncio.to_thread(self._cache.set, _key(upstream, repo, tag, aclass),
-                                asdict(record))
+        def _put() -> None:
+            with self._cache.transact():
+                self._cache.set(_key(upstream, repo, tag, aclass), asdict(record))
+                # Which accept classes hold a record of this tag, for ``get_all``.
+                classes = self._cache.get(_classes_key(upstream, repo, tag), ())
+                if aclass not in classes:
+                    self._cache.set(_classes_key(upstream, repo, tag), (*classes, aclass))
+        await asyncio.to_thread(_put)
 
+    async def get_all(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
+        """Every accept class's record of the tag, newest first (for stale answers: any
+        cached manifest of the tag the client accepts beats an error)."""
+        def _all() -> list[TagRecord]:
+            classes = self._cache.get(_classes_key(upstream, repo, tag), ())
+            raws = (self._cache.get(_key(upstream, repo, tag, c)) for c in classes)
+            return sorted((TagRecord(**raw) for raw in raws if raw),
+                          key=lambda r: r.checked_at, reverse=True)
+        return await asyncio.to_thread(_all)
 
     async def get_list(self, upstream: str, repo: str) -> list[str] | None:
         return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}#tags/list")
@@ -71,3 +86,7 @@ class TagStore:
 
 def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:
     return f"{upstream}/{repo}:{tag}#{aclass}"
+
+
+def _classes_key(upstream: str, repo: str, tag: str) -> str:
+    return f"{upstream}/{repo}:{tag}#*"

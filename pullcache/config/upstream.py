@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pullcache.errors import ConfigError
 
 from .fields import (
+    HOURS,
     MINUTES,
     SECONDS,
     _bool,
@@ -38,6 +39,9 @@ class UpstreamConfig:
     auth: str = _field(_choice("auto", "ecr"), "auto")
     tag_ttl: float = _field(parse_duration, 5 * MINUTES, fmt=format_duration)
     serve_stale: bool = _field(_bool, True)
+    # Past tag_ttl, for this long: answer from the cache at once, revalidate in the
+    # background (a moved tag is seen one request later). 0: off.
+    stale_while_revalidate: float = _field(parse_duration, 1 * HOURS, fmt=format_duration)
     connect_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
     header_timeout: float = _field(_timeout, 15 * SECONDS, fmt=format_duration)

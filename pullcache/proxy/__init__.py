@@ -39,6 +39,10 @@ class Proxy:
         self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes)
         self.discovery = Discovery(tags)
 
+    async def close(self) -> None:
+        """End the background work the policy started (tag revalidations)."""
+        await self.manifests.close()
+
     async def manifest(self, route: Route, reference: str,
                        accept: tuple[str, ...]) -> ManifestAnswer:
         return await self.manifests.get(self.upstreams[route.upstream], route, reference, accept)

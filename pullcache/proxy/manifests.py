@@ -4,11 +4,16 @@ by digest → cache, else the backing tier, else upstream GET by digest, verifie
             revalidated (the digest fixes the content).
 by tag    → fresh record? serve : HEAD upstream (HEADs are free on Docker Hub) → digest
             cached? serve : GET by digest; upstream down / 429 → serve stale with
-            ``Warning: 299``.
+            ``Warning: 299`` (the client's own accept class first, else any cached record
+            of the tag whose media type the client accepts).
+            Stale-while-revalidate (RFC 5861's idea): up to ``stale_while_revalidate`` past
+            the TTL, serve the record at once and revalidate in the background, one flight
+            per tag; a moved tag is seen one request later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -18,7 +23,7 @@ from ..backing.tier import EcrTier, WriteBehind
 from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..metrics import Metrics
-from ..oci import DEFAULT_ACCEPT, Digest, manifest_media_type, parse_reference
+from ..oci import DEFAULT_ACCEPT, Digest, accepts, manifest_media_type, parse_reference
 from ..routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, ManifestAnswer, Upstream, parse_digest, tier_outcome
@@ -35,6 +40,14 @@ class Manifests:
         self.tier = tier
         self.writes = writes
         self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
+        self._behind: set[asyncio.Task[None]] = set()   # background revalidations
+
+    async def close(self) -> None:
+        """Cancel background revalidations and flights in the air (at shutdown)."""
+        for task in list(self._behind):
+            task.cancel()
+        await asyncio.gather(*self._behind, return_exceptions=True)
+        await self._flights.close()
 
     async def get(self, upstream: Upstream, route: Route, reference: str,
                   accept: tuple[str, ...]) -> ManifestAnswer:
@@ -65,24 +78,54 @@ class Manifests:
                       accept: tuple[str, ...]) -> ManifestAnswer:
         aclass = accept_class(accept)
         record = await self.tags.get(route.upstream, route.repo, tag, aclass)
-        if record is not None and record.age() < upstream.tag_ttl:
+        age = record.age() if record is not None else None
+        if age is not None and age < upstream.tag_ttl + upstream.stale_while_revalidate:
             cached = await self.cached(Digest.parse(record.digest))
             if cached is not None:
-                return cached
+                if age < upstream.tag_ttl:
+                    return cached
+                self._revalidate_behind(upstream, route, tag, accept, aclass, record)
+                return cached.as_("swr")
 
-        async def resolve() -> ManifestAnswer:
-            try:
-                return await self._resolve_tag(upstream, route, tag, accept, aclass, record)
-            except errors.UPSTREAM_FAILURES as exc:
-                stale = await self._stale(upstream, record)
-                if stale is None:
-                    raise
-                log.warning("served_stale", upstream=route.upstream, repo=route.repo,
-                            tag=tag, error=str(exc), age=round(record.age(), 1))
-                return stale
         key = ("tag", route.upstream, route.repo, tag, aclass)
-        answer, joined = await self._flights.do(key, resolve, on_join=self._count_join)
+        answer, joined = await self._flights.do(
+            key, lambda: self._resolve_or_stale(upstream, route, tag, accept, aclass, record),
+            on_join=self._count_join)
         return answer.as_("joined") if joined and answer.cache != "stale" else answer
+
+    def _revalidate_behind(self, upstream: Upstream, route: Route, tag: str,
+                           accept: tuple[str, ...], aclass: str, record: TagRecord) -> None:
+        """Start the tag's revalidation in a task this object owns, unless one is in the
+        air already (one flight per tag: requests meanwhile are answered from the cache)."""
+        key = ("tag", route.upstream, route.repo, tag, aclass)
+        if self._flights.in_flight(key):
+            return
+
+        async def revalidate() -> None:
+            try:
+                await self._flights.do(key, lambda: self._resolve_or_stale(
+                    upstream, route, tag, accept, aclass, record))
+            except errors.PullcacheError as exc:
+                log.info("revalidation_failed", upstream=route.upstream, repo=route.repo,
+                         tag=tag, error=str(exc))
+        task = asyncio.create_task(revalidate(), name=f"revalidate {route.repo}:{tag}")
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
+
+    async def _resolve_or_stale(self, upstream: Upstream, route: Route, tag: str,
+                                accept: tuple[str, ...], aclass: str,
+                                record: TagRecord | None) -> ManifestAnswer:
+        try:
+            return await self._resolve_tag(upstream, route, tag, accept, aclass, record)
+        except errors.UPSTREAM_FAILURES as exc:
+            stale = await self._stale(upstream, route, tag, accept, record)
+            if stale is None:
+                raise
+            answer, used = stale
+            log.warning("served_stale", upstream=route.upstream, repo=route.repo,
+                        tag=tag, error=str(exc), age=round(used.age(), 1),
+                        other_class=used is not record)
+            return answer
 
     def _count_join(self) -> None:
         self.metrics.coalesced.labels("manifest").inc()
@@ -133,14 +176,23 @@ class Manifests:
         if self.writes is not None:
             self.writes.manifest(upstream.client.name, repo, digest, tag)
 
-    async def _stale(self, upstream: Upstream, record: TagRecord | None) -> ManifestAnswer | None:
-        if record is None or not upstream.serve_stale:
+    async def _stale(self, upstream: Upstream, route: Route, tag: str,
+                     accept: tuple[str, ...], record: TagRecord | None,
+                     ) -> tuple[ManifestAnswer, TagRecord] | None:
+        """A cached manifest of the tag to serve while upstream cannot answer: the client's
+        own accept class first, else the newest record of another class whose media type
+        the client accepts (a mixed fleet of clients shares one outage)."""
+        if not upstream.serve_stale:
             return None
-        cached = await self.cached(Digest.parse(record.digest))
-        if cached is None:
-            return None
-        return ManifestAnswer(cached.body, cached.media_type, cached.digest, "stale",
-                              STALE_WARNING)
+        others = await self.tags.get_all(route.upstream, route.repo, tag)
+        candidates = ([record] if record is not None else []) + [
+            r for r in others if r != record and accepts(accept, r.media_type)]
+        for candidate in candidates:
+            cached = await self.cached(Digest.parse(candidate.digest))
+            if cached is not None:
+                return ManifestAnswer(cached.body, cached.media_type, cached.digest, "stale",
+                                      STALE_WARNING), candidate
+        return None
 
     async def cached(self, digest: Digest) -> ManifestAnswer | None:
         """The manifest from the local cache, or None."""

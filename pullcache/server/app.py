@@ -79,7 +79,8 @@ def build_app(config: Config) -> web.Application:
                 client = RegistryClient(UpstreamSettings.from_config(u), session,
                                         observer=metrics, credentials=credentials,
                                         basic_first=credentials is not None)
-                upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale)
+                upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale,
+                                             u.stale_while_revalidate)
             app[UPSTREAMS] = upstreams
             yield
 
@@ -114,6 +115,7 @@ def build_app(config: Config) -> web.Application:
             try:
                 yield
             finally:
+                await app[PROXY].close()
                 await fills.close()
         await tags.close()
         await store.close()

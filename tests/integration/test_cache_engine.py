@@ -151,7 +151,8 @@ def test_cached_image_pulls_fast_with_upstream_blackholed(make_pullcache, regist
     the tag is served stale after the short revalidation timeout, and the breaker then
     answers at once. Distribution and Harbor wait 30 s to minutes here."""
     pc = make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url, extra={
-        "tag_ttl": 0, "header_timeout": "60s", "revalidate_timeout": "1s"}))
+        "tag_ttl": 0, "stale_while_revalidate": "0s", "header_timeout": "60s",
+        "revalidate_timeout": "1s"}))
     image = build_image("blackhole", layer_sizes=(300_000, 2000))
     push(registry, "engine/blackhole", "v1", image)
 
