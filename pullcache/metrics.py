@@ -58,6 +58,9 @@ class Metrics:
                                    ["kind", "outcome"], registry=r)
         self.tier_queue = Gauge("pullcache_tier_write_queue",
                                 "Write-backs queued or waiting to retry", registry=r)
+        self.fill_passthroughs = Counter(
+            "pullcache_fill_passthroughs",
+            "Fills the disk refused, served from memory and not cached", registry=r)
         self.asyncio_tasks = Gauge("pullcache_asyncio_tasks",
                                    "asyncio tasks alive on the event loop (a leak check)",
                                    registry=r)
@@ -92,6 +95,8 @@ class Metrics:
             self.fills.labels(event).inc()
         if event == "digest_mismatch":
             self.digest_mismatches.inc()
+        if event == "passthrough":
+            self.fill_passthroughs.inc()
 
 
 def _ratelimit_value(value: str | None) -> float | None:

@@ -7,12 +7,18 @@ cost one download, and a client that hangs up slows or cancels nothing. On a has
 file is fsynced, renamed into place and indexed; on a mismatch or a source error the temp
 file is deleted and every reader raises ``FillFailed``, so its response is cut short (a
 client must see a broken transfer, never a complete-looking wrong blob).
+
+When the disk refuses the fill (ENOSPC, EIO, read-only, removed; or the blob cannot fit the
+budget at all) it becomes a *pass-through*: the bytes continue into a bounded in-memory
+``Window`` (passthrough.py) that readers tail the same way, the temp file is removed, and
+nothing is cached. The final byte is still held back until the digest matches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -20,9 +26,10 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog
 
-from ..errors import DigestMismatch, PullcacheError, SizeInvalid, UpstreamTimeout
+from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
+from .passthrough import DEFAULT_LIMIT, Window, is_disk_error
 from .store import BlobStore
 
 log = structlog.get_logger("pullcache.fill")
@@ -60,7 +67,7 @@ class FillFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FillResult:
-    entry: Entry
+    entry: Entry | None          # None: passed through, not cached
     size: int
     origin: str
     seconds: float
@@ -68,7 +75,7 @@ class FillResult:
 
 class Fill:
     def __init__(self, kind: str, digest: Digest, store: BlobStore, deadline: float,
-                 on_event=None) -> None:
+                 on_event=None, disk=None, window_limit: int = DEFAULT_LIMIT) -> None:
         self.kind = kind
         self.digest = digest
         self.store = store
@@ -86,6 +93,10 @@ class Fill:
         self._started: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._progress = asyncio.Event()
         self._on_event = on_event or (lambda event, **_: None)
+        self.disk = disk                   # cache.disk.Disk: room and health (optional)
+        self.window: Window | None = None  # set when the fill passes through memory
+        self._window_limit = window_limit
+        self._fd = -1                      # the temp file being written
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -107,13 +118,19 @@ class Fill:
         else:
             seconds = time.monotonic() - began
             self.result.set_result(FillResult(entry, self.written, self.origin, seconds))
-            log.info("fill_committed", digest=str(self.digest), kind=self.kind,
-                     bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
-            self._on_event("committed", bytes=self.written)
+            if entry is not None:
+                log.info("fill_committed", digest=str(self.digest), kind=self.kind,
+                         bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
+                self._on_event("committed", bytes=self.written)
+                if self.disk is not None:
+                    self.disk.recovered()
+            else:
+                log.info("fill_passed_through", digest=str(self.digest), kind=self.kind,
+                         bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
         finally:
             self._wake()
             if not self.result.done() or self.result.exception() is not None:
-                await asyncio.to_thread(self.temp.unlink, True)
+                await asyncio.to_thread(_unlink_quietly, self.temp)
 
     async def _download_first(self, sources: "list[Candidate]") -> Entry:
         """Try each source in turn; a source that fails before readers saw any of its
@@ -128,7 +145,10 @@ class Fill:
                             source=candidate.name, error=str(exc))
                 self.written = 0
                 self.generation += 1   # readers holding the old temp file must reopen
-                await asyncio.to_thread(self.temp.unlink, True)
+                if self.window is not None:
+                    self.window.close()
+                    self.window = None
+                await asyncio.to_thread(_unlink_quietly, self.temp)
         raise FillFailed("no source")  # unreachable: the loop returns or raises
 
     async def _download(self, candidate: "Candidate") -> Entry:
@@ -143,19 +163,28 @@ class Fill:
                 # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
             hasher = self.digest.hasher()
-            if source.size:
-                # Room for it before the first byte lands; counted against the budget until
-                # committed, so concurrent fills cannot overshoot it together.
-                await self.store.make_room(source.size)
-            self._reservation = self.store.reservation(source.size or 0)
-            self._reservation.__enter__()
-            fd = await asyncio.to_thread(os.open, self.temp,
-                                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            if source.size and self.disk is not None and not self.disk.fits(source.size):
+                await self._pass_through(f"{source.size} bytes cannot fit the cache "
+                                         f"({self.store.budget.max_size} bytes)")
+            else:
+                if source.size:
+                    # Room for it before the first byte lands; counted against the budget
+                    # until committed, so concurrent fills cannot overshoot it together.
+                    await self.store.make_room(source.size)
+                self._reservation = self.store.reservation(source.size or 0)
+                self._reservation.__enter__()
+                try:
+                    self._fd = await asyncio.to_thread(
+                        os.open, self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except OSError as exc:
+                    if not is_disk_error(exc):
+                        raise
+                    await self._pass_through("creating the temp file", exc)
             try:
                 async for chunk in source.chunks():
                     if self.size is not None and self.written + len(chunk) > self.size:
                         raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
-                    await asyncio.to_thread(_write_and_hash, fd, chunk, hasher)
+                    await self._put(chunk, hasher)
                     self.written += len(chunk)
                     if candidate.stream:
                         self.visible = self.written
@@ -168,19 +197,86 @@ class Fill:
                                 origin=self.origin, source=candidate.name, bytes=self.written)
                     self._on_event("digest_mismatch")
                     raise DigestMismatch(str(self.digest))
-                await asyncio.to_thread(os.fsync, fd)
+                if self._fd >= 0:
+                    try:
+                        await asyncio.to_thread(os.fsync, self._fd)
+                    except OSError as exc:
+                        if not is_disk_error(exc):
+                            raise
+                        await self._pass_through("syncing the temp file", exc)
             finally:
-                await asyncio.to_thread(os.close, fd)
+                await self._close_temp()
         finally:
             await source.close()
-            if self._reservation is not None:
-                self._reservation.__exit__(None, None, None)
-                self._reservation = None
+            self._release_reservation()
         self.size = self.visible = self.written
         self.source = candidate.name
         if not self._started.done():
             self._started.set_result(self.size)
-        return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+        if self.window is not None:
+            return None     # verified and served; not cached
+        try:
+            return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if self.disk is None or not is_disk_error(cause):
+                raise
+            # Verified, and every reader holds an fd on the temp file: they finish from it;
+            # nothing is cached.
+            self.disk.refused("committing", cause)
+            await asyncio.to_thread(_unlink_quietly, self.temp)
+            return None
+
+    # -- pass-through --------------------------------------------------------------------------
+
+    async def _put(self, chunk: bytes, hasher) -> None:
+        """Write and hash one chunk: to the temp file, or the window once the disk refused."""
+        if self.window is None:
+            try:
+                await asyncio.to_thread(_write_and_hash, self._fd, chunk, hasher)
+                return
+            except OSError as exc:
+                if not is_disk_error(exc):
+                    raise
+                await self._pass_through("writing the temp file", exc)
+        window = self.window
+        await asyncio.to_thread(window.put, self.written, chunk, hasher)
+        window.trim(self.written + len(chunk))
+
+    async def _pass_through(self, why: str, exc: OSError | None = None) -> None:
+        """Carry on in memory: seed the window with the last bytes readers may still need,
+        drop the temp file and the reservation, and make readers reopen on the window."""
+        window = Window(self._window_limit)
+        if self._fd >= 0 and self.written:
+            begin = max(0, self.written - window.limit)
+            try:
+                await asyncio.to_thread(window.seed, self.temp, begin, self.written)
+            except OSError:
+                window.start = self.written   # unreadable too (EIO): readers behind are cut
+        await self._close_temp()
+        await asyncio.to_thread(_unlink_quietly, self.temp)
+        self._release_reservation()
+        self.window = window
+        self.generation += 1    # readers reopen: on the window, at the same offset
+        self._wake()
+        if exc is not None and self.disk is not None:
+            self.disk.refused(why, exc)
+            if exc.errno == errno.ENOENT:
+                await self.disk.repair()
+        log.warning("fill_passthrough", digest=str(self.digest), kind=self.kind, reason=why,
+                    error=str(exc) if exc else None, bytes=self.written,
+                    window=window.limit)
+        self._on_event("passthrough")
+
+    async def _close_temp(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            await asyncio.to_thread(os.close, fd)
+
+    def _release_reservation(self) -> None:
+        if self._reservation is not None:
+            self._reservation.__exit__(None, None, None)
+            self._reservation = None
 
     def _fail(self, exc: BaseException) -> None:
         if not self._started.done():
@@ -228,6 +324,7 @@ class Fill:
         Raises ``FillFailed``."""
         fd, generation = await self._open_for_read()
         self.readers += 1
+        token = id(object())    # this reader, for the pass-through window's bookkeeping
         cap = end if end is not None else self.size   # exclusive; None while unknown
         try:
             offset = start
@@ -236,6 +333,9 @@ class Fill:
                 done = self.result.done()
                 if done and self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception()))
+                window = self.window
+                if window is not None:
+                    window.release(token)
                 if generation != self.generation:
                     # The source was dropped before showing any byte (offset is still
                     # ``start``): read the new temp file, never the dropped one.
@@ -252,6 +352,10 @@ class Fill:
                 if offset < available:
                     length = available - offset if limit is None else \
                         min(available - offset, limit)
+                    if window is not None and generation == self.generation:
+                        if not window.hold(token, offset):
+                            raise FillFailed("fell behind the pass-through window")
+                        length = min(length, READ_CHUNK)   # spans stay short in memory
                     yield fd, offset, length
                     offset += length
                 elif done:
@@ -262,6 +366,8 @@ class Fill:
                     await progress.wait()
         finally:
             self.readers -= 1
+            if self.window is not None:
+                self.window.release(token)
             if fd >= 0:
                 await asyncio.to_thread(os.close, fd)
 
@@ -274,6 +380,10 @@ class Fill:
         await self.started()
         while True:
             generation = self.generation
+            if self.window is not None:
+                if self.window.fd < 0:
+                    raise FillFailed("the pass-through ended before this reader started")
+                return self.window.open(), generation
             try:
                 fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
             except FileNotFoundError:
@@ -282,7 +392,10 @@ class Fill:
                     continue
                 if self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception())) from None
-                path = self.store.path(self.result.result().entry)
+                entry = self.result.result().entry
+                if entry is None:
+                    raise FillFailed("passed through, not cached")
+                path = self.store.path(entry)
                 try:
                     return await asyncio.to_thread(os.open, path, os.O_RDONLY), generation
                 except FileNotFoundError:
@@ -292,6 +405,13 @@ class Fill:
             if generation == self.generation:
                 return fd, generation
             await asyncio.to_thread(os.close, fd)   # raced with a source change: again
+
+
+def _unlink_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass   # already gone, or a directory that is gone with it
 
 
 def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:
@@ -304,9 +424,12 @@ def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:
 class Fills:
     """The app's fills in progress, one per (kind, digest); owns their tasks."""
 
-    def __init__(self, store: BlobStore, *, deadline: float, on_event=None) -> None:
+    def __init__(self, store: BlobStore, *, deadline: float, on_event=None, disk=None,
+                 window: int = DEFAULT_LIMIT) -> None:
         self.store = store
         self.deadline = deadline
+        self.disk = disk
+        self.window = window
         self._fills: dict[tuple[str, str], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_event = on_event
@@ -324,7 +447,8 @@ class Fills:
         fill = self._fills.get(key)
         if fill is not None:
             return fill, True
-        fill = Fill(kind, digest, self.store, self.deadline, self._on_event)
+        fill = Fill(kind, digest, self.store, self.deadline, self._on_event, self.disk,
+                    self.window)
         self._fills[key] = fill
         task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
         self._tasks.add(task)
@@ -335,6 +459,8 @@ class Fills:
         try:
             await fill.run(sources)
             if fill.result.exception() is None:
+                if self.disk is not None:
+                    await self.disk.refresh()   # statvfs after each commit
                 await self.store.make_room()
         finally:
             self._fills.pop(key, None)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sqlite3
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,7 @@ import structlog
 from ..errors import StorageError
 from ..oci import Digest
 from .index import Entry, Index, key_for, relpath_for
+from .passthrough import as_oserror
 from .verify import file_matches
 
 log = structlog.get_logger("pullcache.cache")
@@ -96,7 +98,10 @@ class BlobStore:
         ``pin``: also keep its file from eviction until ``unpin`` (a response will serve
         it); found and pinned in one step, so eviction cannot come in between.
         """
-        return await asyncio.to_thread(self.index.get, _key(kind, digest), pin=pin)
+        try:
+            return await asyncio.to_thread(self.index.get, _key(kind, digest), pin=pin)
+        except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
+            raise StorageError(f"index: {exc}") from as_oserror(exc)
 
     def unpin(self, entry: Entry) -> None:
         self.index.unpin(entry.relpath)
@@ -144,8 +149,8 @@ class BlobStore:
             return entry
         try:
             return await asyncio.to_thread(_commit)
-        except OSError as exc:
-            raise StorageError(str(exc)) from exc
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(str(exc)) from as_oserror(exc)
 
     async def put_bytes(self, kind: str, digest: Digest, data: bytes,
                         media_type: str | None = None) -> Entry:
@@ -160,7 +165,8 @@ class BlobStore:
         try:
             await asyncio.to_thread(_write)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            with suppress(OSError):       # a read-only or removed tree refuses this too
+                temp.unlink(missing_ok=True)
             raise StorageError(str(exc)) from exc
         return await self.commit(kind, digest, temp, len(data), media_type)
 

@@ -10,13 +10,16 @@ of manifest media types the client takes (distribution-spec content-negotiation;
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import diskcache
 
+from ..errors import StorageError
 from ..oci import MANIFEST_TYPES, DOCKER_V1, DOCKER_V1_SIGNED, accepts
+from .passthrough import as_oserror
 
 _KNOWN = MANIFEST_TYPES + (DOCKER_V1_SIGNED, DOCKER_V1)
 
@@ -53,7 +56,10 @@ class TagStore:
             await asyncio.to_thread(self._cache.close)
 
     async def get(self, upstream: str, repo: str, tag: str, aclass: str) -> TagRecord | None:
-        raw = await asyncio.to_thread(self._cache.get, _key(upstream, repo, tag, aclass))
+        try:
+            raw = await asyncio.to_thread(self._cache.get, _key(upstream, repo, tag, aclass))
+        except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
+            raise StorageError(f"tag record: {exc}") from as_oserror(exc)
         return TagRecord(**raw) if raw else None
 
     async def put(self, upstream: str, repo: str, tag: str, aclass: str,
@@ -65,7 +71,10 @@ class TagStore:
                 classes = self._cache.get(_classes_key(upstream, repo, tag), ())
                 if aclass not in classes:
                     self._cache.set(_classes_key(upstream, repo, tag), (*classes, aclass))
-        await asyncio.to_thread(_put)
+        try:
+            await asyncio.to_thread(_put)
+        except (OSError, sqlite3.Error) as exc:   # a read-only or removed cache dir
+            raise StorageError(f"tag record: {exc}") from as_oserror(exc)
 
     async def get_all(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
         """Every accept class's record of the tag, newest first (for stale answers: any
@@ -75,7 +84,10 @@ class TagStore:
             raws = (self._cache.get(_key(upstream, repo, tag, c)) for c in classes)
             return sorted((TagRecord(**raw) for raw in raws if raw),
                           key=lambda r: r.checked_at, reverse=True)
-        return await asyncio.to_thread(_all)
+        try:
+            return await asyncio.to_thread(_all)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"tag records: {exc}") from as_oserror(exc)
 
     async def get_list(self, upstream: str, repo: str) -> list[str] | None:
         return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}#tags/list")

@@ -10,6 +10,7 @@ from pullcache.errors import ConfigError
 from .fields import (
     HOURS,
     GiB,
+    MiB,
     _bool,
     _field,
     _fraction,
@@ -31,6 +32,10 @@ class CacheConfig:
     low_watermark: float = _field(_fraction, 0.85)
     fill_deadline: float = _field(_timeout, 2 * HOURS, fmt=format_duration)
     reconcile_on_start: bool = _field(_bool, True)
+    # Free space left on the filesystem: budget = min(max_size, used + free - min_free).
+    min_free: int = _field(parse_size, 1 * GiB, fmt=format_size)
+    # Memory per fill the disk refused (pass-through); readers further behind are cut.
+    passthrough_window: int = _field(_positive(parse_size), 64 * MiB, fmt=format_size)
 
     def __post_init__(self) -> None:
         if not 0 < self.low_watermark < self.high_watermark <= 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..backing.tier import EcrTier, WriteBehind
+from ..cache.disk import Disk
 from ..cache.fill import Fills
 from ..cache.store import BlobStore
 from ..cache.tags import TagStore
@@ -31,12 +32,13 @@ from .manifests import Manifests
 class Proxy:
     def __init__(self, store: BlobStore, fills: Fills, tags: TagStore,
                  upstreams: Mapping[str, Upstream], metrics: Metrics, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 disk: Disk | None = None) -> None:
         self.store = store
         self.fills = fills
         self.upstreams = upstreams
-        self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes)
-        self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes)
+        self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes, disk=disk)
+        self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes, disk=disk)
         self.discovery = Discovery(tags)
 
     async def close(self) -> None:

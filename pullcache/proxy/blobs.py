@@ -5,8 +5,10 @@ the tier in the background."""
 from __future__ import annotations
 
 from ..backing.tier import EcrTier, WriteBehind
+from ..cache.disk import Disk
 from ..cache.fill import Candidate, Fill, Fills
 from ..cache.store import BlobStore
+from ..errors import StorageError
 from ..metrics import Metrics
 from ..oci import Digest
 from ..routing import Route
@@ -15,8 +17,10 @@ from .answers import BlobAnswer, Upstream
 
 class Blobs:
     def __init__(self, store: BlobStore, fills: Fills, metrics: Metrics, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 disk: Disk | None = None) -> None:
         self.store = store
+        self.disk = disk
         self.fills = fills
         self.metrics = metrics
         self.tier = tier
@@ -25,7 +29,12 @@ class Blobs:
     async def get(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
         """A committed blob (pinned: the caller serves it, then calls ``store.unpin``), or
         the fill that is (now) fetching it."""
-        entry = await self.store.stat("blob", digest, pin=True)
+        try:
+            entry = await self.store.stat("blob", digest, pin=True)
+        except StorageError as exc:
+            if self.disk is not None:
+                await self.disk.failed("reading the index", exc)
+            entry = None    # a miss: the fill passes through or caches on a repaired tree
         if entry is not None:
             answer = BlobAnswer(digest, entry.size, "hit", entry=entry)
         else:

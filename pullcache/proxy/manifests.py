@@ -20,6 +20,7 @@ import structlog
 
 from .. import errors
 from ..backing.tier import EcrTier, WriteBehind
+from ..cache.disk import Disk
 from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..metrics import Metrics
@@ -33,8 +34,10 @@ log = structlog.get_logger("pullcache.proxy")
 
 class Manifests:
     def __init__(self, store: BlobStore, tags: TagStore, metrics: Metrics, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 disk: Disk | None = None) -> None:
         self.store = store
+        self.disk = disk
         self.tags = tags
         self.metrics = metrics
         self.tier = tier
@@ -77,7 +80,11 @@ class Manifests:
     async def _by_tag(self, upstream: Upstream, route: Route, tag: str,
                       accept: tuple[str, ...]) -> ManifestAnswer:
         aclass = accept_class(accept)
-        record = await self.tags.get(route.upstream, route.repo, tag, aclass)
+        try:
+            record = await self.tags.get(route.upstream, route.repo, tag, aclass)
+        except errors.StorageError as exc:
+            await self._disk_refused("reading a tag record", exc)
+            record = None   # revalidate: the upstream knows
         age = record.age() if record is not None else None
         if age is not None and age < upstream.tag_ttl + upstream.stale_while_revalidate:
             cached = await self.cached(Digest.parse(record.digest))
@@ -150,8 +157,13 @@ class Manifests:
             cached = await self._store(got.body, got.content_type, got.digest, None)
             self._write_back(upstream, route.repo, cached.digest, tag)
             outcome = "miss"
-        await self.tags.put(route.upstream, route.repo, tag, aclass,
-                            TagRecord(str(cached.digest), cached.media_type, time.time()))
+        try:
+            await self.tags.put(route.upstream, route.repo, tag, aclass,
+                                TagRecord(str(cached.digest), cached.media_type, time.time()))
+        except errors.StorageError as exc:
+            # Served all the same; the next request revalidates again.
+            log.warning("tag_record_not_saved", repo=route.repo, tag=tag, error=str(exc))
+            await self._disk_refused("saving a tag record", exc)
         return cached.as_(outcome)
 
     async def _fetch_by_digest(self, upstream: Upstream, repo: str, digest: Digest,
@@ -184,7 +196,10 @@ class Manifests:
         the client accepts (a mixed fleet of clients shares one outage)."""
         if not upstream.serve_stale:
             return None
-        others = await self.tags.get_all(route.upstream, route.repo, tag)
+        try:
+            others = await self.tags.get_all(route.upstream, route.repo, tag)
+        except errors.StorageError:
+            others = []
         candidates = ([record] if record is not None else []) + [
             r for r in others if r != record and accepts(accept, r.media_type)]
         for candidate in candidates:
@@ -196,7 +211,11 @@ class Manifests:
 
     async def cached(self, digest: Digest) -> ManifestAnswer | None:
         """The manifest from the local cache, or None."""
-        entry = await self.store.stat("manifest", digest)
+        try:
+            entry = await self.store.stat("manifest", digest)
+        except errors.StorageError as exc:
+            await self._disk_refused("reading the index", exc)
+            return None     # a miss: fetched (and, once repaired, cached) again
         if entry is None:
             return None
         try:
@@ -215,5 +234,14 @@ class Manifests:
             self.metrics.digest_mismatches.inc()
             raise errors.DigestMismatch(str(digest))
         media_type = manifest_media_type(body, content_type)
-        await self.store.put_bytes("manifest", digest, body, media_type)
+        try:
+            await self.store.put_bytes("manifest", digest, body, media_type)
+        except errors.StorageError as exc:
+            # Verified bytes in hand: pass them through uncached rather than fail the pull.
+            log.warning("manifest_passthrough", digest=str(digest), error=str(exc))
+            await self._disk_refused("caching a manifest", exc)
         return ManifestAnswer(body, media_type, digest, "miss")
+
+    async def _disk_refused(self, what: str, exc: errors.StorageError) -> None:
+        if self.disk is not None:
+            await self.disk.failed(what, exc)

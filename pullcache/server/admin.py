@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .keys import CORE, METRICS, STORE
+from .keys import CORE, DISK, METRICS, STORE
 from .middleware import oci_errors
 
 
@@ -41,7 +41,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    problems = await core_of(request)[STORE].readiness()
+    core = core_of(request)
+    problems = await core[STORE].readiness()
+    disk = core[DISK].status() if DISK in core else None
+    if disk is not None:
+        # Degraded, still serving: fills pass through memory, nothing is cached.
+        return web.json_response({"status": "degraded", **disk, "problems": problems})
     return web.json_response({"status": "ok" if not problems else "unready",
                               "problems": problems}, status=503 if problems else 200)
 

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from ..backing.ecr import EcrApi, EcrCredentials
 from ..backing.tier import EcrTier, WriteBehind
+from ..cache.disk import Disk
 from ..cache.fill import Fills
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
@@ -36,7 +37,7 @@ from ..proxy import LocalContent, Proxy, Upstream
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from . import admin, routes
-from .keys import METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
+from .keys import DISK, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
 from .sendfile import SendfilePool
 from .middleware import oci_errors, request_context
 
@@ -88,7 +89,11 @@ def build_app(config: Config) -> web.Application:
         await store.open(reconcile=config.cache.reconcile_on_start)
         tags = TagStore(config.cache.dir)
         await tags.open()
-        fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event)
+        app[DISK] = disk = Disk(store, tags, max_size=config.cache.max_size,
+                                min_free=config.cache.min_free)
+        await disk.refresh()
+        fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event,
+                      disk=disk, window=config.cache.passthrough_window)
         metrics.fills_in_flight.set_function(lambda: len(fills))
         async with contextlib.AsyncExitStack() as stack:
             tier = writes = None
@@ -111,7 +116,7 @@ def build_app(config: Config) -> web.Application:
                                      drain_timeout=ecr.drain_timeout, metrics=metrics)
                 stack.push_async_callback(writes.close)
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
-                               tier=tier, writes=writes)
+                               tier=tier, writes=writes, disk=disk)
             try:
                 yield
             finally:
