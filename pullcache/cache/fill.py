@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import structlog
 from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
-from .passthrough import DEFAULT_LIMIT, Window, is_disk_error
+from .passthrough import DEFAULT_LIMIT, PassThrough, Window, is_disk_error, unlink_quietly
 from .store import BlobStore
 
 log = structlog.get_logger("pullcache.fill")
@@ -73,7 +72,7 @@ class FillResult:
     seconds: float
 
 
-class Fill:
+class Fill(PassThrough):
     def __init__(self, kind: str, digest: Digest, store: BlobStore, deadline: float,
                  on_event=None, disk=None, window_limit: int = DEFAULT_LIMIT) -> None:
         self.kind = kind
@@ -130,7 +129,7 @@ class Fill:
         finally:
             self._wake()
             if not self.result.done() or self.result.exception() is not None:
-                await asyncio.to_thread(_unlink_quietly, self.temp)
+                await asyncio.to_thread(unlink_quietly, self.temp)
 
     async def _download_first(self, sources: "list[Candidate]") -> Entry:
         """Try each source in turn; a source that fails before readers saw any of its
@@ -148,7 +147,7 @@ class Fill:
                 if self.window is not None:
                     self.window.close()
                     self.window = None
-                await asyncio.to_thread(_unlink_quietly, self.temp)
+                await asyncio.to_thread(unlink_quietly, self.temp)
         raise FillFailed("no source")  # unreachable: the loop returns or raises
 
     async def _download(self, candidate: "Candidate") -> Entry:
@@ -224,49 +223,11 @@ class Fill:
             # Verified, and every reader holds an fd on the temp file: they finish from it;
             # nothing is cached.
             self.disk.refused("committing", cause)
-            await asyncio.to_thread(_unlink_quietly, self.temp)
+            await asyncio.to_thread(unlink_quietly, self.temp)
             return None
 
-    # -- pass-through --------------------------------------------------------------------------
-
-    async def _put(self, chunk: bytes, hasher) -> None:
-        """Write and hash one chunk: to the temp file, or the window once the disk refused."""
-        if self.window is None:
-            try:
-                await asyncio.to_thread(_write_and_hash, self._fd, chunk, hasher)
-                return
-            except OSError as exc:
-                if not is_disk_error(exc):
-                    raise
-                await self._pass_through("writing the temp file", exc)
-        window = self.window
-        await asyncio.to_thread(window.put, self.written, chunk, hasher)
-        window.trim(self.written + len(chunk))
-
-    async def _pass_through(self, why: str, exc: OSError | None = None) -> None:
-        """Carry on in memory: seed the window with the last bytes readers may still need,
-        drop the temp file and the reservation, and make readers reopen on the window."""
-        window = Window(self._window_limit)
-        if self._fd >= 0 and self.written:
-            begin = max(0, self.written - window.limit)
-            try:
-                await asyncio.to_thread(window.seed, self.temp, begin, self.written)
-            except OSError:
-                window.start = self.written   # unreadable too (EIO): readers behind are cut
-        await self._close_temp()
-        await asyncio.to_thread(_unlink_quietly, self.temp)
-        self._release_reservation()
-        self.window = window
-        self.generation += 1    # readers reopen: on the window, at the same offset
-        self._wake()
-        if exc is not None and self.disk is not None:
-            self.disk.refused(why, exc)
-            if exc.errno == errno.ENOENT:
-                await self.disk.repair()
-        log.warning("fill_passthrough", digest=str(self.digest), kind=self.kind, reason=why,
-                    error=str(exc) if exc else None, bytes=self.written,
-                    window=window.limit)
-        self._on_event("passthrough")
+    async def _write_chunk(self, chunk: bytes, hasher) -> None:
+        await asyncio.to_thread(_write_and_hash, self._fd, chunk, hasher)
 
     async def _close_temp(self) -> None:
         fd, self._fd = self._fd, -1
@@ -405,13 +366,6 @@ class Fill:
             if generation == self.generation:
                 return fd, generation
             await asyncio.to_thread(os.close, fd)   # raced with a source change: again
-
-
-def _unlink_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass   # already gone, or a directory that is gone with it
 
 
 def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:

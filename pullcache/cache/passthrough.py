@@ -14,17 +14,21 @@ broken transfer as any failed fill; it can resume with ``Range`` (a new fill).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import os
 import threading
 import weakref
 
+import structlog
+
 #: errnos that mean "the disk refused", not "the upstream failed": a fill meeting one carries
 #: on in memory (EROFS: remounted read-only; ENOENT: the cache directory was removed).
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT,
                          errno.EACCES, errno.EPERM})
 DEFAULT_LIMIT = 64 << 20
+log = structlog.get_logger("pullcache.fill")
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -34,6 +38,13 @@ _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_
 
 def is_disk_error(exc: BaseException | None) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+def unlink_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass   # already gone, or its directory went with it, or read-only
 
 
 def as_oserror(exc: Exception) -> OSError:
@@ -128,3 +139,48 @@ class Window:
     def close(self) -> None:
         self._closer()
         self.fd = -1
+
+
+class PassThrough:
+    """The writer's half of a pass-through, mixed into ``fill.Fill`` (whose state it uses:
+    ``window``, ``written``, ``temp``, ``generation``, ``disk``, ``_fd``)."""
+
+    async def _put(self, chunk: bytes, hasher) -> None:
+        """Write and hash one chunk: to the temp file, or the window once the disk refused."""
+        if self.window is None:
+            try:
+                await self._write_chunk(chunk, hasher)
+                return
+            except OSError as exc:
+                if not is_disk_error(exc):
+                    raise
+                await self._pass_through("writing the temp file", exc)
+        window = self.window
+        await asyncio.to_thread(window.put, self.written, chunk, hasher)
+        window.trim(self.written + len(chunk))
+
+    async def _pass_through(self, why: str, exc: OSError | None = None) -> None:
+        """Carry on in memory: seed the window with the last bytes readers may still need,
+        drop the temp file and the reservation, and make readers reopen on the window."""
+        window = Window(self._window_limit)
+        if self._fd >= 0 and self.written:
+            begin = max(0, self.written - window.limit)
+            try:
+                await asyncio.to_thread(window.seed, self.temp, begin, self.written)
+            except OSError:
+                window.start = self.written   # unreadable too (EIO): readers behind are cut
+        await self._close_temp()
+        await asyncio.to_thread(unlink_quietly, self.temp)
+        self._release_reservation()
+        self.window = window
+        self.generation += 1    # readers reopen: on the window, at the same offset
+        self._wake()
+        if exc is not None and self.disk is not None:
+            self.disk.refused(why, exc)
+            if exc.errno == errno.ENOENT:
+                await self.disk.repair()
+        log.warning("fill_passthrough", digest=str(self.digest), kind=self.kind, reason=why,
+                    error=str(exc) if exc else None, bytes=self.written,
+                    window=window.limit)
+        self._on_event("passthrough")
+
