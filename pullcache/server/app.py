@@ -39,7 +39,7 @@ from ..upstream.client import RegistryClient, UpstreamSettings
 from . import admin, routes
 from .keys import DISK, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
 from .sendfile import SendfilePool
-from .middleware import oci_errors, request_context
+from .middleware import mark_started, oci_errors, request_context
 
 log = structlog.get_logger("pullcache.app")
 HOUSEKEEPING_INTERVAL = 30.0
@@ -48,6 +48,7 @@ HOUSEKEEPING_INTERVAL = 30.0
 def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[request_context, oci_errors],
                           handler_args={"max_field_size": 16 * 1024})
+    app.on_response_prepare.append(mark_started)
     metrics = Metrics()
     app[METRICS] = metrics
     app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),

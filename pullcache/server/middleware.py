@@ -18,6 +18,7 @@ from ..errors import NotFound, PullcacheError, Unsupported
 from .keys import METRICS
 
 log = structlog.get_logger("pullcache.access")
+RESPONSE_STARTED = "response_started"
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
@@ -59,10 +60,15 @@ class AccessLogger(AbstractAccessLogger):
                  user_agent=request.headers.get("User-Agent"))
 
 
+async def mark_started(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the status line and headers are on their way."""
+    request[RESPONSE_STARTED] = True
+
+
 @web.middleware
 async def oci_errors(request: web.Request, handler):
     try:
-        return await handler(request)
+        return await _cut_if_started(request, handler)
     except PullcacheError as exc:
         return error_response(exc, request.method)
     except web.HTTPMethodNotAllowed:
@@ -83,6 +89,22 @@ async def oci_errors(request: web.Request, handler):
     except Exception as exc:  # noqa: BLE001 - the one place an unexpected error is answered
         log.exception("request_failed", error=repr(exc))
         return error_response(PullcacheError("internal error"), request.method)
+
+
+async def _cut_if_started(request: web.Request, handler):
+    """An error after the response started cannot become an error response: it would be
+    written into the body the client is reading (and a client reading up to Content-Length
+    would take it for blob bytes). The only honest signal left is a cut connection."""
+    try:
+        return await handler(request)
+    except Exception as exc:
+        if not request.get(RESPONSE_STARTED):
+            raise
+        log.warning("response_cut", error=repr(exc))
+        request["outcome"] = "aborted"
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("response cut after it started") from exc
 
 
 def _sent(resp: web.StreamResponse) -> int | None:
