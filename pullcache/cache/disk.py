@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
+import sqlite3
+import tempfile
 from pathlib import Path
 
 import structlog
 
-from .passthrough import is_disk_error
+from .passthrough import as_oserror, is_disk_error
 from .store import BlobStore, Budget
 from .tags import TagStore
 
@@ -40,6 +43,36 @@ class Disk:
         self.degraded: str | None = None   # why the disk refused the last write, if it did
         self.readonly = False
         self._repairing: asyncio.Lock | None = None
+        self._scratch: Path | None = None   # the index's home when the root is read-only
+
+    # -- opening -----------------------------------------------------------------------------
+
+    async def open(self, *, reconcile: bool) -> None:
+        """Open the store and the tag records. On a filesystem that refuses writes (read-only,
+        say) the daemon still starts, in pass-through mode: the index and tag records live
+        in a private scratch dir (removed at ``close``), every fill passes through, nothing
+        is cached until a restart finds the filesystem writable."""
+        try:
+            await self.store.open(reconcile=reconcile)
+            if self.tags is not None:
+                await self.tags.open()
+            return
+        except (OSError, sqlite3.Error) as exc:
+            cause = as_oserror(exc)
+            if not is_disk_error(cause):
+                raise
+            self.refused("opening the cache", cause)
+        self._scratch = Path(await asyncio.to_thread(tempfile.mkdtemp,
+                                                     prefix="pullcache-scratch-"))
+        log.error("cache_passthrough_mode", root=str(self.root), scratch=str(self._scratch),
+                  detail=self.degraded)
+        await self.store.open(reconcile=False, index_root=self._scratch)
+        if self.tags is not None:
+            await self.tags.open(self._scratch)
+
+    async def close(self) -> None:
+        if self._scratch is not None:
+            await asyncio.to_thread(shutil.rmtree, self._scratch, True)
 
     # -- room --------------------------------------------------------------------------------
 
@@ -108,6 +141,8 @@ class Disk:
     async def repair(self) -> bool:
         """Recreate a removed cache tree and reopen its index; True if anything was missing
         and is back. Safe to call from many requests at once (one repair runs)."""
+        if self._scratch is not None:
+            return False        # read-only at start: pass-through until a restart
         if self._repairing is None:
             self._repairing = asyncio.Lock()
         async with self._repairing:

@@ -72,11 +72,15 @@ class BlobStore:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self, *, reconcile: bool = True) -> Reconciled | None:
+    async def open(self, *, reconcile: bool = True,
+                   index_root: Path | None = None) -> Reconciled | None:
+        """``index_root``: keep the index elsewhere (a scratch dir when the cache root is
+        read-only: ``disk.Disk.open``)."""
         def _open() -> None:
-            for sub in ("blobs", "manifests", "tmp"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-            self._index = Index(self.root)
+            if index_root is None:
+                for sub in ("blobs", "manifests", "tmp"):
+                    (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._index = Index(index_root or self.root)
         await asyncio.to_thread(_open)
         return await self.reconcile() if reconcile else None
 

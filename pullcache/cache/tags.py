@@ -44,9 +44,10 @@ class TagStore:
         self._root = root
         self._cache: diskcache.Cache | None = None
 
-    async def open(self) -> None:
+    async def open(self, root: Path | None = None) -> None:
+        """``root``: elsewhere than the cache root (a scratch dir when it is read-only)."""
         def _open() -> diskcache.Cache:
-            return diskcache.Cache(str(self._root / "tags"),
+            return diskcache.Cache(str((root or self._root) / "tags"),
                                    eviction_policy="least-recently-used",
                                    size_limit=256 * 1024 * 1024)
         self._cache = await asyncio.to_thread(_open)

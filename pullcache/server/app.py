@@ -87,11 +87,10 @@ def build_app(config: Config) -> web.Application:
             yield
 
     async def cache(app: web.Application) -> AsyncIterator[None]:
-        await store.open(reconcile=config.cache.reconcile_on_start)
         tags = TagStore(config.cache.dir)
-        await tags.open()
         app[DISK] = disk = Disk(store, tags, max_size=config.cache.max_size,
                                 min_free=config.cache.min_free)
+        await disk.open(reconcile=config.cache.reconcile_on_start)
         await disk.refresh()
         fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event,
                       disk=disk, window=config.cache.passthrough_window)
@@ -125,6 +124,7 @@ def build_app(config: Config) -> web.Application:
                 await fills.close()
         await tags.close()
         await store.close()
+        await disk.close()
 
     async def sendfile_pool(app: web.Application) -> AsyncIterator[None]:
         app[SENDFILE] = pool = SendfilePool()

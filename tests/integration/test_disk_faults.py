@@ -183,6 +183,14 @@ def test_read_only_filesystem_passes_through(registry, tmp_path):
             ready = readyz(pc)
             assert ready["status"] == "degraded" and "read-only" in ready["mode"], ready
             no_500(pc)
+            # Started on the read-only filesystem: it still starts, in pass-through mode.
+            pc.restart()
+            assert pc.events("cache_passthrough_mode")
+            for blob in fresh.blobs():
+                b = request(pc.url, f"/v2/disk/ro/blobs/{blob.digest}")
+                assert b.status == 200 and b.sha256 == blob.digest
+            assert readyz(pc)["status"] == "degraded"
+            no_500(pc)
         finally:
             pc.stop()
             subprocess.run(["umount", "-l", str(mount)], check=False)   # the bind mount
