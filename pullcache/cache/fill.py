@@ -105,14 +105,17 @@ class Fill(PassThrough):
             async with asyncio.timeout(self.deadline):
                 entry = await self._download_first(sources)
         except TimeoutError:
+            await self._discard_temp()
             self._fail(UpstreamTimeout(str(self.digest), message="fill deadline exceeded"))
         except PullcacheError as exc:
+            await self._discard_temp()
             self._fail(exc)
         except asyncio.CancelledError:
             self._fail(FillFailed("fill cancelled"))
             raise
         except Exception as exc:  # noqa: BLE001 - the fill task's supervisor
             log.exception("fill_crashed", digest=str(self.digest))
+            await self._discard_temp()
             self._fail(exc)
         else:
             seconds = time.monotonic() - began
@@ -229,6 +232,11 @@ class Fill(PassThrough):
     async def _write_chunk(self, chunk: bytes, hasher) -> None:
         await asyncio.to_thread(_write_and_hash, self._fd, chunk, hasher)
 
+    async def _discard_temp(self) -> None:
+        """Remove a failed fill's temp file before any reader hears of the failure (their
+        open fds stay valid), so a client that saw its transfer cut finds nothing left."""
+        await asyncio.to_thread(unlink_quietly, self.temp)
+
     async def _close_temp(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
@@ -299,7 +307,8 @@ class Fill(PassThrough):
                     window.release(token)
                 if generation != self.generation:
                     # The source was dropped before showing any byte (offset is still
-                    # ``start``): read the new temp file, never the dropped one.
+                    # ``start``): read the new temp file, never the dropped one. Or the
+                    # fill went pass-through: read the window, same offsets.
                     await asyncio.to_thread(os.close, fd)
                     fd = -1
                     fd, generation = await self._open_for_read()
