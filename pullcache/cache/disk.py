@@ -81,9 +81,9 @@ class Disk:
         def _statvfs() -> tuple[int, int] | None:
             try:
                 st = os.statvfs(self.root)
-            except OSError:
-                return None
-            return st.f_bavail * st.f_frsize, self.store.index.volume()
+                return st.f_bavail * st.f_frsize, self.store.index.volume()
+            except (OSError, sqlite3.Error):
+                return None     # a removed tree: repaired by the next failing operation
         got = await asyncio.to_thread(_statvfs)
         if got is None:
             return self.store.budget.max_size

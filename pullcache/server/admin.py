@@ -10,6 +10,8 @@ app itself (``setup_ops``).
 
 from __future__ import annotations
 
+import sqlite3
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -54,8 +56,12 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     core = core_of(request)
     m = core[METRICS]
-    usage = await core[STORE].usage()
-    m.cache_bytes.set(usage["bytes"])
-    m.cache_budget.set(usage["max_size"])
+    try:
+        usage = await core[STORE].usage()
+    except (OSError, sqlite3.Error):   # a removed index, repaired by the next failing pull
+        usage = None
+    if usage is not None:
+        m.cache_bytes.set(usage["bytes"])
+        m.cache_budget.set(usage["max_size"])
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

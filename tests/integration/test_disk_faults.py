@@ -149,6 +149,7 @@ def test_cache_dir_removed_under_the_daemon(make_pullcache, registry):
             assert b.status == 200 and b.sha256 == blob.digest, (b.status, b.body[:200])
     pull_all()
     shutil.rmtree(pc.cache_dir)
+    assert pc.metric("pullcache_cache_budget_bytes") > 0   # the admin side answers too
     for _ in range(3):      # served throughout: refetched, then cached again
         pull_all()
     assert pc.events("cache_root_recreated")

@@ -31,23 +31,25 @@ def make_fills(store, disk, window: int = 1 << 20) -> Fills:
     return fills
 
 
-def disk_full_after(fill, good_writes: int) -> None:
-    """The temp file takes ``good_writes`` chunks, then the disk is full."""
+def disk_full_after(fill, good_writes: int, code: int = errno.ENOSPC) -> None:
+    """The temp file takes ``good_writes`` chunks, then the disk refuses with ``code``."""
     real, calls = fill._write_chunk, [0]
 
     async def write(chunk, hasher):
         calls[0] += 1
         if calls[0] > good_writes:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, os.strerror(code))
         await real(chunk, hasher)
     fill._write_chunk = write
 
 
-async def test_enospc_mid_fill_passes_the_verified_stream_through(store, disk):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO],
+                         ids=["ENOSPC", "EDQUOT", "EIO"])
+async def test_a_disk_error_mid_fill_passes_the_verified_stream_through(store, disk, code):
     fills = make_fills(store, disk)
     source = FakeSource(CHUNKS)
     fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
-    disk_full_after(fill, 1)
+    disk_full_after(fill, 1, code)
     early = Reader(fill)
     source.release(1)
     await early.until(len(CHUNKS[0]))          # it read the first chunk from the temp file
