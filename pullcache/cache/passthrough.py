@@ -8,8 +8,11 @@ client mid-download never notices; nothing is cached.
 
 The window is bounded: bytes more than ``limit`` behind the writer are released
 (``fallocate(PUNCH_HOLE)``), except those a reader is sending at that moment (its span in
-flight). A reader that fell further behind than ``limit`` is cut at its next step, the same
-broken transfer as any failed fill; it can resume with ``Range`` (a new fill).
+flight, at most 1 MiB, whose start holds what follows it until the send ends: a client that
+stops reading holds it at most the sendfile stall timeout). A reader that fell further behind
+than ``limit`` is cut at its next step, the same broken transfer as any failed fill; it can
+resume with ``Range`` (a new fill). A released byte is never sent: a reader's span is
+registered before it is sent, and nothing at or after a registered offset is released.
 """
 
 from __future__ import annotations
