@@ -44,6 +44,7 @@ class Manifests:
         self.writes = writes
         self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
         self._behind: set[asyncio.Task[None]] = set()   # background revalidations
+        self._behind_keys: set[tuple] = set()             # ...by tag, until they land
 
     async def close(self) -> None:
         """Cancel background revalidations and flights in the air (at shutdown)."""
@@ -105,8 +106,9 @@ class Manifests:
         """Start the tag's revalidation in a task this object owns, unless one is in the
         air already (one flight per tag: requests meanwhile are answered from the cache)."""
         key = ("tag", route.upstream, route.repo, tag, aclass)
-        if self._flights.in_flight(key):
+        if key in self._behind_keys or self._flights.in_flight(key):
             return
+        self._behind_keys.add(key)
 
         async def revalidate() -> None:
             try:
@@ -118,6 +120,7 @@ class Manifests:
         task = asyncio.create_task(revalidate(), name=f"revalidate {route.repo}:{tag}")
         self._behind.add(task)
         task.add_done_callback(self._behind.discard)
+        task.add_done_callback(lambda _: self._behind_keys.discard(key))
 
     async def _resolve_or_stale(self, upstream: Upstream, route: Route, tag: str,
                                 accept: tuple[str, ...], aclass: str,
