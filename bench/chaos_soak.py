@@ -17,12 +17,13 @@ import tempfile
 from pathlib import Path
 
 from bench._common import header, note, out, tear_down
+from tests.support.aftermath import aftermath, vitals
 from tests.support.chaos import Chaos
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.registry import start_registry
-from tests.support.soak import SOAK_MAX_SIZE, SOAK_UPSTREAM, Soak, aftermath, \
-    build_soak_images, push_soak_images, vitals
+from tests.support.soak import SOAK_MAX_SIZE, SOAK_UPSTREAM, Soak, build_soak_images, \
+    push_soak_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({', '.join(f'{k} {v}' for k, v in sorted(pulls.items()))})")
         out(f"faults      {sum(faults.values())} injected: "
             + ", ".join(f"{k} {v}" for k, v in faults.items()))
-        out(f"statuses    " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+        out("statuses    " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
         out(f"wrong bytes {wrong + after.wrong}   (must be 0)")
         out(f"500s        {after.access_500}   (must be 0; access log of every run)")
         out(f"leaks       {len(after.leaks)}   (must be 0) {'; '.join(after.leaks)}")

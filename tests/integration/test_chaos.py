@@ -12,12 +12,13 @@ import os
 
 import pytest
 
+from tests.support.aftermath import aftermath, vitals
 from tests.support.chaos import Chaos
 from tests.support.daemon import UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.http import request
-from tests.support.soak import REPO, SOAK_MAX_SIZE, SOAK_UPSTREAM, Soak, aftermath, \
-    build_soak_images, push_soak_images, vitals
+from tests.support.soak import REPO, SOAK_MAX_SIZE, SOAK_UPSTREAM, Soak, build_soak_images, \
+    push_soak_images
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "30"))
 

@@ -127,14 +127,6 @@ async def wait(awaitable, timeout: float = 5.0):
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = BlobStore(tmp_path / "cache", Budget(1 << 40))
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
 async def fills(store):
     events: list[str] = []
     fills = Fills(store, deadline=60, on_event=lambda event, **kw: events.append(event))

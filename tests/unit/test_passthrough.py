@@ -13,7 +13,7 @@ from pullcache.cache.fill import FillFailed, Fills
 from pullcache.cache.passthrough import Window
 from pullcache.errors import DigestMismatch
 from tests.unit.test_fill import (CHUNKS, DATA, DIGEST, FakeSource, Reader, eventually, origin,
-                                  settled, store, temp_files, wait)  # noqa: F401 - a fixture
+                                  settled, temp_files, wait)
 
 
 @pytest.fixture
