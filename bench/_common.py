@@ -137,25 +137,29 @@ def run_herd(url: str, clients: int, size: int, hexdigest: str) -> Herd:
 
 
 class ProcStats:
-    """RSS (polled VmRSS, plus the kernel's VmHWM) and CPU seconds of one process."""
+    """RSS (polled VmRSS, plus the kernel's VmHWM), threads and CPU seconds of one process."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid = pid
         self.interval = interval
         self.peak_rss = 0
+        self.max_threads = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="rss-poll", daemon=True)
 
-    def _field(self, name: str) -> int:
+    def _field(self, name: str, unit: int = 1024) -> int:
         """A ``kB`` field of /proc/<pid>/status, in bytes (0 once the process is gone)."""
         try:
             with open(f"/proc/{self.pid}/status") as f:
                 for line in f:
                     if line.startswith(name + ":"):
-                        return int(line.split()[1]) * 1024
+                        return int(line.split()[1]) * unit
         except (FileNotFoundError, ProcessLookupError):
             pass
         return 0
+
+    def threads(self) -> int:
+        return self._field("Threads", unit=1)
 
     def rss(self) -> int:
         return self._field("VmRSS")
@@ -175,6 +179,7 @@ class ProcStats:
     def _poll(self) -> None:
         while not self._stop.is_set():
             self.peak_rss = max(self.peak_rss, self.rss())
+            self.max_threads = max(self.max_threads, self.threads())
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "ProcStats":
@@ -205,6 +210,11 @@ def fresh_cache(pc: Pullcache) -> None:
     pc.stop()
     shutil.rmtree(pc.cache_dir, ignore_errors=True)
     pc.start()
+
+
+def fill_committed(pc: Pullcache, digest: str) -> bool:
+    """pullcache sends a fill's last byte once verified; the commit (fsync, rename) follows."""
+    return any(e.get("digest") == digest for e in pc.events("fill_committed"))
 
 
 def blob_url(base: str, digest: str) -> str:

@@ -7,7 +7,8 @@ One run, one comparison per line (see bench/README.md for what each line means):
 * warm:  a cached blob through pullcache (aiohttp sendfile) vs nginx ``sendfile on`` serving
          the same bytes as a static file; the same curl command for both.
 * cold:  one GET through pullcache with an empty cache (the fill: upstream -> verify ->
-         disk -> client) vs the same GET straight from the upstream registry.
+         disk -> client) vs the same GET through Distribution's proxy (empty too) and
+         straight from the upstream registry; and the fill's MB/s up to verification.
 * herd:  N concurrent GETs through pullcache with an empty cache, a counting FaultProxy
          between pullcache and the registry: wall time, upstream GETs (goal 1), every
          body's sha256, pullcache's peak RSS.
@@ -34,12 +35,13 @@ from pathlib import Path
 from typing import Callable
 
 from bench._common import (MB, NGINX_BIN, REPO, Get, MiB, ProcStats, best_median, blob_url,
-                           cpu_seconds, curl_get, fresh_cache, header, mb, note, out, run_herd,
-                           tear_down)
+                           cpu_seconds, curl_get, fill_committed, fresh_cache, header, mb,
+                           note, out, run_herd, tear_down)
+from bench.vs_distribution import empty_distribution, start_distribution_proxy
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_raw_blob_image, push
-from tests.support.ports import LOOPBACK, free_port, wait_http
+from tests.support.ports import LOOPBACK, free_port, wait_http, wait_until
 from tests.support.registry import start_registry
 
 # -- the servers -------------------------------------------------------------------------------
@@ -172,23 +174,41 @@ def run(args: argparse.Namespace) -> int:
         direct_url = blob_url(registry.url, digest)
         nginx_url = f"{nginx.url}/blob/{hexdigest}"
 
-        # -- cold: a fresh cache per round; one GET through pullcache, one direct.
+        # -- cold: a fresh cache per round; one GET through pullcache, one through
+        # Distribution's proxy (same origin), one direct. One untimed round first: the VM's
+        # first writes to fresh pages are slower than any later ones.
+        dist = start_distribution_proxy(tmp / "distribution", registry.url)
+        cleanup.append(dist.stop)
+        dist_url = blob_url(dist.url, digest)
         cold_pc: list[Get] = []
+        cold_dist: list[Get] = []
         cold_direct: list[Get] = []
         cold_cpu: list[float] = []
-        for i in range(args.rounds):
+        for i in range(args.rounds + 1):
             fresh_cache(pc)
+            empty_distribution(dist)
             assert pc.proc is not None
             stats = ProcStats(pc.proc.pid)
             cpu0 = stats.cpu_seconds()
-            cold_pc.append(curl_get(pc_url, size, "cold GET via pullcache"))
-            cold_cpu.append(stats.cpu_seconds() - cpu0)
-            cold_direct.append(curl_get(direct_url, size, "direct GET from registry"))
-            note(f"cold round {i + 1}: pullcache {cold_pc[-1].seconds:.2f}s "
-                 f"(ttfb {cold_pc[-1].ttfb * 1000:.0f} ms, cpu {cold_cpu[-1]:.2f}s), "
-                 f"direct {cold_direct[-1].seconds:.2f}s")
-        fills = pc.events("fill_committed")
-        fill_seconds = [float(e.get("seconds", 0)) for e in fills[-args.rounds:]]
+            got = curl_get(pc_url, size, "cold GET via pullcache")
+            cpu = stats.cpu_seconds() - cpu0
+            wait_until(lambda: fill_committed(pc, digest), 60, "the fill's commit")
+            got_dist = curl_get(dist_url, size, "cold GET via Distribution's proxy")
+            got_direct = curl_get(direct_url, size, "direct GET from registry")
+            if i == 0:
+                note(f"warm-up round: pullcache {got.seconds:.2f}s, distribution "
+                     f"{got_dist.seconds:.2f}s, direct {got_direct.seconds:.2f}s")
+                continue
+            cold_pc.append(got)
+            cold_cpu.append(cpu)
+            cold_dist.append(got_dist)
+            cold_direct.append(got_direct)
+            note(f"cold round {i}: pullcache {got.seconds:.2f}s (ttfb {got.ttfb * 1000:.0f} ms, "
+                 f"cpu {cpu:.2f}s), distribution {got_dist.seconds:.2f}s, "
+                 f"direct {got_direct.seconds:.2f}s")
+        fills = pc.events("fill_committed")[-args.rounds:]
+        fill_seconds = [float(e.get("seconds", 0)) for e in fills]
+        fill_verified = [float(e.get("verified_seconds", e.get("seconds", 0))) for e in fills]
 
         # -- warm: the blob is cached now (the last cold round committed it).
         hits0 = pc.metric("pullcache_requests_total", kind="blob", outcome="hit")
@@ -255,18 +275,24 @@ def run(args: argparse.Namespace) -> int:
 
         pc_s = [g.seconds for g in cold_pc]
         di_s = [g.seconds for g in cold_direct]
+        ds_s = [g.seconds for g in cold_dist]
         pcb, pcm = best_median(pc_s, higher_is_better=False)
         dib, dim = best_median(di_s, higher_is_better=False)
+        dsb, dsm = best_median(ds_s, higher_is_better=False)
         out(f"cold GET {label:<9}  pullcache {pcm:6.2f} s {size / pcm / MB:5.0f} MB/s "
-            f"(best {pcb:.2f} s)   direct {dim:5.2f} s {size / dim / MB:5.0f} MB/s "
-            f"(best {dib:.2f} s)   time ratio {pcm / dim:.2f}   throughput ratio {dim / pcm:.2f}"
-            f"   (medians of {args.rounds} fresh caches)")
+            f"(best {pcb:.2f} s)   distribution proxy {dsm:5.2f} s (best {dsb:.2f} s)   "
+            f"direct {dim:5.2f} s {size / dim / MB:5.0f} MB/s (best {dib:.2f} s)   "
+            f"pullcache/distribution {pcm / dsm:.2f} (goal <= 0.8)   pullcache/direct "
+            f"{pcm / dim:.2f} (goal <= 2)   (medians of {args.rounds} fresh caches, after a "
+            f"warm-up round)")
         ttfb_pc = statistics.median(g.ttfb for g in cold_pc)
         ttfb_di = statistics.median(g.ttfb for g in cold_direct)
         fill_med = statistics.median(fill_seconds) if fill_seconds else float("nan")
+        verified_med = statistics.median(fill_verified) if fill_verified else float("nan")
         out(f"cold TTFB {label:<8}  pullcache {ttfb_pc * 1000:6.1f} ms   direct "
-            f"{ttfb_di * 1000:6.1f} ms   fill (upstream->verified, fsynced, committed) "
-            f"{fill_med:.2f} s   pullcache cpu {statistics.median(cold_cpu):.2f} s/GET")
+            f"{ttfb_di * 1000:6.1f} ms   fill {size / verified_med / MB:.0f} MB/s upstream->"
+            f"verified ({verified_med:.2f} s; fsynced and committed at {fill_med:.2f} s)   "
+            f"pullcache cpu {statistics.median(cold_cpu):.2f} s/GET")
 
         ok = "yes" if herd.digests_ok == args.clients else f"NO ({herd.digests_ok}/{args.clients})"
         done = [g for g in herd.gets if g is not None]

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Callable
 
 from bench._common import (MB, REPO, Herd, MiB, ProcStats, best_median, blob_url,
-                           curl_get, fresh_cache, header, mb, note, out, run_herd, tear_down)
+                           curl_get, fill_committed, fresh_cache, header, mb, note, out,
+                           run_herd, tear_down)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import MANIFEST_TYPES, build_raw_blob_image, push
@@ -108,12 +109,17 @@ class Peer:
     warm_upstream: list[int] = field(default_factory=list)     # per round, all its warm GETs
 
 
+def empty_distribution(reg: Registry) -> None:
+    """Stop Distribution's proxy, delete its storage, start it again (same port)."""
+    reg.stop()
+    shutil.rmtree(reg.storage, ignore_errors=True)
+    reg.storage.mkdir()
+    reg.start()
+
+
 def distribution_peer(reg: Registry, proxy: FaultProxy) -> Peer:
     def empty() -> None:
-        reg.stop()
-        shutil.rmtree(reg.storage, ignore_errors=True)
-        reg.storage.mkdir()
-        reg.start()
+        empty_distribution(reg)
 
     def committed(digest: str) -> bool:
         # The repository link is written by the commit, after the data file is in place.
@@ -125,12 +131,8 @@ def distribution_peer(reg: Registry, proxy: FaultProxy) -> Peer:
 
 
 def pullcache_peer(pc: Pullcache, proxy: FaultProxy) -> Peer:
-    def committed(digest: str) -> bool:
-        # pullcache commits before it sends a fill's last byte: a finished GET means cached.
-        return True
-
-    return Peer("pullcache", proxy, lambda: pc.url,
-                lambda: pc.proc.pid if pc.proc else None, lambda: fresh_cache(pc), committed)
+    return Peer("pullcache", proxy, lambda: pc.url, lambda: pc.proc.pid if pc.proc else None,
+                lambda: fresh_cache(pc), lambda digest: fill_committed(pc, digest))
 
 
 # -- one GET, whatever happens ------------------------------------------------------------------

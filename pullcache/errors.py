@@ -37,12 +37,6 @@ class NameInvalid(PullcacheError):
     status, code, message = 400, "NAME_INVALID", "invalid repository name"
 
 
-class TagInvalid(PullcacheError):
-    # The spec has no TAG_INVALID code in its table, but Distribution answers a malformed
-    # reference with MANIFEST_INVALID/TAG_INVALID; clients only look at the status.
-    status, code, message = 400, "TAG_INVALID", "manifest tag did not match URI"
-
-
 class DigestInvalid(PullcacheError):
     status, code, message = 400, "DIGEST_INVALID", "provided digest did not match uploaded content"
 
@@ -74,8 +68,19 @@ class ManifestUnknown(PullcacheError):
     status, code, message = 404, "MANIFEST_UNKNOWN", "manifest unknown"
 
 
+class TagInvalid(ManifestUnknown):
+    """A reference that is neither a digest nor a valid tag names no manifest: end-3 lists
+    only 200 and 404, and the conformance suite asks ``.INVALID_MANIFEST_NAME`` for a 404."""
+    message = "manifest unknown: invalid tag"
+
+
 class BlobUnknown(PullcacheError):
     status, code, message = 404, "BLOB_UNKNOWN", "blob unknown to registry"
+
+
+class BlobUploadUnknown(PullcacheError):
+    """An upload session: a pull-through cache has none (end-13 answers 404)."""
+    status, code, message = 404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"
 
 
 # --- upstream trouble ---------------------------------------------------------------------

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+import time
+from typing import Any, Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _RATELIMIT = re.compile(r"^\s*(\d+)")
+
+
+class _Children:
+    """A labelled collector whose children are looked up once: prometheus_client's
+    ``labels()`` validates and locks on every call, a per-request cost on the hot path."""
+
+    def __init__(self, collector) -> None:
+        self.collector = collector
+        self._children: dict[tuple, Any] = {}
+
+    def labels(self, *values):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.collector.labels(*values)
+        return child
+
+    def __getattr__(self, name: str):
+        return getattr(self.collector, name)
 
 
 class Metrics:
@@ -15,7 +34,8 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("pullcache_requests", "Pull requests by kind and outcome",
+        self.requests = Counter("pullcache_requests", "Pull requests by kind and outcome "
+                                "(the cache's answer, or denied by policy)",
                                 ["kind", "outcome"], registry=r)
         self.http_responses = Counter("pullcache_http_responses",
                                       "HTTP responses by method and status",
@@ -36,6 +56,10 @@ class Metrics:
         self.evictions = Counter("pullcache_evicted_files", "Files evicted", registry=r)
         self.evicted_bytes = Counter("pullcache_evicted_bytes", "Bytes evicted", registry=r)
         self.cache_bytes = Gauge("pullcache_cache_bytes", "Bytes used by the cache", registry=r)
+        self.hot_bytes = Gauge("pullcache_hot_bytes",
+                               "Bytes held by the in-memory hot layer (cache.memory)", registry=r)
+        self.hot_items = Gauge("pullcache_hot_items",
+                               "Entries, manifests and tag records in the hot layer", registry=r)
         self.cache_budget = Gauge("pullcache_cache_budget_bytes", "cache.max_size", registry=r)
         self.digest_mismatches = Counter("pullcache_digest_mismatches",
                                          "Upstream content that failed verification",
@@ -52,12 +76,21 @@ class Metrics:
                                      ["upstream"], registry=r)
         self.token_refreshes = Counter("pullcache_token_refreshes",
                                        "Bearer tokens fetched", ["upstream"], registry=r)
+        self.breaker_state = Gauge("pullcache_upstream_breaker_state",
+                                   "Circuit breaker per upstream: 0 closed, 1 open, "
+                                   "2 half-open (a probe in flight)", ["upstream"], registry=r)
         self.tier_reads = Counter("pullcache_tier_reads", "Backing-tier lookups by outcome",
                                   ["kind", "outcome"], registry=r)
         self.tier_writes = Counter("pullcache_tier_writes", "Backing-tier write-backs ended",
                                    ["kind", "outcome"], registry=r)
         self.tier_queue = Gauge("pullcache_tier_write_queue",
-                                "Write-backs queued or waiting to retry", registry=r)
+                                "Write-back jobs not yet acknowledged (queued, waiting to "
+                                "retry, or in flight)", registry=r)
+        self.tier_uploads = Counter("pullcache_tier_uploads",
+                                    "Uploads to the backing tier (completed PUTs, not jobs)",
+                                    ["kind", "outcome"], registry=r)
+        self.pinned_bytes = Gauge("pullcache_pinned_bytes",
+                                  "Bytes held by pinned images (cache.pin)", registry=r)
         self.fill_passthroughs = Counter(
             "pullcache_fill_passthroughs",
             "Fills the disk refused, served from memory and not cached", registry=r)
@@ -65,14 +98,24 @@ class Metrics:
                                    "asyncio tasks alive on the event loop (a leak check)",
                                    registry=r)
         self._last_remaining: dict[str, float] = {}
+        # upstream → (wall clock, method, status) of its last failed request (status page)
+        self.last_errors: dict[str, tuple[float, str, str]] = {}
+        for name, collector in list(vars(self).items()):
+            if getattr(collector, "_labelnames", ()):
+                setattr(self, name, _Children(collector))
 
     # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------
 
     def requested(self, upstream: str, method: str, status: str, seconds: float) -> None:
         self.upstream_latency.labels(upstream, method, status).observe(seconds)
+        if not status.isdigit() or int(status) >= 500 or status == "429":
+            self.last_errors[upstream] = (time.time(), method, status)
 
     def fetched(self, upstream: str, nbytes: int) -> None:
         self.bytes_fetched.labels(upstream).inc(nbytes)
+
+    def remaining(self, upstream: str) -> float | None:
+        return self._last_remaining.get(upstream)
 
     def rate_limit(self, upstream: str, headers: Mapping[str, str]) -> float | None:
         """Record Docker Hub's ``ratelimit-*`` headers; returns remaining when it changed."""
@@ -89,6 +132,9 @@ class Metrics:
 
     def token_refreshed(self, upstream: str) -> None:
         self.token_refreshes.labels(upstream).inc()
+
+    def breaker_watched(self, upstream: str, state: Callable[[], int]) -> None:
+        self.breaker_state.labels(upstream).set_function(lambda: float(state()))
 
     def fill_event(self, event: str, **_: object) -> None:
         if event in ("committed", "failed"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -30,6 +31,7 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST)
 DEFAULT_ACCEPT = MANIFEST_TYPES
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # containerd's MaxManifestSize; larger is refused
+_TAG_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,10 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> "Digest":
+        return _parse_digest(cls, text)
+
+    @classmethod
+    def _parse(cls, text: str) -> "Digest":
         if not DIGEST_RE.fullmatch(text or ""):
             raise DigestInvalid(text, message="invalid digest")
         algorithm, _, encoded = text.partition(":")
@@ -73,6 +79,11 @@ def is_digest_reference(reference: str) -> bool:
     return ":" in reference
 
 
+@functools.lru_cache(maxsize=4096)   # the hot digests are parsed on every request
+def _parse_digest(cls: type[Digest], text: str) -> Digest:
+    return cls._parse(text)
+
+
 def parse_reference(reference: str) -> str | Digest:
     """A manifest reference is a tag or a digest."""
     if is_digest_reference(reference):
@@ -89,6 +100,11 @@ def parse_accept(values: Iterable[str]) -> tuple[str, ...]:
     comma-separated line. Parameters (``;q=…``) are dropped: registries ignore them, and so do
     we. Order of first appearance is kept, duplicates dropped.
     """
+    return _parse_accept(tuple(values))
+
+
+@functools.lru_cache(maxsize=256)   # clients send a handful of distinct Accept lists
+def _parse_accept(values: tuple[str, ...]) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for value in values:
         for part in value.split(","):
@@ -125,3 +141,44 @@ def manifest_media_type(body: bytes, content_type: str | None) -> str:
     except (ValueError, AttributeError):
         field = None
     return field if isinstance(field, str) and field else (declared or OCI_MANIFEST)
+
+
+# -- referrers (distribution-spec v1.1.1 "Listing Referrers", "Referrers Tag Schema") ------
+
+def referrers_tag(subject: Digest) -> str:
+    """The fallback tag ``<alg>-<ref>`` holding a subject's referrers index.
+
+    ``<ref>`` is the encoded digest limited to 64 characters (spec "Referrers Tag Schema");
+    any character the tag grammar refuses becomes ``-``, and the tag is at most 128 long.
+    """
+    tag = f"{_TAG_UNSAFE.sub('-', subject.algorithm)}-{_TAG_UNSAFE.sub('-', subject.hex[:64])}"
+    return tag[:128]
+
+
+def referrer_descriptors(index_body: bytes) -> list[dict]:
+    """The ``manifests`` of an image index, keeping only well-formed descriptors
+    (a ``mediaType`` string, a parseable ``digest``, an integer ``size``)."""
+    try:
+        doc = json.loads(index_body)
+    except ValueError:
+        return []
+    found = doc.get("manifests") if isinstance(doc, dict) else None
+    kept = []
+    for desc in found if isinstance(found, list) else ():
+        if (isinstance(desc, dict) and isinstance(desc.get("mediaType"), str)
+                and isinstance(desc.get("size"), int) and _is_digest(desc.get("digest"))):
+            kept.append(desc)
+    return kept
+
+
+def referrers_index(descriptors: Iterable[dict], artifact_type: str | None = None) -> bytes:
+    """An image index listing ``descriptors`` (only those of ``artifact_type`` when given):
+    the body of a referrers answer (end-12a/b), empty when none match."""
+    manifests = [d for d in descriptors
+                 if not artifact_type or d.get("artifactType") == artifact_type]
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                       "manifests": manifests}).encode()
+
+
+def _is_digest(text: object) -> bool:
+    return isinstance(text, str) and DIGEST_RE.fullmatch(text) is not None

@@ -8,16 +8,18 @@ In order (PROTOCOL §2.2, §2.12): containerd's ``?ns=<host>``; a path prefix
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .errors import NameInvalid, NameUnknown, NotFound
+from .errors import BlobUploadUnknown, NameInvalid, NameUnknown, NotFound
 from .oci import validate_name
 
 DOCKER_HUB = "docker.io"
 _ENDPOINT = re.compile(
     r"^(?P<name>.+?)/(?:(?P<kind>manifests|blobs|referrers)/(?P<ref>[^/]+)|(?P<tags>tags/list))$")
+_UPLOAD = re.compile(r"^.+?/blobs/uploads/[^/]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +62,20 @@ def looks_like_host(component: str) -> bool:
 
 def resolve(table: UpstreamTable, tail: str, *, prefix: str | None = None,
             ns: str | None = None) -> Target:
-    """Map ``/[<prefix>/]v2/<tail>`` (``tail`` = ``<name>/<endpoint>``) to a ``Target``."""
+    """Map ``/[<prefix>/]v2/<tail>`` (``tail`` = ``<name>/<endpoint>``) to a ``Target``.
+
+    A pure function of immutable inputs, asked the same few questions on the hot path
+    (a node rollout pulls one manifest thousands of times): answers are memoized.
+    """
+    return _resolve(table, tail, prefix, ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve(table: UpstreamTable, tail: str, prefix: str | None, ns: str | None) -> Target:
     m = _ENDPOINT.match(tail)
     if not m:
+        if _UPLOAD.match(tail):   # end-13 GET of an upload session: none exist here
+            raise BlobUploadUnknown(tail)
         raise NotFound(tail, message="not a pull API endpoint")
     name = m.group("name")
     kind = "tags" if m.group("tags") else m.group("kind")

@@ -90,3 +90,22 @@ def format_duration(seconds: float) -> float | str:
         count, ms = divmod(ms, unit)
         parts += [f"{count}{name}"] if count else []
     return "".join(parts) or "0s"
+
+
+def human_size(n: int | float) -> str:
+    """``1.5 GiB``, ``640 KiB``, ``12 B``: for people, not for parsing back."""
+    for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
+        if abs(n) >= unit:
+            value = n / unit
+            return f"{value:.1f} {name}" if value < 100 else f"{value:.0f} {name}"
+    return f"{int(n)} B"
+
+
+def human_age(seconds: float | None) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d`` (the largest whole unit), ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    for name, unit in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= unit:
+            return f"{int(seconds // unit)}{name}"
+    return f"{max(int(seconds), 0)}s"

@@ -96,7 +96,6 @@ class EcrApi:
         self._endpoint_url = endpoint_url
         self._client = None
         self._exit = None
-        self._created: set[str] = set()
 
     async def open(self) -> "EcrApi":
         from aiobotocore.session import AioSession
@@ -120,17 +119,46 @@ class EcrApi:
             .partition(":")
         return EcrToken(username, password, data["expiresAt"].timestamp())
 
-    async def ensure_repository(self, name: str) -> None:
-        """CreateRepository, idempotently (an existing repository is fine)."""
-        if name in self._created:
-            return
-        ids = {"registryId": self.registry_id} if self.registry_id else {}
+    async def create_repository(self, name: str, settings: dict) -> bool:
+        """CreateRepository with ``settings``; False if it exists already."""
         try:
-            await self._call("create_repository", repositoryName=name, **ids)
-            log.info("ecr_repository_created", repository=name)
+            await self._call("create_repository", repositoryName=name, **self._id(), **settings)
         except _AlreadyExists:
-            pass
-        self._created.add(name)
+            return False
+        return True
+
+    async def put_lifecycle_policy(self, name: str, policy: str) -> None:
+        await self._call("put_lifecycle_policy", repositoryName=name,
+                         lifecyclePolicyText=policy, **self._id())
+
+    async def describe_repository(self, name: str) -> dict:
+        answer = await self._call("describe_repositories", repositoryNames=[name], **self._id())
+        return answer["repositories"][0]
+
+    async def repositories(self, prefix: str) -> list[dict]:
+        """Every repository whose name starts with ``prefix`` (DescribeRepositories, paged)."""
+        found, token = [], None
+        while True:
+            answer = await self._call("describe_repositories", **self._id(),
+                                      **({"nextToken": token} if token else {}))
+            found += [r for r in answer["repositories"]
+                      if r["repositoryName"].startswith(prefix)]
+            if not (token := answer.get("nextToken")):
+                return found
+
+    async def repository_tags(self, arn: str) -> list[dict]:
+        return (await self._call("list_tags_for_resource", resourceArn=arn)).get("tags", [])
+
+    async def lifecycle_policy(self, name: str) -> str:
+        """The repository's lifecycle policy text, "" when it has none."""
+        try:
+            answer = await self._call("get_lifecycle_policy", repositoryName=name, **self._id())
+        except _NoPolicy:
+            return ""
+        return answer.get("lifecyclePolicyText", "")
+
+    def _id(self) -> dict:
+        return {"registryId": self.registry_id} if self.registry_id else {}
 
     async def _call(self, operation: str, **kwargs):
         from botocore.exceptions import BotoCoreError, ClientError
@@ -142,17 +170,24 @@ class EcrApi:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "RepositoryAlreadyExistsException":
                 raise _AlreadyExists() from exc
+            if code == "LifecyclePolicyNotFoundException":
+                raise _NoPolicy() from exc
             if code in ("ThrottlingException", "TooManyRequestsException", "ThrottledException"):
                 raise errors.TooManyRequests(f"ECR {operation}: {code}") from exc
-            if code in ("AccessDeniedException", "UnrecognizedClientException",
+            if code in ("AccessDeniedException", "UnrecognizedClientException", "KmsException",
                         "ExpiredTokenException", "InvalidSignatureException"):
-                raise errors.Denied(f"ECR {operation}: {code}") from exc
+                message = exc.response.get("Error", {}).get("Message", "")
+                raise errors.Denied(f"ECR {operation}: {code}: {message}"[:512]) from exc
             raise errors.UpstreamError(f"ECR {operation}: {code or exc}") from exc
         except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
             raise errors.UpstreamUnavailable(f"ECR {operation}: {exc}") from exc
 
 
 class _AlreadyExists(Exception):
+    pass
+
+
+class _NoPolicy(Exception):
     pass
 
 

@@ -3,22 +3,22 @@
 A ``Fill`` is a task owned by ``Fills`` (and so by the app), not by any request: it streams
 source bytes into a temp file while hashing them. Readers tail the temp file as it grows,
 from any offset, so the first byte reaches every client as soon as it reaches us, N clients
-cost one download, and a client that hangs up slows or cancels nothing. On a hash match the
-file is fsynced, renamed into place and indexed; on a mismatch or a source error the temp
-file is deleted and every reader raises ``FillFailed``, so its response is cut short (a
-client must see a broken transfer, never a complete-looking wrong blob).
+cost one download, and a client that hangs up slows or cancels nothing. The loop reads the
+source and one writer thread writes and hashes (``writer.Writer``). On a hash match readers
+get the final byte at once, then the file is fsynced, renamed into place and indexed; on a
+mismatch or a source error the temp file is deleted and every reader raises ``FillFailed``,
+so its response is cut short (a client must see a broken transfer, never a complete-looking
+wrong blob).
 
-When the disk refuses the fill (ENOSPC, EIO, read-only, removed; or the blob cannot fit the
-budget at all) it becomes a *pass-through*: the bytes continue into a bounded in-memory
-``Window`` (passthrough.py) that readers tail the same way, the temp file is removed, and
-nothing is cached. The final byte is still held back until the digest matches.
+When the disk refuses the fill (ENOSPC, EDQUOT, EIO, read-only, removed; or the blob cannot
+fit the budget at all) it becomes a *pass-through* (``passthrough.PassThrough``): the bytes
+continue into a bounded in-memory ``Window`` that readers tail the same way, the temp file is
+removed, and nothing is cached. The final byte is still held back until the digest matches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Protocol
@@ -28,11 +28,16 @@ import structlog
 from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
-from .passthrough import DEFAULT_LIMIT, PassThrough, Window, is_disk_error, unlink_quietly
+from .passthrough import DEFAULT_LIMIT, PassThrough, Window
+from .tail import READ_CHUNK, FillFailed, Tail  # noqa: F401 - FillFailed: part of the API
 from .store import BlobStore
+from .writer import Writer, WriterFailed
 
 log = structlog.get_logger("pullcache.fill")
-READ_CHUNK = 1 << 20
+# Readers are woken when this much more is readable, or when the writer has caught up with
+# the source (a stalled upstream): not once per chunk.
+WAKE_STEP = 2 << 20
+COMMIT_GRACE = 30.0     # seconds a verified fill may take to commit at shutdown
 
 
 class Source(Protocol):
@@ -60,10 +65,6 @@ class Candidate:
     stream: bool = True
 
 
-class FillFailed(Exception):
-    """The fill a reader was tailing failed after the response had started."""
-
-
 @dataclass(frozen=True, slots=True)
 class FillResult:
     entry: Entry | None          # None: passed through, not cached
@@ -72,7 +73,7 @@ class FillResult:
     seconds: float
 
 
-class Fill(PassThrough):
+class Fill(PassThrough, Tail):
     def __init__(self, kind: str, digest: Digest, store: BlobStore, deadline: float,
                  on_event=None, disk=None, window_limit: int = DEFAULT_LIMIT) -> None:
         self.kind = kind
@@ -83,6 +84,11 @@ class Fill(PassThrough):
         self.size: int | None = None
         self.written = 0    # bytes in the temp file
         self.visible = 0    # bytes readers may see (a held-back source shows none unverified)
+        self.verified = False  # every byte is in the temp file and matched the digest
+        self._began = time.monotonic()
+        self.verified_after: float | None = None   # seconds from start to verification
+        self._woken_at = 0
+        self._writer: Writer | None = None
         self.source = ""    # the Candidate that filled it
         self.generation = 0  # bumped when a source is dropped and its temp file deleted
         self._reservation = None
@@ -96,11 +102,15 @@ class Fill(PassThrough):
         self.window: Window | None = None  # set when the fill passes through memory
         self._window_limit = window_limit
         self._fd = -1                      # the temp file being written
+        self._hasher = None
+        self._stream = True
+        self._repair = False               # the cache directory was removed: recreate it
+        self._loop = asyncio.get_running_loop()
 
     # -- the writer ---------------------------------------------------------------------------
 
     async def run(self, sources: "list[Candidate]") -> None:
-        began = time.monotonic()
+        began = self._began = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline):
                 entry = await self._download_first(sources)
@@ -120,19 +130,23 @@ class Fill(PassThrough):
         else:
             seconds = time.monotonic() - began
             self.result.set_result(FillResult(entry, self.written, self.origin, seconds))
-            if entry is not None:
-                log.info("fill_committed", digest=str(self.digest), kind=self.kind,
-                         bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
-                self._on_event("committed", bytes=self.written)
-                if self.disk is not None:
-                    self.disk.recovered()
-            else:
-                log.info("fill_passed_through", digest=str(self.digest), kind=self.kind,
-                         bytes=self.written, seconds=round(seconds, 3), origin=self.origin)
+            self._ended(entry, seconds)
         finally:
             self._wake()
             if not self.result.done() or self.result.exception() is not None:
-                await asyncio.to_thread(unlink_quietly, self.temp)
+                await self._discard_temp()
+
+    def _ended(self, entry: Entry | None, seconds: float) -> None:
+        fields = dict(digest=str(self.digest), kind=self.kind, bytes=self.written,
+                      seconds=round(seconds, 3), origin=self.origin)
+        if entry is None:
+            log.info("fill_passed_through", **fields)
+            return
+        log.info("fill_committed", **fields,
+                 verified_seconds=round(self.verified_after or seconds, 3))
+        self._on_event("committed", bytes=self.written)
+        if self.disk is not None:
+            self.disk.recovered()
 
     async def _download_first(self, sources: "list[Candidate]") -> Entry:
         """Try each source in turn; a source that fails before readers saw any of its
@@ -143,14 +157,15 @@ class Fill(PassThrough):
             except PullcacheError as exc:
                 if i == len(sources) - 1 or self.visible > 0:
                     raise
-                log.warning("fill_source_skipped", digest=str(self.digest),
-                            source=candidate.name, error=str(exc))
-                self.written = 0
+                (log.info if exc.status == 404 else log.warning)(   # a miss is not trouble
+                    "fill_source_skipped", digest=str(self.digest), source=candidate.name,
+                    error=str(exc))
+                self.written = self._woken_at = 0
                 self.generation += 1   # readers holding the old temp file must reopen
                 if self.window is not None:
                     self.window.close()
                     self.window = None
-                await asyncio.to_thread(unlink_quietly, self.temp)
+                await self._discard_temp()
         raise FillFailed("no source")  # unreachable: the loop returns or raises
 
     async def _download(self, candidate: "Candidate") -> Entry:
@@ -164,88 +179,63 @@ class Fill(PassThrough):
                 # A held-back source promises readers nothing (not even a size) until its
                 # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
-            hasher = self.digest.hasher()
-            if source.size and self.disk is not None and not self.disk.fits(source.size):
-                await self._pass_through(f"{source.size} bytes cannot fit the cache "
-                                         f"({self.store.budget.max_size} bytes)")
-            else:
-                if source.size:
-                    # Room for it before the first byte lands; counted against the budget
-                    # until committed, so concurrent fills cannot overshoot it together.
-                    await self.store.make_room(source.size)
-                self._reservation = self.store.reservation(source.size or 0)
-                self._reservation.__enter__()
-                try:
-                    self._fd = await asyncio.to_thread(
-                        os.open, self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                except OSError as exc:
-                    if not is_disk_error(exc):
-                        raise
-                    await self._pass_through("creating the temp file", exc)
+            self._hasher = self.digest.hasher()
+            self._stream = candidate.stream
+            await self._open_temp(source.size)
             try:
+                received = 0
                 async for chunk in source.chunks():
-                    if self.size is not None and self.written + len(chunk) > self.size:
+                    received += len(chunk)
+                    if self.size is not None and received > self.size:
                         raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
-                    await self._put(chunk, hasher)
-                    self.written += len(chunk)
-                    if candidate.stream:
-                        self.visible = self.written
-                        self._wake()
+                    await self._writer.write(chunk)   # waits only when the queue is full
+                hexdigest = await self._writer.finish()
                 if self.size is not None and self.written != self.size:
                     raise SizeInvalid(f"{self.digest}: {self.written} of {self.size} bytes")
-                if hasher.hexdigest() != self.digest.hex:
+                if hexdigest != self.digest.hex:
                     log.warning("digest_mismatch", digest=str(self.digest),
-                                got=f"{self.digest.algorithm}:{hasher.hexdigest()}",
+                                got=f"{self.digest.algorithm}:{hexdigest}",
                                 origin=self.origin, source=candidate.name, bytes=self.written)
                     self._on_event("digest_mismatch")
                     raise DigestMismatch(str(self.digest))
-                if self._fd >= 0:
-                    try:
-                        await asyncio.to_thread(os.fsync, self._fd)
-                    except OSError as exc:
-                        if not is_disk_error(exc):
-                            raise
-                        await self._pass_through("syncing the temp file", exc)
+                # Verified: readers may have the final byte now. Durability comes after; a
+                # crash before the commit only loses the cache entry, never a wrong byte.
+                self._verified(candidate)
+                await self._sync_temp()
             finally:
+                if self._writer is not None:
+                    await self._writer.close()
                 await self._close_temp()
+        except BaseException as exc:
+            self._release_reservation()
+            if isinstance(exc, WriterFailed):
+                raise StorageError(f"cannot write the fill: {exc}") from exc
+            raise
         finally:
             await source.close()
-            self._release_reservation()
+        if self.window is not None or self._reservation is None:
+            return None     # passed through, or the disk refused the fsync: not cached
+        with self._reservation:   # released once the index counts the bytes
+            return await self._commit()
+
+    def _progressed(self, written: int, stream: bool) -> None:
+        """The writer thread's report (at most once per loop iteration)."""
+        self.written = written
+        if not stream:
+            return
+        self.visible = written
+        if written - self._woken_at >= WAKE_STEP or (self._writer and self._writer.idle):
+            self._woken_at = written
+            self._wake()
+
+    def _verified(self, candidate: "Candidate") -> None:
         self.size = self.visible = self.written
         self.source = candidate.name
+        self.verified = True
+        self.verified_after = time.monotonic() - self._began
         if not self._started.done():
             self._started.set_result(self.size)
-        if self.window is not None:
-            return None     # verified and served; not cached
-        try:
-            return await self.store.commit(self.kind, self.digest, self.temp, self.written)
-        except StorageError as exc:
-            cause = exc.__cause__
-            if self.disk is None or not is_disk_error(cause):
-                raise
-            # Verified, and every reader holds an fd on the temp file: they finish from it;
-            # nothing is cached.
-            self.disk.refused("committing", cause)
-            await asyncio.to_thread(unlink_quietly, self.temp)
-            return None
-
-    async def _write_chunk(self, chunk: bytes, hasher) -> None:
-        await asyncio.to_thread(_write_and_hash, self._fd, chunk, hasher)
-
-    async def _discard_temp(self) -> None:
-        """Remove a failed fill's temp file before any reader hears of the failure (their
-        open fds stay valid), so a client that saw its transfer cut finds nothing left."""
-        await asyncio.to_thread(unlink_quietly, self.temp)
-
-    async def _close_temp(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            await asyncio.to_thread(os.close, fd)
-
-    def _release_reservation(self) -> None:
-        if self._reservation is not None:
-            self._reservation.__exit__(None, None, None)
-            self._reservation = None
+        self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._started.done():
@@ -263,126 +253,6 @@ class Fill(PassThrough):
         event, self._progress = self._progress, asyncio.Event()
         event.set()
 
-    # -- the readers --------------------------------------------------------------------------
-
-    @property
-    def promised_size(self) -> int | None:
-        """The size readers have been promised, once a source has been accepted."""
-        started = self._started
-        if started.done() and not started.cancelled() and started.exception() is None:
-            return started.result()
-        return None
-
-    async def started(self) -> int | None:
-        """Wait until the source answered; its size, or raise the domain error it gave."""
-        return await asyncio.shield(self._started)
-
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""
-        async with contextlib.aclosing(self.spans(start, end, READ_CHUNK)) as spans:
-            async for fd, offset, length in spans:
-                chunk = await asyncio.to_thread(os.pread, fd, length, offset)
-                if len(chunk) != length:
-                    raise FillFailed("temp file shrank")
-                yield chunk
-
-    async def spans(self, start: int = 0, end: int | None = None,
-                    limit: int | None = None) -> AsyncIterator[tuple[int, int, int]]:
-        """``(fd, offset, length)`` of bytes ``start`` to ``end`` (exclusive) as they become
-        readable, for ``pread`` or ``sendfile``; each fd is valid until the next step.
-        Raises ``FillFailed``."""
-        fd, generation = await self._open_for_read()
-        self.readers += 1
-        token = id(object())    # this reader, for the pass-through window's bookkeeping
-        cap = end if end is not None else self.size   # exclusive; None while unknown
-        try:
-            offset = start
-            while cap is None or offset < cap:
-                progress = self._progress
-                done = self.result.done()
-                if done and self.result.exception() is not None:
-                    raise FillFailed(str(self.result.exception()))
-                window = self.window
-                if window is not None:
-                    window.release(token)
-                if generation != self.generation:
-                    # The source was dropped before showing any byte (offset is still
-                    # ``start``): read the new temp file, never the dropped one. Or the
-                    # fill went pass-through: read the window, same offsets.
-                    await asyncio.to_thread(os.close, fd)
-                    fd = -1
-                    fd, generation = await self._open_for_read()
-                available = self.visible if cap is None else min(self.visible, cap)
-                if cap is not None and cap == self.size and not done:
-                    # Hold back the blob's final byte until its digest is verified: no client
-                    # may receive a complete-looking blob of unverified content. A range that
-                    # ends earlier is served as soon as it is written (clients that assemble
-                    # ranges, like containerd, verify the digest of the whole).
-                    available = min(available, cap - 1)
-                if offset < available:
-                    length = available - offset if limit is None else \
-                        min(available - offset, limit)
-                    if window is not None and generation == self.generation:
-                        if not window.hold(token, offset):
-                            raise FillFailed("fell behind the pass-through window")
-                        length = min(length, READ_CHUNK)   # spans stay short in memory
-                    yield fd, offset, length
-                    offset += length
-                elif done:
-                    if end is None and self.size != cap and cap is not None:
-                        raise FillFailed("blob size differs from the announced one")
-                    return   # size was unknown: the verified end is where the bytes end
-                else:
-                    await progress.wait()
-        finally:
-            self.readers -= 1
-            if self.window is not None:
-                self.window.release(token)
-            if fd >= 0:
-                await asyncio.to_thread(os.close, fd)
-
-    async def _open_for_read(self) -> tuple[int, int]:
-        """Open the temp file (or the committed file if the fill finished meanwhile);
-        return the fd and the temp file's generation.
-
-        An fd opened on the temp file stays valid across the commit's rename (POSIX).
-        """
-        await self.started()
-        while True:
-            generation = self.generation
-            if self.window is not None:
-                if self.window.fd < 0:
-                    raise FillFailed("the pass-through ended before this reader started")
-                return self.window.open(), generation
-            try:
-                fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
-            except FileNotFoundError:
-                if not self.result.done():
-                    await self._progress.wait()  # the writer has not created it yet
-                    continue
-                if self.result.exception() is not None:
-                    raise FillFailed(str(self.result.exception())) from None
-                entry = self.result.result().entry
-                if entry is None:
-                    raise FillFailed("passed through, not cached")
-                path = self.store.path(entry)
-                try:
-                    return await asyncio.to_thread(os.open, path, os.O_RDONLY), generation
-                except FileNotFoundError:
-                    # Evicted between its commit and this late reader (a budget smaller
-                    # than the fills in flight): a cut the client retries, not a 500.
-                    raise FillFailed("evicted right after its commit") from None
-            if generation == self.generation:
-                return fd, generation
-            await asyncio.to_thread(os.close, fd)   # raced with a source change: again
-
-
-def _write_and_hash(fd: int, chunk: bytes, hasher) -> None:
-    view = memoryview(chunk)
-    while view:
-        view = view[os.write(fd, view):]
-    hasher.update(chunk)
-
 
 class Fills:
     """The app's fills in progress, one per (kind, digest); owns their tasks."""
@@ -394,11 +264,14 @@ class Fills:
         self.disk = disk
         self.window = window
         self._fills: dict[tuple[str, str], Fill] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Fill] = {}
         self._on_event = on_event
 
     def __len__(self) -> int:
         return len(self._fills)
+
+    def in_flight(self) -> list[Fill]:
+        return list(self._fills.values())
 
     def running(self, kind: str, digest: Digest) -> Fill | None:
         return self._fills.get((kind, str(digest)))
@@ -414,8 +287,8 @@ class Fills:
                     self.window)
         self._fills[key] = fill
         task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = fill
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
         return fill, False
 
     async def _supervise(self, key, fill: Fill, sources: list[Candidate]) -> None:
@@ -428,8 +301,15 @@ class Fills:
         finally:
             self._fills.pop(key, None)
 
-    async def close(self) -> None:
-        """Cancel every fill (at shutdown); their temp files are removed."""
+    async def close(self, commit_grace: float = COMMIT_GRACE) -> None:
+        """At shutdown: cancel every fill still downloading (their temp files are removed).
+        A verified fill has already given clients their last byte: it gets ``commit_grace``
+        seconds to finish its commit, so what was served stays cached."""
+        committing = [task for task, fill in self._tasks.items() if fill.verified]
+        for task in set(self._tasks) - set(committing):
+            task.cancel()
+        if committing:
+            await asyncio.wait(committing, timeout=commit_grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

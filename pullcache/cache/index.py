@@ -12,6 +12,11 @@ deletes files in several places (``add`` on an existing key, failed transactions
 ``_RecordDisk.remove`` therefore never deletes: it reports the path, and ``Index`` unlinks
 only paths whose key is no longer indexed and no response is serving.
 
+Reading never writes: diskcache's own ``get`` under its LRU policy updates ``access_time``
+(a SQLite write per hit), so ``get`` here reads the row with a plain SELECT, and recency is
+written in bulk by ``touch`` (one transaction for the touches the hot layer buffered). Every
+key the index drops is reported to ``forgotten`` (the hot layer) before its file may go.
+
 Every method here blocks; ``BlobStore`` calls them through ``asyncio.to_thread``.
 """
 
@@ -22,7 +27,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
@@ -56,7 +61,9 @@ class _RecordDisk(diskcache.Disk):
 
 
 class Index:
-    """Keys are ``<kind>:<digest>``; values ``Entry``. ``get`` refreshes recency."""
+    """Keys are ``<kind>:<digest>``; values ``Entry``. ``touch`` records recency."""
+
+    forgotten: Callable[[list[str]], None] = staticmethod(lambda keys: None)
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -76,6 +83,8 @@ class Index:
         self._evicting = threading.Lock()
         self._released: list[str] = []
         self._deferred: set[str] = set()
+        # Persistently pinned keys (``cache.pin``, see pins.py): never eviction victims.
+        self.keeps: Callable[[str], bool] = lambda key: False
         self._cache.disk.removed = self._note_removed  # type: ignore[attr-defined]
 
     # -- diskcache hands us every path it would delete ---------------------------------------
@@ -122,28 +131,46 @@ class Index:
             if self._pins[relpath] <= 0:
                 del self._pins[relpath]
 
-    def get(self, key: str, *, pin: bool = False) -> Entry | None:
-        """The entry for ``key`` (refreshing its recency), pinned if asked."""
-        if not pin:
+    def get(self, key: str, *, pin: bool = False,
+            found: Callable[[str, Entry], None] | None = None) -> Entry | None:
+        """The entry for ``key`` (read only: recency is ``touch``'s job), pinned if asked.
+
+        ``found(key, entry)`` runs, like the pin, under the eviction lock: the hot layer
+        learns of an entry that eviction cannot drop before ``forgotten`` reports it.
+        """
+        if not pin and found is None:
             return self._get(key)
         with self._evicting:
             entry = self._get(key)
             if entry is not None:
-                self.pin(entry.relpath)
+                if pin:
+                    self.pin(entry.relpath)
+                if found is not None:
+                    found(key, entry)
             return entry
 
     def _get(self, key: str) -> Entry | None:
-        entry = self._cache.get(key)
-        if entry is None:
+        row = self._cache._sql(_ROW, (key,)).fetchone()  # noqa: SLF001 - a read, no touch
+        if row is None or not row[0]:
             return None
-        # Size lives in the row's size column, which get() does not return; the file is the
-        # truth anyway, so stat it (and treat a missing file as a miss).
-        try:
-            size = (self.root / entry.relpath).stat().st_size
-        except FileNotFoundError:
+        relpath, size, meta = row
+        # The file is the truth: an entry whose file is gone is a miss (and dropped).
+        if not (self.root / relpath).is_file():
             self.drop(key)
             return None
-        return Entry(entry.relpath, size, entry.media_type)
+        return Entry(relpath, size, json.loads(meta).get("media_type") if meta else None)
+
+    def touch(self, touches: Mapping[str, float]) -> list[str]:
+        """Write buffered uses (key → time) in one transaction; return keys no longer here."""
+        if not touches:
+            return []
+        gone = []
+        with self._cache.transact(retry=True):
+            sql = self._cache._sql  # noqa: SLF001 - no public bulk update of access_time
+            for key, at in touches.items():
+                if sql(_TOUCH, (at, key)).rowcount == 0:
+                    gone.append(key)
+        return gone
 
     def add(self, key: str, entry: Entry) -> bool:
         added = self._cache.add(key, entry)
@@ -152,6 +179,7 @@ class Index:
 
     def drop(self, key: str) -> None:
         self._cache.delete(key)
+        self.forgotten([key])
         self._unlink_released()
 
     def __contains__(self, key: str) -> bool:
@@ -160,6 +188,12 @@ class Index:
     def keys(self) -> Iterator[str]:
         return iter(self._cache)
 
+    def last_used(self, key: str) -> float | None:
+        """When ``key`` was last read or stored (wall clock), without touching its recency."""
+        rows = self._cache._sql(  # noqa: SLF001 - diskcache has no public access-time read
+            "SELECT access_time FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchall()
+        return rows[0][0] if rows else None
+
     def volume(self) -> int:
         """Bytes used: indexed files plus the index database itself."""
         return self._cache.volume()
@@ -167,14 +201,16 @@ class Index:
     def count(self) -> int:
         return len(self._cache)
 
-    def evict_to(self, target: int) -> list[str]:
+    def evict_to(self, target: int, touches: Mapping[str, float] | None = None) -> list[str]:
         """Drop least-recently-used entries until ``volume() <= target``; return paths freed.
 
+        ``touches`` (uses not yet flushed) are written first, so the order honours them.
         Entries a response is serving are skipped. diskcache's own ``cull()`` deletes ten rows
         per step whatever their size, far too coarse for multi-GiB layers, so we read its
         LRU order (the same query its cull uses) and delete exactly enough.
         """
         with self._evicting:
+            self.forgotten(self.touch(touches or {}))
             excess = self._cache.volume() - target
             if excess <= 0:
                 return []
@@ -183,12 +219,13 @@ class Index:
             for key, filename, size in rows:
                 if excess <= 0:
                     break
-                if filename and not self._is_pinned(filename):
+                if filename and not self._is_pinned(filename) and not self.keeps(key):
                     victims.append(key)
                     excess -= size or 0
             rows.close()
             for key in victims:
                 self._cache.delete(key)
+            self.forgotten(victims)
         return self._unlink_released()
 
     def release_unpinned(self) -> list[str]:
@@ -213,5 +250,8 @@ def relpath_for(kind: str, algorithm: str, hex_: str) -> str:
 
 _LRU_ORDER = diskcache.core.EVICTION_POLICY["least-recently-used"]["cull"].format(
     fields="key, filename, size").replace(" LIMIT ?", "")
+_ROW = "SELECT filename, size, value FROM Cache WHERE key = ? AND raw = 1"
+_TOUCH = ("UPDATE Cache SET access_time = ?, access_count = access_count + 1"
+          " WHERE key = ? AND raw = 1")
 _KINDS = {"blob": "blobs", "manifest": "manifests"}
 _DIRS = {v: k for k, v in _KINDS.items()}

@@ -26,6 +26,9 @@ import weakref
 
 import structlog
 
+from ..errors import StorageError
+from .writer import Writer
+
 #: errnos that mean "the disk refused", not "the upstream failed": a fill meeting one carries
 #: on in memory (EROFS: remounted read-only; ENOENT: the cache directory was removed).
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT,
@@ -145,45 +148,132 @@ class Window:
 
 
 class PassThrough:
-    """The writer's half of a pass-through, mixed into ``fill.Fill`` (whose state it uses:
-    ``window``, ``written``, ``temp``, ``generation``, ``disk``, ``_fd``)."""
+    """The writer's disk side, mixed into ``fill.Fill`` (whose state it uses: ``window``,
+    ``written``, ``temp``, ``generation``, ``disk``, ``_fd``, ``_writer``, ``_hasher``): the
+    temp file and its writer thread, and the switch to the window when the disk refuses.
 
-    async def _put(self, chunk: bytes, hasher) -> None:
-        """Write and hash one chunk: to the temp file, or the window once the disk refused."""
-        if self.window is None:
-            try:
-                await self._write_chunk(chunk, hasher)
-                return
-            except OSError as exc:
-                if not is_disk_error(exc):
-                    raise
-                await self._pass_through("writing the temp file", exc)
-        window = self.window
-        await asyncio.to_thread(window.put, self.written, chunk, hasher)
-        window.trim(self.written + len(chunk))
+    The writer thread is where a refused write surfaces: there ``_take_over`` seeds a window
+    with the last bytes readers may still need and hands it to the loop (``_switched``), and
+    the thread carries on into the window, the refused chunk first. Readers reopen on the
+    window at the same offsets; nothing is cached."""
 
-    async def _pass_through(self, why: str, exc: OSError | None = None) -> None:
-        """Carry on in memory: seed the window with the last bytes readers may still need,
-        drop the temp file and the reservation, and make readers reopen on the window."""
-        window = Window(self._window_limit)
-        if self._fd >= 0 and self.written:
-            begin = max(0, self.written - window.limit)
-            try:
-                await asyncio.to_thread(window.seed, self.temp, begin, self.written)
-            except OSError:
-                window.start = self.written   # unreadable too (EIO): readers behind are cut
-        await self._close_temp()
+    async def _open_temp(self, size: int | None) -> None:
+        """Reserve room and open the temp file and its writer thread; or pass through."""
+        progress = lambda n: self._progressed(n, self._stream)   # noqa: E731
+        if size and self.disk is not None and not self.disk.fits(size):
+            why = f"{size} bytes cannot fit the cache ({self.store.budget.max_size} bytes)"
+            self._switched(Window(self._window_limit), why, None)
+            self._writer = Writer(-1, self._hasher, progress, sink=self._window_sink)
+            return
+        # Room for it before the first byte lands, made and reserved in one step and
+        # counted until committed, so concurrent fills cannot overshoot it together.
+        self._reservation = await self.store.reserve(size or 0)
+        try:
+            self._fd = await asyncio.to_thread(os.open, self.temp,
+                                               os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            if not self._disk_refused(exc):
+                raise
+            self._switched(Window(self._window_limit), "creating the temp file", exc)
+            self._writer = Writer(-1, self._hasher, progress, sink=self._window_sink)
+            return
+        self._writer = Writer(self._fd, self._hasher, progress, fallback=self._take_over)
+
+    def _disk_refused(self, exc: BaseException | None) -> bool:
+        """Pass through rather than fail: the disk refused, and a ``Disk`` is watching
+        (without one, a bare ``Fills``, a refused write fails the fill)."""
+        return self.disk is not None and is_disk_error(exc)
+
+    async def _discard_temp(self) -> None:
+        """Remove a failed fill's temp file before any reader hears of the failure (their
+        open fds stay valid), so a client that saw its transfer cut finds nothing left."""
         await asyncio.to_thread(unlink_quietly, self.temp)
+
+    async def _close_temp(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            await asyncio.to_thread(os.close, fd)
+
+    def _release_reservation(self) -> None:
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+
+    # -- the switch ------------------------------------------------------------------------------
+
+    def _take_over(self, exc: OSError, written: int):
+        """(the writer thread) The disk refused a write at ``written``: seed a window, hand
+        it to the loop, and return where the thread writes from now on."""
+        if not self._disk_refused(exc):
+            raise exc
+        window = Window(self._window_limit)
+        begin = max(0, written - window.limit)
+        try:
+            window.seed(self.temp, begin, written)
+        except OSError:
+            window.start = written    # unreadable too (EIO): readers behind are cut
+        unlink_quietly(self.temp)
+        switched = threading.Event()
+
+        def on_loop() -> None:
+            try:
+                self._switched(window, "writing the temp file", exc, written)
+            finally:
+                switched.set()
+        self._loop.call_soon_threadsafe(on_loop)
+        # Until the loop has the window, no progress past the temp file may reach readers.
+        switched.wait(60)
+        return self._window_sink
+
+    def _window_sink(self, offset: int, chunk: bytes) -> None:
+        """(the writer thread) One chunk into the window; release what is far behind."""
+        self.window.put(offset, chunk)
+        self.window.trim(offset + len(chunk))
+
+    def _switched(self, window: Window, why: str, exc: OSError | None,
+                  written: int = 0) -> None:
+        """(the loop) Readers reopen on the window at the same offsets; the temp file and the
+        reservation are gone; the disk's health hears of it."""
+        self.written = written
         self._release_reservation()
         self.window = window
-        self.generation += 1    # readers reopen: on the window, at the same offset
+        self.generation += 1
         self._wake()
         if exc is not None and self.disk is not None:
             self.disk.refused(why, exc)
-            if exc.errno == errno.ENOENT:
-                await self.disk.repair()
+            self._repair = exc.errno == errno.ENOENT
         log.warning("fill_passthrough", digest=str(self.digest), kind=self.kind, reason=why,
-                    error=str(exc) if exc else None, bytes=self.written,
-                    window=window.limit)
+                    error=str(exc) if exc else None, bytes=written, window=window.limit)
         self._on_event("passthrough")
 
+    # -- after verification --------------------------------------------------------------------
+
+    async def _sync_temp(self) -> None:
+        """fsync the verified temp file. Refused: readers (all holding an fd on it, or the
+        final byte already) finish from it; nothing is cached."""
+        if self._repair and self.disk is not None:
+            self._repair = False
+            await self.disk.repair()    # the cache directory was removed under the fill
+        if self._fd < 0 or self.window is not None:
+            return
+        try:
+            await asyncio.to_thread(os.fsync, self._fd)
+        except OSError as exc:
+            if not self._disk_refused(exc):
+                raise
+            self.disk.refused("syncing the temp file", exc)
+            self._release_reservation()
+            await self._discard_temp()
+
+    async def _commit(self):
+        try:
+            return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if not self._disk_refused(cause):
+                raise
+            # Verified, and every reader holds an fd on the temp file: they finish from it;
+            # nothing is cached.
+            self.disk.refused("committing", cause)
+            await self._discard_temp()
+            return None

@@ -10,11 +10,16 @@ Layout (all on one filesystem, so a commit is an atomic rename)::
 
 Paths are built only from a parsed ``Digest`` (hex checked by oci.Digest.parse), so no
 request can name a path outside the root.
+
+A hit is served from the ``HotLayer`` (memory: entries, manifest bodies) without SQLite or a
+thread; a miss reads the index (without writing it) and warms the hot layer. Recency goes
+to the index in bulk (``flush_recency``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -22,18 +27,18 @@ import uuid
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import structlog
 
 from ..errors import StorageError
 from ..oci import Digest
-from .index import Entry, Index, key_for, relpath_for
+from .hot import HotLayer
+from .index import Entry, Index, relpath_for
 from .passthrough import as_oserror
-from .verify import file_matches
+from .recovery import KINDS, Reconciled, reconcile  # noqa: F401 - KINDS: part of the API
 
 log = structlog.get_logger("pullcache.cache")
-KINDS = ("blob", "manifest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,22 +56,42 @@ class Budget:
         return int(self.max_size * self.low_watermark)
 
 
-@dataclass(frozen=True, slots=True)
-class Reconciled:
-    temp_files_removed: int
-    entries_dropped: int
-    files_adopted: int
-    files_rejected: int
+class Reservation:
+    """Bytes a fill counts against the budget until ``release``, which comes after its
+    commit: the bytes are always counted, by the reservation or by the index. Idempotent."""
+
+    def __init__(self, release: Callable[[int], None], nbytes: int) -> None:
+        self._release: Callable[[int], None] | None = release
+        self.nbytes = nbytes
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release, release = None, self._release
+            release(self.nbytes)
+
+    def __enter__(self) -> "Reservation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class BlobStore:
     """Committed content: stat, open, commit, evict. Async façade over blocking I/O."""
 
-    def __init__(self, root: Path, budget: Budget, *, on_evict=None) -> None:
+    def __init__(self, root: Path, budget: Budget, *, on_evict=None,
+                 hot: HotLayer | None = None) -> None:
         self.root = root
         self.budget = budget
         self.tmp = root / "tmp"
+        self.hot = hot if hot is not None else HotLayer(0)
         self._reserved = 0  # bytes promised to fills in progress
+        self._evicted_bytes = 0
+        # Making room and reserving are one step under this lock (else concurrent fills
+        # each see room for themselves and overshoot together); ``_released`` wakes a fill
+        # waiting for in-flight reservations to end.
+        self._budget_lock = asyncio.Lock()
+        self._released = asyncio.Event()
         self._on_evict = on_evict or (lambda n, nbytes: None)
         self._index: Index | None = None
 
@@ -81,11 +106,13 @@ class BlobStore:
                 for sub in ("blobs", "manifests", "tmp"):
                     (self.root / sub).mkdir(parents=True, exist_ok=True)
             self._index = Index(index_root or self.root)
+            self._index.forgotten = self.hot.forget  # type: ignore[method-assign]
         await asyncio.to_thread(_open)
         return await self.reconcile() if reconcile else None
 
     async def close(self) -> None:
         if self._index is not None:
+            await self.flush_recency()
             await asyncio.to_thread(self._index.close)
 
     @property
@@ -96,16 +123,85 @@ class BlobStore:
 
     # -- reads -------------------------------------------------------------------------------
 
+    def lookup(self, kind: str, digest: Digest, *, pin: bool = False) -> Entry | None:
+        """The entry if the hot layer has it (no I/O, no thread), recording the use."""
+        key = _key(kind, digest)
+        value = self.hot.get(key, self._pin_value if pin else None)
+        if value is None:
+            return None
+        self.hot.touch(key)
+        return value[0]
+
     async def stat(self, kind: str, digest: Digest, *, pin: bool = False) -> Entry | None:
-        """The committed entry for ``digest``, refreshing its recency; None on a miss.
+        """The committed entry for ``digest``, recording the use; None on a miss.
 
         ``pin``: also keep its file from eviction until ``unpin`` (a response will serve
         it); found and pinned in one step, so eviction cannot come in between.
         """
-        try:
-            return await asyncio.to_thread(self.index.get, _key(kind, digest), pin=pin)
-        except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
-            raise StorageError(f"index: {exc}") from as_oserror(exc)
+        entry = self.lookup(kind, digest, pin=pin)
+        if entry is None:
+            key = _key(kind, digest)
+            try:
+                entry = await asyncio.to_thread(self._warm, key, pin, False)
+            except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
+                raise StorageError(f"index: {exc}") from as_oserror(exc)
+            if entry is not None:
+                self.hot.touch(key)   # here, on the loop: touches are the loop's alone
+        return entry
+
+    def cached_manifest(self, digest: Digest) -> tuple[Entry, bytes] | None:
+        """A manifest and its body from memory, or None: the hot path, no I/O."""
+        key = _key("manifest", digest)
+        value = self.hot.get(key)
+        if value is None or value[1] is None:
+            return None
+        self.hot.touch(key)
+        return value
+
+    async def manifest(self, digest: Digest) -> tuple[Entry, bytes] | None:
+        """A manifest and its body: from memory, else from disk (warming memory)."""
+        found = self.cached_manifest(digest)
+        if found is None:
+            key = _key("manifest", digest)
+            try:
+                found = await asyncio.to_thread(self._warm, key, False, True)
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageError(f"index: {exc}") from as_oserror(exc)
+            if found is not None:
+                self.hot.touch(key)
+        return found
+
+    def _pin_value(self, value: tuple[Entry, bytes | None]) -> None:
+        self.index.pin(value[0].relpath)
+
+    def _warm(self, key: str, pin: bool, body: bool):
+        """(thread) Read ``key`` from the index and keep it in the hot layer: under the
+        index's eviction lock, so an eviction cannot forget it before it is kept.
+
+        Returns the ``Entry``, or with ``body`` the ``(Entry, bytes)`` pair; None on a miss.
+        """
+        kept: list = []
+
+        def keep(key: str, entry: Entry) -> None:
+            data = None
+            if body or key.startswith("manifest:"):
+                with contextlib.suppress(FileNotFoundError):
+                    data = (self.root / entry.relpath).read_bytes()
+            self.hot.put(key, (entry, data), len(data) if data is not None else 0)
+            kept.append((entry, data))
+        entry = self.index.get(key, pin=pin, found=keep)
+        if entry is None:
+            return None
+        if not body:
+            return entry
+        return kept[0] if kept and kept[0][1] is not None else None
+
+    async def flush_recency(self) -> int:
+        """Write the buffered uses to the index in one transaction; return how many."""
+        touches = self.hot.take_touches()
+        if touches:
+            self.hot.forget(await asyncio.to_thread(self.index.touch, touches))
+        return len(touches)
 
     def unpin(self, entry: Entry) -> None:
         self.index.unpin(entry.relpath)
@@ -150,6 +246,7 @@ class BlobStore:
             os.replace(temp, final)
             _fsync_dir(final.parent)
             self.index.add(key, entry)
+            self._warm(key, False, False)   # the next request for it: a memory hit
             return entry
         try:
             return await asyncio.to_thread(_commit)
@@ -176,14 +273,27 @@ class BlobStore:
 
     # -- budget ------------------------------------------------------------------------------
 
-    @contextmanager
-    def reservation(self, nbytes: int) -> Iterator[None]:
-        """Count a fill's expected size against the budget until it commits or fails."""
-        self._reserved += nbytes
-        try:
-            yield
-        finally:
-            self._reserved -= nbytes
+    async def reserve(self, nbytes: int) -> Reservation:
+        """Make room for ``nbytes`` and count them against the budget, as one step.
+
+        While fills in progress hold so much that even after eviction ``nbytes`` would not
+        fit in ``max_size``, wait for one of them to end. A fill alone is never kept waiting
+        (a blob bigger than the cache, or a cache full of pinned files, still goes through).
+        """
+        while True:
+            async with self._budget_lock:
+                released = self._released
+                volume = await self._make_room(nbytes)
+                if self._reserved == 0 or volume + self._reserved + nbytes <= self.budget.max_size:
+                    self._reserved += nbytes
+                    return Reservation(self._unreserve, nbytes)
+            log.info("cache_full_waited", bytes=nbytes, reserved=self._reserved)
+            await released.wait()
+
+    def _unreserve(self, nbytes: int) -> None:
+        self._reserved -= nbytes
+        released, self._released = self._released, asyncio.Event()
+        released.set()
 
     async def make_room(self, incoming: int = 0) -> int:
         """Evict LRU entries when usage would pass the high watermark; return bytes freed.
@@ -191,19 +301,30 @@ class BlobStore:
         Eviction goes down to the low watermark, less what fills in progress will add.
         Files a response is serving are unlinked once it ends (``release``).
         """
-        def _evict() -> tuple[int, int]:
-            used = self.index.volume() + self._reserved + incoming
-            if used <= self.budget.high:
-                return 0, 0
-            target = self.budget.low - self._reserved - incoming
+        async with self._budget_lock:
+            before = self._evicted_bytes
+            await self._make_room(incoming)
+            return self._evicted_bytes - before
+
+    async def _make_room(self, incoming: int) -> int:
+        """(under the budget lock) Flush recency, evict if needed; return the volume after."""
+        reserved = self._reserved
+        touches = self.hot.take_touches()   # the LRU order is flushed recency plus these
+
+        def _evict() -> tuple[int, int, int]:
             before = self.index.volume()
-            freed = self.index.evict_to(target)
-            return len(freed), max(before - self.index.volume(), 0)
-        count, nbytes = await asyncio.to_thread(_evict)
+            if before + reserved + incoming <= self.budget.high:
+                self.hot.forget(self.index.touch(touches))
+                return 0, 0, before
+            freed = self.index.evict_to(self.budget.low - reserved - incoming, touches)
+            after = self.index.volume()
+            return len(freed), max(before - after, 0), after
+        count, nbytes, volume = await asyncio.to_thread(_evict)
         if count:
             log.info("cache_evicted", files=count, bytes=nbytes)
+            self._evicted_bytes += nbytes
             self._on_evict(count, nbytes)
-        return nbytes
+        return volume
 
     async def release(self) -> None:
         """Unlink evicted files whose last reader has gone."""
@@ -241,46 +362,9 @@ class BlobStore:
         without an entry (a crash between rename and index): hashed, adopted when the content
         matches the name, deleted otherwise.
         """
-        result = await asyncio.to_thread(self._reconcile)
+        result = await asyncio.to_thread(reconcile, self.root, self.tmp, self.index)
         log.info("cache_reconciled", **dataclasses.asdict(result))
         return result
-
-    def _reconcile(self) -> Reconciled:
-        temps = 0
-        for temp in self.tmp.iterdir():
-            temp.unlink(missing_ok=True)
-            temps += 1
-        dropped = 0
-        for key in list(self.index.keys()):
-            kind, _, digest = key.partition(":")
-            try:
-                parsed = Digest.parse(digest)
-            except Exception:  # noqa: BLE001 - a foreign key is simply dropped
-                parsed = None
-            if parsed is None or kind not in KINDS or not (
-                    self.root / relpath_for(kind, parsed.algorithm, parsed.hex)).is_file():
-                self.index.drop(key)
-                dropped += 1
-        adopted = rejected = 0
-        for kind in KINDS:
-            top = relpath_for(kind, "x", "xx").split("/")[0]
-            for path in (self.root / top).glob("*/*/*"):
-                relpath = path.relative_to(self.root).as_posix()
-                key = key_for(relpath)
-                if key is None or key in self.index:
-                    continue
-                if kind == "manifest":
-                    # Its media type died with the crash; it will be fetched again.
-                    path.unlink(missing_ok=True)
-                    rejected += 1
-                elif file_matches(path, key.split(":", 1)[1]):
-                    self.index.add(key, Entry(relpath, path.stat().st_size))
-                    adopted += 1
-                else:
-                    path.unlink(missing_ok=True)
-                    rejected += 1
-        return Reconciled(temps, dropped, adopted, rejected)
-
 
 def _key(kind: str, digest: Digest) -> str:
     return f"{kind}:{digest}"

@@ -5,11 +5,16 @@ client's ``Accept`` (a multi-arch tag is an index for a client that takes indexe
 platform manifest for one that does not), so a record is kept per *accept class*: the set
 of manifest media types the client takes (distribution-spec content-negotiation; PROTOCOL
 §2.4: never key on the raw Accept string).
+
+Records are read from the hot layer (memory) first and written through to disk, so a fresh
+tag is answered without SQLite or a thread. The disk store is least-recently-*stored*: a
+read never writes it, and a tag in use is re-stored at every revalidation anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +24,7 @@ import diskcache
 
 from ..errors import StorageError
 from ..oci import MANIFEST_TYPES, DOCKER_V1, DOCKER_V1_SIGNED, accepts
+from .hot import HotLayer
 from .passthrough import as_oserror
 
 _KNOWN = MANIFEST_TYPES + (DOCKER_V1_SIGNED, DOCKER_V1)
@@ -34,21 +40,23 @@ class TagRecord:
         return (time.time() if now is None else now) - self.checked_at
 
 
+@functools.lru_cache(maxsize=256)   # a handful of distinct Accept lists in practice
 def accept_class(accept: tuple[str, ...]) -> str:
     """The manifest media types an Accept list admits, as a stable key."""
     return ",".join(sorted(t for t in _KNOWN if accepts(accept, t))) or "none"
 
 
 class TagStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, hot: HotLayer | None = None) -> None:
         self._root = root
+        self._hot = hot if hot is not None else HotLayer(0)
         self._cache: diskcache.Cache | None = None
 
     async def open(self, root: Path | None = None) -> None:
         """``root``: elsewhere than the cache root (a scratch dir when it is read-only)."""
         def _open() -> diskcache.Cache:
             return diskcache.Cache(str((root or self._root) / "tags"),
-                                   eviction_policy="least-recently-used",
+                                   eviction_policy="least-recently-stored",
                                    size_limit=256 * 1024 * 1024)
         self._cache = await asyncio.to_thread(_open)
 
@@ -56,18 +64,31 @@ class TagStore:
         if self._cache is not None:
             await asyncio.to_thread(self._cache.close)
 
+    def cached(self, upstream: str, repo: str, tag: str, aclass: str) -> TagRecord | None:
+        """The record if memory has it: the hot path, no I/O."""
+        return self._hot.get(_HOT + _key(upstream, repo, tag, aclass))
+
     async def get(self, upstream: str, repo: str, tag: str, aclass: str) -> TagRecord | None:
-        try:
-            raw = await asyncio.to_thread(self._cache.get, _key(upstream, repo, tag, aclass))
-        except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
-            raise StorageError(f"tag record: {exc}") from as_oserror(exc)
-        return TagRecord(**raw) if raw else None
+        key = _key(upstream, repo, tag, aclass)
+        record = self._hot.get(_HOT + key)
+        if record is None:
+            try:
+                raw = await asyncio.to_thread(self._cache.get, key)
+            except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
+                raise StorageError(f"tag record: {exc}") from as_oserror(exc)
+            if not raw:
+                return None
+            record = TagRecord(**raw)
+            self._keep(key, record)
+        return record
 
     async def put(self, upstream: str, repo: str, tag: str, aclass: str,
                   record: TagRecord) -> None:
+        key = _key(upstream, repo, tag, aclass)
+
         def _put() -> None:
             with self._cache.transact():
-                self._cache.set(_key(upstream, repo, tag, aclass), asdict(record))
+                self._cache.set(key, asdict(record))
                 # Which accept classes hold a record of this tag, for ``get_all``.
                 classes = self._cache.get(_classes_key(upstream, repo, tag), ())
                 if aclass not in classes:
@@ -76,6 +97,7 @@ class TagStore:
             await asyncio.to_thread(_put)
         except (OSError, sqlite3.Error) as exc:   # a read-only or removed cache dir
             raise StorageError(f"tag record: {exc}") from as_oserror(exc)
+        self._keep(key, record)
 
     async def get_all(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
         """Every accept class's record of the tag, newest first (for stale answers: any
@@ -90,11 +112,25 @@ class TagStore:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"tag records: {exc}") from as_oserror(exc)
 
+    def _keep(self, key: str, record: TagRecord) -> None:
+        self._hot.put(_HOT + key, record, len(key) + len(record.digest) + len(record.media_type))
+
     async def get_list(self, upstream: str, repo: str) -> list[str] | None:
         return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}#tags/list")
 
     async def put_list(self, upstream: str, repo: str, tags: list[str]) -> None:
         await asyncio.to_thread(self._cache.set, f"{upstream}/{repo}#tags/list", tags)
+
+    async def get_referrers(self, upstream: str, repo: str, subject: str) -> dict | None:
+        """The last referrers list the upstream's API gave for ``subject``, with its time."""
+        return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}@{subject}#referrers")
+
+    async def put_referrers(self, upstream: str, repo: str, subject: str, record: dict) -> None:
+        await asyncio.to_thread(self._cache.set, f"{upstream}/{repo}@{subject}#referrers",
+                                record)
+
+
+_HOT = "tag:"   # the hot layer's namespace for tag records (index keys are blob:/manifest:)
 
 
 def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:

@@ -1,8 +1,9 @@
 """Re-hash committed content: does every file still hold what its name (its digest) says?
 
 A plain, blocking function over a cache root, usable beside a running daemon (it only
-reads): ``pullcache cache verify`` wraps it, reconcile uses ``file_matches`` to adopt files,
-and the chaos soak calls it after the storm. It never deletes; the caller decides.
+reads): ``ops.verify`` (``pullcache cache verify``) hashes with ``file_hexdigest``,
+reconcile uses ``file_matches`` to adopt files, and the chaos soak calls ``verify`` after the
+storm. It never deletes; the caller decides.
 """
 
 from __future__ import annotations
@@ -30,17 +31,26 @@ class VerifyReport:
         return not self.bad and not self.unreadable
 
 
+def file_hexdigest(path: Path, expected: Digest,
+                   on_chunk: Callable[[int], None] | None = None) -> str:
+    """The hex digest of ``path``'s bytes, with ``expected``'s algorithm; ``on_chunk`` is
+    told each chunk's size (progress, throttling: ``ops.verify``)."""
+    hasher = expected.hasher()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    return hasher.hexdigest()
+
+
 def file_matches(path: Path, digest: str) -> bool:
     """True when the bytes of ``path`` hash to ``digest`` (``sha256:…``)."""
     try:
         expected = Digest.parse(digest)
     except Exception:  # noqa: BLE001 - a malformed name simply does not match
         return False
-    hasher = expected.hasher()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest() == expected.hex
+    return file_hexdigest(path, expected) == expected.hex
 
 
 def verify(root: Path, *, progress: Callable[[VerifyReport], None] | None = None) -> VerifyReport:

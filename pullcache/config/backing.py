@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pullcache.errors import ConfigError
 
@@ -12,6 +13,7 @@ from .fields import (
     MINUTES,
     SECONDS,
     _bool,
+    _choice,
     _field,
     _number,
     _secret,
@@ -20,7 +22,25 @@ from .fields import (
     _url,
     format_duration,
     parse_duration,
+    show,
 )
+
+
+DAYS = 24 * 60 * MINUTES
+
+
+def _tags(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{ team = "platform" }`` (or ``team=platform,env=prod`` from the environment);
+    ECR's tag limits: keys up to 128 characters, values up to 256."""
+    if isinstance(value, list) and all(isinstance(i, str) and "=" in i for i in value):
+        value = dict(item.partition("=")[::2] for item in value)   # from the environment
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a table of tags, got {show(value, type_only=True)}")
+    for key, text in value.items():
+        if not isinstance(text, str) or not 0 < len(key) <= 128 or len(text) > 256:
+            raise ConfigError(f"{key}: expected a tag (key 1-128 characters, value a string "
+                              f"of up to 256)")
+    return tuple(sorted(value.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +60,22 @@ class EcrBackingConfig:
     connect_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
     header_timeout: float = _field(_timeout, 10 * SECONDS, fmt=format_duration)
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
+    # Repository settings, applied when pullcache creates a repository (never altered after).
+    encryption: str = _field(_choice("AES256", "KMS"), "AES256")
+    kms_key: str | None = _field(_secret, None)       # ARN, id or alias/...; KMS only
+    scan_on_push: bool = _field(_bool, False)
+    tag_mutability: str = _field(_choice("MUTABLE", "IMMUTABLE"), "MUTABLE")
+    lifecycle_policy: str | None = _field(_secret, None)        # a path to ECR lifecycle JSON
+    expire_untagged_after: float | None = _field(parse_duration, None, fmt=format_duration)
+    repository_tags: tuple[tuple[str, str], ...] = _field(_tags, (), fmt=dict)
 
     def __post_init__(self) -> None:
+        if self.kms_key and self.encryption != "KMS":
+            raise ConfigError('kms_key: only with encryption = "KMS"')
+        if self.lifecycle_policy and self.expire_untagged_after is not None:
+            raise ConfigError("expire_untagged_after: give either it or lifecycle_policy")
+        if self.expire_untagged_after is not None and self.expire_untagged_after < DAYS:
+            raise ConfigError("expire_untagged_after: ECR counts in days; at least 1d")
         if not self.enabled:
             return
         if not self.region:

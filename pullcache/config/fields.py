@@ -84,6 +84,10 @@ def _str(value: Any) -> str:
     return value
 
 
+def _file(value: Any) -> Path | None:
+    return Path(_str(value)).expanduser() if value != "" else None  # "" is "not set"
+
+
 def _secret(value: Any) -> str | None:
     return _str(value) or None  # "" is "not set"
 
@@ -103,11 +107,14 @@ def _number(kinds: tuple[type, ...], ok: Callable[[Any], bool], want: str) -> Ca
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
+    """One of ``options``, matched without regard to case, spelled as the option is."""
+    spelled = {option.lower(): option for option in options}
+
     def convert(value: Any) -> str:
-        if _str(value).lower() not in options:
+        if _str(value).lower() not in spelled:
             raise ConfigError(f"expected one of {', '.join(map(json.dumps, options))}, "
                               f"got {show(value)}")
-        return value.lower()
+        return spelled[value.lower()]
     return convert
 
 

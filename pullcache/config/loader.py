@@ -1,8 +1,8 @@
 """Configuration: a TOML file turned into frozen dataclasses, with environment overrides.
 
-Each section is a frozen dataclass in its own module (``server``, ``cache``, ``upstream``,
-``backing``); defaults live there, so a file names only what it changes. This module is the one
-loader: ``SECTIONS`` lists the tables it reads. Every error is a
+Each section is a frozen dataclass in its own module (``server``, ``access``, ``cache``,
+``upstream``, ``backing``); defaults live there, so a file names only what it changes. This
+module is the one loader: ``SECTIONS`` lists the tables it reads. Every error is a
 ``ConfigError`` naming the key path (``upstream[1].tag_ttl``) or the variable it came from.
 Unlike hypercorn, unknown keys and unknown ``PULLCACHE_*`` variables are errors: a typo must
 never fall back to a default silently.
@@ -22,6 +22,7 @@ from typing import Any
 from pullcache.errors import ConfigError
 from pullcache.units import show
 
+from .access import AccessConfig
 from .backing import EcrBackingConfig
 from .cache import CacheConfig
 from .fields import _env_value, default_cache_dir
@@ -36,6 +37,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     upstreams: tuple[UpstreamConfig, ...] = (DEFAULT_DOCKER_HUB,)
     backing_ecr: EcrBackingConfig = field(default_factory=EcrBackingConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -63,7 +65,8 @@ class Config:
 
 _Overrides = dict[str, tuple[str, str]]  # field name -> (variable, text)
 # TOML table → section class; the Config field is the table name with "." as "_".
-SECTIONS: dict[str, type] = {"server": ServerConfig, "cache": CacheConfig, "log": LogConfig,
+SECTIONS: dict[str, type] = {"server": ServerConfig, "access": AccessConfig, "cache": CacheConfig,
+                             "log": LogConfig,
                              "backing.ecr": EcrBackingConfig}
 
 
@@ -114,6 +117,8 @@ def _render(obj: Any) -> Iterator[str]:
 def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):   # an inline table
+        return "{" + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):  # JSON string escapes are TOML's, but for DEL
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     return json.dumps(value) if isinstance(value, bool) else repr(value)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+from pullcache.domains import registrable_domain
 from pullcache.errors import ConfigError
 
 from .fields import (
@@ -19,11 +21,63 @@ from .fields import (
     _registries,
     _registry,
     _secret,
+    _str,
     _timeout,
     _url,
+    _valid_hostport,
     format_duration,
     parse_duration,
+    show,
 )
+
+
+def _optional_duration(value: float | None) -> str | None:
+    return None if value is None else format_duration(value)
+
+
+def _realm(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a realm host string, got {show(value)}")
+    entry = value.strip().lower().rstrip(".")
+    if entry.startswith("*."):
+        domain = entry[2:]
+        if _valid_hostport(domain) and ":" not in domain and registrable_domain(domain):
+            return entry
+        if _valid_hostport(domain) and ":" not in domain:
+            # "*.co.uk", "*.herokuapp.com": every owner under a public suffix, not one.
+            raise ConfigError(f"{show(value)} spans a public suffix: name a domain that "
+                              f"one owner registered")
+    elif _valid_hostport(entry):
+        return entry
+    raise ConfigError(f'expected a host, "host:port" or "*.domain", got {show(value)}')
+
+
+def _realms(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"expected an array of realm hosts, got {show(value)}")
+    return tuple(map(_realm, value))
+
+
+_COMPONENT = r"[a-z0-9*]+(?:(?:[._]|__|-+)[a-z0-9*]+)*"   # the OCI name grammar, plus *
+_GLOB = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+
+
+def _globs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f'expected an array of repository globs like ["library/*"], '
+                          f"got {show(value)}")
+    for glob in value:
+        if not _GLOB.fullmatch(_str(glob)):
+            raise ConfigError(f'expected a repository glob like "library/*" or "myorg/**", '
+                              f"got {show(glob)}")
+    return tuple(value)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(_str(v) and ":" not in v for v in value):
+        raise ConfigError(f'expected an array of user names like ["ci", "anonymous"], '
+                          f"got {show(value)}")
+    return tuple(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +92,9 @@ class UpstreamConfig:
     # from GetAuthorizationToken with the standard AWS credential chain.
     auth: str = _field(_choice("auto", "ecr"), "auto")
     tag_ttl: float = _field(parse_duration, 5 * MINUTES, fmt=format_duration)
+    # How long a referrers list (distribution-spec end-12a) is served before upstream is
+    # asked again; unset: tag_ttl. The fallback tag schema is a tag, so it follows tag_ttl.
+    referrers_ttl: float | None = _field(parse_duration, None, fmt=_optional_duration)
     serve_stale: bool = _field(_bool, True)
     # Past tag_ttl, for this long: answer from the cache at once, revalidate in the
     # background (a moved tag is seen one request later). 0: off.
@@ -55,6 +112,17 @@ class UpstreamConfig:
     profile: str | None = _field(_secret, None)
     aws_endpoint_url: str | None = _field(_url, None)   # the ECR API, e.g. a VPC endpoint
     token_min_refresh: float = _field(parse_duration, 1 * MINUTES, fmt=format_duration)
+    # Token realms, besides the upstream's own host and the built-in presets, that may
+    # receive this upstream's credentials: "host", "host:port" or "*.domain".
+    trusted_realms: tuple[str, ...] = _field(_realms, (), fmt=list)
+
+
+    # Pull policy: repository globs ("*" within one path component, "**" across them).
+    # With `allow`, only matching repositories may be pulled; `deny` wins over `allow`.
+    allow: tuple[str, ...] | None = _field(_globs, None, fmt=list)
+    deny: tuple[str, ...] = _field(_globs, (), fmt=list)
+    # Who may use this upstream (htpasswd user names; "anonymous" for anonymous clients).
+    users: tuple[str, ...] | None = _field(_names, None, fmt=list)
 
     def __post_init__(self) -> None:
         if (self.username is None) != (self.password is None):

@@ -4,7 +4,8 @@
   else a HEAD revalidation, else stale with ``Warning: 299``.
 - ``blobs``: cache → one fill per digest (backing tier, verified before shown, else the
   upstream), written back to the tier behind the response.
-- ``discovery``: the tag list and referrers.
+- ``discovery``: the tag list.
+- ``referrers``: the upstream's referrers API, else the spec's tag-schema fallback.
 
 ``Proxy`` is the one door routes use; it picks the upstream and hands over to the noun.
 This package decides; ``cache/`` stores, ``upstream/`` talks. It knows nothing of aiohttp.web.
@@ -22,11 +23,11 @@ from ..cache.tags import TagStore
 from ..metrics import Metrics
 from ..oci import Digest
 from ..routing import Route
-from ..upstream.client import Passthrough
 from .answers import STALE_WARNING, BlobAnswer, ManifestAnswer, TagList, Upstream
 from .blobs import Blobs, LocalContent
 from .discovery import Discovery
 from .manifests import Manifests
+from .referrers import Referrers, ReferrersAnswer
 
 
 class Proxy:
@@ -40,6 +41,7 @@ class Proxy:
         self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes, disk=disk)
         self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes, disk=disk)
         self.discovery = Discovery(tags)
+        self.referrer_lists = Referrers(self.manifests, tags, metrics)
 
     async def close(self) -> None:
         """End the background work the policy started (tag revalidations)."""
@@ -58,11 +60,9 @@ class Proxy:
     async def tag_list(self, route: Route) -> TagList:
         return await self.discovery.tag_list(self.upstreams[route.upstream], route)
 
-    async def referrers(self, route: Route, digest: Digest,
-                        query: Mapping[str, str]) -> Passthrough:
-        return await self.discovery.referrers(self.upstreams[route.upstream], route, digest,
-                                              query)
+    async def referrers(self, route: Route, subject: Digest) -> ReferrersAnswer:
+        return await self.referrer_lists.get(self.upstreams[route.upstream], route, subject)
 
 
 __all__ = ["Proxy", "Upstream", "ManifestAnswer", "BlobAnswer", "TagList", "LocalContent",
-           "STALE_WARNING"]
+           "STALE_WARNING", "ReferrersAnswer"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
 
 from .. import errors
-from ..cache.fill import Fill
-from ..cache.index import Entry
+from ..cache.body import Body
 from ..oci import Digest
 from ..upstream.client import RegistryClient
 
@@ -19,6 +19,11 @@ class Upstream:
     tag_ttl: float
     serve_stale: bool
     stale_while_revalidate: float = 0.0
+    referrers_ttl: float | None = None   # None: tag_ttl
+
+    @property
+    def referrers_max_age(self) -> float:
+        return self.tag_ttl if self.referrers_ttl is None else self.referrers_ttl
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +46,14 @@ class TagList:
 
 @dataclass(frozen=True, slots=True)
 class BlobAnswer:
-    """A committed file (``entry``) or a fill in progress (``fill``), never both."""
+    """A blob's body, wherever it comes from; the caller sends it, then ``body.aclose()``."""
     digest: Digest
-    size: int | None
+    body: Body
     cache: str                 # hit | miss | joined
-    entry: Entry | None = None
-    fill: Fill | None = None
+
+    @property
+    def size(self) -> int | None:
+        return self.body.size
 
 
 def tier_outcome(exc: errors.PullcacheError) -> str:
@@ -61,3 +68,9 @@ def parse_digest(text: str | None) -> Digest | None:
         return Digest.parse(text)
     except errors.DigestInvalid:
         return None
+
+
+def next_page(page) -> dict[str, str]:
+    """The query of a page's RFC 8288 ``Link: <…?last=x&n=y>; rel="next"`` (parsed by
+    aiohttp into ``Passthrough.next``), or {}."""
+    return dict(parse_qsl(urlsplit(page.next).query)) if page.next else {}

@@ -1,10 +1,21 @@
-"""Blobs: cache → one fill per digest, tailed by every requester, from the backing tier
-(ECR, verified before shown) else the upstream; what the upstream gave is written back to
-the tier in the background."""
+"""Blobs: one ordered chain of sources, asked in turn by every GET:
+
+1. this cache's disk: a committed file, pinned and open for the answer's lifetime;
+2. one fill per digest, tailed by every requester, which itself tries the remotes in order:
+   the backing tier (ECR; its copy is shown to no client until verified), then the origin.
+
+The remotes live inside the fill rather than beside it because a herd must share one
+download whichever remote serves it. What the origin gave is written back to the tier in
+the background.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
+from .. import errors
 from ..backing.tier import EcrTier, WriteBehind
+from ..cache.body import FileBody, FillBody
 from ..cache.disk import Disk
 from ..cache.fill import Candidate, Fill, Fills
 from ..cache.store import BlobStore
@@ -12,7 +23,24 @@ from ..errors import StorageError
 from ..metrics import Metrics
 from ..oci import Digest
 from ..routing import Route
-from .answers import BlobAnswer, Upstream
+from .answers import BlobAnswer, Upstream, tier_outcome
+
+# A remote source: how to open a blob there, as one of a fill's candidates.
+Remote = Callable[[Upstream, Route, Digest], Candidate]
+
+
+def _origin(upstream: Upstream, route: Route, digest: Digest) -> Candidate:
+    client = upstream.client
+    return Candidate(route.upstream, lambda: client.open_blob(route.repo, digest))
+
+
+def _tier(tier: EcrTier) -> Remote:
+    def remote(upstream: Upstream, route: Route, digest: Digest) -> Candidate:
+        # Held back (stream=False): a corrupt copy is dropped and the next remote asked,
+        # without any reader having seen a byte of it.
+        return Candidate("ecr", lambda: tier.open_blob(route.upstream, route.repo, digest),
+                         stream=False)
+    return remote
 
 
 class Blobs:
@@ -25,45 +53,38 @@ class Blobs:
         self.metrics = metrics
         self.tier = tier
         self.writes = writes
+        self.remotes: list[Remote] = ([_tier(tier)] if tier is not None else []) + [_origin]
 
     async def get(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
-        """A committed blob (pinned: the caller serves it, then calls ``store.unpin``), or
-        the fill that is (now) fetching it."""
+        """The blob's body from the first source that has it (see the module docstring)."""
+        answer = await self._from_disk(digest) or await self._from_fill(upstream, route, digest)
+        self.metrics.requests.labels("blob", answer.cache).inc()
+        return answer
+
+    async def _from_disk(self, digest: Digest) -> BlobAnswer | None:
         try:
             entry = await self.store.stat("blob", digest, pin=True)
         except StorageError as exc:
             if self.disk is not None:
                 await self.disk.failed("reading the index", exc)
-            entry = None    # a miss: the fill passes through or caches on a repaired tree
-        if entry is not None:
-            answer = BlobAnswer(digest, entry.size, "hit", entry=entry)
-        else:
-            fill, joined = self.fills.get_or_start("blob", digest,
-                                                   self._sources(upstream, route, digest))
-            if not joined and self.writes is not None:
-                fill.result.add_done_callback(
-                    lambda done: self._write_back(route, digest, fill, done))
-            if joined:
-                self.metrics.coalesced.labels("blob").inc()
-            size = await fill.started()  # raises the upstream's error before any byte is sent
-            answer = BlobAnswer(digest, size, "joined" if joined else "miss", fill=fill)
-        self.metrics.requests.labels("blob", answer.cache).inc()
-        return answer
+            return None    # a miss: the fill passes through or caches on a repaired tree
+        body = await FileBody.open(self.store, entry) if entry is not None else None
+        return BlobAnswer(digest, body, "hit") if body is not None else None
 
-    def _sources(self, upstream: Upstream, route: Route, digest: Digest) -> list[Candidate]:
-        client = upstream.client
-        origin = Candidate(route.upstream, lambda: client.open_blob(route.repo, digest))
-        if self.tier is None:
-            return [origin]
-        tier = self.tier
-        # The tier's copy is shown to no client until verified: a corrupt copy is dropped
-        # and the origin asked, without any reader having seen a byte of it.
-        return [Candidate("ecr", lambda: tier.open_blob(route.upstream, route.repo, digest),
-                          stream=False), origin]
+    async def _from_fill(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
+        candidates = [remote(upstream, route, digest) for remote in self.remotes]
+        fill, joined = self.fills.get_or_start("blob", digest, candidates)
+        if not joined and self.writes is not None:
+            fill.result.add_done_callback(
+                lambda done: self._write_back(route, digest, fill, done))
+        if joined:
+            self.metrics.coalesced.labels("blob").inc()
+        size = await fill.started()  # raises the upstream's error before any byte is sent
+        return BlobAnswer(digest, FillBody(fill, size), "joined" if joined else "miss")
 
     def _write_back(self, route: Route, digest: Digest, fill: Fill, done) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return
+        if done.cancelled() or done.exception() is not None or done.result().entry is None:
+            return      # failed, or passed through (nothing on disk to write back)
         self.metrics.tier_reads.labels("blob", "hit" if fill.source == "ecr" else "miss").inc()
         if fill.source != "ecr":
             self.writes.blob(route.upstream, route.repo, digest)
@@ -77,6 +98,13 @@ class Blobs:
         fill = self.fills.running("blob", digest)
         if fill is not None and fill.promised_size is not None:
             return fill.promised_size, "joined"
+        if self.tier is not None:   # the tier client: the tier reads' breaker and timeouts
+            try:
+                size = await self.tier.head_blob(route.upstream, route.repo, digest)
+                self.metrics.tier_reads.labels("blob_head", "hit").inc()
+                return size, "tier"
+            except errors.PullcacheError as exc:
+                self.metrics.tier_reads.labels("blob_head", tier_outcome(exc)).inc()
         return await upstream.client.head_blob(route.repo, digest), "miss"
 
 

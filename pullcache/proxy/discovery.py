@@ -1,18 +1,14 @@
-"""Discovery: the tag list (distribution-spec end-8) and referrers (end-12)."""
+"""Discovery: the tag list (distribution-spec end-8); referrers (end-12) are ``referrers.py``."""
 
 from __future__ import annotations
 
 import json
-from typing import Mapping
-from urllib.parse import parse_qsl, urlsplit
 
 from .. import errors
 from ..cache.tags import TagStore
-from ..oci import Digest
 from ..routing import Route
 from ..singleflight import SingleFlight
-from ..upstream.client import Passthrough
-from .answers import STALE_WARNING, TagList, Upstream
+from .answers import STALE_WARNING, TagList, Upstream, next_page
 
 MAX_TAG_PAGES = 100
 
@@ -50,20 +46,7 @@ class Discovery:
                              if isinstance(t, str))
             except (ValueError, AttributeError) as exc:
                 raise errors.UpstreamError("malformed tags/list answer") from exc
-            query = next_page(page.headers.get("Link"))
+            query = next_page(page)
             if not query:
                 break
         return sorted(found)
-
-    async def referrers(self, upstream: Upstream, route: Route, digest: Digest,
-                        query: Mapping[str, str]) -> Passthrough:
-        """Referrers (distribution-spec end-12a): answered by the upstream as it is now."""
-        return await upstream.client.passthrough(route.repo, f"referrers/{digest}", query)
-
-
-def next_page(link: str | None) -> dict[str, str]:
-    """The query of an RFC 8288 ``Link: <…?last=x&n=y>; rel="next"``, or {}."""
-    if not link or 'rel="next"' not in link or "<" not in link:
-        return {}
-    target = link[link.index("<") + 1:link.index(">")]
-    return dict(parse_qsl(urlsplit(target).query))

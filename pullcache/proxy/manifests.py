@@ -19,7 +19,7 @@ import time
 import structlog
 
 from .. import errors
-from ..backing.tier import EcrTier, WriteBehind
+from ..backing.tier import EcrTier, StoredManifest, WriteBehind
 from ..cache.disk import Disk
 from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
@@ -81,11 +81,14 @@ class Manifests:
     async def _by_tag(self, upstream: Upstream, route: Route, tag: str,
                       accept: tuple[str, ...]) -> ManifestAnswer:
         aclass = accept_class(accept)
-        try:
-            record = await self.tags.get(route.upstream, route.repo, tag, aclass)
-        except errors.StorageError as exc:
-            await self._disk_refused("reading a tag record", exc)
-            record = None   # revalidate: the upstream knows
+        # The hot path: a record and its manifest, both from memory.
+        record = self.tags.cached(route.upstream, route.repo, tag, aclass)
+        if record is None:
+            try:
+                record = await self.tags.get(route.upstream, route.repo, tag, aclass)
+            except errors.StorageError as exc:
+                await self._disk_refused("reading a tag record", exc)
+                record = None   # revalidate: the upstream knows
         age = record.age() if record is not None else None
         if age is not None and age < upstream.tag_ttl + upstream.stale_while_revalidate:
             cached = await self.cached(Digest.parse(record.digest))
@@ -178,6 +181,8 @@ class Manifests:
                 got = await self.tier.get_manifest(upstream.client.name, repo, digest)
                 answer = await self._store(got.body, got.content_type, got.digest, digest)
                 self.metrics.tier_reads.labels("manifest", "hit").inc()
+                if isinstance(got, StoredManifest):   # only an artifact there: complete it
+                    self._write_back(upstream, repo, digest, tag)
                 return answer
             except errors.PullcacheError as exc:
                 self.metrics.tier_reads.labels("manifest", tier_outcome(exc)).inc()
@@ -213,18 +218,15 @@ class Manifests:
         return None
 
     async def cached(self, digest: Digest) -> ManifestAnswer | None:
-        """The manifest from the local cache, or None."""
+        """The manifest from the local cache (memory, else disk), or None."""
         try:
-            entry = await self.store.stat("manifest", digest)
+            found = self.store.cached_manifest(digest) or await self.store.manifest(digest)
         except errors.StorageError as exc:
             await self._disk_refused("reading the index", exc)
             return None     # a miss: fetched (and, once repaired, cached) again
-        if entry is None:
+        if found is None:
             return None
-        try:
-            body = await self.store.read_bytes(entry)
-        except FileNotFoundError:
-            return None  # evicted between stat and read: a miss
+        entry, body = found
         return ManifestAnswer(body, entry.media_type or "", digest, "hit")
 
     async def _store(self, body: bytes, content_type: str | None, header_digest: str | None,

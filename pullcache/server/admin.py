@@ -1,5 +1,5 @@
 """The operator's listener (``server.admin_listen``): ``/metrics``, ``/healthz``, ``/readyz``
-and the ``/admin/…`` JSON API.
+the ``/admin/…`` JSON API (``admin_api.py``) and the status page at ``/`` (``admin_page.py``).
 
 It is a second ``web.Application`` on its own address, so the probes and the metrics are never
 on the public port (where clients of the mirror could read them). It owns no objects: every
@@ -15,20 +15,22 @@ import sqlite3
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .keys import CORE, DISK, METRICS, STORE
+from .access import no_server_header
+from .admin_api import setup_api
+from .admin_page import setup_page
+from .keys import CORE, DISK, DRAINING, METRICS, STORE, core_of
 from .middleware import oci_errors
+from .operations import OPS
 
 
 def build_admin_app(core: web.Application) -> web.Application:
     admin = web.Application(middlewares=[oci_errors])
+    admin.on_response_prepare.append(no_server_header)
     admin[CORE] = core
     setup_ops(admin)
+    setup_api(admin)
+    setup_page(admin)
     return admin
-
-
-def core_of(request: web.Request) -> web.Application:
-    """The app whose objects this request reports on (itself on a single listener)."""
-    return request.app.get(CORE, request.app)
 
 
 def setup_ops(app: web.Application) -> None:
@@ -44,13 +46,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     core = core_of(request)
+    if core[DRAINING].is_set():   # SIGTERM: take us out of the load balancer at once
+        return web.json_response({"status": "draining", "problems": ["draining"]}, status=503)
     problems = await core[STORE].readiness()
+    ops = core.get(OPS)
+    # Pins past the budget do not stop serving, but the operator must hear of it.
+    detail = [ops.pinning.over_budget] if ops and ops.pinning and ops.pinning.over_budget \
+        else []
     disk = core[DISK].status() if DISK in core else None
     if disk is not None:
         # Degraded, still serving: fills pass through memory, nothing is cached.
-        return web.json_response({"status": "degraded", **disk, "problems": problems})
+        return web.json_response({"status": "degraded", **disk, "problems": problems,
+                                  "detail": detail})
     return web.json_response({"status": "ok" if not problems else "unready",
-                              "problems": problems}, status=503 if problems else 200)
+                              "problems": problems, "detail": detail},
+                             status=503 if problems else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

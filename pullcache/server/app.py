@@ -3,16 +3,21 @@
 How a request flows through what this module builds:
 
 1. ``middleware.request_context`` tags the request (``AccessLogger`` writes its line);
-   ``middleware.oci_errors`` turns any domain error into the OCI error envelope.
-2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository.
+   ``middleware.oci_errors`` turns any domain error into the OCI error envelope;
+   ``access.access_control`` says who is asking (``[access]``), or answers 401/403/429.
+2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository, and
+   ``authz.authorize`` whether this identity may pull it (``policy``), else 403.
 3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
    else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
-4. ``routes`` writes the answer: sendfile for committed blobs, a tail of the fill otherwise.
+4. ``routes`` writes the answer; a blob's body (a committed file or a fill's tail) goes out
+   by non-blocking sendfile from the event loop (``sendfile.Sendfile``).
 
-Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the HTTP client session (and
-the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag records, fills, the
-ECR backing tier and its write-behind workers, drained with a deadline), and the
-housekeeping task. Each background task ends when its context is torn down.
+Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the cache-dir lock, the HTTP
+client session (and the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag
+records, fills, the ECR backing tier and its write-behind workers, drained with a deadline),
+the housekeeping and recency-flush tasks (the hot layer's buffered uses are flushed to the
+index once more as they end), and the operator's objects (``operations.py``: jobs, pins, status
+samples). Each background task ends when its context is torn down.
 """
 
 from __future__ import annotations
@@ -26,53 +31,83 @@ import structlog
 from aiohttp import web
 
 from ..backing.ecr import EcrApi, EcrCredentials
+from ..backing.journal import JOURNAL_DIR, Journal
+from ..backing.repositories import RepositorySettings
 from ..backing.tier import EcrTier, WriteBehind
 from ..cache.disk import Disk
 from ..cache.fill import Fills
+from ..cache.hot import FLUSH_INTERVAL, HotLayer
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
-from ..config import Config
+from ..config import Config, UpstreamConfig
 from ..metrics import Metrics
-from ..proxy import LocalContent, Proxy, Upstream
+from ..policy import Policy
+from ..proxy import Proxy, Upstream
+from ..proxy.fleet import FleetContent
 from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
+from ..upstream.credentials import StaticCredentials
 from . import admin, routes
-from .keys import DISK, METRICS, PROXY, ROUTES, SENDFILE, SESSION, STORE, UPSTREAMS
-from .sendfile import SendfilePool
-from .middleware import mark_started, oci_errors, request_context
+from ..ops.status import Pulls
+from .access import ACCESS, AccessControl, access_control, no_server_header
+from .authz import POLICY
+from .keys import (CREDENTIALS, DISK, DRAINING, METRICS, PROXY, ROUTES, SENDFILE, SESSION,
+                   STORE, TIER, UPSTREAMS)
+from .sendfile import Sendfile
+from .middleware import oci_errors, request_context
+from .operations import PULLS, count_pulls, lock_context, operations_context
 
 log = structlog.get_logger("pullcache.app")
 HOUSEKEEPING_INTERVAL = 30.0
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[request_context, oci_errors],
+    app = web.Application(middlewares=[request_context, oci_errors, access_control, count_pulls],
                           handler_args={"max_field_size": 16 * 1024})
-    app.on_response_prepare.append(mark_started)
+    app.on_response_prepare.append(no_server_header)
+    app[DRAINING] = asyncio.Event()
+    app[ACCESS] = AccessControl(config.access)
+    app[POLICY] = Policy.from_config(config.upstreams)
+    # Upstreams' static credentials, by host: SIGHUP replaces them (lifecycle.reload).
+    app[CREDENTIALS] = {u.host: StaticCredentials(u.username, u.password)
+                        for u in config.upstreams if u.auth != "ecr"}
     metrics = Metrics()
     app[METRICS] = metrics
+    app[PULLS] = Pulls()
     app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),
                                 config.default_upstream.host)
+    hot = HotLayer(config.cache.memory)
+    metrics.hot_bytes.set_function(lambda: hot.nbytes)
+    metrics.hot_items.set_function(lambda: len(hot))
     store = BlobStore(config.cache.dir, Budget(config.cache.max_size,
                                                config.cache.high_watermark,
                                                config.cache.low_watermark),
                       on_evict=lambda n, nbytes: (metrics.evictions.inc(n),
-                                                  metrics.evicted_bytes.inc(nbytes)))
+                                                  metrics.evicted_bytes.inc(nbytes)),
+                      hot=hot)
     app[STORE] = store
+    app[SENDFILE] = Sendfile(config.server.send_timeout)
     metrics.cache_budget.set(config.cache.max_size)
+    # Read now, so that a bad lifecycle_policy file stops the start with its key path.
+    settings = RepositorySettings.from_config(config.backing_ecr) \
+        if config.backing_ecr.enabled else None
 
     async def http_session(app: web.Application) -> AsyncIterator[None]:
         # One session for every upstream; per-request timeouts are set by each client.
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
         async with contextlib.AsyncExitStack() as stack:
+            # read_bufsize: a response may buffer 2x this before aiohttp pauses reading; the
+            # 64 KiB default paused a fast blob download every 128 KiB. (Far larger buffers
+            # measured slower here: every chunk is fresh memory to fault in.)
             session = await stack.enter_async_context(aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, trust_env=False))
+                connector=connector, auto_decompress=False, trust_env=False,
+                read_bufsize=256 << 10))
             app[SESSION] = session
             loop = asyncio.get_running_loop()
             metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
             upstreams = {}
             for u in config.upstreams:
-                credentials = None
+                credentials = app[CREDENTIALS].get(u.host)
                 if u.auth == "ecr":
                     api = await stack.enter_async_context(_opened(EcrApi(
                         u.ecr_region, registry_id=u.ecr_registry_id, profile=u.profile,
@@ -80,14 +115,15 @@ def build_app(config: Config) -> web.Application:
                     credentials = EcrCredentials(api.token, min_refresh=u.token_min_refresh)
                 client = RegistryClient(UpstreamSettings.from_config(u), session,
                                         observer=metrics, credentials=credentials,
-                                        basic_first=credentials is not None)
+                                        basic_first=u.auth == "ecr")
                 upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale,
-                                             u.stale_while_revalidate)
+                                             u.stale_while_revalidate,
+                                             referrers_ttl=u.referrers_ttl)
             app[UPSTREAMS] = upstreams
             yield
 
     async def cache(app: web.Application) -> AsyncIterator[None]:
-        tags = TagStore(config.cache.dir)
+        tags = TagStore(config.cache.dir, hot)
         app[DISK] = disk = Disk(store, tags, max_size=config.cache.max_size,
                                 min_free=config.cache.min_free)
         await disk.open(reconcile=config.cache.reconcile_on_start)
@@ -103,18 +139,21 @@ def build_app(config: Config) -> web.Application:
                     ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
                     endpoint_url=ecr.endpoint_url)))
                 client = RegistryClient(
-                    UpstreamSettings("ecr-tier", ecr.data_plane,
-                                     connect_timeout=ecr.connect_timeout,
-                                     header_timeout=ecr.header_timeout,
-                                     read_timeout=ecr.read_timeout),
+                    UpstreamSettings.from_config(UpstreamConfig(
+                        host="ecr-tier", url=ecr.data_plane,
+                        connect_timeout=ecr.connect_timeout,
+                        header_timeout=ecr.header_timeout, read_timeout=ecr.read_timeout)),
                     app[SESSION], observer=metrics, basic_first=True,
                     credentials=EcrCredentials(api.token, min_refresh=ecr.token_min_refresh))
-                tier = EcrTier(api, client, ecr.repository_prefix)
-                writes = WriteBehind(tier, LocalContent(store),
+                tier = EcrTier(api, client, ecr.repository_prefix, settings)
+                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS]),
+                                     Journal(config.cache.dir / JOURNAL_DIR),
                                      concurrency=ecr.write_concurrency,
                                      retries=ecr.write_retries,
                                      drain_timeout=ecr.drain_timeout, metrics=metrics)
+                await writes.open()   # resumes what a crash left queued
                 stack.push_async_callback(writes.close)
+                app[TIER] = writes
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
                                tier=tier, writes=writes, disk=disk)
             try:
@@ -126,19 +165,20 @@ def build_app(config: Config) -> web.Application:
         await store.close()
         await disk.close()
 
-    async def sendfile_pool(app: web.Application) -> AsyncIterator[None]:
-        app[SENDFILE] = pool = SendfilePool()
-        yield
-        pool.close()
-
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_housekeep(store), name="housekeeping")
+        tasks = [asyncio.create_task(_housekeep(store), name="housekeeping"),
+                 asyncio.create_task(_flush_recency(store), name="recency")]
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # The last uses reach the index before it closes (the cache context, torn down next).
+        await store.flush_recency()
 
-    app.cleanup_ctx.extend([http_session, cache, sendfile_pool, housekeeping])
+    # The cache-dir lock first (a second daemon stops before touching anything); the
+    # operator's jobs and tasks last (they use everything else, and end first).
+    app.cleanup_ctx.extend([lock_context(config), http_session, cache, housekeeping,
+                            operations_context(config)])
     if not config.server.admin_listen:
         admin.setup_ops(app)
     routes.setup(app)
@@ -152,6 +192,17 @@ async def _opened(api: EcrApi) -> AsyncIterator[EcrApi]:
         yield api
     finally:
         await api.close()
+
+
+async def _flush_recency(store: BlobStore) -> None:
+    """Every few seconds: write the hot layer's buffered uses to the index, in one
+    transaction (a crash loses at most this interval of recency, never an entry)."""
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        try:
+            await store.flush_recency()
+        except Exception:  # noqa: BLE001 - the task's supervisor: log and carry on
+            log.exception("recency_flush_failed")
 
 
 async def _housekeep(store: BlobStore) -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from ..backing.tier import WriteBehind
     from ..cache.disk import Disk
     from ..cache.store import BlobStore
     from ..metrics import Metrics
     from ..proxy import Proxy, Upstream
     from ..routing import UpstreamTable
-    from .sendfile import SendfilePool
+    from ..upstream.credentials import StaticCredentials
+    from .sendfile import Sendfile
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
 STORE: web.AppKey["BlobStore"] = web.AppKey("store")
@@ -22,6 +25,17 @@ METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
-SENDFILE: web.AppKey["SendfilePool"] = web.AppKey("sendfile")
+SENDFILE: web.AppKey["Sendfile"] = web.AppKey("sendfile")
+#: the ECR tier's write-behind, when ``[backing.ecr]`` is enabled (its ``status()`` is JSON)
+TIER: web.AppKey["WriteBehind"] = web.AppKey("tier")
+# Set on SIGTERM: /readyz answers 503 while the requests in flight finish.
+DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining")
+CREDENTIALS: web.AppKey["dict[str, StaticCredentials]"] = web.AppKey("credentials")
 # On the admin app: the public app, whose objects (store, proxy, metrics…) it reports on.
 CORE: web.AppKey[web.Application] = web.AppKey("core")
+
+
+def core_of(request: web.Request) -> web.Application:
+    """The app whose objects this request reports on: the public app for the admin app's
+    requests, the app itself on a single listener (``admin_listen = ""``)."""
+    return request.app.get(CORE, request.app)

@@ -7,25 +7,28 @@ exactly as upstream sent it; HEAD answers carry ``Content-Length`` and no body.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import re
-from typing import Callable
+import functools
+from types import MappingProxyType
+from typing import Mapping
 from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
 
 from ..cache.fill import FillFailed
-from ..errors import NameUnknown, PaginationInvalid, RangeInvalid, Unsupported
-from ..oci import Digest, parse_accept
+from ..errors import NameUnknown, PaginationInvalid, Unsupported
+from ..oci import OCI_INDEX, Digest, parse_accept, referrers_index
 from ..proxy import BlobAnswer
 from ..routing import Target, resolve
-from .keys import METRICS, PROXY, ROUTES, SENDFILE, STORE
+from . import ranges
+from .authz import authorize
+from .keys import METRICS, PROXY, ROUTES, SENDFILE
 from .middleware import API_VERSION
-from .sendfile import SendfilePool
+from .sendfile import ClientStalled
 
 log = structlog.get_logger("pullcache.routes")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 BLOB_TYPE = "application/octet-stream"
 
 
@@ -46,7 +49,11 @@ async def ping(request: web.Request) -> web.Response:
     for host in (request.match_info.get("prefix"), request.query.get("ns")):
         if host and request.app[ROUTES].lookup(host) is None:
             raise NameUnknown(host, message=f"no upstream configured for {host!r}")
-    return web.json_response({}, headers=API_VERSION)
+    # The answer never changes: body and headers built once (no json.dumps per request).
+    return web.Response(body=b"{}", headers=_PING_HEADERS)
+
+
+_PING_HEADERS = {**API_VERSION, "Content-Type": "application/json; charset=utf-8"}
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
@@ -55,9 +62,9 @@ async def pull(request: web.Request) -> web.StreamResponse:
                      prefix=request.match_info.get("prefix"),
                      ns=request.query.get("ns"))
     request["upstream"] = target.route.upstream
-    handler = {"manifests": manifest, "blobs": blob, "tags": tags,
-               "referrers": referrers}[target.kind]
-    return await handler(request, target)
+    authorize(request, target)   # before the proxy: a refusal reveals nothing cached
+    request["repo"] = target.route.repo   # for the status page's top images
+    return await _HANDLERS[target.kind](request, target)
 
 
 def _headers(target: Target) -> dict[str, str]:
@@ -70,8 +77,10 @@ def _headers(target: Target) -> dict[str, str]:
 
 def _pull_method(request: web.Request) -> None:
     if request.method not in ("GET", "HEAD"):
-        # A pull-through cache accepts no pushes or deletes (distribution-spec code-13).
-        raise Unsupported(f"{request.method} is not supported by a pull-through cache")
+        # A pull-through cache accepts no pushes or deletes: 405 UNSUPPORTED (code-13), which
+        # end-9/end-10 list for disabled deletes; RFC 9110 §15.5.6 wants the Allow header.
+        raise Unsupported(f"{request.method} is not supported by a pull-through cache",
+                          headers={"Allow": "GET, HEAD"})
 
 
 # -- manifests ---------------------------------------------------------------------------------
@@ -80,13 +89,23 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
     accept = parse_accept(request.headers.getall("Accept", []))
     answer = await request.app[PROXY].manifest(target.route, target.reference, accept)
     request["cache"] = answer.cache
-    headers = {**_headers(target), "Docker-Content-Digest": str(answer.digest),
-               "Content-Type": answer.media_type, "Content-Length": str(len(answer.body)),
-               "ETag": f'"{answer.digest}"'}
-    if answer.warning:
-        headers["Warning"] = answer.warning
     # aiohttp sends no body for HEAD but keeps our Content-Length.
-    return web.Response(body=answer.body, headers=headers)
+    return web.Response(body=answer.body, headers=_manifest_headers(
+        answer.digest, answer.media_type, len(answer.body), target.route.namespace,
+        answer.warning))
+
+
+@functools.lru_cache(maxsize=1024)   # hot manifests are answered again and again
+def _manifest_headers(digest: Digest, media_type: str, length: int, namespace: str | None,
+                      warning: str | None) -> Mapping[str, str]:
+    """A manifest answer's headers (aiohttp copies them into each response)."""
+    headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Content-Type": media_type,
+               "Content-Length": str(length), "ETag": f'"{digest}"'}
+    if namespace:
+        headers["OCI-Namespace"] = namespace
+    if warning:
+        headers["Warning"] = warning
+    return MappingProxyType(headers)
 
 
 # -- blobs ---------------------------------------------------------------------------------------
@@ -94,8 +113,9 @@ async def manifest(request: web.Request, target: Target) -> web.Response:
 async def blob(request: web.Request, target: Target) -> web.StreamResponse:
     digest = Digest.parse(target.reference)
     proxy = request.app[PROXY]
+    etag = f'"{digest}"'
     headers = {**_headers(target), "Docker-Content-Digest": str(digest), "Content-Type": BLOB_TYPE,
-               "Accept-Ranges": "bytes", "ETag": f'"{digest}"'}
+               "Accept-Ranges": "bytes", "ETag": etag}
     if request.method == "HEAD":
         size, cache = await proxy.blob_size(target.route, digest)
         request["cache"] = cache
@@ -104,137 +124,60 @@ async def blob(request: web.Request, target: Target) -> web.StreamResponse:
         return web.Response(headers=headers)
     answer = await proxy.blob(target.route, digest)
     request["cache"] = answer.cache
-    if answer.entry is not None:
-        return await _send_file(request, answer, headers)
-    return await _send_fill(request, answer, headers)
-
-
-async def _send_file(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
-    """A committed blob: sendfile, with Range → 206 handled by FileResponse (RFC 9110 §14)."""
-    store = request.app[STORE]
-    entry = answer.entry
-    return _PinnedFile(store.path(entry), lambda: store.unpin(entry),
-                       request.app[METRICS].bytes_served.labels("cache"),
-                       request.app[SENDFILE], headers=headers)
-
-
-class _PinnedFile(web.FileResponse):
-    """A FileResponse for a blob the proxy pinned (safe from eviction): unpinned once sent;
-    sent with sendfile(2) under uvloop too.
-
-    aiohttp prepares a returned response itself, after the handler; the pin spans that.
-    aiohttp's zero-copy path is ``loop.sendfile``, which uvloop does not implement: aiohttp
-    then silently copies the file through Python in 256 KiB reads. We flush the headers and
-    hand the socket to ``os.sendfile`` in a thread of the app's sendfile pool.
-    """
-
-    def __init__(self, path, unpin: Callable[[], None], served, pool: SendfilePool,
-                 **kwargs) -> None:
-        super().__init__(path, **kwargs)
-        self._unpin: Callable[[], None] | None = unpin   # the proxy pinned it for us
-        self._served = served
-        self._pool = pool
-
-    async def prepare(self, request):
-        try:
-            return await super().prepare(request)
-        finally:
-            if self._unpin is not None:
-                self._unpin()
-                self._unpin = None
-                self._served.inc(self.content_length or 0)
-
-    async def _sendfile(self, request, fobj, offset: int, count: int):
-        writer = await web.StreamResponse.prepare(self, request)
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or self.compression or not self._pool.available:
-            return await self._sendfile_fallback(writer, fobj, offset, count)
-        await _flushed(transport, writer)
-        await self._pool.send(sock.fileno(), fobj.fileno(), offset, count)
-        await web.StreamResponse.write_eof(self)
-        return writer
-
-
-async def _flushed(transport, writer) -> None:
-    """Wait until the transport has written everything it holds (our headers)."""
-    if transport.get_write_buffer_size() == 0:
-        return
-    high, low = transport.get_write_buffer_limits()[::-1]
-    transport.set_write_buffer_limits(high=0)   # paused until empty; drain() waits for that
     try:
-        await writer.drain()
+        return await _send_blob(request, answer, headers)
     finally:
-        transport.set_write_buffer_limits(high=high, low=low)
+        await answer.body.aclose()
 
 
-async def _send_fill(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
-    """A blob still arriving: tail the fill, cut the connection if it fails."""
-    start, end = 0, answer.size
-    status = 200
-    wanted = parse_range(request.headers.get("Range"), answer.size)
+async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.StreamResponse:
+    """Any blob, hit or fill alike: one Range policy (``ranges``), one ETag (the digest).
+
+    Once ``prepare()`` has sent the headers, an error can only cut the connection: a second
+    response written into a started body would look like blob bytes (and an unverified
+    blob must look broken, never complete).
+    """
+    size = answer.size
+    start, end, status = 0, size, 200
+    wanted = ranges.wanted(request.headers, size, headers["ETag"])  # may raise 416: no body yet
     if wanted is not None:
-        start, end = wanted
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{answer.size}"
+        (start, end), status = wanted, 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     resp = web.StreamResponse(status=status, headers=headers)
     if end is not None:
         resp.content_length = end - start
-    writer = await resp.prepare(request)
-    served = 0
-    pool = request.app[SENDFILE]
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    zero_copy = pool.available and sock is not None and end is not None
+    sender = request.app[SENDFILE].sender(request, resp)
     try:
-        if zero_copy:
-            # The bytes are in the fill's temp file already: sendfile them from there.
-            await _flushed(request.transport, writer)
-            async with contextlib.aclosing(answer.fill.spans(start, end)) as spans:
-                async for fd, offset, length in spans:
-                    await pool.send(sock.fileno(), fd, offset, length)
-                    served += length
-        else:
-            async with contextlib.aclosing(answer.fill.read(start, end)) as chunks:
-                async for chunk in chunks:
-                    await resp.write(chunk)
-                    served += len(chunk)
+        writer = await resp.prepare(request)
+        async with contextlib.aclosing(answer.body.spans(start, end)) as spans:
+            await sender.send(writer, spans)
+        await resp.write_eof()
+    except asyncio.CancelledError:
+        _cut(request, "cancelled")
+        raise
     except FillFailed as exc:
-        # Headers are gone; the only honest signal left is a broken transfer.
-        log.warning("response_aborted", digest=str(answer.digest), sent=served, error=str(exc))
-        request["outcome"] = "aborted"
-        if request.transport is not None:
-            request.transport.abort()
-        return resp
+        log.warning("response_aborted", digest=str(answer.digest), sent=sender.sent,
+                    error=str(exc))
+        _cut(request, "aborted")
+    except ClientStalled:
+        _cut(request, "client_stalled")
     except ConnectionError:
-        request["outcome"] = "client_gone"   # the fill carries on without this reader
-        return resp
+        _cut(request, "client_gone")   # a fill carries on without this reader
+    except Exception as exc:  # noqa: BLE001 - after prepare() nothing may reach the envelope
+        log.exception("response_failed", digest=str(answer.digest), sent=sender.sent,
+                      error=repr(exc))
+        _cut(request, "failed")
     finally:
-        request.app[METRICS].bytes_served.labels("fill").inc(served)
-    await resp.write_eof()
+        request.app[METRICS].bytes_served.labels(
+            "cache" if answer.cache == "hit" else "fill").inc(sender.sent)
     return resp
 
 
-def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
-    """One ``bytes=`` range → ``(start, end_exclusive)``; None to send the whole blob.
-
-    Multiple ranges are answered with the whole blob, which RFC 9110 §14.2 allows.
-    """
-    if not header or size is None:
-        return None
-    m = _RANGE.fullmatch(header.strip())
-    if not m or (not m.group(1) and not m.group(2)):
-        return None
-    first, last = m.group(1), m.group(2)
-    if not first:                       # suffix range: the last N bytes
-        start, end = max(size - int(last), 0), size
-    else:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-        if last and int(last) < start:
-            return None
-    if start >= size:
-        raise RangeInvalid(header, headers={"Content-Range": f"bytes */{size}"})
-    return start, end
+def _cut(request: web.Request, outcome: str) -> None:
+    """Break the connection: the client sees a short body, never a complete-looking one."""
+    request["outcome"] = outcome
+    if request.transport is not None:
+        request.transport.abort()
 
 
 # -- tags/list and referrers -------------------------------------------------------------------
@@ -273,12 +216,25 @@ def paginate(tags: list[str], n: int | None, last: str | None) -> tuple[list[str
 
 
 async def referrers(request: web.Request, target: Target) -> web.Response:
-    query = {k: v for k, v in request.query.items() if k == "artifactType"}
-    answer = await request.app[PROXY].referrers(target.route, Digest.parse(target.reference),
-                                                query)
-    request["cache"] = "pass"
-    return web.Response(status=answer.status, body=answer.body,
-                        headers={**_headers(target), **answer.headers})
+    """Always a 200 image index (end-12a), filtered here by ``artifactType`` (end-12b).
+
+    A malformed digest is a 400 DIGEST_INVALID: the spec's "If the request is invalid, such
+    as a <digest> with an invalid syntax, a 400 Bad Request MUST be returned".
+    """
+    subject = Digest.parse(target.reference)
+    answer = await request.app[PROXY].referrers(target.route, subject)
+    request["cache"] = answer.cache
+    artifact_type = request.query.get("artifactType") or None
+    headers = {**_headers(target), "Content-Type": OCI_INDEX}
+    if artifact_type:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if answer.warning:
+        headers["Warning"] = answer.warning
+    return web.Response(body=referrers_index(answer.descriptors, artifact_type),
+                        headers=headers)
 
 
-__all__ = ["setup", "parse_range", "paginate"]
+_HANDLERS = {"manifests": manifest, "blobs": blob, "tags": tags, "referrers": referrers}
+
+
+__all__ = ["setup", "paginate"]

@@ -1,51 +1,144 @@
-"""Zero-copy file sending on any event loop: ``os.sendfile`` in a pool of threads.
+"""Sending a body's spans to a client from the event loop: non-blocking ``sendfile(2)``,
+no thread per client.
 
-uvloop does not implement ``loop.sendfile``; the socket is non-blocking, so each thread
-waits for writability with poll(2) and carries on, until the file range is sent or the
-client has stalled for ``stall_timeout`` seconds.
+uvloop implements neither ``loop.sendfile`` nor ``add_writer`` on a transport's own socket,
+so the sender works on its own ``os.dup`` of the socket (and of each span's file): the loop
+may close and reuse the transport's descriptor number at any time (a client reset), but a
+number this module holds is its own until it closes it, so bytes can never land in another
+client's connection. ``sendfile`` is tried first; when the socket is full the sender waits
+for writability with ``add_writer`` on its dup, for at most ``stall_timeout``.
+
+A TLS transport (or a loop without ``sendfile``) gets the same spans through ``pread`` in
+the default executor and ``StreamResponse.write``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import select
-from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator
 
-MAX_CHUNK = 1 << 30
+from aiohttp import web
+
+# One sendfile(2) call sends at most what the socket buffer takes; this caps what one call
+# may read from disk while the loop waits on it.
+MAX_CHUNK = 8 << 20
+PREAD_CHUNK = 1 << 20
 
 
-class SendfilePool:
-    """Threads are started on demand and spend their time blocked in poll(2) on a client's
-    socket, which costs no CPU; a slow client holds one for as long as it reads. The cap
-    bounds how many large downloads are sent at once; beyond it, downloads queue."""
+class ClientStalled(ConnectionError):
+    """The client read nothing for ``stall_timeout`` seconds."""
 
-    def __init__(self, threads: int = 256, stall_timeout: float = 60.0) -> None:
-        self.available = hasattr(os, "sendfile")
-        self._executor = ThreadPoolExecutor(max_workers=threads,
-                                            thread_name_prefix="sendfile")
-        self._stall_ms = int(stall_timeout * 1000)
 
-    async def send(self, out_fd: int, in_fd: int, offset: int, count: int) -> None:
-        if out_fd < 0:   # the transport was closed (the client left) between two sends
+class Sendfile:
+    """The app's sender; ``stall_timeout`` is ``server.send_timeout``."""
+
+    def __init__(self, stall_timeout: float = 60.0) -> None:
+        self.stall_timeout = stall_timeout
+
+    def sender(self, request: web.Request, resp: web.StreamResponse) -> "Sender":
+        return Sender(request.transport, resp, self.stall_timeout)
+
+
+class Sender:
+    """One response's body on its way out; ``sent`` counts the bytes that left."""
+
+    def __init__(self, transport: asyncio.Transport | None, resp: web.StreamResponse,
+                 stall_timeout: float) -> None:
+        self.transport = transport
+        self.resp = resp
+        self.stall_timeout = stall_timeout
+        self.sent = 0
+
+    async def send(self, writer, spans: AsyncIterator[tuple[int, int, int]]) -> None:
+        """Send every span; ``writer`` is what ``resp.prepare()`` returned. Raises
+        ``ConnectionError`` when the client went away or stalled."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")
+        sock = transport.get_extra_info("socket")
+        if (sock is None or transport.get_extra_info("ssl_object") is not None
+                or not hasattr(os, "sendfile")):
+            await self._send_copied(spans)
+            return
+        await self._flushed(writer)    # our headers go first, through the transport
+        out = os.dup(sock.fileno())
+        try:
+            async for fd, offset, length in spans:
+                src = os.dup(fd)   # the body may close its fd once we move on (or give up)
+                try:
+                    await self._sendfile(out, src, offset, length)
+                finally:
+                    os.close(src)
+        finally:
+            os.close(out)
+
+    async def _sendfile(self, out: int, src: int, offset: int, length: int) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._send, out_fd, in_fd, offset, count)
-
-    def _send(self, out_fd: int, in_fd: int, offset: int, count: int) -> None:
-        poller = select.poll()
-        poller.register(out_fd, select.POLLOUT)
-        while count > 0:
-            try:
-                sent = os.sendfile(out_fd, in_fd, offset, min(count, MAX_CHUNK))
-            except BlockingIOError:
-                if not poller.poll(self._stall_ms):
-                    raise ConnectionResetError("client stalled") from None
-                continue
-            if sent == 0:
+        while length > 0:
+            if self.transport.is_closing():
                 raise ConnectionResetError("client went away")
-            offset += sent
-            count -= sent
+            try:
+                n = os.sendfile(out, src, offset, min(length, MAX_CHUNK))
+            except BlockingIOError:
+                await self._writable(loop, out)
+                continue
+            if n == 0:
+                raise OSError(f"file ended {length} bytes early")
+            offset += n
+            length -= n
+            self.sent += n
+            if length:
+                await asyncio.sleep(0)   # a fast client must not starve the others
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    async def _writable(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        ready = loop.create_future()
+        loop.add_writer(fd, _set_once, ready)
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                await ready
+        except TimeoutError:
+            raise ClientStalled(f"client read nothing for {self.stall_timeout:g}s") from None
+        finally:
+            loop.remove_writer(fd)
+
+    async def _flushed(self, writer) -> None:
+        """Wait until the transport has written everything it holds (our headers)."""
+        transport = self.transport
+        if transport.get_write_buffer_size() == 0:
+            return
+        high, low = transport.get_write_buffer_limits()[::-1]
+        transport.set_write_buffer_limits(high=0)   # paused until empty; drain() waits for it
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise ClientStalled("client read nothing of the headers") from None
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
+
+    async def _send_copied(self, spans: AsyncIterator[tuple[int, int, int]]) -> None:
+        async for fd, offset, length in spans:
+            src = os.dup(fd)
+            try:
+                while length > 0:
+                    chunk = await asyncio.to_thread(os.pread, src, min(length, PREAD_CHUNK),
+                                                    offset)
+                    if not chunk:
+                        raise OSError(f"file ended {length} bytes early")
+                    try:
+                        async with asyncio.timeout(self.stall_timeout):
+                            await self.resp.write(chunk)
+                    except TimeoutError:
+                        raise ClientStalled("client stopped reading") from None
+                    offset += len(chunk)
+                    length -= len(chunk)
+                    self.sent += len(chunk)
+            finally:
+                os.close(src)
+
+
+def _set_once(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -9,7 +9,6 @@ answered with the configured credentials directly.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import math
 import re
 import time
@@ -66,38 +65,6 @@ def basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
-def realm_trusted(upstream_url: str, realm: str) -> bool:
-    """Whether configured credentials may be sent to this token realm.
-
-    Same host always; otherwise only a host of the upstream's registrable domain (as
-    Distribution's realm binding does since its 2026 security fix: credentials must not go
-    to a realm an upstream names on a foreign domain). IPs and single-label hosts must match
-    exactly. Our domain check takes the last two labels; a public-suffix list would be more
-    precise for hosts under multi-label suffixes like ``co.uk``.
-    """
-    up_parts, realm_parts = urlsplit(upstream_url), urlsplit(realm)
-    up = (up_parts.hostname or "").lower()
-    rh = (realm_parts.hostname or "").lower()
-    if not up or not rh:
-        return False
-    if up_parts.scheme == "https" and realm_parts.scheme != "https":
-        return False   # credentials meant for TLS never go out in clear text
-    if up == rh:
-        return True
-    if _is_ip(up) or _is_ip(rh) or "." not in up:
-        return False
-    domain = ".".join(up.split(".")[-2:])
-    return rh == domain or rh.endswith("." + domain)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class Token:
     value: str
@@ -126,10 +93,19 @@ class TokenCache:
             return token.value
         return None
 
-    async def get(self, challenge: Challenge, scope: str, *, force: bool = False) -> str:
+    async def get(self, challenge: Challenge, scope: str, *, stale: str | None = None) -> str:
+        """A token for ``scope``. ``stale``: the token a request was just refused with
+        (revoked, clock skew). It is replaced by a fetch, unless the cache already holds a
+        different one: then a concurrent request refreshed it, and fetching again would
+        cost one realm round trip per refused request."""
         key = _token_key(challenge, scope)
-        if not force and (value := self.cached(challenge, scope)) is not None:
-            return value
+        token = self._tokens.get(key)
+        if token is not None:
+            if stale is None and self._clock() < token.refresh_at:
+                return token.value
+            if stale is not None and token.value != stale and \
+                    self._clock() < token.expires_at:
+                return token.value
         token, _ = await self._flights.do(key, lambda: self._refresh(key, challenge, scope))
         return token.value
 
@@ -189,5 +165,5 @@ def host_of(url: str) -> str:
     return (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
 
 
-__all__ = ["Challenge", "TokenCache", "basic_header", "parse_challenges", "realm_trusted",
-           "scope_for", "parse_token_response", "host_of"]
+__all__ = ["Challenge", "TokenCache", "basic_header", "parse_challenges", "scope_for",
+           "parse_token_response", "host_of"]

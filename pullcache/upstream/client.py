@@ -7,7 +7,6 @@ from ``errors.py``; nothing above it sees aiohttp's client types.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Mapping
@@ -17,12 +16,13 @@ import aiohttp
 import structlog
 
 from .. import errors
-from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, Digest
-from .auth import (Challenge, TokenCache, basic_header, parse_challenges,
-                   parse_token_response, realm_trusted, scope_for)
+from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, OCI_INDEX, Digest
+from .auth import scope_for
+from .authenticator import Authenticator
 from .breaker import Breaker
 from .credentials import Credentials, StaticCredentials, UpstreamObserver
-from .status import error_for
+from .realm import RealmTrust
+from .status import error_for, read_limited
 
 log = structlog.get_logger("pullcache.upstream")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -30,26 +30,30 @@ MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = "pullcache/0.1"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamSettings:
-    """What a client needs of its ``[[upstream]]`` config section."""
+    """What a client needs of its ``[[upstream]]`` config section.
+
+    No defaults here: they live once, in ``config.upstream.UpstreamConfig``.
+    """
     name: str
     url: str
-    username: str | None = None
-    password: str | None = None
-    connect_timeout: float = 5.0
-    header_timeout: float = 15.0
-    revalidate_timeout: float = 3.0
-    read_timeout: float = 30.0
-    max_redirects: int = 5
-    breaker_failures: int = 5
-    breaker_cooldown: float = 30.0
+    username: str | None
+    password: str | None
+    connect_timeout: float
+    header_timeout: float
+    revalidate_timeout: float
+    read_timeout: float
+    max_redirects: int
+    breaker_failures: int
+    breaker_cooldown: float
+    trusted_realms: tuple[str, ...]
 
     @classmethod
     def from_config(cls, cfg) -> "UpstreamSettings":
-        return cls(cfg.host, cfg.url, cfg.username, cfg.password, cfg.connect_timeout,
-                   cfg.header_timeout, cfg.revalidate_timeout, cfg.read_timeout,
-                   cfg.max_redirects, cfg.breaker_failures, cfg.breaker_cooldown)
+        """From an ``UpstreamConfig`` (duck-typed: the adapter does not import config)."""
+        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__ if f != "name"},
+                   name=cfg.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class Passthrough:
     status: int
     body: bytes
     headers: dict[str, str]
+    next: str | None = None   # the RFC 8288 ``rel="next"`` link, absolute
 
 
 class BlobStream:
@@ -84,9 +89,13 @@ class BlobStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.content.iter_chunked(1 << 20):
-                self._on_bytes(len(chunk))
-                yield chunk
+            # Each buffered chunk as it arrived: iter_chunks hands them over one by one,
+            # where iter_any/iter_chunked join what is buffered (a copy of every byte). The
+            # fill passes each to its writer thread without waiting, so they cost the loop little.
+            async for chunk, _ in self._response.content.iter_chunks():
+                if chunk:
+                    self._on_bytes(len(chunk))
+                    yield chunk
         except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout
             raise errors.UpstreamTimeout("blob body stalled") from exc
         except aiohttp.ClientError as exc:
@@ -113,14 +122,16 @@ class RegistryClient:
         self._observer = observer or UpstreamObserver()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                               sock_read=settings.read_timeout)
-        self._credentials = credentials or StaticCredentials(settings.username,
-                                                             settings.password)
-        # ECR always wants Basic: send it before being asked, saving a 401 round trip.
-        self._challenge: Challenge | None = Challenge("basic") if basic_first else None
-        self._tokens = TokenCache(self._fetch_token,
-                                  on_refresh=lambda: self._observer.token_refreshed(self.name))
+        self._auth = Authenticator(
+            self.name, session,
+            credentials or StaticCredentials(settings.username, settings.password),
+            RealmTrust(settings.url, settings.trusted_realms), timeout=self._timeout,
+            header_timeout=settings.header_timeout, user_agent=USER_AGENT,
+            on_token=lambda: self._observer.token_refreshed(self.name),
+            basic_first=basic_first)
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown,
                                name=settings.name)
+        self._observer.breaker_watched(self.name, lambda: self.breaker.state)
 
     # -- the pull API -------------------------------------------------------------------------
 
@@ -129,8 +140,7 @@ class RegistryClient:
         """HEAD a manifest; ``revalidating`` (a cached copy exists) waits only briefly."""
         resp = await self._send("HEAD", repo, f"manifests/{reference}",
                                 {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown,
-                                timeout=self.settings.revalidate_timeout if revalidating
-                                else None)
+                                revalidating=revalidating)
         resp.release()
         return ManifestHead(resp.headers.get("Docker-Content-Digest"),
                             resp.headers.get("Content-Type"), resp.content_length)
@@ -142,7 +152,7 @@ class RegistryClient:
         try:
             if (resp.content_length or 0) > MAX_MANIFEST_SIZE:
                 raise errors.UpstreamError(f"manifest larger than {MAX_MANIFEST_SIZE} bytes")
-            body = await self._read_limited(resp, MAX_MANIFEST_SIZE)
+            body = await read_limited(resp, MAX_MANIFEST_SIZE)
         finally:
             resp.release()
         return Manifest(body, resp.headers.get("Content-Type"),
@@ -159,25 +169,42 @@ class RegistryClient:
                                 not_found=errors.BlobUnknown)
         return BlobStream(resp, lambda n: self._observer.fetched(self.name, n))
 
-    async def passthrough(self, repo: str, tail: str, query: Mapping[str, str]) -> Passthrough:
+    async def passthrough(self, repo: str, tail: str, query: Mapping[str, str], *,
+                          accept: str = "application/json") -> Passthrough:
         """GET a read-only JSON endpoint (tags/list, referrers) and hand back its answer."""
-        resp = await self._send("GET", repo, tail, {"Accept": "application/json"},
+        resp = await self._send("GET", repo, tail, {"Accept": accept},
                                 query=query, not_found=errors.NameUnknown)
         try:
-            body = await self._read_limited(resp, MAX_MANIFEST_SIZE)
+            body = await read_limited(resp, MAX_MANIFEST_SIZE)
         finally:
             resp.release()
         keep = {k: v for k, v in resp.headers.items()
                 if k.lower() in ("content-type", "link", "oci-filters-applied")}
-        return Passthrough(resp.status, body, keep)
+        return Passthrough(resp.status, body, keep, _next_link(resp))
+
+    async def referrers(self, repo: str, subject: Digest,
+                        query: Mapping[str, str] | None = None) -> Passthrough:
+        """One page of the referrers API (distribution-spec end-12a).
+
+        Raises ``errors.Unsupported`` when the upstream lacks the API: a 404 (the spec's own
+        signal, "Unavailable Referrers API"), a 405, or an ``UNSUPPORTED`` error.
+        """
+        try:
+            return await self.passthrough(repo, f"referrers/{subject}", query or {},
+                                          accept=f"{OCI_INDEX}, application/json")
+        except (errors.NameUnknown, errors.ManifestUnknown) as exc:
+            raise errors.Unsupported(exc.detail) from exc
 
     # -- the push API (the ECR tier's write-behind) ---------------------------------------------
 
-    async def exists(self, repo: str, kind: str, digest: Digest) -> bool:
-        """HEAD a blob or a manifest by digest: present or not (404)."""
+    async def exists(self, repo: str, kind: str, digest: Digest | str) -> bool:
+        """HEAD a blob or a manifest by digest (a manifest also by tag): present or not."""
         not_found = errors.BlobUnknown if kind == "blobs" else errors.ManifestUnknown
+        # Distribution answers 404 for an OCI manifest's tag a client did not Accept.
+        headers = {"Accept": _accept(DEFAULT_ACCEPT)} if kind == "manifests" else {}
         try:
-            resp = await self._send("HEAD", repo, f"{kind}/{digest}", {}, not_found=not_found)
+            resp = await self._send("HEAD", repo, f"{kind}/{digest}", headers,
+                                    not_found=not_found)
         except (errors.BlobUnknown, errors.ManifestUnknown, errors.NameUnknown):
             return False
         resp.release()
@@ -214,41 +241,66 @@ class RegistryClient:
 
     async def _send(self, method: str, repo: str, tail: str, headers: dict[str, str], *,
                     not_found: type[errors.PullcacheError],
-                    query: Mapping[str, str] | None = None,
-                    timeout: float | None = None, url: str | None = None,
-                    data: bytes | None = None, push: bool = False) -> aiohttp.ClientResponse:
-        self.breaker.check()
-        timeout = timeout or self.settings.header_timeout
+                    query: Mapping[str, str] | None = None, url: str | None = None,
+                    data: bytes | None = None, push: bool = False,
+                    revalidating: bool = False) -> aiohttp.ClientResponse:
+        """One request through the breaker.
+
+        ``revalidating``: a cached copy can be served instead, so wait only
+        ``revalidate_timeout``; running out of it is one failure, not a trip (a slow
+        answer is not a dead upstream, and one must not fail every uncached pull).
+        """
+        ticket = self.breaker.check()
+        # Every outcome reaches the breaker (finally), or a probe that ended any other way
+        # would leave it half-open, failing every request, for good.
+        verdict: Callable[[], None] = lambda: self.breaker.release(ticket)
+        timeout = self.settings.revalidate_timeout if revalidating \
+            else self.settings.header_timeout
         url = urljoin(self._base + "/", url) if url else f"{self._base}/v2/{repo}/{tail}"
         scope = scope_for(repo) + (",push" if push else "")
         headers = {"User-Agent": USER_AGENT, **headers}
         began = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                resp = await self._authorized(method, url, headers, scope, query, data)
-        except TimeoutError as exc:
-            self.breaker.trip()
-            self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
-            raise errors.UpstreamTimeout(f"{self.name}: no answer within {timeout:g}s") from exc
-        except aiohttp.ClientError as exc:
-            self.breaker.failure()
-            self._observer.requested(self.name, method, "error", time.monotonic() - began)
-            raise errors.UpstreamUnavailable(f"{self.name}: {exc.__class__.__name__}") from exc
+            try:
+                async with asyncio.timeout(timeout):
+                    resp = await self._authorized(method, url, headers, scope, query, data)
+            except TimeoutError as exc:
+                connect = isinstance(exc, aiohttp.ConnectionTimeoutError)
+                verdict = self.breaker.failure if revalidating and not connect \
+                    else self.breaker.trip
+                self._observer.requested(self.name, method, "timeout", time.monotonic() - began)
+                raise errors.UpstreamTimeout(
+                    f"{self.name}: no answer within {timeout:g}s") from exc
+            except aiohttp.ClientError as exc:
+                verdict = self.breaker.failure
+                self._observer.requested(self.name, method, "error", time.monotonic() - began)
+                raise errors.UpstreamUnavailable(
+                    f"{self.name}: {exc.__class__.__name__}") from exc
+            except errors.UPSTREAM_FAILURES:
+                # The token realm down, the redirect cap, the ECR API failing: no usable
+                # answer, as good as none.
+                verdict = self.breaker.failure
+                raise
+            except errors.PullcacheError:
+                # Refused (the realm, the ECR API): an answer, not an outage; failing fast
+                # would not spare anyone a wait.
+                verdict = self.breaker.success
+                raise
+            bad = resp.status >= 500 or resp.status == 429
+            verdict = self.breaker.failure if bad else self.breaker.success
+        finally:
+            verdict()
         self._observer.requested(self.name, method, str(resp.status), time.monotonic() - began)
         remaining = self._observer.rate_limit(self.name, resp.headers)
         if remaining is not None:
             log.info("ratelimit_changed", upstream=self.name, remaining=remaining,
                      limit=resp.headers.get("ratelimit-limit"))
-        if resp.status >= 500 or resp.status == 429:
-            self.breaker.failure()
-        else:
-            self.breaker.success()
         if resp.status < 400:
             return resp
         body = b""
         if method != "HEAD":
             try:
-                body = await self._read_limited(resp, MAX_ERROR_BODY, truncate=True)
+                body = await read_limited(resp, MAX_ERROR_BODY, truncate=True)
             except (errors.UpstreamError, errors.UpstreamTimeout):
                 body = b""
         resp.release()
@@ -256,15 +308,17 @@ class RegistryClient:
 
     async def _authorized(self, method: str, url: str, headers: dict[str, str], scope: str,
                           query, data: bytes | None = None) -> aiohttp.ClientResponse:
-        auth = await self._auth_header(scope)
+        auth = await self._auth.header(scope)
         sent = time.monotonic()
         resp = await self._follow(method, url, headers, auth, query, data)
         if resp.status != 401 or _origin(str(resp.url)) != self._origin:
             return resp
-        # A 401 without a challenge (some proxies strip it) repeats the last one we know.
-        challenges = parse_challenges(resp.headers.get("WWW-Authenticate", "")) or \
-            ([self._challenge] if self._challenge is not None else [])
-        answer = await self._answer(challenges, scope, stale=auth, sent=sent)
+        try:
+            answer = await self._auth.answer(resp.headers.get("WWW-Authenticate", ""), scope,
+                                             stale=auth, sent=sent)
+        except BaseException:
+            resp.release()   # answering failed (realm down, cancelled): free the connection
+            raise
         if answer is None:
             return resp
         resp.release()
@@ -294,93 +348,15 @@ class RegistryClient:
         raise errors.UpstreamError(f"{self.name}: more than "
                                    f"{self.settings.max_redirects} redirects")
 
-    async def _auth_header(self, scope: str) -> str | None:
-        """Credentials to send before being asked, once we know the upstream's scheme."""
-        challenge = self._challenge
-        if challenge is None:
-            return None
-        if challenge.scheme == "basic":
-            return await self._basic()
-        return "Bearer " + await self._tokens.get(challenge, scope)
 
-    async def _answer(self, challenges: list[Challenge], scope: str,
-                      stale: str | None, sent: float) -> str | None:
-        for challenge in challenges:
-            if challenge.scheme == "bearer" and challenge.realm:
-                self._challenge = Challenge("bearer", {k: v for k, v in challenge.params.items()
-                                                       if k in ("realm", "service")})
-                # A token we just sent and got a 401 for is stale (revoked, clock skew).
-                token = await self._tokens.get(self._challenge, scope, force=stale is not None)
-                return "Bearer " + token
-            if challenge.scheme == "basic":
-                header = await self._basic()
-                if header is not None and header == stale:
-                    # Refused: worth one more try only with freshly fetched credentials
-                    # (an expired ECR token; the new one may even read the same).
-                    if not await self._credentials.rejected(sent):
-                        return None
-                    header = await self._basic()
-                if header is None:
-                    return None
-                self._challenge = Challenge("basic")
-                return header
+def _next_link(resp: aiohttp.ClientResponse) -> str | None:
+    """aiohttp's RFC 8288 parse of ``Link`` skips what it cannot read (a link without
+    ``>``); a target that is no URL at all is no next page either."""
+    try:
+        link = resp.links.get("next")
+    except ValueError:
         return None
-
-    async def _basic(self) -> str | None:
-        pair = await self._credentials.get()
-        return basic_header(*pair) if pair else None
-
-    async def _fetch_token(self, challenge: Challenge, scope: str):
-        realm = challenge.realm or ""
-        params = {"scope": scope}
-        if challenge.params.get("service"):
-            params["service"] = challenge.params["service"]
-        headers = {"User-Agent": USER_AGENT}
-        s = self.settings
-        basic = await self._basic()
-        if basic and realm_trusted(self._base, realm):
-            headers["Authorization"] = basic
-        elif basic:
-            log.warning("realm_untrusted", upstream=self.name, realm=realm)
-        try:
-            async with asyncio.timeout(s.header_timeout):
-                async with self._session.get(realm, params=params, headers=headers,
-                                             allow_redirects=False,
-                                             timeout=self._timeout) as resp:
-                    body = await self._read_limited(resp, MAX_ERROR_BODY, truncate=True)
-                    status = resp.status
-        except TimeoutError as exc:
-            raise errors.UpstreamTimeout(f"{self.name}: token realm timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise errors.UpstreamUnavailable(f"{self.name}: token realm unreachable") from exc
-        if status in (401, 403):
-            raise errors.Unauthorized(f"{self.name}: token realm refused the credentials")
-        if status != 200:
-            raise errors.UpstreamError(f"{self.name}: token realm answered {status}")
-        try:
-            return parse_token_response(json.loads(body))
-        except ValueError as exc:
-            raise errors.UpstreamError(f"{self.name}: bad token response") from exc
-
-    @staticmethod
-    async def _read_limited(resp: aiohttp.ClientResponse, limit: int,
-                            truncate: bool = False) -> bytes:
-        """A small body (manifest, error, token) in memory. A body cut or stalled midway
-        is the upstream's failure (502/504), never ours."""
-        chunks, total = [], 0
-        try:
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                total += len(chunk)
-                if total > limit:
-                    if truncate:
-                        break
-                    raise errors.UpstreamError(f"response larger than {limit} bytes")
-                chunks.append(chunk)
-        except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout
-            raise errors.UpstreamTimeout("response body stalled") from exc
-        except aiohttp.ClientError as exc:
-            raise errors.UpstreamError(f"response body failed: {exc}") from exc
-        return b"".join(chunks)
+    return str(link["url"]) if link is not None and link.get("url") else None
 
 
 def _location(resp: aiohttp.ClientResponse) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 
 class Credentials(Protocol):
@@ -17,6 +17,10 @@ class Credentials(Protocol):
 
 class StaticCredentials:
     def __init__(self, username: str | None, password: str | None) -> None:
+        self.replace(username, password)
+
+    def replace(self, username: str | None, password: str | None) -> None:
+        """New credentials (SIGHUP) for every request from now on."""
         self._pair = (username, password or "") if username else None
 
     async def get(self) -> tuple[str, str] | None:
@@ -36,3 +40,6 @@ class UpstreamObserver:
         return None
 
     def token_refreshed(self, upstream: str) -> None: ...
+
+    def breaker_watched(self, upstream: str, state: Callable[[], int]) -> None:
+        """``state()`` reads the upstream's breaker now (``breaker.State``)."""

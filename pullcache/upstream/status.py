@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
+import aiohttp
+
 from .. import errors
 
 
@@ -16,6 +18,8 @@ def error_for(status: int, headers: Mapping[str, str], body: bytes,
         code = upstream_code(body)
         cls = errors.NameUnknown if code == "NAME_UNKNOWN" else not_found
         return cls(detail)
+    if status == 405 or (status < 500 and upstream_code(body) == "UNSUPPORTED"):
+        return errors.Unsupported(detail)   # distribution-spec code-13: not offered here
     if status == 401:
         return errors.Unauthorized(detail)
     if status == 403:
@@ -50,3 +54,23 @@ def upstream_detail(body: bytes) -> str | None:
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:512]
     text = body.decode("utf-8", "replace").strip()
     return text[:512] or None
+
+
+async def read_limited(resp, limit: int, truncate: bool = False) -> bytes:
+    """An aiohttp response body up to ``limit`` bytes: cut there (``truncate``) or refused
+    with ``UpstreamError``. A body cut or stalled midway is the upstream's failure (502/504),
+    never ours."""
+    chunks, total = [], 0
+    try:
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            total += len(chunk)
+            if total > limit:
+                if truncate:
+                    break
+                raise errors.UpstreamError(f"response larger than {limit} bytes")
+            chunks.append(chunk)
+    except TimeoutError as exc:  # aiohttp's sock_read timeout
+        raise errors.UpstreamTimeout("response body stalled") from exc
+    except aiohttp.ClientError as exc:
+        raise errors.UpstreamError(f"response body failed: {exc}") from exc
+    return b"".join(chunks)

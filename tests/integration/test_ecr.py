@@ -3,82 +3,22 @@ the ECR API, a real Distribution registry (htpasswd user AWS) the ECR registry e
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from tests.support.daemon import Pullcache, UpstreamSpec
-from tests.support.ecr import (AWS_ENV, backing_config, start_ecr_registry, start_moto)
-from tests.support.faultproxy import FaultProxy
+from tests.support.ecr import AWS_ENV, backing_config
+from tests.support.ecr_fleet import *  # noqa: F401,F403 - the fixtures
+from tests.support.ecr_fleet import ecr_auth, ecr_repo, pull, wait_written
 from tests.support.http import request
 from tests.support.images import build_image, push
 from tests.support.ports import wait_until
 
 
-@pytest.fixture(scope="module")
-def moto():
-    server, ecr = start_moto()
-    yield ecr
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def ecr_registry(tmp_path_factory):
-    reg = start_ecr_registry(tmp_path_factory.mktemp("ecr-registry"))
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
-def origin(registry):
-    """The origin registry behind a counting proxy."""
-    with FaultProxy(registry.url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def ecr_front(ecr_registry):
-    """The ECR registry endpoint behind a fault proxy."""
-    with FaultProxy(ecr_registry.url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-def node(tmp_path, origin, moto, ecr_front):
-    """Factory: a pullcache node (own cache dir) with the ECR tier in front of the origin."""
-    nodes: list[Pullcache] = []
-
-    def make(name: str, **backing) -> Pullcache:
-        workdir = tmp_path / name
-        workdir.mkdir()
-        pc = Pullcache(workdir, [UpstreamSpec(origin.host, origin.url, default=True)],
-                       backing=backing_config(moto, ecr_front.url, **backing), env=AWS_ENV)
-        nodes.append(pc)
-        return pc.start()
-    yield make
-    for pc in nodes:
-        pc.stop()
-
-
-def pull(pc: Pullcache, repo: str, tag: str, image) -> None:
-    """What a client does: the manifest by tag, then every blob; all verified."""
-    r = request(pc.url, f"/v2/{repo}/manifests/{tag}")
-    assert r.status == 200 and r.body == image.manifest, r.body
-    for blob in image.blobs():
-        b = request(pc.url, f"/v2/{repo}/blobs/{blob.digest}")
-        assert b.status == 200 and b.sha256 == blob.digest
-
-
-def wait_written(pc: Pullcache, pushed: int) -> None:
-    """Until the write-behind queue is empty and ``pushed`` writes have landed."""
-    def done() -> bool:
-        return pc.metric("pullcache_tier_write_queue") == 0 and \
-            pc.metric("pullcache_tier_writes_total", outcome="pushed") >= pushed
-    wait_until(done, 60, "the write-behind to land in ECR")
-
-
-def ecr_repo(origin: FaultProxy, repo: str) -> str:
-    return f"pullcache/{origin.host.replace(':', '-')}/{repo}"
+def assert_tier_tried(pc: Pullcache, image) -> None:
+    """The tier was asked first, and failed, for the manifest and for every blob."""
+    assert pc.metric("pullcache_tier_reads_total", kind="manifest", outcome="error") == 1
+    skipped = {e["digest"] for e in pc.events("fill_source_skipped") if e["source"] == "ecr"}
+    assert skipped == {blob.digest for blob in image.blobs()}
 
 
 def test_two_nodes_share_the_tier(node, origin, registry, moto, ecr_registry):
@@ -90,8 +30,7 @@ def test_two_nodes_share_the_tier(node, origin, registry, moto, ecr_registry):
     # Landed in ECR: the repository exists (API), the content is in the registry.
     mirrored = ecr_repo(origin, "fleet/app")
     assert mirrored in moto.repositories()
-    auth = {"Authorization": "Basic " + base64.b64encode(
-        f"AWS:{ecr_registry.password}".encode()).decode(), "Accept": image.media_type}
+    auth = ecr_auth(ecr_registry, image.media_type)
     tagged = request(ecr_registry.url, f"/v2/{mirrored}/manifests/v1", headers=auth)
     assert tagged.status == 200 and tagged.body == image.manifest
     for blob in image.blobs():
@@ -102,8 +41,9 @@ def test_two_nodes_share_the_tier(node, origin, registry, moto, ecr_registry):
     b = node("b")
     pull(b, "fleet/app", "v1", image)
     assert origin.count("GET", "/blobs/") == blob_gets, "node B fetched blobs from the origin"
-    assert b.metric("pullcache_tier_reads_total", kind="blob", outcome="hit") == \
-        len(image.blobs())
+    # Counted once each fill commits, which may follow the client's last byte.
+    wait_until(lambda: b.metric("pullcache_tier_reads_total", kind="blob",
+                                outcome="hit") == len(image.blobs()), 30, "tier reads counted")
     # The origin still decides what the tag means (a HEAD), and nothing is written back.
     assert b.metric("pullcache_tier_writes_total", kind="blob") == 0
 
@@ -121,6 +61,8 @@ def test_tier_trouble_falls_back_to_the_origin(node, origin, registry, ecr_front
     ecr_front.set_fault(kind, match="/v2/", **fault)
     pc = node("c")
     pull(pc, "fleet/down", "v1", image)   # no client-visible error
+    assert ecr_front.fault_hits >= 1 + len(image.blobs())   # the manifest and every blob
+    assert_tier_tried(pc, image)
     assert origin.count("GET", "/blobs/") == len(image.blobs())
     assert "Traceback" not in pc.log()
 
@@ -134,6 +76,8 @@ def test_tier_unreachable_falls_back_to_the_origin(node, origin, registry, moto,
                    backing=backing_config(moto, "http://127.0.0.1:9"), env=AWS_ENV).start()
     try:
         pull(pc, "fleet/gone", "v1", image)
+        assert_tier_tried(pc, image)
+        assert origin.count("GET", "/blobs/") == len(image.blobs())
     finally:
         pc.stop()
 

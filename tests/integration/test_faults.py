@@ -4,7 +4,7 @@ served or cached, failures become OCI errors, cached content outlives its upstre
 from __future__ import annotations
 
 import http.client
-import os
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -135,8 +135,8 @@ def test_cache_serves_after_restart_with_upstream_gone(make_pullcache, tmp_path)
 BAD_PATHS = [
     ("/v2/UPPER/manifests/latest", 400, "NAME_INVALID"),
     ("/v2/a..b/manifests/latest", 400, "NAME_INVALID"),
-    ("/v2/ok/manifests/bad!tag", 400, "TAG_INVALID"),
-    ("/v2/ok/manifests/" + "t" * 129, 400, "TAG_INVALID"),
+    ("/v2/ok/manifests/bad!tag", 404, "MANIFEST_UNKNOWN"),
+    ("/v2/ok/manifests/" + "t" * 129, 404, "MANIFEST_UNKNOWN"),
     ("/v2/ok/blobs/sha256:totallywrong", 400, "DIGEST_INVALID"),
     ("/v2/ok/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
     ("/v2/ok/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),
@@ -147,7 +147,7 @@ BAD_PATHS = [
     ("/v2//etc/passwd/manifests/x", 400, "NAME_INVALID"),
     ("/v2/ok/blobs/..%2f..%2f..%2fetc%2fpasswd", 404, "NOT_FOUND"),
     ("/v2/ok/blobs/%2e%2e", 400, "DIGEST_INVALID"),
-    ("/v2/ok/manifests/%2e%2e", 400, "TAG_INVALID"),
+    ("/v2/ok/manifests/%2e%2e", 404, "MANIFEST_UNKNOWN"),
     ("/v2/ok/referrers/notadigest", 400, "DIGEST_INVALID"),
     ("/v2/ok/tags/list?n=-1", 400, "PAGINATION_NUMBER_INVALID"),
     ("/v2/ok/nothing/here", 404, "NOT_FOUND"),
@@ -157,11 +157,16 @@ BAD_PATHS = [
 
 def test_bad_input_gets_oci_errors_and_touches_nothing(pullcache, tmp_path):
     before = sorted(str(p) for p in pullcache.cache_dir.rglob("*"))
+    passwd = Path("/etc/passwd")
+    passwd_before = (passwd.stat().st_mtime_ns, passwd.read_bytes())
+    outside_before = sorted(str(p) for p in pullcache.workdir.parent.rglob("*")
+                            if pullcache.cache_dir not in p.parents)
     for path, status, code in BAD_PATHS:
         r = request(pullcache.url, path)
         assert r.status == status, (path, r.status, r.body)
         assert r.headers["content-type"].startswith("application/json"), path
         assert r.error_codes == [code], (path, r.body)
+        assert b"root:" not in r.body, path                 # no file outside was read
     for method in ("PUT", "POST", "PATCH", "DELETE"):
         r = request(pullcache.url, "/v2/ok/blobs/uploads/", method=method)
         assert r.status == 405 and r.error_codes == ["UNSUPPORTED"]
@@ -169,7 +174,12 @@ def test_bad_input_gets_oci_errors_and_touches_nothing(pullcache, tmp_path):
                    if "index" not in p.parts and "tags" not in p.parts)
     assert set(after) <= set(before) | {str(pullcache.cache_dir / "tmp")}
     assert "Traceback" not in pullcache.log()
-    assert os.path.exists("/etc/passwd")
+    # Nothing outside the cache root was written: not the traversal targets, not the
+    # directories around the cache (only the daemon's own log grows there).
+    assert (passwd.stat().st_mtime_ns, passwd.read_bytes()) == passwd_before
+    outside_after = sorted(str(p) for p in pullcache.workdir.parent.rglob("*")
+                           if pullcache.cache_dir not in p.parents)
+    assert outside_after == outside_before
 
 
 class RedirectLoop(ThreadedApp):

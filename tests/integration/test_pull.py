@@ -7,6 +7,7 @@ import pytest
 from tests.support.daemon import UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_index, push
+from tests.support.ports import wait_until
 
 OCI_M = "application/vnd.oci.image.manifest.v1+json"
 OCI_I = "application/vnd.oci.image.index.v1+json"
@@ -81,18 +82,33 @@ def test_blob_get_head_range_miss_and_hit(pullcache, images):
     path = f"/v2/test/oci/blobs/{layer.digest}"
     head = request(pullcache.url, path, method="HEAD")
     assert head.status == 200 and head.headers["content-length"] == str(layer.size)
-    # Range on a miss is served from the fill as it arrives; on a hit by sendfile.
-    for state in ("miss", "hit"):
-        r = request(pullcache.url, path, headers={"Range": "bytes=1000-1999"})
+    # Range on a miss is served from the fill as it arrives; on a hit from the cached file.
+    for state, source in (("miss", "fill"), ("hit", "cache")):
+        served = pullcache.metric("pullcache_served_bytes_total", source=source)
+        r = request(pullcache.url, path, headers={"Range": "bytes=1000-1999",
+                                                  "X-Request-Id": f"range-{state}"})
         assert r.status == 206, state
         assert r.body == layer.data[1000:2000]
         assert r.headers["content-range"] == f"bytes 1000-1999/{layer.size}"
+        assert access_line(pullcache, f"range-{state}")["cache"] == state
+        assert pullcache.metric("pullcache_served_bytes_total", source=source) == \
+            served + 1000, f"the {state} was not served from the {source}"
         full = request(pullcache.url, path)
         assert full.status == 200 and full.body == layer.data
     tail = request(pullcache.url, path, headers={"Range": f"bytes={layer.size - 10}-"})
     assert tail.status == 206 and tail.body == layer.data[-10:]
     beyond = request(pullcache.url, path, headers={"Range": f"bytes={layer.size}-"})
     assert beyond.status == 416
+
+
+def access_line(pc, rid: str) -> dict:
+    """The access line of the request sent with ``X-Request-Id: rid`` (written once the
+    response was sent)."""
+    lines: list[dict] = []
+    wait_until(lambda: lines.extend(e for e in pc.events("request")
+                                    if e.get("request_id") == rid) or lines,
+               10, f"the access line of request {rid}")
+    return lines[0]
 
 
 def test_tag_revalidates_with_head_only(make_pullcache, registry, fault_proxy, images):

@@ -66,6 +66,7 @@ def test_blobs_are_shared_across_routes(routed, seeded, registry, registry_token
     layer = seeded["hub"].layers[0]
     cold = request(routed.url, f"/v2/alpine/blobs/{layer.digest}?ns=docker.io")  # a fill
     assert cold.sha256 == layer.digest and cold.headers["oci-namespace"] == "docker.io"
+    routed.wait_committed(layer.digest)
     # Same digest asked for under another upstream: served from the one stored copy.
     r = request(routed.url, f"/v2/o/app/blobs/{layer.digest}?ns=ghcr.io")
     assert r.status == 200 and r.sha256 == layer.digest

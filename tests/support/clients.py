@@ -16,7 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -149,17 +149,23 @@ class Podman:
         return path
 
     def run(self, conf: Path, *args: str, timeout: float = 180) -> str:
+        proc = self.attempt(conf, *args, timeout=timeout)
+        assert proc.returncode == 0, f"podman {' '.join(args)}:\n{proc.stderr}"
+        return proc.stdout
+
+    def attempt(self, conf: Path, *args: str, timeout: float = 180,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run podman; the caller judges the outcome (skips if podman cannot run here)."""
         proc = subprocess.run(
             ["podman", "--root", str(self.workdir / "root"), "--runroot",
              str(self.runroot), "--storage-driver", "vfs", "--cgroup-manager",
              "cgroupfs", "--events-backend", "file", *args],
             capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)})
+            env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), **(env or {})})
         if proc.returncode != 0 and "cannot" in proc.stderr.lower() and "permission" in \
                 proc.stderr.lower():
             pytest.skip(f"podman cannot run on this machine: {proc.stderr[-500:]}")
-        assert proc.returncode == 0, f"podman {' '.join(args)}:\n{proc.stderr}"
-        return proc.stdout
+        return proc
 
 
 @dataclass
@@ -168,6 +174,10 @@ class Dockerd:
     mirror: str
     containerd: Containerd
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
+    # Mounted over /etc/docker in dockerd's namespace: certs.d/<host:port>/ca.crt, client.*
+    etc_docker: Path | None = None
+    env: dict = field(default_factory=dict)   # for the docker CLI (DOCKER_CONFIG=…)
 
     @property
     def socket(self) -> Path:
@@ -181,14 +191,17 @@ class Dockerd:
         hosts.write_text("127.0.0.1 localhost\n" + "".join(
             f"127.0.0.1 {name}\n" for name in DOCKER_HUB_NAMES))
         (self.workdir / "daemon.json").write_text(json.dumps({}))
+        etc = f"mount --bind {self.etc_docker} /etc/docker || exit 91\n" if self.etc_docker \
+            else ""
+        insecure = f"--insecure-registry {self.mirror} " if self.scheme == "http" else ""
         script = self.workdir / "start.sh"
         script.write_text(f"""#!/bin/sh
 # Private mount namespace: Docker Hub's names resolve to 127.0.0.1 for this dockerd only.
 mount --bind {hosts} /etc/hosts || exit 90
-exec dockerd --data-root {self.workdir}/data --exec-root {self.workdir}/exec \\
+{etc}exec dockerd --data-root {self.workdir}/data --exec-root {self.workdir}/exec \\
   --pidfile {self.workdir}/docker.pid -H unix://{self.socket} \\
   --bridge=none --iptables=false --ip-masq=false --storage-driver=vfs \\
-  --registry-mirror http://{self.mirror} --insecure-registry {self.mirror} \\
+  --registry-mirror {self.scheme}://{self.mirror} {insecure}\\
   --containerd {self.containerd.socket} --config-file {self.workdir}/daemon.json
 """)
         script.chmod(0o755)
@@ -208,7 +221,8 @@ exec dockerd --data-root {self.workdir}/data --exec-root {self.workdir}/exec \\
 
     def docker(self, *args: str, check: bool = True, timeout: float = 180) -> tuple[int, str]:
         proc = subprocess.run(["docker", "-H", f"unix://{self.socket}", *args],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **self.env} if self.env else None)
         if check:
             assert proc.returncode == 0, f"docker {' '.join(args)}:\n{proc.stderr}"
         return proc.returncode, proc.stdout + proc.stderr

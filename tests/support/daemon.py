@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ports import free_port, wait_http
+from .ports import free_port, wait_http, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,14 +36,18 @@ class Pullcache:
     upstreams: list[UpstreamSpec]
     cache: dict = field(default_factory=dict)
     backing: dict = field(default_factory=dict)   # [backing.ecr] keys
+    server: dict = field(default_factory=dict)    # more [server] keys (tls_cert, …)
+    access: dict = field(default_factory=dict)    # [access] keys
     env: dict = field(default_factory=dict)
     port: int = 0
     admin_port: int = 0
+    listen_host: str = "127.0.0.1"   # or "::1"
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.server.get("tls_cert") else "http"
+        return f"{scheme}://{self.host}"
 
     @property
     def admin_url(self) -> str:
@@ -52,7 +56,8 @@ class Pullcache:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.port}"
 
     @property
     def cache_dir(self) -> Path:
@@ -63,10 +68,14 @@ class Pullcache:
         return self.workdir / "pullcache.log"
 
     def write_config(self) -> Path:
-        self.port = self.port or free_port()
+        self.port = self.port or free_port(self.listen_host)
         self.admin_port = self.admin_port or free_port()
-        lines = ["[server]", f'listen = "127.0.0.1:{self.port}"',
-                 f'admin_listen = "127.0.0.1:{self.admin_port}"', "", "[cache]",
+        lines = ["[server]", f'listen = "{self.host}"',
+                 f'admin_listen = "127.0.0.1:{self.admin_port}"']
+        lines += [f"{k} = {_toml(v)}" for k, v in self.server.items()]
+        if self.access:
+            lines += ["", "[access]"] + [f"{k} = {_toml(v)}" for k, v in self.access.items()]
+        lines += ["", "[cache]",
                  f'dir = "{self.cache_dir}"']
         cache = {"max_size": "4GiB", **self.cache}
         lines += [f"{k} = {_toml(v)}" for k, v in cache.items()]
@@ -115,6 +124,17 @@ class Pullcache:
         code, self.proc = self.proc.returncode, None
         return code
 
+    def reload(self, timeout: float = 15.0) -> bool:
+        """Write the config again and SIGHUP; True once pullcache says it reloaded, False if
+        it said the reload failed."""
+        self.write_config()
+        before = len(self.events("reloaded")), len(self.events("reload_failed"))
+        self.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: (len(self.events("reloaded")),
+                            len(self.events("reload_failed"))) != before, timeout,
+                   "pullcache to reload")
+        return len(self.events("reloaded")) > before[0]
+
     def kill(self) -> None:
         """SIGKILL: no cleanup runs, exactly like a crash or the OOM killer."""
         self.stop(signal.SIGKILL)
@@ -136,6 +156,14 @@ class Pullcache:
             if record.get("event") == name:
                 out.append(record)
         return out
+
+    def wait_committed(self, *digests: str, timeout: float = 30.0) -> None:
+        """Until every digest's fill is committed: a client has the last byte at
+        verification, and fsync, rename and index follow (``cache/fill.py``)."""
+        def done() -> bool:
+            committed = {e.get("digest") for e in self.events("fill_committed")}
+            return set(digests) <= committed
+        wait_until(done, timeout, f"the commit of {', '.join(digests)}")
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0 when absent)."""
@@ -167,4 +195,6 @@ def _toml(value) -> str:
         return str(value)
     if isinstance(value, (list, tuple)):
         return json.dumps([str(v) for v in value])
+    if isinstance(value, dict):   # an inline table
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     return json.dumps(str(value))

@@ -50,3 +50,69 @@ def backing_config(moto: MotoEcr, registry_url: str, **extra) -> dict:
     return {"enabled": True, "region": REGION, "registry_id": ACCOUNT,
             "repository_prefix": "pullcache", "endpoint_url": moto.url,
             "registry_url": registry_url, "drain_timeout": "2s", **extra}
+
+
+class AwsFront:
+    """A proxy in front of moto's ECR API that counts operations (``X-Amz-Target``) and
+    answers the ones in ``deny`` with AccessDeniedException, worded as AWS words it.
+
+    moto enforces no IAM unless ``MOTO_ENABLE_IAM_AUTH`` is set for the whole process (and
+    every other test would then need IAM users); a denial injected here is per test.
+    """
+
+    def __init__(self, moto: MotoEcr) -> None:
+        from tests.support._aiothread import ThreadedApp
+
+        front = self
+
+        class _App(ThreadedApp):
+            thread_name = "aws-front"
+
+            async def make_app(self):
+                from aiohttp import web
+                app = web.Application(client_max_size=0)
+                app.router.add_route("*", "/{tail:.*}", front._handle)
+                return app
+        self.moto = moto
+        self.deny: set[str] = set()
+        self.operations: list[str] = []
+        self._app = _App()
+
+    @property
+    def url(self) -> str:
+        return self._app.url
+
+    def start(self) -> "AwsFront":
+        self._app.start()
+        return self
+
+    def stop(self) -> None:
+        self._app.stop()
+
+    def count(self, operation: str) -> int:
+        return self.operations.count(operation)
+
+    async def _handle(self, request):
+        import aiohttp
+        from aiohttp import web
+        operation = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
+        self.operations.append(operation)
+        if operation in self.deny:
+            action = f"ecr:{operation}"
+            return web.json_response({
+                "__type": "AccessDeniedException",
+                "message": f"User: arn:aws:sts::{ACCOUNT}:assumed-role/node/i-0 is not "
+                           f"authorized to perform: {action} on resource: arn:aws:ecr:"
+                           f"{REGION}:{ACCOUNT}:repository/x because no identity-based "
+                           f"policy allows the {action} action"},
+                status=400, content_type="application/x-amz-json-1.1")
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length", "transfer-encoding")}
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.request(request.method, self.moto.url + request.path_qs,
+                                       data=body, headers=headers) as resp:
+                payload = await resp.read()
+                keep = {k: v for k, v in resp.headers.items()
+                        if k.lower() in ("content-type", "x-amzn-requestid")}
+                return web.Response(status=resp.status, body=payload, headers=keep)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -28,10 +29,15 @@ class Reply:
 
 
 def request(base: str, path: str, *, method: str = "GET", headers=None,
-            timeout: float = 60.0) -> Reply:
-    """``headers`` may be a dict or a list of (name, value) pairs (repeated Accept lines)."""
+            timeout: float = 60.0, context: ssl.SSLContext | None = None) -> Reply:
+    """``headers`` may be a dict or a list of (name, value) pairs (repeated Accept lines);
+    an ``https`` base is spoken with ``context`` (e.g. ``CA.client_context()``)."""
     parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                                           context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         conn.putrequest(method, path, skip_accept_encoding=True)
         items = headers.items() if isinstance(headers, dict) else (headers or [])

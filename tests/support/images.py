@@ -230,6 +230,66 @@ def build_index(children: Iterable[Image], *, docker: bool = False) -> Index:
     return Index(data, media_type, sha256_digest(data), children)
 
 
+# -- artifacts and referrers (image-spec v1.1 "artifactType"/"subject") ----------
+
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = Blob.of(b"{}", OCI_EMPTY)
+
+
+def build_artifact(subject: Image | Index, artifact_type: str, payload: bytes, *,
+                   annotations: Mapping[str, str] | None = None,
+                   in_config: bool = False) -> Image:
+    """An artifact manifest (a signature, an SBOM…) that refers to ``subject``.
+
+    Default: ``artifactType`` set, empty-JSON config, one layer holding ``payload``.
+    ``in_config=True``: the older form, no ``artifactType`` and the type as the config's
+    media type (payload in the config, one empty-JSON layer).
+    """
+    data = Blob.of(payload, artifact_type)
+    manifest: dict = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
+    if in_config:
+        config, layers = data, (EMPTY_JSON,)
+    else:
+        manifest["artifactType"] = artifact_type
+        config, layers = EMPTY_JSON, (data,)
+    manifest["config"] = config.descriptor()
+    manifest["layers"] = [layer.descriptor() for layer in layers]
+    manifest["subject"] = subject.descriptor()
+    if annotations:
+        manifest["annotations"] = dict(annotations)
+    body = json.dumps(manifest, indent=2).encode()
+    return Image(body, OCI_MANIFEST, sha256_digest(body), config, layers)
+
+
+def referrer_descriptor(artifact: Image | Index) -> dict:
+    """A referrers-list entry (distribution-spec "Listing Referrers"): the descriptor plus
+    ``artifactType`` (else the config media type) and the manifest's annotations."""
+    doc = json.loads(artifact.manifest)
+    desc = artifact.descriptor()
+    kind = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+    if kind:
+        desc["artifactType"] = kind
+    if doc.get("annotations"):
+        desc["annotations"] = doc["annotations"]
+    return desc
+
+
+def referrers_tag(subject_digest: str) -> str:
+    """The "Referrers Tag Schema" tag of a subject: ``sha256:abc…`` → ``sha256-abc…``."""
+    alg, _, encoded = subject_digest.partition(":")
+    return f"{alg}-{encoded[:64]}"
+
+
+def build_referrers_index(artifacts: Iterable[Image]) -> Index:
+    """The image index a fallback-aware client (oras, cosign, notation) pushes to the
+    subject's referrers tag when the registry lacks the referrers API."""
+    artifacts = tuple(artifacts)
+    doc = {"schemaVersion": 2, "mediaType": OCI_INDEX,
+           "manifests": [referrer_descriptor(a) for a in artifacts]}
+    body = json.dumps(doc, indent=2).encode()
+    return Index(body, OCI_INDEX, sha256_digest(body), artifacts)
+
+
 # -- pushing ------------------------------------------------------------------
 
 class PushError(RuntimeError):

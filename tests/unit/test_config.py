@@ -270,9 +270,28 @@ def upstream_error(body: str) -> str:
     ('username = "u"', "upstream[1].password: username and password must be set together"),
     ('password = "p"', "upstream[1].username: username and password must be set together"),
     ("password = 12345", "upstream[1].password: expected a string, got an integer"),
+    ("trusted_realms = 'auth.b.io'", "upstream[1].trusted_realms: expected an array"),
+    ("trusted_realms = ['https://auth.b.io']",
+     'upstream[1].trusted_realms: expected a host, "host:port" or "*.domain", '
+     'got "https://auth.b.io"'),
+    ("trusted_realms = ['*.b.io:443']", "upstream[1].trusted_realms: expected a host"),
+    ("trusted_realms = ['*.co.uk']",
+     'upstream[1].trusted_realms: "*.co.uk" spans a public suffix'),
+    ("trusted_realms = ['*.herokuapp.com']",
+     'upstream[1].trusted_realms: "*.herokuapp.com" spans a public suffix'),
+    ("trusted_realms = ['*.io']", 'upstream[1].trusted_realms: "*.io" spans a public suffix'),
 ])
 def test_upstream_errors_name_the_key(body, message):
     assert upstream_error(body).startswith(message)
+
+
+def test_trusted_realms():
+    c = loads(upstreams('host = "r.example.co.uk"\nurl = "https://r.example.co.uk"\n'
+                        'trusted_realms = ["Auth.Example.com", "auth.example.com:8443", '
+                        '"*.example.co.uk"]'), env=ENV)
+    assert c.upstreams[0].trusted_realms == ("auth.example.com", "auth.example.com:8443",
+                                             "*.example.co.uk")
+    assert UpstreamConfig(host="a.io", url="https://a.io").trusted_realms == ()
 
 
 @pytest.mark.parametrize("table, message", [
@@ -503,7 +522,7 @@ def test_example_config_loads():
 def test_example_config_documents_every_key():
     text = EXAMPLE.read_text()
     for cls in (cfg.ServerConfig, cfg.CacheConfig, cfg.LogConfig, UpstreamConfig,
-                cfg.EcrBackingConfig):
+                cfg.EcrBackingConfig, cfg.AccessConfig):
         for f in dataclasses.fields(cls):
             assert re.search(rf"^#? ?{f.name} = ", text, re.M), f.name
 

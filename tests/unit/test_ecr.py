@@ -130,3 +130,70 @@ async def test_a_failed_fetch_propagates_and_the_next_call_retries():
     with pytest.raises(RuntimeError):
         await c.get()
     assert await c.get() == ("AWS", "ok")
+
+
+# -- repository settings ([backing.ecr]) ----------------------------------------------------
+
+def settings_from(text: str):
+    from pullcache.backing.repositories import RepositorySettings
+    from pullcache.config import loads
+    return RepositorySettings.from_config(loads(text).backing_ecr)
+
+
+def test_settings_become_create_repository_arguments():
+    s = settings_from('[backing.ecr]\nencryption = "kms"\nkms_key = "alias/ecr"\n'
+                      'scan_on_push = true\ntag_mutability = "immutable"\n'
+                      'repository_tags = { team = "platform" }\n')
+    assert s.create_arguments() == {
+        "imageTagMutability": "IMMUTABLE", "imageScanningConfiguration": {"scanOnPush": True},
+        "encryptionConfiguration": {"encryptionType": "KMS", "kmsKey": "alias/ecr"},
+        "tags": [{"Key": "team", "Value": "platform"}]}
+    assert s.needed_actions() == ["ecr:CreateRepository", "ecr:TagResource", "kms:CreateGrant",
+                                  "kms:DescribeKey", "kms:RetireGrant"]
+
+
+def test_expire_untagged_after_generates_the_policy():
+    import json
+    s = settings_from('[backing.ecr]\nexpire_untagged_after = "30d"\n')
+    [rule] = json.loads(s.lifecycle_policy)["rules"]
+    assert rule["selection"] == {"tagStatus": "untagged", "countType": "sinceImagePushed",
+                                 "countUnit": "days", "countNumber": 30}
+    assert "ecr:PutLifecyclePolicy" in s.needed_actions()
+
+
+def test_lifecycle_policy_file_is_read_and_checked(tmp_path):
+    from pullcache.errors import ConfigError
+    (tmp_path / "p.json").write_text('{"rules": []}')
+    assert settings_from(f'[backing.ecr]\nlifecycle_policy = "{tmp_path}/p.json"\n') \
+        .lifecycle_policy == '{"rules": []}'
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="lifecycle_policy"):
+        settings_from(f'[backing.ecr]\nlifecycle_policy = "{tmp_path}/bad.json"\n')
+
+
+@pytest.mark.parametrize("text, message", [
+    ('kms_key = "alias/x"', "kms_key"),
+    ('encryption = "DES"', "encryption"),
+    ('lifecycle_policy = "/p.json"\nexpire_untagged_after = "30d"', "expire_untagged_after"),
+    ('expire_untagged_after = "2h"', "at least 1d"),
+    ('repository_tags = ["team"]', "repository_tags"),
+    ('tag_mutability = "SOMETIMES"', "tag_mutability"),
+])
+def test_settings_errors_name_the_key(text, message):
+    from pullcache.config import loads
+    from pullcache.errors import ConfigError
+    with pytest.raises(ConfigError, match=message):
+        loads(f"[backing.ecr]\n{text}\n")
+
+
+def test_differences_of_an_existing_repository():
+    s = settings_from('[backing.ecr]\nscan_on_push = true\nrepository_tags = { team = "a" }\n'
+                      'expire_untagged_after = "7d"\n')
+    same = {"encryptionConfiguration": {"encryptionType": "AES256"},
+            "imageScanningConfiguration": {"scanOnPush": True}, "imageTagMutability": "MUTABLE"}
+    assert s.differences(same, [{"Key": "team", "Value": "a"}], s.lifecycle_policy) == []
+    other = {**same, "imageTagMutability": "IMMUTABLE",
+             "encryptionConfiguration": {"encryptionType": "KMS"}}
+    got = s.differences(other, [], False)
+    assert got[0].startswith("encryption KMS") and "tag_mutability IMMUTABLE" in got
+    assert any(d.startswith("tag team") for d in got) and "lifecycle_policy" in got

@@ -16,7 +16,7 @@ import pytest
 from pullcache.cache.fill import Candidate, Fill, FillFailed, Fills
 from pullcache.cache.store import BlobStore, Budget
 from pullcache.errors import (
-    BlobUnknown, DigestMismatch, SizeInvalid, UpstreamError, UpstreamTimeout)
+    BlobUnknown, DigestMismatch, SizeInvalid, StorageError, UpstreamError, UpstreamTimeout)
 from pullcache.oci import Digest
 
 DATA = b"0123456789abcdefghij"      # 20 bytes, delivered as 3 chunks below
@@ -433,6 +433,7 @@ async def test_a_held_back_source_shows_no_byte_until_verified(fills, store):
     assert await early_range.result() == DATA[:4]
     assert all(ended for _, ended in reader.chunks + early_range.chunks)
     assert fill.source == "ecr" and never.opened == 0
+    await wait(fill.result)              # readers may finish before the commit does
     assert await store.stat("blob", DIGEST) is not None
 
 
@@ -519,10 +520,166 @@ async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):
     source.release_all()
     fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     try:
-        with pytest.raises(Exception) as info:
-            await wait(fill.result, timeout=1)
-        assert not isinstance(info.value, TimeoutError)
+        with pytest.raises(StorageError, match="cache is not open"):
+            await wait(fill.result, timeout=5)
         with pytest.raises(FillFailed):
             await Reader(fill).result()
     finally:
         await fills.close()
+
+
+# --- the pipeline: one writer thread, few wake-ups, the final byte at verification -------------
+
+@pytest.fixture
+def held_commit(store, monkeypatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """``store.commit`` sets the first event, then waits for the second."""
+    committing, commit_may_go = asyncio.Event(), asyncio.Event()
+    real_commit = store.commit
+
+    async def slow_commit(*args, **kwargs):
+        committing.set()
+        await commit_may_go.wait()
+        return await real_commit(*args, **kwargs)
+    monkeypatch.setattr(store, "commit", slow_commit)
+    return committing, commit_may_go
+
+
+async def test_the_final_byte_is_released_at_verification_before_the_commit(fills, store,
+                                                                             held_commit):
+    committing, commit_may_go = held_commit
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    assert await reader.result() == DATA          # whole, while the commit has not run
+    await wait(committing.wait())
+    assert not fill.result.done() and fill.verified
+    commit_may_go.set()
+    assert (await wait(fill.result)).size == len(DATA)
+    assert await store.stat("blob", DIGEST) is not None
+
+
+async def test_a_disk_write_error_fails_the_fill_with_a_storage_error(fills, store,
+                                                                      monkeypatch):
+    import errno
+    import pullcache.cache.writer as writer_module
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(writer_module.os, "write", full)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    with pytest.raises(StorageError):
+        await wait(fill.result)
+    with pytest.raises(FillFailed):
+        await reader.result()
+    await settled(fills)
+    assert temp_files(store) == [] and await store.stat("blob", DIGEST) is None
+
+
+async def test_readers_are_woken_per_step_not_per_chunk(fills, monkeypatch):
+    data = bytes(range(256)) * 4096 * 8          # 8 MiB in 512 chunks of 16 KiB
+    chunks = [data[i:i + 16384] for i in range(0, len(data), 16384)]
+    source = FakeSource(chunks)
+    fill, _ = fills.get_or_start("blob", Digest.of(data), origin(source))
+    wakes = 0
+    real_wake = fill._wake
+
+    def counting_wake():
+        nonlocal wakes
+        wakes += 1
+        real_wake()
+    monkeypatch.setattr(fill, "_wake", counting_wake)
+    reader = Reader(fill)
+    source.release_all()
+    assert await reader.result() == data
+    assert wakes < len(chunks) // 4, f"{wakes} wake-ups for {len(chunks)} chunks"
+
+
+async def test_close_lets_a_verified_fill_commit_and_cancels_the_rest(fills, store,
+                                                                     held_commit):
+    committing, commit_may_go = held_commit
+    done, downloading = FakeSource(CHUNKS), FakeSource(CHUNKS)
+    verified, _ = fills.get_or_start("blob", DIGEST, origin(done))
+    other_digest = Digest.of(b"another blob")
+    unfinished, _ = fills.get_or_start("blob", other_digest, origin(downloading))
+    done.release_all()
+    downloading.release(1)
+    await wait(committing.wait())                # verified, its commit under way
+    closing = asyncio.create_task(fills.close())
+    with pytest.raises(FillFailed):
+        await wait(unfinished.result)            # the download is cancelled at once ...
+    assert not closing.done()
+    commit_may_go.set()                          # ... the verified one commits
+    await wait(closing)
+    assert (await wait(verified.result)).size == len(DATA)
+    assert await store.stat("blob", DIGEST) is not None
+    assert await store.stat("blob", other_digest) is None
+
+
+async def test_an_announced_empty_blob_ends_only_when_verified(fills):
+    source = FakeSource([], size=0)                # empty, but DIGEST is not the empty digest
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    await wait(fill.started())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not reader.task.done(), "an unverified empty body looked complete"
+    source.end.set()
+    with pytest.raises(FillFailed):
+        await reader.result()
+    empty = Digest.of(b"")
+    good = FakeSource([], size=0)
+    good.release_all()
+    fill, _ = fills.get_or_start("blob", empty, origin(good))
+    assert await Reader(fill).result() == b""
+
+# --- the budget ----------------------------------------------------------------------------------
+
+class SampledSource(FakeSource):
+    """Records the cache's disk use (indexed files, index database, temp files) before
+    every chunk it hands over."""
+
+    def __init__(self, chunks: list[bytes], store: BlobStore, peaks: list[int]) -> None:
+        super().__init__(chunks)
+        self.store, self.peaks = store, peaks
+        self.release_all()
+
+    async def chunks(self):
+        async for chunk in super().chunks():
+            self.peaks.append(disk_use(self.store))
+            yield chunk
+
+
+def disk_use(store: BlobStore) -> int:
+    return store.index.volume() + sum(p.stat().st_size for p in store.tmp.iterdir())
+
+
+async def test_concurrent_fills_never_overshoot_the_budget(tmp_path):
+    """Issue #8 item 4: 12 concurrent 1 MiB fills on a 10 MiB cache (high watermark 7 MiB),
+    already holding 6 MiB of evictable blobs, stay within 10 MiB all along."""
+    mib = 1 << 20
+    store = BlobStore(tmp_path / "cache", Budget(10 * mib, 0.7, 0.5))
+    await store.open()
+    fills = Fills(store, deadline=60)
+    try:
+        for n in range(6):
+            data = bytes([n]) * mib
+            await store.put_bytes("blob", Digest.of(data), data)
+        peaks: list[int] = []
+        blobs = [bytes([100 + n]) * mib for n in range(12)]
+        started = [fills.get_or_start("blob", Digest.of(data), [candidate(
+            SampledSource([data[:mib // 2], data[mib // 2:]], store, peaks))])[0]
+            for data in blobs]
+        results = await wait(asyncio.gather(*(f.result for f in started)), timeout=30)
+        await settled(fills)
+        assert [r.size for r in results] == [mib] * 12
+        peaks.append(disk_use(store))
+        assert max(peaks) <= 10 * mib, f"peak {max(peaks) / mib:.2f} MiB"
+        assert (await store.usage())["reserved"] == 0
+        assert store.index.volume() <= store.budget.max_size
+    finally:
+        await fills.close()
+        await store.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pullcache.errors import PaginationInvalid, RangeInvalid
-from pullcache.server.routes import paginate, parse_n, parse_range
+from pullcache.server.ranges import parse_range, wanted
+from pullcache.server.routes import paginate, parse_n
 
 SIZE = 1000
 
@@ -64,6 +65,24 @@ def test_ranges_answered_with_the_whole_blob(header):
 
 def test_unknown_size_ignores_the_range():
     assert parse_range("bytes=0-10", None) is None
+
+
+ETAG = '"sha256:' + "a" * 64 + '"'
+
+
+@pytest.mark.parametrize("if_range, expected", [
+    (None, (5, 10)),                          # no precondition
+    (ETAG, (5, 10)),                          # the same representation: the range
+    (f" {ETAG} ", (5, 10)),
+    ("W/" + ETAG, None),                      # weak never matches (RFC 9110 §13.1.5)
+    ('"sha256:other"', None),                 # another representation: the whole blob
+    ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # a date: blobs carry no Last-Modified
+])
+def test_if_range_decides_whether_the_range_applies(if_range, expected):
+    headers = {"Range": "bytes=5-9"}
+    if if_range is not None:
+        headers["If-Range"] = if_range
+    assert wanted(headers, SIZE, ETAG) == expected
 
 
 # --- parse_n -----------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""An error after a response started is a cut connection, never a second response written
-into the body (a client reading up to Content-Length would take it for content)."""
+"""An error after a blob response started is a cut connection, never a second response
+written into the body (a client reading up to Content-Length would take it for content).
+``routes._send_blob`` is the one place that decides it; before ``prepare()`` the error
+envelope (``middleware.oci_errors``) answers as usual."""
 
 from __future__ import annotations
 
@@ -8,27 +10,50 @@ import asyncio
 from aiohttp import web
 
 from pullcache.metrics import Metrics
-from pullcache.server.keys import METRICS
-from pullcache.server.middleware import mark_started, oci_errors, request_context
+from pullcache.oci import Digest
+from pullcache.proxy.answers import BlobAnswer
+from pullcache.server.keys import METRICS, SENDFILE
+from pullcache.server.middleware import oci_errors, request_context
+from pullcache.server.routes import _send_blob
+from pullcache.server.sendfile import Sendfile
 
 BODY = b"x" * 1000
 
 
-async def streams_then_fails(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Length": str(len(BODY) + 100)})
-    await resp.prepare(request)
-    await resp.write(BODY)
-    raise RuntimeError("an unexpected error mid-body")
+class FailingBody:
+    """A body that gives its first span, then fails (an unexpected error mid-body)."""
+
+    def __init__(self, path) -> None:
+        self.size = len(BODY) + 100
+        self.path = path
+
+    async def spans(self, start: int = 0, end: int | None = None):
+        fd = open(self.path, "rb")
+        try:
+            yield fd.fileno(), 0, len(BODY)
+            raise RuntimeError("an unexpected error mid-body")
+        finally:
+            fd.close()
+
+    async def aclose(self) -> None:
+        pass
 
 
-async def fails_before(request: web.Request) -> web.StreamResponse:
-    raise RuntimeError("an unexpected error before any byte")
+async def test_error_after_start_cuts_the_connection(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(BODY)
+    digest = Digest.of(BODY)
 
+    async def streams_then_fails(request: web.Request) -> web.StreamResponse:
+        answer = BlobAnswer(digest, FailingBody(path), "hit")
+        return await _send_blob(request, answer, {"ETag": f'"{digest}"'})
 
-async def test_error_after_start_cuts_the_connection():
+    async def fails_before(request: web.Request) -> web.StreamResponse:
+        raise RuntimeError("an unexpected error before any byte")
+
     app = web.Application(middlewares=[request_context, oci_errors])
     app[METRICS] = Metrics()
-    app.on_response_prepare.append(mark_started)
+    app[SENDFILE] = Sendfile()
     app.router.add_get("/stream", streams_then_fails)
     app.router.add_get("/early", fails_before)
     runner = web.AppRunner(app)

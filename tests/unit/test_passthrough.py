@@ -10,6 +10,7 @@ import pytest
 
 from pullcache.cache.disk import Disk
 from pullcache.cache.fill import FillFailed, Fills
+from pullcache.cache import writer as writer_module
 from pullcache.cache.passthrough import Window
 from pullcache.errors import DigestMismatch
 from tests.unit.test_fill import (CHUNKS, DATA, DIGEST, FakeSource, Reader, eventually, origin,
@@ -32,15 +33,33 @@ def make_fills(store, disk, window: int = 1 << 20) -> Fills:
 
 
 def disk_full_after(fill, good_writes: int, code: int = errno.ENOSPC) -> None:
-    """The temp file takes ``good_writes`` chunks, then the disk refuses with ``code``."""
-    real, calls = fill._write_chunk, [0]
+    """The temp file takes ``good_writes`` chunks, then the disk refuses with ``code`` (in
+    the fill's writer thread, where a refused write surfaces)."""
+    real, calls = os.write, [0]
 
-    async def write(chunk, hasher):
-        calls[0] += 1
-        if calls[0] > good_writes:
-            raise OSError(code, os.strerror(code))
-        await real(chunk, hasher)
-    fill._write_chunk = write
+    def write(fd, data):
+        if fd == fill._fd and fd >= 0:
+            calls[0] += 1
+            if calls[0] > good_writes:
+                raise OSError(code, os.strerror(code))
+        return real(fd, data)
+    writer_module.os = _PatchedOs(write)
+
+
+class _PatchedOs:
+    """``os`` as the writer module sees it, with ``write`` replaced (undone by ``_os``)."""
+
+    def __init__(self, write) -> None:
+        self.write = write
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
+@pytest.fixture(autouse=True)
+def _os():
+    yield
+    writer_module.os = os
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pullcache.errors import NameInvalid, NameUnknown, NotFound
+from pullcache.errors import BlobUploadUnknown, NameInvalid, NameUnknown, NotFound
 from pullcache.routing import Route, Target, UpstreamTable, looks_like_host, resolve
 
 DIGEST = "sha256:" + "ab" * 32
@@ -159,7 +159,6 @@ def test_name_length_cap():
     "_catalog",
     "alpine/manifests/",
     "alpine/manifests",
-    "alpine/blobs/uploads/",
     "alpine/tags/list/extra",
     "alpine/tags",
     "alpine/manifests/a/b",
@@ -168,6 +167,13 @@ def test_name_length_cap():
 ])
 def test_non_endpoints_are_not_found(tail):
     with pytest.raises(NotFound):
+        resolve(TABLE, tail)
+
+
+@pytest.mark.parametrize("tail", ["alpine/blobs/uploads/", "alpine/blobs/uploads/abc-123"])
+def test_upload_sessions_are_unknown(tail):
+    # end-13 (GET /v2/<name>/blobs/uploads/<reference>) fails with 404; none exist here.
+    with pytest.raises(BlobUploadUnknown):
         resolve(TABLE, tail)
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import os
 from pathlib import Path
 
 import pytest
+import structlog
 
 from pullcache.cache.index import Entry, key_for, relpath_for
 from pullcache.cache.store import BlobStore, Budget
@@ -162,6 +165,7 @@ async def test_volume_counts_the_committed_bytes(store):
 async def test_eviction_order_is_by_use_not_by_storage(store):
     (a, _), (b, _), (c, _) = [await put(store, n) for n in range(3)]
     assert await store.stat("blob", a) is not None         # a is now the most recently used
+    assert await store.flush_recency() == 1
     freed = store.index.evict_to(store.index.volume() - 1)
     assert freed == [relpath_for("blob", "sha256", b.hex)]
     assert indexed(store) == {f"blob:{a}", f"blob:{c}"}
@@ -236,14 +240,36 @@ async def test_make_room_evicts_down_to_the_low_watermark(budgeted):
     assert budgeted.index.volume() + MiB <= budgeted.budget.low
 
 
-async def test_make_room_counts_reservations(budgeted):
+async def test_reserve_makes_room_and_counts_the_reservation_in_one_step(budgeted):
     stored = [await put(budgeted, n, MiB) for n in range(8)]
     assert await budgeted.make_room() == 0
-    with budgeted.reservation(2 * MiB):
+    with await budgeted.reserve(2 * MiB):
         assert (await budgeted.usage())["reserved"] == 2 * MiB
-        assert await budgeted.make_room() == 2 * MiB          # down to 8.5 - 2 MiB
+        # 8 MiB + 2 MiB incoming passes 9.5 MiB: down to 8.5 - 2 MiB, by reserve itself.
+        assert budgeted.evicted == [(2, 2 * MiB)]
+        assert indexed(budgeted) == {f"blob:{d}" for d, _ in stored[2:]}
+        assert await budgeted.make_room() == 0          # the reservation is counted
     assert (await budgeted.usage())["reserved"] == 0
-    assert indexed(budgeted) == {f"blob:{d}" for d, _ in stored[2:]}
+
+
+async def test_reserve_waits_while_fills_in_flight_leave_no_room(budgeted):
+    first = await budgeted.reserve(6 * MiB)
+    with structlog.testing.capture_logs() as logs:
+        second = asyncio.create_task(budgeted.reserve(6 * MiB))   # 12 MiB would pass 10 MiB
+        async with asyncio.timeout(5):
+            while not any(e["event"] == "cache_full_waited" for e in logs):
+                await asyncio.sleep(0.001)
+    assert not second.done()
+    first.release()
+    async with asyncio.timeout(5):
+        (await second).release()
+    first.release()                                      # idempotent
+    assert (await budgeted.usage())["reserved"] == 0
+
+
+async def test_a_fill_alone_is_never_kept_waiting(budgeted):
+    with await budgeted.reserve(20 * MiB):              # bigger than the whole cache
+        assert (await budgeted.usage())["reserved"] == 20 * MiB
 
 
 def test_budget_watermarks():
@@ -348,22 +374,75 @@ async def test_cache_tmp_replaced_by_a_file_is_reported(store):
 
 
 async def test_stat_with_pin_is_atomic_with_eviction(tmp_path):
-    """A blob found with ``stat(pin=True)`` survives eviction until unpinned, and then goes."""
+    """A blob found with ``stat(pin=True)`` survives eviction until unpinned, and then goes.
+
+    The lookup and the eviction race in two threads released together by a barrier, many
+    times: whichever wins, a lookup that found the blob must find its file still there."""
     store = BlobStore(tmp_path / "c", Budget(4 * 1000, 0.5, 0.25))
     await store.open()
+    a = Digest.of(b"a" * 1000)
+    barrier = threading.Barrier(2)
+
+    def racing(coroutine_fn):
+        def run():
+            barrier.wait(timeout=10)
+            return asyncio.run(coroutine_fn())
+        return run
+
     try:
-        a = Digest.of(b"a" * 1000)
-        await store.put_bytes("blob", a, b"a" * 1000)
-        entry = await store.stat("blob", a, pin=True)
-        for i in range(4):
-            data = bytes([i]) * 1000
-            await store.put_bytes("blob", Digest.of(data), data)
-        await store.make_room()
-        assert store.path(entry).exists(), "evicted while pinned"
-        assert await store.stat("blob", a) is not None
-        store.unpin(entry)
-        await store.make_room()   # the index database alone is over this tiny budget
-        await store.release()
-        assert await store.stat("blob", a) is None and not store.path(entry).exists()
+        found = 0
+        for round_ in range(30):
+            await store.put_bytes("blob", a, b"a" * 1000)
+            for i in range(4):
+                data = bytes([round_, i]) * 500
+                await store.put_bytes("blob", Digest.of(data), data)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                lookup = pool.submit(racing(lambda: store.stat("blob", a, pin=True)))
+                evict = pool.submit(racing(store.make_room))
+                entry, _ = lookup.result(timeout=30), evict.result(timeout=30)
+            await store.make_room()                 # evicts a's entry if the lookup won
+            if entry is not None:
+                found += 1
+                assert store.path(entry).exists(), f"round {round_}: evicted while pinned"
+                assert store.path(entry).read_bytes() == b"a" * 1000
+                store.unpin(entry)
+                await store.make_room()
+                await store.release()
+                assert await store.stat("blob", a) is None
+                assert not store.path(entry).exists()
+        assert found, "the lookup never won the race: nothing was checked"
     finally:
         await store.close()
+
+
+# --- eviction racing a committed read (issue #8) -------------------------------------------------
+
+async def test_eviction_racing_a_committed_read_never_removes_the_file_under_it(store):
+    """A response holds a FileBody (found and pinned in one step); eviction runs in another
+    thread while it reads. Every byte read is the blob's, the file outlives the response,
+    and once the response lets go the evicted file is unlinked."""
+    from pullcache.cache.body import FileBody
+    digest, _ = await put(store, 1, 2 * MiB)
+    entry = await store.stat("blob", digest, pin=True)
+    body = await FileBody.open(store, entry)
+    path = store.path(entry)
+    evicting = threading.Event()
+
+    def evict_repeatedly() -> None:
+        evicting.set()
+        for _ in range(50):
+            store.index.evict_to(0)
+            store.index.drop(f"blob:{digest}")   # as `cache rm` would, while we read
+    worker = threading.Thread(target=evict_repeatedly)
+    worker.start()
+    await asyncio.to_thread(evicting.wait, 5)
+    got = bytearray()
+    async for fd, offset, length in body.spans(0, body.size):
+        got += await asyncio.to_thread(os.pread, fd, length, offset)
+        assert path.exists(), "the file went while a response was reading it"
+    await asyncio.to_thread(worker.join, 10)
+    assert bytes(got) == blob(1, 2 * MiB)
+    assert path.exists() and f"blob:{digest}" not in indexed(store)
+    await body.aclose()
+    await store.release()
+    assert not path.exists(), "the evicted file outlived its last reader"

@@ -1,0 +1,75 @@
+"""The write-behind's durable queue: pending pushes on disk in the cache dir (#13).
+
+A job is written here before a worker may take it, and removed (acknowledged) only after
+ECR confirmed the push, so a crash or an OOM kill loses no queued push: the next start
+resumes every pending job. Jobs that failed for good are kept (bounded) with their last
+error, for ``pullcache tier status`` and the admin API.
+
+diskcache (SQLite) is safe across processes, so the CLI reads it while the daemon runs.
+Every method blocks; the write-behind calls them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import diskcache
+
+MAX_FAILED = 1000
+JOURNAL_DIR = "tier-queue"   # under the cache root
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    kind: str                  # "blob" | "manifest"
+    upstream: str
+    repo: str
+    digest: str
+    tag: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind} {self.upstream}/{self.repo}@{self.digest}" + \
+            (f" :{self.tag}" if self.tag else "")
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._pending: diskcache.Index | None = None
+        self._failed: diskcache.Index | None = None
+
+    def open(self) -> "Journal":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._pending = diskcache.Index(str(self.directory / "pending"))
+        self._failed = diskcache.Index(str(self.directory / "failed"))
+        return self
+
+    def close(self) -> None:
+        for index in (self._pending, self._failed):
+            if index is not None:
+                index.cache.close()
+
+    def add(self, job: Job) -> None:
+        self._pending[job.key] = {**asdict(job), "since": time.time()}
+
+    def ack(self, job: Job) -> None:
+        """ECR confirmed the job (or it has nothing left to do): forget it."""
+        self._pending.pop(job.key, None)
+        self._failed.pop(job.key, None)
+
+    def fail(self, job: Job, error: str) -> None:
+        """Failed for good: no longer pending, kept with its error (the oldest dropped)."""
+        self._pending.pop(job.key, None)
+        self._failed[job.key] = {**asdict(job), "error": error, "at": time.time()}
+        while len(self._failed) > MAX_FAILED:
+            self._failed.popitem(last=False)
+
+    def pending(self) -> list[Job]:
+        return [Job(**{k: v for k, v in item.items() if k != "since"})
+                for item in self._pending.values()]
+
+    def failed(self) -> list[dict]:
+        return list(self._failed.values())

@@ -1,0 +1,329 @@
+"""The write-behind: what the origin gave us, pushed into the tier in the background.
+
+- **Durable.** A job is in the ``Journal`` (cache dir) before a worker takes it and leaves it
+  only once ECR confirmed the push; a restart resumes what a crash left (#13).
+- **One upload per (repository, digest).** A manifest job pushes the blobs it references;
+  the blobs' own jobs may be uploading them at that moment. Every job awaits the one flight
+  for that pair (``uploads.Uploads``), which first asks ECR whether it is there; uploads count
+  completed PUTs, ``pullcache_tier_writes`` counts jobs by outcome.
+- **Every manifest shared.** An index's children go up with it, the ones this node never
+  pulled fetched from the origin once (manifests, never layers). What ECR cannot hold as
+  itself (layers or children not in the tier) is kept as an artifact (``Uploads.keep``); a
+  node that reads such a manifest queues it again, and pushes it as itself once it can.
+- Throttling and 5xx are retried with jittered exponential backoff; ``close`` drains for
+  ``drain_timeout`` and leaves the rest in the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol
+
+import structlog
+
+from .. import errors
+from ..oci import INDEX_TYPES, Digest
+from .content import Source, file_source, references
+from .journal import MAX_FAILED, Job, Journal
+from .uploads import Uploads
+
+if TYPE_CHECKING:
+    from .tier import EcrTier
+
+log = structlog.get_logger("pullcache.tier")
+REFUSED = ("MANIFEST_BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "MANIFEST_INVALID", "BLOB_UNKNOWN")
+
+
+class LocalContent(Protocol):
+    """What the write-behind reads from this node (provided by the proxy)."""
+
+    async def blob_path(self, digest: Digest) -> Path | None: ...
+    async def manifest(self, digest: Digest) -> tuple[bytes, str] | None: ...
+
+    async def origin_manifest(self, upstream: str, repo: str,
+                              digest: Digest) -> tuple[bytes, str] | None:
+        """Fetched from the origin by digest, verified and kept locally; None if it failed."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    job: Job
+    state: str = "queued"      # admitting | queued | waiting | running
+    attempt: int = 0
+    error: str | None = None
+
+
+class WriteBehind:
+    def __init__(self, tier: "EcrTier", local: LocalContent, journal: Journal | None = None,
+                 *, concurrency: int = 4, retries: int = 5, drain_timeout: float = 30.0,
+                 metrics=None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.tier = tier
+        self.local = local
+        self.journal = journal
+        self.retries = retries
+        self.drain_timeout = drain_timeout
+        self._concurrency = concurrency
+        self._metrics = metrics
+        self._sleep = sleep
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
+        self._jobs: dict[str, _Entry] = {}
+        self._failed: dict[str, dict] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.uploads = Uploads(tier, metrics)
+        self._denied_logged: set[str] = set()
+        self._workers: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def open(self) -> "WriteBehind":
+        """Resume what the journal holds, then start the workers."""
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.open)
+            pending = await asyncio.to_thread(self.journal.pending)
+            for item in await asyncio.to_thread(self.journal.failed):
+                self._failed[Job(*(item[k] for k in ("kind", "upstream", "repo", "digest",
+                                                     "tag"))).key] = item
+            for job in pending:
+                self._enqueue(_Entry(job))
+            if pending:
+                log.info("tier_queue_resumed", jobs=len(pending))
+        self._workers = [asyncio.create_task(self._work(), name=f"write-behind-{i}")
+                         for i in range(self._concurrency)]
+        return self
+
+    # -- what the proxy calls ---------------------------------------------------------------------
+
+    def blob(self, upstream: str, repo: str, digest: Digest) -> None:
+        self._submit(Job("blob", upstream, repo, str(digest)))
+
+    def manifest(self, upstream: str, repo: str, digest: Digest, tag: str | None) -> None:
+        self._submit(Job("manifest", upstream, repo, str(digest), tag))
+
+    def _submit(self, job: Job) -> None:
+        if job.key in self._jobs:
+            return
+        entry = _Entry(job, "admitting")
+        self._jobs[job.key] = entry
+        self._empty.clear()
+        self._gauge()
+        self._spawn(self._admit(entry))
+
+    async def _admit(self, entry: _Entry) -> None:
+        if self.journal is not None:   # on disk before any worker may take it
+            await asyncio.to_thread(self.journal.add, entry.job)
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        entry.state = "queued"
+        self._jobs[entry.job.key] = entry
+        self._empty.clear()
+        self._queue.put_nowait(entry)
+        self._gauge()
+
+    # -- the workers ------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            entry = await self._queue.get()
+            entry.state = "running"
+            try:
+                await self._run(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the worker's supervisor: log, fail, go on
+                log.exception("tier_write_crashed", kind=entry.job.kind, digest=entry.job.digest)
+                await self._end(entry, "failed", error=repr(exc))
+
+    async def _run(self, entry: _Entry) -> None:
+        job = entry.job
+        repo = self.tier.repository(job.upstream, job.repo)
+        try:
+            await self.tier.repositories.ensure(repo)
+            if job.kind == "blob":
+                outcome = await self.uploads.blob(repo, Digest.parse(job.digest),
+                                             self._local_file(Digest.parse(job.digest)))
+                # "gone": evicted locally before its turn; a later origin fill queues it again.
+                outcome = "skipped" if outcome == "gone" else outcome
+            else:
+                outcome = await self._manifest_job(repo, entry)
+        except errors.Denied as exc:   # CreateRepository denied (logged there) or a push denied
+            if self.tier.repositories.status().get(repo) != "denied" and \
+                    repo not in self._denied_logged:   # one line per repository
+                self._denied_logged.add(repo)
+                log.error("tier_write_denied", repository=repo, kind=job.kind, error=str(exc),
+                          needs=["ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+                                 "ecr:CompleteLayerUpload", "ecr:PutImage"])
+            await self._end(entry, "denied", error=str(exc))
+            return
+        except errors.PullcacheError as exc:
+            if isinstance(exc, errors.UPSTREAM_FAILURES) and entry.attempt < self.retries:
+                self._later(entry, str(exc))
+            else:
+                log.warning("tier_write_failed", kind=job.kind, repository=repo,
+                            digest=job.digest, error=str(exc), attempts=entry.attempt + 1)
+                await self._end(entry, "failed", error=str(exc))
+            return
+        if outcome == "wait":
+            self._later(entry, "references not in the tier yet")
+        else:
+            await self._end(entry, outcome)
+
+    # -- blobs ------------------------------------------------------------------------------------
+
+    def _local_file(self, digest: Digest) -> Source:
+        async def open_() -> AsyncIterator[bytes] | None:
+            return file_source(await self.local.blob_path(digest))
+        return open_
+
+    # -- manifests --------------------------------------------------------------------------------
+
+    async def _manifest_job(self, repo: str, entry: _Entry) -> str:
+        job = entry.job
+        digest = Digest.parse(job.digest)
+        found = await self.local.manifest(digest)
+        if found is None:
+            return "skipped"   # evicted locally meanwhile: nothing to push
+        patient = entry.attempt < self.retries   # the last attempt stores what it can
+        outcome = await self._put_manifest(job.upstream, job.repo, repo, digest, *found,
+                                           patient=patient)
+        if job.tag and outcome in ("pushed", "present"):
+            await self.uploads.tag(repo, job.tag, *found)
+        elif job.tag and outcome == "artifact":
+            log.info("tier_tag_skipped", repository=repo, tag=job.tag,
+                     reason="the manifest is kept as an artifact")
+        return outcome
+
+    async def _put_manifest(self, upstream: str, name: str, repo: str, digest: Digest,
+                            body: bytes, media_type: str, *, patient: bool) -> str:
+        """"pushed" | "present" (as itself in ``repo``), "artifact" (in the manifest store),
+        or "wait" (this node is still fetching what it references)."""
+        if await self.uploads.has_manifest(repo, digest):
+            return "present"
+        absent = waiting = False
+        for kind, ref in references(body, media_type):
+            if kind == "blobs":
+                absent |= await self.uploads.blob(repo, ref, self._local_file(ref)) == "gone"
+            else:
+                child = await self._child(upstream, name, repo, ref, patient=patient)
+                waiting |= child == "wait"
+                absent |= child in ("artifact", "missing")
+        if media_type in INDEX_TYPES and (absent or waiting):
+            # Readable by the fleet at once; pushed as itself later if its children get there
+            # meanwhile (this node, or the node that pulls the missing platform, completes it).
+            await self.uploads.keep(digest, body, media_type)
+            return "wait" if patient else "artifact"
+        if absent:   # an image whose layers this node does not have (yet)
+            return "wait" if patient else await self.uploads.keep(digest, body, media_type)
+
+        try:
+            return await self.uploads.manifest(repo, digest, body, media_type)
+        except errors.UpstreamError as exc:
+            if not any(code in str(exc) for code in REFUSED):
+                raise
+            log.info("tier_manifest_refused", repository=repo, digest=str(digest),
+                     error=str(exc))
+            return await self.uploads.keep(digest, body, media_type)
+
+    async def _child(self, upstream: str, name: str, repo: str, ref: Digest, *,
+                     patient: bool) -> str:
+        """An index's child, into the tier: from this node, else the origin (once)."""
+        if await self.uploads.has_manifest(repo, ref):
+            return "present"
+        found = await self.local.manifest(ref)
+        if found is None:
+            if await self.uploads.has_artifact(ref):
+                return "artifact"
+            found = await self.local.origin_manifest(upstream, name, ref)
+            if found is None:
+                return "missing"
+            patient = False   # no node pulled this platform: its layers are not coming
+        return await self._put_manifest(upstream, name, repo, ref, *found, patient=patient)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _later(self, entry: _Entry, reason: str) -> None:
+        entry.state, entry.error = "waiting", reason
+        delay = min(0.5 * 2 ** entry.attempt, 30.0) * random.uniform(0.5, 1.5)
+        entry.attempt += 1
+
+        async def requeue() -> None:
+            await self._sleep(delay)
+            self._enqueue(entry)
+        self._spawn(requeue())
+
+    async def _end(self, entry: _Entry, outcome: str, *, error: str | None = None) -> None:
+        """Acknowledge (the journal forgets it) or record the failure; then count it."""
+        job = entry.job
+        if error is None:
+            self._failed.pop(job.key, None)
+            if self.journal is not None:
+                await asyncio.to_thread(self.journal.ack, job)
+        else:
+            self._failed[job.key] = {"kind": job.kind, "upstream": job.upstream,
+                                     "repo": job.repo, "digest": job.digest, "tag": job.tag,
+                                     "error": error, "at": time.time()}
+            while len(self._failed) > MAX_FAILED:   # the oldest first, as in the journal
+                self._failed.pop(next(iter(self._failed)))
+            if self.journal is not None:
+                await asyncio.to_thread(self.journal.fail, job, error)
+        self._jobs.pop(job.key, None)
+        if not self._jobs:
+            self._empty.set()
+        if self._metrics is not None:
+            self._metrics.tier_writes.labels(job.kind, outcome).inc()
+        self._gauge()
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.tier_queue.set(len(self._jobs))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def status(self) -> dict:
+        """The queue per repository, JSON-able: pending, in flight, failed with the error."""
+        repos: dict[str, dict] = {}
+
+        def of(upstream: str, repo: str) -> dict:
+            return repos.setdefault(self.tier.repository(upstream, repo),
+                                    {"pending": 0, "in_flight": 0, "failed": []})
+        for entry in self._jobs.values():
+            slot = of(entry.job.upstream, entry.job.repo)
+            slot["in_flight" if entry.state == "running" else "pending"] += 1
+        for item in self._failed.values():
+            of(item["upstream"], item["repo"])["failed"].append(
+                {k: item[k] for k in ("kind", "digest", "tag", "error", "at")})
+        return {"pending": sum(r["pending"] for r in repos.values()),
+                "in_flight": sum(r["in_flight"] for r in repos.values()),
+                "failed": len(self._failed), "queue": repos,
+                # The same keys as ``backing.status.tier_status`` (offline): one CLI output.
+                "repositories": self.tier.repositories.status()}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def idle(self) -> None:
+        """Wait until every job ended (tests, drain)."""
+        await self._empty.wait()
+
+    async def close(self) -> None:
+        try:
+            async with asyncio.timeout(self.drain_timeout):
+                await self.idle()
+        except TimeoutError:
+            log.warning("tier_drain_timed_out", pending=len(self._jobs),
+                        kept_for_next_start=self.journal is not None)
+        tasks = [*self._workers, *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.uploads.close()
+        await self.tier.repositories.close()
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.close)
+

@@ -1,0 +1,64 @@
+"""Recovery: make the index and the files on disk agree after a crash (or a hand-edit).
+
+Temp files are unfinished fills: deleted. Entries whose file is gone: dropped. Files without
+an entry (a crash between rename and index): hashed, adopted when the content matches the
+name, deleted otherwise (a manifest's media type died with the crash: it is fetched again).
+Blocking; ``BlobStore.reconcile`` runs it in a thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..oci import Digest
+from .index import Entry, Index, key_for, relpath_for
+from .verify import file_matches
+
+KINDS = ("blob", "manifest")
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    temp_files_removed: int
+    entries_dropped: int
+    files_adopted: int
+    files_rejected: int
+
+
+def reconcile(root: Path, tmp: Path, index: Index) -> Reconciled:
+    temps = 0
+    for temp in tmp.iterdir():
+        temp.unlink(missing_ok=True)
+        temps += 1
+    dropped = 0
+    for key in list(index.keys()):
+        kind, _, digest = key.partition(":")
+        try:
+            parsed = Digest.parse(digest)
+        except Exception:  # noqa: BLE001 - a foreign key is simply dropped
+            parsed = None
+        if parsed is None or kind not in KINDS or not (
+                root / relpath_for(kind, parsed.algorithm, parsed.hex)).is_file():
+            index.drop(key)
+            dropped += 1
+    adopted = rejected = 0
+    for kind in KINDS:
+        top = relpath_for(kind, "x", "xx").split("/")[0]
+        for path in (root / top).glob("*/*/*"):
+            relpath = path.relative_to(root).as_posix()
+            key = key_for(relpath)
+            if key is None or key in index:
+                continue
+            if kind == "manifest":
+                # Its media type died with the crash; it will be fetched again.
+                path.unlink(missing_ok=True)
+                rejected += 1
+            elif file_matches(path, key.split(":", 1)[1]):
+                index.add(key, Entry(relpath, path.stat().st_size))
+                adopted += 1
+            else:
+                path.unlink(missing_ok=True)
+                rejected += 1
+    return Reconciled(temps, dropped, adopted, rejected)
+

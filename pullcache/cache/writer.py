@@ -1,0 +1,137 @@
+"""A fill's disk side: one thread that writes and hashes its chunks, in order, behind a
+bounded queue.
+
+The event loop reads the source and hands each chunk over without waiting for the disk
+(``write`` only waits when ``depth`` chunks are already queued: backpressure). The thread
+reports progress back to the loop at most once per loop iteration (``on_progress`` gets the
+bytes written so far), so a fast download costs the loop a handful of wake-ups, not one per
+chunk. ``finish`` waits for the queue to drain and returns the digest's hex.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+from typing import Callable
+
+Sink = Callable[[int, bytes], None]
+DEPTH = 64              # chunks queued at most (as read: ≤ 256 KiB each, ≤ 16 MiB held)
+
+
+class WriterFailed(Exception):
+    """The thread could not write (its ``OSError`` is the cause)."""
+
+
+class Writer:
+    def __init__(self, fd: int, hasher, on_progress: Callable[[int], None], *,
+                 depth: int = DEPTH, sink: Sink | None = None,
+                 fallback: Callable[[OSError, int], Sink] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = fd
+        self._hasher = hasher
+        self._on_progress = on_progress
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._room = asyncio.Semaphore(depth)
+        self._done = self._loop.create_future()
+        # Written by the thread, read by the loop (int stores are atomic under the GIL).
+        self._written = 0
+        self._chunks_done = 0
+        self._chunks_put = 0       # loop side: chunks handed over ...
+        self._chunks_freed = 0     # ... and reported written (their queue slots given back)
+        self._reported = threading.Event()   # set: no progress callback is pending
+        self._reported.set()
+        self._error: OSError | None = None
+        # ``sink(offset, chunk)``: where chunks go instead of ``fd`` (a pass-through window),
+        # from the start or from when ``fallback(exc, offset)`` (called in this thread on a
+        # refused write) returns one; a fallback that cannot take over re-raises ``exc``.
+        self._sink = sink
+        self._fallback = fallback
+        self._thread = threading.Thread(target=self._run, name="fill-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    async def write(self, chunk: bytes) -> None:
+        self._raise_if_failed()
+        await self._room.acquire()
+        self._raise_if_failed()
+        self._chunks_put += 1
+        self._queue.put(chunk)
+
+    async def finish(self) -> str:
+        """Wait until every queued chunk is on disk; the hex digest of them all."""
+        self._queue.put(None)
+        await asyncio.shield(self._done)
+        self._progress()
+        self._raise_if_failed()
+        return self._hasher.hexdigest()
+
+    async def close(self) -> None:
+        """Stop the thread (after the chunks already queued); safe after ``finish``."""
+        if not self._done.done():
+            self._queue.put(None)
+            await asyncio.shield(self._done)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise WriterFailed(str(self._error)) from self._error
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not None:
+                if self._error is None:
+                    try:
+                        self._write(chunk)
+                        self._hasher.update(chunk)
+                        self._written += len(chunk)
+                    except OSError as exc:
+                        self._error = exc   # the loop raises it; keep draining the queue
+                self._chunks_done += 1
+                if self._reported.is_set():
+                    self._reported.clear()
+                    self._loop.call_soon_threadsafe(self._progress)
+        finally:
+            try:
+                self._loop.call_soon_threadsafe(_set_result, self._done)
+            except RuntimeError:   # the loop is closed: nobody is waiting
+                pass
+
+    def _write(self, chunk: bytes) -> None:
+        if self._sink is not None:
+            self._sink(self._written, chunk)
+            return
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            if self._fallback is None:
+                raise
+            self._sink = self._fallback(exc, self._written)
+            self._sink(self._written, chunk)   # the whole chunk: the sink starts at its start
+
+    # -- back on the loop ---------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        self._reported.set()
+        done = self._chunks_done
+        for _ in range(done - self._chunks_freed):
+            self._room.release()
+        self._chunks_freed = done
+        self._on_progress(self._written)
+
+    @property
+    def idle(self) -> bool:
+        """Every chunk handed over so far is on disk (as far as the loop has heard)."""
+        return self._chunks_freed == self._chunks_put
+
+
+def _set_result(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,83 @@
+"""``pullcache serve``: the public site and the admin site; SIGHUP reloads, SIGINT/SIGTERM
+drain and stop (``server.lifecycle``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import structlog
+import uvloop
+from aiohttp import web
+
+from .. import config as configuration
+from ..cache.lock import CacheLocked
+from ..errors import ConfigError
+from ..server import lifecycle
+from ..server.admin import build_admin_app
+from ..server.listener import Listener, connection_cap, raise_open_files_limit
+from ..server.app import build_app
+from ..server.middleware import AccessLogger
+
+log = structlog.get_logger("pullcache")
+
+
+def serve(cfg, path: Path | None = None) -> int:
+    try:
+        uvloop.run(_run_sites(cfg, path))
+    except ConfigError as exc:   # a TLS file that does not load
+        log.error("config_failed", error=str(exc))
+        return 2
+    except CacheLocked as exc:   # another daemon, or an offline `pullcache cache …`
+        log.error("cache_locked", error=str(exc))
+        print(f"pullcache: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:   # the listen address is taken or not ours
+        log.error("listen_failed", error=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _run_sites(cfg, path: Path | None = None) -> None:
+    """The public site on ``server.listen`` (HTTPS with ``tls_cert``) and, if set, the admin
+    site on ``server.admin_listen``; SIGHUP reloads, SIGINT/SIGTERM drain and stop
+    (``lifecycle``)."""
+    tls = lifecycle.tls_context(cfg.server)
+    app = build_app(cfg)
+    # access_log=None switches the access line off (server.access_log = false).
+    access = structlog.get_logger("pullcache.access") if cfg.server.access_log else None
+    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False,
+                           access_log=access, shutdown_timeout=cfg.server.drain_timeout,
+                           keepalive_timeout=cfg.server.keepalive_timeout)
+    await runner.setup()   # runs the cleanup_ctx: every object the admin app reports on
+    runners = [runner]
+    try:
+        server = cfg.server
+        cap = connection_cap(server.max_connections, raise_open_files_limit())
+        host, port = configuration.split_listen(server.listen)
+        # The public site bounds what clients may hold: connections, header time (listener).
+        await _start(Listener(runner, host, port, max_connections=cap,
+                              header_timeout=server.header_timeout, ssl_context=tls),
+                     server.listen, "listening", tls=tls is not None)
+        if cfg.server.admin_listen:
+            admin_runner = web.AppRunner(build_admin_app(app), handle_signals=False,
+                                         access_log=None)
+            await admin_runner.setup()
+            runners.insert(0, admin_runner)
+            host, port = configuration.split_listen(cfg.server.admin_listen)
+            await _start(web.TCPSite(admin_runner, host, port, reuse_address=True),
+                         cfg.server.admin_listen, "admin_listening")
+        await lifecycle.run_until_stopped(app, runner, cfg, path, tls)
+    finally:
+        for r in runners:
+            await r.cleanup()
+
+
+async def _start(site: web.BaseSite, listen: str, event: str, *, tls: bool = False) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        raise OSError(exc.errno, f"{listen}: {exc.strerror}") from exc
+    log.info(event, listen=listen, tls=tls)

@@ -1,0 +1,91 @@
+"""Figures for the status page: counter totals, and an hour of samples in a ring buffer.
+
+``Samples.take`` reads the Prometheus counters (cumulative); the page draws the differences
+between consecutive samples. One sample per ``interval`` by one owned task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+
+from ..metrics import Metrics
+
+HITS = ("hit", "revalidated", "stale", "joined")   # served without a download of their own
+
+
+def counter_total(counter, **labels: str) -> float:
+    total = 0.0
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and all(
+                    sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def gauge_value(gauge) -> float:
+    return sum(s.value for family in gauge.collect() for s in family.samples)
+
+
+def request_counts(metrics: Metrics) -> tuple[float, float]:
+    """(hits, misses) of manifest and blob requests since start."""
+    hits = misses = 0.0
+    for family in metrics.requests.collect():
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                if s.labels.get("outcome") in HITS:
+                    hits += s.value
+                else:
+                    misses += s.value
+    return hits, misses
+
+
+def hit_ratio(metrics: Metrics) -> float | None:
+    hits, misses = request_counts(metrics)
+    return hits / (hits + misses) if hits + misses else None
+
+
+class Samples:
+    def __init__(self, metrics: Metrics, *, interval: float = 10.0,
+                 window: float = 3600.0) -> None:
+        self.metrics = metrics
+        self.interval = interval
+        self._ring: deque[tuple[float, float, float, float, float]] = deque(
+            maxlen=int(window / interval) + 1)
+
+    def take(self) -> None:
+        self._ring.append(self._now())
+
+    def _now(self) -> tuple[float, float, float, float, float]:
+        hits, misses = request_counts(self.metrics)
+        return (time.time(), hits, misses,
+                counter_total(self.metrics.bytes_served, source="cache"),
+                counter_total(self.metrics.bytes_fetched))
+
+    def series(self) -> list[dict]:
+        """Per-interval differences, the last one running up to now."""
+        points = list(self._ring) + [self._now()]
+        return [{"t": b[0], "hits": b[1] - a[1], "misses": b[2] - a[2],
+                 "cache_bytes": b[3] - a[3], "upstream_bytes": b[4] - a[4]}
+                for a, b in zip(points, points[1:])]
+
+    async def run(self) -> None:
+        """The owned sampling loop; ends when cancelled."""
+        while True:
+            self.take()
+            await asyncio.sleep(self.interval)
+
+
+class Pulls:
+    """Manifest pulls by image (``upstream/repository``), for the page's top list."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def count(self, upstream: str, repo: str) -> None:
+        self._counts[f"{upstream}/{repo}"] += 1
+
+    def top(self, n: int = 10) -> list[dict]:
+        return [{"image": image, "pulls": count} for image, count in self._counts.most_common(n)]

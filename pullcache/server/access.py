@@ -1,0 +1,265 @@
+"""Client authentication and network policy: who is asking, or 401/403/429.
+
+Knows nothing of repositories (``server/authz.py`` and ``policy.py`` decide what an identity
+may pull). For each request, in order:
+
+1. The client's address must be in ``allow_networks``, else ``403 DENIED`` before any work.
+2. Without an htpasswd file, everyone is ``anonymous``.
+3. ``Authorization: Basic`` credentials (RFC 7617) that verify give the user. Clients in
+   ``anonymous_networks`` without them, or with credentials that do not verify, are
+   ``anonymous``: dockerd forwards its Docker Hub login to mirrors (moby#42022, PROTOCOL §6)
+   and skips a mirror that answers 401, so there those credentials are ignored, never
+   logged and never forwarded.
+4. Anyone else gets ``401 UNAUTHORIZED`` with ``WWW-Authenticate: Basic realm="pullcache"``
+   (distribution-spec "Authentication").
+
+bcrypt costs ~100 ms on purpose. A verified pair is remembered for ``credentials_ttl``,
+keyed by an HMAC-SHA256 of the pair under a per-process random key (the password is never
+kept), so the hot path is one HMAC and a dict lookup. A check runs in a thread, once for
+concurrent requests with the same pair. Failed checks are counted per client address; past
+``max_failures`` within ``failure_window`` the address gets ``429 TOOMANYREQUESTS`` with
+``Retry-After`` and no password is checked. A 429 rather than a delayed 401: a delay would
+hold a connection and a task per attempt (cheap for an attacker, costly for us), while a 429
+costs nothing and tells a legitimate client clearly to back off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import hashlib
+import hmac
+import ipaddress
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+import structlog
+from aiohttp import web, web_response
+
+from ..config import AccessConfig
+from ..errors import ConfigError, Denied, TooManyRequests, Unauthorized
+from ..policy import ANONYMOUS
+from ..singleflight import SingleFlight
+
+log = structlog.get_logger("pullcache.access")
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="pullcache"'}
+MAX_REMEMBERED = 10_000   # verified pairs and counted addresses kept at most
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str
+    authenticated: bool = False   # True: verified credentials; False: anonymous
+
+
+ANYONE = Identity(ANONYMOUS)
+
+
+def read_htpasswd(path: Path) -> dict[str, bytes]:
+    """``user:$2y$…`` lines → {user: bcrypt hash}. Raises ConfigError (naming the line,
+    never its hash) for anything but bcrypt entries."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"access.htpasswd: cannot read {path}: {e}") from None
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        user, sep, hashed = line.strip().partition(":")
+        if not sep or not user or not hashed.startswith(("$2y$", "$2b$", "$2a$")):
+            raise ConfigError(f"access.htpasswd: {path} line {number}: not a bcrypt entry "
+                              "(make it with `htpasswd -B`)")
+        # Apache writes $2y$; it is the same algorithm as $2b$, which every bcrypt accepts.
+        users[user] = b"$2b$" + hashed[4:].encode()
+    return users
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """``Basic base64(user:password)`` → (user, password); None if absent or malformed."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep and user else None
+
+
+class FailureLimiter:
+    """Failed logins per client address within a sliding window."""
+
+    def __init__(self, max_failures: int, window: float) -> None:
+        self.max_failures, self.window = max_failures, window
+        self._failures: dict[str, collections.deque[float]] = {}
+
+    def _recent(self, address: str, now: float) -> collections.deque[float] | None:
+        times = self._failures.get(address)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return times
+
+    def retry_after(self, address: str, now: float | None = None) -> float | None:
+        """Seconds until ``address`` may try again; None if it may now."""
+        now = time.monotonic() if now is None else now
+        times = self._recent(address, now)
+        if not times or len(times) < self.max_failures:
+            return None
+        return times[-self.max_failures] + self.window - now
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if address not in self._failures and len(self._failures) >= MAX_REMEMBERED:
+            for stale in [a for a in self._failures if not self._recent(a, now)]:
+                del self._failures[stale]
+            if len(self._failures) >= MAX_REMEMBERED:   # still full: forget the oldest
+                del self._failures[next(iter(self._failures))]
+        self._failures.setdefault(address, collections.deque()).append(now)
+
+
+class Verifier:
+    """htpasswd users, checked with bcrypt; verdicts remembered by HMAC of the pair."""
+
+    def __init__(self, users: dict[str, bytes], ttl: float) -> None:
+        self._users = users
+        self._ttl = ttl
+        self._key = os.urandom(32)
+        self._verdicts: dict[bytes, tuple[float, bool]] = {}   # hmac -> (expiry, ok)
+        self._flights: SingleFlight[bool] = SingleFlight()
+        # Unknown users cost a bcrypt too, so timing does not tell which names exist.
+        cost = next((h[4:6] for h in users.values()), b"10")
+        self._dummy = b"$2b$" + cost + b"$" + b"." * 53
+
+    def remembered(self, user: str, password: str) -> bool | None:
+        """The verdict for this pair if it is still remembered: the hot path, no bcrypt."""
+        entry = self._verdicts.get(self._mac(user, password))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    async def verify(self, user: str, password: str) -> bool:
+        mac = self._mac(user, password)
+        ok, _ = await self._flights.do(mac, lambda: asyncio.to_thread(self._check, user,
+                                                                       password))
+        if len(self._verdicts) >= MAX_REMEMBERED:
+            now = time.monotonic()
+            self._verdicts = {k: v for k, v in self._verdicts.items() if v[0] >= now}
+            if len(self._verdicts) >= MAX_REMEMBERED:
+                self._verdicts.clear()
+        self._verdicts[mac] = (time.monotonic() + self._ttl, ok)
+        return ok
+
+    def _mac(self, user: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+
+    def _check(self, user: str, password: str) -> bool:
+        hashed = self._users.get(user)
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed or self._dummy)
+        except ValueError:   # the dummy hash is not a valid one: same cost, always False
+            ok = False
+        return ok and hashed is not None
+
+
+class AccessControl:
+    """The current ``[access]`` policy; ``configure`` swaps it whole (SIGHUP)."""
+
+    def __init__(self, config: AccessConfig) -> None:
+        self.configure(config, self.prepare(config))
+
+    @staticmethod
+    def prepare(config: AccessConfig) -> Verifier | None:
+        """What ``configure`` needs, read and checked first (raises ConfigError) so a bad
+        reload changes nothing."""
+        if config.htpasswd is None:
+            return None
+        return Verifier(read_htpasswd(config.htpasswd), config.credentials_ttl)
+
+    def configure(self, config: AccessConfig, verifier: Verifier | None) -> None:
+        # One assignment: a request sees the old policy or the new one, never a mix.
+        self._state = (config, verifier,
+                       FailureLimiter(config.max_failures, config.failure_window))
+
+    async def identify(self, address: str | None, authorization: str | None) -> Identity:
+        cfg, verifier, limiter = self._state
+        ip = _address(address)
+        if ip is None or not any(ip in net for net in cfg.allow_networks):
+            raise Denied(message="this address may not use this registry")
+        if verifier is None:
+            return ANYONE
+        anonymous_ok = any(ip in net for net in cfg.anonymous_networks)
+        pair = parse_basic(authorization)
+        if pair is None:
+            if anonymous_ok:
+                return ANYONE
+            raise Unauthorized(headers=CHALLENGE)
+        ok = verifier.remembered(*pair)
+        if ok is None:
+            wait = limiter.retry_after(str(ip))
+            if wait is not None:
+                if anonymous_ok:
+                    return ANYONE
+                raise TooManyRequests(message="too many failed logins from this address",
+                                      headers={"Retry-After": str(math.ceil(wait))})
+            ok = await verifier.verify(*pair)
+            if not ok:
+                limiter.failed(str(ip))
+        if ok:
+            return Identity(pair[0], authenticated=True)
+        if anonymous_ok:
+            return ANYONE
+        log.warning("login_failed", client=str(ip))   # no user name: it may be a secret
+        raise Unauthorized(message="invalid username or password", headers=CHALLENGE)
+
+
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped   # a dual-stack socket's view of an IPv4 client
+    return ip
+
+
+ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
+
+
+@web.middleware
+async def access_control(request: web.Request, handler):
+    """Who is asking (``request["identity"]``), before routing or any other work."""
+    identity = await request.app[ACCESS].identify(request.remote,
+                                                  request.headers.get("Authorization"))
+    request["identity"] = identity
+    request["user"] = identity.user
+    return await handler(request)
+
+
+SERVER = "pullcache"
+
+
+async def no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: aiohttp would announce ``Python/x aiohttp/y``; name no
+    versions (aiohttp only sets the header when it is absent).
+
+    Answers aiohttp writes before any app sees the request (400 for a malformed request
+    line or oversized headers) run no app signal; for those, the default that
+    ``web_response`` fills in is replaced too, once per process.
+    """
+    response.headers["Server"] = SERVER
+
+
+web_response.SERVER_SOFTWARE = SERVER
+
+
+__all__ = ["ACCESS", "ANYONE", "AccessControl", "Identity", "access_control",
+           "no_server_header", "parse_basic", "read_htpasswd"]

@@ -1,0 +1,198 @@
+"""The daemon's life under a service manager: TLS, systemd notify, reload, drain.
+
+- **TLS**: one ``ssl.SSLContext`` for the public site, TLS 1.2 and later; with
+  ``tls_client_ca`` a client certificate is required (mTLS). SIGHUP loads the certificate
+  chain again into the same context: new handshakes use it, open connections keep theirs.
+- **systemd** ``Type=notify`` (sd_notify(3)): ``READY=1`` once the cache is reconciled and the
+  sockets listen, ``RELOADING=1``/``READY=1`` around a reload, ``STOPPING=1`` on shutdown,
+  and ``WATCHDOG=1`` from the event loop itself when ``$WATCHDOG_USEC`` asks for it, so a
+  wedged loop is restarted. The protocol is one datagram on ``$NOTIFY_SOCKET`` (``@`` = an
+  abstract socket); a dozen lines, so no library.
+- **SIGHUP**: the config file is read again; TLS certificates, ``[access]`` (and its htpasswd
+  file), the upstreams' pull policy and credentials are replaced. Everything is read and
+  checked before anything changes: a reload that fails is logged and changes nothing. Other
+  keys need a restart.
+- **SIGTERM/SIGINT**: drain. ``/readyz`` answers 503 at once, the public listening sockets
+  close (new connections are refused), responses in flight get ``server.drain_timeout`` to
+  finish; then the app's cleanup runs (fills still running are cancelled, the write-behind
+  queue gets its own drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Mapping
+
+import structlog
+from aiohttp import web
+
+from .. import config as configuration
+from ..config import Config, ServerConfig
+from ..errors import ConfigError
+from ..policy import Policy
+from .access import ACCESS, AccessControl
+from .authz import POLICY
+from .keys import CREDENTIALS, DRAINING
+
+log = structlog.get_logger("pullcache.lifecycle")
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """The public site's context, or None for plain HTTP. Raises ConfigError naming the key
+    whose file does not load."""
+    if server.tls_cert is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(server.tls_cert, server.tls_key)
+    except (OSError, ssl.SSLError) as exc:   # ssl.SSLError: e.g. the key is not the cert's
+        raise ConfigError(f"server.tls_cert/tls_key: cannot load {server.tls_cert} and "
+                          f"{server.tls_key}: {exc}") from None
+    if server.tls_client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_verify_locations(cafile=server.tls_client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"server.tls_client_ca: cannot load {server.tls_client_ca}: "
+                              f"{exc}") from None
+    return ctx
+
+
+# -- systemd notify ----------------------------------------------------------------------------
+
+class Notifier:
+    """sd_notify(3) without libsystemd: datagrams to ``$NOTIFY_SOCKET``; a no-op without it."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        path = env.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + path[1:] if path.startswith("@") else path
+        self._sock: socket.socket | None = None
+        if self._address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and mine else None
+
+    def send(self, *states: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto("\n".join(states).encode(), self._address)
+        except OSError as exc:   # the manager went away: nothing to tell
+            log.warning("notify_failed", error=str(exc))
+
+    async def watchdog(self) -> None:
+        """``WATCHDOG=1`` at half the manager's interval, from the loop (a wedged loop
+        stops sending, and the manager restarts us)."""
+        while self.watchdog_interval:
+            self.send("WATCHDOG=1")
+            await asyncio.sleep(self.watchdog_interval)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+
+
+# -- reload ------------------------------------------------------------------------------------
+
+def reload(app: web.Application, path: Path | None, current: Config,
+           tls: ssl.SSLContext | None) -> Config:
+    """Apply the config file's reloadable parts; return the config now in force."""
+    try:
+        cfg = configuration.load(path)
+        hosts = [u.host for u in cfg.upstreams]
+        if hosts != [u.host for u in current.upstreams]:
+            raise ConfigError("upstream: upstreams were added, removed or reordered; "
+                              "that needs a restart")
+        if (tls is None) != (cfg.server.tls_cert is None):
+            raise ConfigError("server.tls_cert: turning TLS on or off needs a restart")
+        tls_context(cfg.server)   # the new files load (the cert matches the key)
+        verifier = AccessControl.prepare(cfg.access)
+        policy = Policy.from_config(cfg.upstreams)
+    except (ConfigError, OSError, ssl.SSLError) as exc:
+        log.error("reload_failed", error=str(exc))
+        return current
+    if tls is not None:
+        tls.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
+        if cfg.server.tls_client_ca is not None:
+            tls.load_verify_locations(cafile=cfg.server.tls_client_ca)
+    app[ACCESS].configure(cfg.access, verifier)
+    app[POLICY].replace(policy)
+    for u in cfg.upstreams:
+        if (credentials := app[CREDENTIALS].get(u.host)) is not None:
+            credentials.replace(u.username, u.password)
+    log.info("reloaded", path=str(path) if path else None)
+    return cfg
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+async def run_until_stopped(app: web.Application, public: web.AppRunner, cfg: Config,
+                            path: Path | None, tls: ssl.SSLContext | None,
+                            notifier: Notifier | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, reloading on SIGHUP; then drain ``public`` (its sites
+    stop listening, requests in flight finish). The caller's cleanup tears down the rest."""
+    notifier = notifier or Notifier()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    hup = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    watchdog = asyncio.create_task(notifier.watchdog(), name="watchdog")
+    notifier.send("READY=1", "STATUS=serving")
+    log.info("ready")
+    try:
+        while not stop.is_set():
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if hup.is_set() and not stop.is_set():
+                hup.clear()
+                now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                notifier.send("RELOADING=1", f"MONOTONIC_USEC={now}")
+                cfg = reload(app, path, cfg, tls)
+                notifier.send("READY=1")
+        notifier.send("STOPPING=1", "STATUS=draining")
+        app[DRAINING].set()
+        log.info("draining", timeout=cfg.server.drain_timeout)
+        await drain(public, cfg.server.drain_timeout)
+        log.info("stopping")
+    finally:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def drain(runner: web.AppRunner, timeout: float) -> None:
+    """Close the listening sockets, then wait (up to ``timeout``) for the requests in
+    flight; aiohttp cancels what is left (a send waiting on a stalled client included: it
+    waits in the loop, ``server/sendfile.py``). ``runner.cleanup()`` later finds nothing to
+    wait for and only runs the app's cleanup."""
+    for site in list(runner.sites):
+        await site.stop()
+    server = runner.server
+    if server is None:
+        return
+    await asyncio.sleep(0)   # let requests accepted just now start (as aiohttp does)
+    server.pre_shutdown()    # idle keep-alive connections close now
+    await server.shutdown(timeout)
+
+
+__all__ = ["Notifier", "drain", "reload", "run_until_stopped", "tls_context"]

@@ -1,0 +1,262 @@
+"""The listening socket, and what one client connection may hold (``[server]``).
+
+- ``max_connections``: the accept loop takes a slot before it accepts, so beyond the cap
+  new connections wait in the kernel's listen backlog (and past that are refused by the
+  kernel) instead of costing descriptors; the daemon never dies of fd exhaustion.
+- ``header_timeout``: a request's headers must arrive within it, counted from the
+  connection's start or from the first byte of a later request; a client trickling its
+  headers (slowloris) is cut.
+- ``keepalive_timeout`` is aiohttp's own (an idle keep-alive connection is closed); the
+  runner gets it.
+- Connections are accepted in batches: libuv (under uvloop) accepts one connection per
+  event-loop iteration since 1.45 (libuv PR #3696). On a busy loop an iteration serving a few
+  hundred requests takes tens of milliseconds, so when a node rollout opens 1,000 connections
+  at once the last of them waited seconds in the accept queue (measured: p99 2-3 s, the same
+  with a bare aiohttp app; asyncio's own loop accepts in batches and had none). Each time the
+  listening socket is readable we take up to ``ACCEPT_BATCH`` connections, slots allowing.
+
+An aiohttp ``BaseSite``, so the runner starts and stops it like its own ``TCPSite``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = structlog.get_logger("pullcache.listener")
+# A node rollout opens hundreds of connections at once: beyond the backlog the kernel drops
+# SYNs and clients retry after 1 s, 3 s... It is capped by net.core.somaxconn.
+BACKLOG = 2048
+ACCEPT_BATCH = 256          # per readiness of the listening socket (asyncio takes 100)
+# Descriptors one downloading client may hold: its socket, the sender's dup of it, the
+# blob's file and the sender's dup of that (server/sendfile.py).
+FDS_PER_CONNECTION = 4
+FDS_RESERVED = 512          # the index, fills, upstream connections, logs
+ACCEPT_RETRY = 0.1          # after EMFILE and friends: let connections end first
+
+
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit; return the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:   # e.g. an infinite hard limit
+            log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+    return soft
+
+
+def connection_cap(wanted: int, open_files: int) -> int:
+    """``wanted``, lowered so that that many busy connections fit in ``open_files``."""
+    fit = max((open_files - FDS_RESERVED) // FDS_PER_CONNECTION, 1)
+    if fit < wanted:
+        log.warning("connection_cap_lowered", wanted=wanted, cap=fit, open_files=open_files)
+        return fit
+    return wanted
+
+
+class Listener(web.BaseSite):
+    __slots__ = ("_host", "_port", "_cap", "_header_timeout", "_slots", "_guards", "_sock",
+                 "_tasks")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int,
+                 header_timeout: float, ssl_context=None, backlog: int = BACKLOG) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host, self._port = host, port
+        self._cap = max_connections
+        self._header_timeout = header_timeout
+        self._slots = asyncio.Semaphore(max_connections)
+        self._guards: dict[RequestHandler, _Guard] = {}
+        self._sock: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        return self._sock.getsockname()[1] if self._sock is not None else self._port
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._guards)
+
+    async def start(self) -> None:
+        await super().start()
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        self._sock = socket.create_server((self._host, self._port), family=family,
+                                          backlog=self._backlog)
+        self._sock.setblocking(False)
+        self._hook(self._runner.server)
+        accept = asyncio.create_task(self._accept(), name=f"accept {self.name}")
+        self._server = _Accepting(self._sock, accept)
+
+    def _hook(self, server: web.Server) -> None:
+        """Learn when a connection's request has arrived (its headers are parsed) and when
+        it has been answered. Handlers read these two attributes when they are made."""
+        guards, factory, handler = self._guards, server.request_factory, server.request_handler
+
+        def request_factory(message, payload, protocol, writer, task):
+            guard = guards.get(protocol)
+            if guard is not None:
+                guard.request_started()
+            return factory(message, payload, protocol, writer, task)
+
+        async def request_handler(request):
+            try:
+                return await handler(request)
+            finally:
+                guard = guards.get(request.protocol)
+                if guard is not None:
+                    guard.request_ended()
+
+        server.request_factory = request_factory
+        server.request_handler = request_handler
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None
+        while True:
+            await self._slots.acquire()
+            try:
+                conn, _ = await loop.sock_accept(self._sock)   # waits for readiness
+            except OSError as exc:     # EMFILE, ENFILE, ENOBUFS, ECONNABORTED: not fatal
+                self._slots.release()
+                log.warning("accept_failed", error=str(exc))
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            self._serve(loop, conn)
+            self._accept_queued(loop)
+
+    def _accept_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take what else is queued now, as long as slots remain, without yielding."""
+        assert self._sock is not None
+        for _ in range(ACCEPT_BATCH - 1):
+            if self._slots.locked():
+                return
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue            # the client gave up while queued: take the next one
+            except OSError as exc:  # out of descriptors: the loop above waits and retries
+                log.warning("accept_failed", error=str(exc))
+                return
+            self._slots._value -= 1  # noqa: SLF001 - acquire() without a yield; not locked
+            self._serve(loop, conn)
+
+    def _serve(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        task = loop.create_task(self._connect(loop, conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        guard = _Guard(self._runner.server(), self._header_timeout, self._done)
+        self._guards[guard.handler] = guard   # before its first request can be parsed
+        try:
+            await loop.connect_accepted_socket(lambda: guard, conn, ssl=self._ssl_context)
+        except (OSError, asyncio.CancelledError) as exc:   # a failed TLS handshake, a reset
+            conn.close()
+            guard.release()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def _done(self, guard: "_Guard") -> None:
+        self._guards.pop(guard.handler, None)
+        self._slots.release()
+
+
+class _Accepting:
+    """What ``BaseSite.stop`` closes: the accept loop and the listening socket."""
+
+    def __init__(self, sock: socket.socket, task: asyncio.Task) -> None:
+        self.sockets = [sock]
+        self._task = task
+
+    def close(self) -> None:
+        self._task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+
+class _Guard(asyncio.Protocol):
+    """aiohttp's protocol for one connection, wrapped: the header deadline and the slot."""
+
+    def __init__(self, handler: RequestHandler, header_timeout: float, done) -> None:
+        self.handler = handler
+        self._timeout = header_timeout
+        self._done = done
+        self._timer: asyncio.TimerHandle | None = None
+        self._active = 0
+        self._transport: asyncio.Transport | None = None
+        self._released = False
+
+    # -- the deadline ----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            log.info("connection_cut", reason="header_timeout",
+                     peer=str(self._transport.get_extra_info("peername")))
+            self._transport.abort()
+
+    def request_started(self) -> None:
+        self._disarm()
+        self._active += 1
+
+    def request_ended(self) -> None:
+        self._active -= 1
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._done(self)
+
+    # -- asyncio.Protocol, delegated -------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self._arm()
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._active == 0:
+            self._arm()         # the first byte of a request: its headers are due
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self.release()
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()

@@ -1,0 +1,114 @@
+"""Many and slow clients against the real daemon: the header timeout cuts a client that
+trickles its headers, an idle keep-alive connection is closed, and the connection cap makes
+further connections wait in the backlog until a slot frees."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.support.daemon import Pullcache, UpstreamSpec
+
+PING = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.fixture
+def daemon(tmp_path, registry):
+    started: list[Pullcache] = []
+
+    def start(**server) -> Pullcache:
+        pc = Pullcache(tmp_path / f"pc{len(started)}",
+                       [UpstreamSpec(registry.host, registry.url, default=True)],
+                       server=server)
+        pc.workdir.mkdir()
+        started.append(pc)
+        return pc.start()
+    yield start
+    for pc in started:
+        pc.stop()
+
+
+def connect(pc: Pullcache) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", pc.port), timeout=30)
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 30) -> bool:
+    """Read until the server closes (True) or ``timeout`` passes (False)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        return False
+    return True
+
+
+def answered(sock: socket.socket) -> bytes:
+    sock.sendall(PING)
+    return sock.recv(65536)
+
+
+def test_a_client_trickling_its_headers_is_cut(daemon):
+    pc = daemon(header_timeout="1s")
+    sock = connect(pc)
+    began = time.monotonic()
+    cut = False
+    try:
+        for byte in PING[:-2]:                  # one byte at a time, never finishing
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                cut = True
+                break
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(1) == b"":
+                    cut = True
+                    break
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                cut = True
+                break
+    finally:
+        sock.close()
+    assert cut, f"still connected after {time.monotonic() - began:.1f}s of trickled headers"
+    assert pc.events("connection_cut")[0]["reason"] == "header_timeout"
+    # A prompt client on the next connection is served, and so is its next request.
+    with connect(pc) as ok:
+        assert answered(ok).startswith(b"HTTP/1.1 200")
+        assert answered(ok).startswith(b"HTTP/1.1 200")
+
+
+def test_an_idle_keep_alive_connection_is_closed(daemon):
+    pc = daemon(keepalive_timeout="1s", header_timeout="60s")
+    with connect(pc) as sock:
+        assert answered(sock).startswith(b"HTTP/1.1 200")
+        assert closed_by_server(sock), "the idle connection was kept open"
+
+
+def test_connections_beyond_the_cap_wait_for_a_free_slot(daemon):
+    pc = daemon(max_connections=2, header_timeout="60s", keepalive_timeout="60s")
+    first, second = connect(pc), connect(pc)
+    try:
+        assert answered(first).startswith(b"HTTP/1.1 200")
+        assert answered(second).startswith(b"HTTP/1.1 200")
+        # The third connects (the kernel's backlog holds it) but is not served ...
+        third = connect(pc)
+        third.sendall(PING)
+        third.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            third.recv(65536)
+        # ... until a slot frees.
+        first.close()
+        third.settimeout(30)
+        assert third.recv(65536).startswith(b"HTTP/1.1 200")
+        third.close()
+        assert answered(second).startswith(b"HTTP/1.1 200")
+    finally:
+        first.close()
+        second.close()

@@ -1,0 +1,107 @@
+"""Pure parts of the operator's tools: image references, platforms, manifest references,
+the pin set (and the evictor keeping it), human sizes and ages, the cache-dir lock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pullcache.cache.lock import CacheLock, CacheLocked
+from pullcache.cache.pins import Pin, PinSet
+from pullcache.cache.store import BlobStore, Budget
+from pullcache.errors import NameInvalid, NameUnknown
+from pullcache.oci import Digest
+from pullcache.ops.graph import references
+from pullcache.ops.refs import Platform, parse_image
+from pullcache.routing import UpstreamTable
+from pullcache.units import human_age, human_size
+
+TABLE = UpstreamTable([("docker.io", ["index.docker.io"]), ("ghcr.io", []),
+                       ("127.0.0.1:5000", [])], "docker.io")
+D = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize("text, upstream, repo, reference", [
+    ("python:3.12-slim", "docker.io", "library/python", "3.12-slim"),
+    ("python", "docker.io", "library/python", "latest"),
+    ("docker.io/library/python:3.12-slim", "docker.io", "library/python", "3.12-slim"),
+    ("index.docker.io/grafana/grafana:11", "docker.io", "grafana/grafana", "11"),
+    (f"ghcr.io/org/app@{D}", "ghcr.io", "org/app", D),
+    ("127.0.0.1:5000/team/app", "127.0.0.1:5000", "team/app", "latest"),
+    ("127.0.0.1:5000/team/app:v1", "127.0.0.1:5000", "team/app", "v1"),
+])
+def test_image_references_as_people_type_them(text, upstream, repo, reference):
+    ref = parse_image(TABLE, text)
+    assert (ref.route.upstream, ref.route.repo, ref.reference) == (upstream, repo, reference)
+
+
+def test_image_references_refused():
+    with pytest.raises(NameUnknown):
+        parse_image(TABLE, "quay.io/org/app:1")     # no such upstream configured
+    with pytest.raises(NameInvalid):
+        parse_image(TABLE, "Bad Name")
+
+
+def test_platforms_match_index_entries():
+    assert Platform.parse("linux/arm64").matches({"os": "linux", "architecture": "arm64",
+                                                  "variant": "v8"})
+    assert not Platform.parse("linux/arm/v7").matches({"os": "linux", "architecture": "arm",
+                                                       "variant": "v6"})
+    assert not Platform.parse("linux/amd64").matches({"os": "unknown",
+                                                      "architecture": "unknown"})
+    assert str(Platform.parse("linux/arm/v7")) == "linux/arm/v7"
+    with pytest.raises(NameInvalid):
+        Platform.parse("linux")
+
+
+def test_references_of_an_index_a_manifest_and_garbage():
+    index = json.dumps({"manifests": [{"digest": D, "platform": {"os": "linux"}}]}).encode()
+    assert references(index).children == ((D, {"os": "linux"}),)
+    manifest = json.dumps({"config": {"digest": D, "size": 5},
+                           "layers": [{"digest": D, "size": 5}, {"digest": "x", "size": 7}]})
+    assert references(manifest.encode()).blobs == ((D, 5), ("x", 7))
+    assert references(b"not json").blobs == ()
+
+
+async def test_the_evictor_keeps_pinned_keys_and_the_pin_set_persists(tmp_path):
+    store = BlobStore(tmp_path, Budget(100_000, 0.9, 0.5))
+    await store.open()
+    digests = []
+    for n in range(4):
+        data = bytes([n]) * 30_000
+        digests.append(Digest.of(data))
+        await store.put_bytes("blob", digests[-1], data)
+    pins = PinSet(tmp_path)
+    pins.put(Pin("base:1", "sha256:x", {f"blob:{digests[0]}": 30_000}))
+    store.index.keeps = pins.keeps
+    await store.make_room(incoming=30_000)
+    assert f"blob:{digests[0]}" in store.index         # the oldest, but pinned
+    assert f"blob:{digests[1]}" not in store.index     # the oldest unpinned went
+    pins.save()
+    again = PinSet(tmp_path).load()
+    assert again.keeps(f"blob:{digests[0]}") and again.pinned_bytes() == 30_000
+    again.retain(set())
+    assert not again.keeps(f"blob:{digests[0]}")
+    await store.close()
+
+
+def test_shared_keys_count_once_in_pinned_bytes(tmp_path):
+    pins = PinSet(tmp_path)
+    pins.put(Pin("a", sizes={"blob:1": 10, "blob:2": 5}))
+    pins.put(Pin("b", sizes={"blob:1": 10, "blob:3": 1}, pending=("blob:4",)))
+    assert pins.pinned_bytes() == 16 and pins.keeps("blob:4")
+
+
+def test_the_cache_lock_is_exclusive_and_names_its_holder(tmp_path):
+    with CacheLock(tmp_path, "pullcache serve"):
+        with pytest.raises(CacheLocked, match=r"in use by pullcache serve \(pid \d+\)"):
+            CacheLock(tmp_path, "pullcache cache gc").acquire()
+    CacheLock(tmp_path, "again").acquire().release()
+
+
+def test_human_sizes_and_ages():
+    assert [human_size(n) for n in (12, 1536, 5 * 2**20, 150 * 2**30)] == [
+        "12 B", "1.5 KiB", "5.0 MiB", "150 GiB"]
+    assert [human_age(s) for s in (None, 5, 300, 7200, 3 * 86400)] == [
+        "-", "5s", "5m", "2h", "3d"]

@@ -1,0 +1,234 @@
+"""pullcache.server.sendfile: non-blocking sendfile from the loop, on descriptors it owns.
+
+Real sockets (a socketpair) and real files; the transport is a stand-in exposing what the
+sender asks of one. The point of each test: a descriptor number the sender was given may be
+closed and handed to another file or connection while the sender waits for a slow client,
+and its bytes must still come from, and go to, the right place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+
+import pytest
+
+from pullcache.server.sendfile import ClientStalled, Sender
+
+MiB = 1 << 20
+
+
+class FakeTransport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.closing = False
+
+    def get_extra_info(self, name: str):
+        return {"socket": self.sock}.get(name)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    server, client = socket.socketpair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    server.setblocking(False)
+    return server, client
+
+
+def drain(sock: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes (or until EOF) in a thread-friendly blocking loop."""
+    sock.settimeout(10)
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), MiB))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+async def one_span(fd: int, offset: int, length: int):
+    yield fd, offset, length
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def files(tmp_path):
+    a = os.urandom(4 * MiB)
+    b = os.urandom(4 * MiB)
+    (tmp_path / "a").write_bytes(a)
+    (tmp_path / "b").write_bytes(b)
+    return tmp_path, a, b
+
+
+async def test_a_file_fd_closed_and_reused_while_waiting_sends_the_original_bytes(files):
+    tmp, a, b = files
+    server, client = pair()
+    sender = Sender(FakeTransport(server), None, stall_timeout=10)
+    fd = os.open(tmp / "a", os.O_RDONLY)
+    task = asyncio.create_task(sender.send(None, one_span(fd, 0, len(a))))
+    await wait_for(lambda: sender.sent > 0)           # the socket is full: it waits
+    assert not task.done()
+    os.close(fd)                                       # the body lets go of its fd ...
+    reused = os.open(tmp / "b", os.O_RDONLY)           # ... and the number is taken again
+    try:
+        assert reused == fd
+        got = await asyncio.to_thread(drain, client, len(a))
+        await asyncio.wait_for(task, 10)
+        assert got == a
+    finally:
+        os.close(reused)
+        server.close()
+        client.close()
+
+
+async def test_a_socket_fd_closed_and_reused_while_waiting_gets_no_stray_bytes(files):
+    tmp, a, _ = files
+    server, client = pair()
+    transport = FakeTransport(server)
+    sender = Sender(transport, None, stall_timeout=10)
+    fd = os.open(tmp / "a", os.O_RDONLY)
+    task = asyncio.create_task(sender.send(None, one_span(fd, 0, len(a))))
+    await wait_for(lambda: sender.sent > 0)
+    number = server.fileno()
+    server.close()                                     # the loop closes the client's socket
+    transport.closing = True
+    other_server, other_client = socket.socketpair()   # the next client gets the number
+    try:
+        assert number in (other_server.fileno(), other_client.fileno())
+        got = await asyncio.to_thread(drain, client, len(a))   # frees room: the sender wakes
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(task, 10)
+        assert len(got) < len(a) and a.startswith(got)
+        other_client.setblocking(False)
+        other_server.setblocking(False)
+        for s in (other_client, other_server):
+            with pytest.raises(BlockingIOError):
+                s.recv(1)                              # not one byte of the blob
+    finally:
+        os.close(fd)
+        client.close()
+        other_server.close()
+        other_client.close()
+
+
+async def test_a_client_that_reads_nothing_is_dropped_after_the_stall_timeout(files):
+    tmp, a, _ = files
+    server, client = pair()
+    sender = Sender(FakeTransport(server), None, stall_timeout=0.2)
+    fd = os.open(tmp / "a", os.O_RDONLY)
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        with pytest.raises(ClientStalled):
+            await asyncio.wait_for(sender.send(None, one_span(fd, 0, len(a))), 10)
+        assert 0 < sender.sent < len(a)
+        assert set(os.listdir("/proc/self/fd")) <= before   # its dups are closed
+    finally:
+        os.close(fd)
+        server.close()
+        client.close()
+
+
+async def test_a_client_that_disconnects_mid_send_ends_the_send(files):
+    tmp, a, _ = files
+    server, client = pair()
+    sender = Sender(FakeTransport(server), None, stall_timeout=10)
+    fd = os.open(tmp / "a", os.O_RDONLY)
+    task = asyncio.create_task(sender.send(None, one_span(fd, 0, len(a))))
+    await wait_for(lambda: sender.sent > 0)
+    client.close()                                     # the peer is gone
+    try:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(task, 10)
+    finally:
+        os.close(fd)
+        server.close()
+
+
+async def test_a_fast_client_gets_every_span_and_the_loop_stays_responsive(files):
+    tmp, a, b = files
+    server, client = pair()
+    sender = Sender(FakeTransport(server), None, stall_timeout=10)
+    fa, fb = os.open(tmp / "a", os.O_RDONLY), os.open(tmp / "b", os.O_RDONLY)
+    ticks = 0
+    stop = threading.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def spans():
+        yield fa, 10, MiB
+        yield fb, 0, len(b)
+
+    tick_task = asyncio.create_task(ticker())
+    try:
+        reader = asyncio.create_task(asyncio.to_thread(drain, client, MiB + len(b)))
+        await asyncio.wait_for(sender.send(None, spans()), 10)
+        got = await reader
+        assert got == a[10:10 + MiB] + b
+        assert ticks > 1                                 # other tasks ran meanwhile
+    finally:
+        stop.set()
+        await tick_task
+        os.close(fa)
+        os.close(fb)
+        server.close()
+        client.close()
+
+
+class TlsTransport(FakeTransport):
+    """A TLS transport: its raw socket must never be written to directly."""
+
+    def get_extra_info(self, name: str):
+        return {"socket": self.sock, "ssl_object": object()}.get(name)
+
+
+class Collected:
+    """Stands in for the StreamResponse the copied path writes through."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.body += data
+
+
+async def test_a_tls_connection_gets_the_spans_copied_through_the_response(files):
+    tmp, a, b = files
+    server, client = pair()
+    resp = Collected()
+    sender = Sender(TlsTransport(server), resp, stall_timeout=10)
+    fa, fb = os.open(tmp / "a", os.O_RDONLY), os.open(tmp / "b", os.O_RDONLY)
+
+    async def spans():
+        yield fa, 5, 3 * MiB
+        yield fb, 0, 10
+
+    try:
+        await asyncio.wait_for(sender.send(None, spans()), 10)
+        assert bytes(resp.body) == a[5:5 + 3 * MiB] + b[:10]
+        assert sender.sent == 3 * MiB + 10
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(1)                      # nothing went around the TLS layer
+    finally:
+        os.close(fa)
+        os.close(fb)
+        server.close()
+        client.close()
