@@ -70,6 +70,11 @@ class Disk:
         if self.tags is not None:
             await self.tags.open(self._scratch)
 
+    @property
+    def home(self) -> Path:
+        """Where the index and tag records live: the root, or the scratch dir (read-only)."""
+        return self._scratch or self.root
+
     async def close(self) -> None:
         if self._scratch is not None:
             await asyncio.to_thread(shutil.rmtree, self._scratch, True)

@@ -297,7 +297,10 @@ class Fills:
             if fill.result.exception() is None:
                 if self.disk is not None:
                     await self.disk.refresh()   # statvfs after each commit
-                await self.store.make_room()
+                try:
+                    await self.store.make_room()
+                except StorageError as exc:    # the disk's trouble, met by the next fill
+                    log.warning("eviction_failed", error=str(exc))
         finally:
             self._fills.pop(key, None)
 

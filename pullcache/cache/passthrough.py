@@ -6,7 +6,7 @@ to a ``Window``, an anonymous in-memory file (``memfd_create(2)``). Readers keep
 exactly as they tail a temp file (``pread``/``sendfile`` from an fd, same offsets), so a
 client mid-download never notices; nothing is cached.
 
-The window is bounded: bytes more than ``limit`` behind the writer are released
+The window is bounded: bytes more than ``limit`` behind the writer are released, in whole pages
 (``fallocate(PUNCH_HOLE)``), except those a reader is sending at that moment (its span in
 flight, at most 1 MiB, whose start holds what follows it until the send ends: a client that
 stops reading holds it at most the sendfile stall timeout). A reader that fell further behind
@@ -38,6 +38,7 @@ log = structlog.get_logger("pullcache.fill")
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
 
@@ -116,9 +117,15 @@ class Window:
                 if offset < floor:
                     self._cut.add(token)
             keep = min([floor, *self._in_flight.values()])
+            # Whole pages only: punching part of a page zeroes the rest of it in place, and
+            # a page sendfile(2) handed to a socket may still be on its way out (the socket
+            # holds the page itself, not a copy). A page wholly punched keeps its content
+            # for whoever still holds it.
+            keep -= keep % _PAGE
             if keep > self.start:
+                low = self.start - self.start % _PAGE
                 if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                                   self.start, keep - self.start) != 0:
+                                   low, keep - low) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, os.strerror(err))
                 self.start = keep
@@ -167,14 +174,15 @@ class PassThrough:
             return
         # Room for it before the first byte lands, made and reserved in one step and
         # counted until committed, so concurrent fills cannot overshoot it together.
-        self._reservation = await self.store.reserve(size or 0)
         try:
+            self._reservation = await self.store.reserve(size or 0)
             self._fd = await asyncio.to_thread(os.open, self.temp,
                                                os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as exc:
-            if not self._disk_refused(exc):
+        except (OSError, StorageError) as exc:
+            cause = exc.__cause__ if isinstance(exc, StorageError) else exc
+            if not self._disk_refused(cause):
                 raise
-            self._switched(Window(self._window_limit), "creating the temp file", exc)
+            self._switched(Window(self._window_limit), "creating the temp file", cause)
             self._writer = Writer(-1, self._hasher, progress, sink=self._window_sink)
             return
         self._writer = Writer(self._fd, self._hasher, progress, fallback=self._take_over)

@@ -319,7 +319,10 @@ class BlobStore:
             freed = self.index.evict_to(self.budget.low - reserved - incoming, touches)
             after = self.index.volume()
             return len(freed), max(before - after, 0), after
-        count, nbytes, volume = await asyncio.to_thread(_evict)
+        try:
+            count, nbytes, volume = await asyncio.to_thread(_evict)
+        except (OSError, sqlite3.Error) as exc:   # a read-only or removed index: these
+            raise StorageError(f"index: {exc}") from as_oserror(exc)   # uses are lost
         if count:
             log.info("cache_evicted", files=count, bytes=nbytes)
             self._evicted_bytes += nbytes
