@@ -17,7 +17,7 @@ BENCH_PACKAGES := wrk
 PYTEST_ARGS ?=
 
 .PHONY: run test venv system-deps bench-deps bench bench-peer bench-manifests bench-warm \
-	bench-slow clean
+	bench-slow bench-chaos bench-stale clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -54,6 +54,12 @@ bench-warm: $(STAMP) bench-deps
 
 bench-slow: $(STAMP) bench-deps
 	$(BIN)/python -m bench.slow_clients
+
+bench-chaos: $(STAMP) bench-deps
+	$(BIN)/python -m bench.chaos_soak $(CHAOS_ARGS)
+
+bench-stale: $(STAMP) bench-deps
+	$(BIN)/python -m bench.stale_tag
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -358,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
         revalidate("distribution", by_name["distribution"])
         revalidate("pullcache", by_name["pullcache"])
         pc_spec.extra["tag_ttl"] = 0
+        pc_spec.extra["stale_while_revalidate"] = "0s"   # revalidate every GET, in line
         pc.stop()
         pc.start()
         revalidate("pullcache tag_ttl=0", by_name["pullcache"])
@@ -379,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
 
         outage_pull("distribution", by_name["distribution"])
         outage_pull("pullcache tag_ttl=0", by_name["pullcache"])
-        del pc_spec.extra["tag_ttl"]
+        del pc_spec.extra["tag_ttl"], pc_spec.extra["stale_while_revalidate"]
         pc.stop()
         pc.start()
         outage_pull("pullcache", by_name["pullcache"])

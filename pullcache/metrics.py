@@ -91,6 +91,12 @@ class Metrics:
                                     ["kind", "outcome"], registry=r)
         self.pinned_bytes = Gauge("pullcache_pinned_bytes",
                                   "Bytes held by pinned images (cache.pin)", registry=r)
+        self.fill_passthroughs = Counter(
+            "pullcache_fill_passthroughs",
+            "Fills the disk refused, served from memory and not cached", registry=r)
+        self.asyncio_tasks = Gauge("pullcache_asyncio_tasks",
+                                   "asyncio tasks alive on the event loop (a leak check)",
+                                   registry=r)
         self._last_remaining: dict[str, float] = {}
         # upstream → (wall clock, method, status) of its last failed request (status page)
         self.last_errors: dict[str, tuple[float, str, str]] = {}
@@ -135,6 +141,8 @@ class Metrics:
             self.fills.labels(event).inc()
         if event == "digest_mismatch":
             self.digest_mismatches.inc()
+        if event == "passthrough":
+            self.fill_passthroughs.inc()
 
 
 def _ratelimit_value(value: str | None) -> float | None:

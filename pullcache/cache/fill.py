@@ -9,13 +9,16 @@ get the final byte at once, then the file is fsynced, renamed into place and ind
 mismatch or a source error the temp file is deleted and every reader raises ``FillFailed``,
 so its response is cut short (a client must see a broken transfer, never a complete-looking
 wrong blob).
+
+When the disk refuses the fill (ENOSPC, EDQUOT, EIO, read-only, removed; or the blob cannot
+fit the budget at all) it becomes a *pass-through* (``passthrough.PassThrough``): the bytes
+continue into a bounded in-memory ``Window`` that readers tail the same way, the temp file is
+removed, and nothing is cached. The final byte is still held back until the digest matches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Protocol
@@ -25,11 +28,12 @@ import structlog
 from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
+from .passthrough import DEFAULT_LIMIT, PassThrough, Window
+from .tail import READ_CHUNK, FillFailed, Tail  # noqa: F401 - FillFailed: part of the API
 from .store import BlobStore
 from .writer import Writer, WriterFailed
 
 log = structlog.get_logger("pullcache.fill")
-READ_CHUNK = 1 << 20
 # Readers are woken when this much more is readable, or when the writer has caught up with
 # the source (a stalled upstream): not once per chunk.
 WAKE_STEP = 2 << 20
@@ -61,21 +65,17 @@ class Candidate:
     stream: bool = True
 
 
-class FillFailed(Exception):
-    """The fill a reader was tailing failed after the response had started."""
-
-
 @dataclass(frozen=True, slots=True)
 class FillResult:
-    entry: Entry
+    entry: Entry | None          # None: passed through, not cached
     size: int
     origin: str
     seconds: float
 
 
-class Fill:
+class Fill(PassThrough, Tail):
     def __init__(self, kind: str, digest: Digest, store: BlobStore, deadline: float,
-                 on_event=None) -> None:
+                 on_event=None, disk=None, window_limit: int = DEFAULT_LIMIT) -> None:
         self.kind = kind
         self.digest = digest
         self.store = store
@@ -98,6 +98,14 @@ class Fill:
         self._started: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._progress = asyncio.Event()
         self._on_event = on_event or (lambda event, **_: None)
+        self.disk = disk                   # cache.disk.Disk: room and health (optional)
+        self.window: Window | None = None  # set when the fill passes through memory
+        self._window_limit = window_limit
+        self._fd = -1                      # the temp file being written
+        self._hasher = None
+        self._stream = True
+        self._repair = False               # the cache directory was removed: recreate it
+        self._loop = asyncio.get_running_loop()
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -107,26 +115,38 @@ class Fill:
             async with asyncio.timeout(self.deadline):
                 entry = await self._download_first(sources)
         except TimeoutError:
+            await self._discard_temp()
             self._fail(UpstreamTimeout(str(self.digest), message="fill deadline exceeded"))
         except PullcacheError as exc:
+            await self._discard_temp()
             self._fail(exc)
         except asyncio.CancelledError:
             self._fail(FillFailed("fill cancelled"))
             raise
         except Exception as exc:  # noqa: BLE001 - the fill task's supervisor
             log.exception("fill_crashed", digest=str(self.digest))
+            await self._discard_temp()
             self._fail(exc)
         else:
             seconds = time.monotonic() - began
             self.result.set_result(FillResult(entry, self.written, self.origin, seconds))
-            log.info("fill_committed", digest=str(self.digest), kind=self.kind,
-                     bytes=self.written, seconds=round(seconds, 3), origin=self.origin,
-                     verified_seconds=round(self.verified_after or seconds, 3))
-            self._on_event("committed", bytes=self.written)
+            self._ended(entry, seconds)
         finally:
             self._wake()
             if not self.result.done() or self.result.exception() is not None:
-                await asyncio.to_thread(self.temp.unlink, True)
+                await self._discard_temp()
+
+    def _ended(self, entry: Entry | None, seconds: float) -> None:
+        fields = dict(digest=str(self.digest), kind=self.kind, bytes=self.written,
+                      seconds=round(seconds, 3), origin=self.origin)
+        if entry is None:
+            log.info("fill_passed_through", **fields)
+            return
+        log.info("fill_committed", **fields,
+                 verified_seconds=round(self.verified_after or seconds, 3))
+        self._on_event("committed", bytes=self.written)
+        if self.disk is not None:
+            self.disk.recovered()
 
     async def _download_first(self, sources: "list[Candidate]") -> Entry:
         """Try each source in turn; a source that fails before readers saw any of its
@@ -142,7 +162,10 @@ class Fill:
                     error=str(exc))
                 self.written = self._woken_at = 0
                 self.generation += 1   # readers holding the old temp file must reopen
-                await asyncio.to_thread(self.temp.unlink, True)
+                if self.window is not None:
+                    self.window.close()
+                    self.window = None
+                await self._discard_temp()
         raise FillFailed("no source")  # unreachable: the loop returns or raises
 
     async def _download(self, candidate: "Candidate") -> Entry:
@@ -156,13 +179,9 @@ class Fill:
                 # A held-back source promises readers nothing (not even a size) until its
                 # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
-            hasher = self.digest.hasher()
-            # Room for it before the first byte lands, made and reserved in one step and
-            # counted until committed, so concurrent fills cannot overshoot it together.
-            self._reservation = await self.store.reserve(source.size or 0)
-            fd = await asyncio.to_thread(os.open, self.temp,
-                                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            self._writer = Writer(fd, hasher, lambda n: self._progressed(n, candidate.stream))
+            self._hasher = self.digest.hasher()
+            self._stream = candidate.stream
+            await self._open_temp(source.size)
             try:
                 received = 0
                 async for chunk in source.chunks():
@@ -182,20 +201,22 @@ class Fill:
                 # Verified: readers may have the final byte now. Durability comes after; a
                 # crash before the commit only loses the cache entry, never a wrong byte.
                 self._verified(candidate)
-                await asyncio.to_thread(os.fsync, fd)
+                await self._sync_temp()
             finally:
-                await self._writer.close()
-                await asyncio.to_thread(os.close, fd)
+                if self._writer is not None:
+                    await self._writer.close()
+                await self._close_temp()
         except BaseException as exc:
-            if self._reservation is not None:
-                self._reservation.release()
+            self._release_reservation()
             if isinstance(exc, WriterFailed):
                 raise StorageError(f"cannot write the fill: {exc}") from exc
             raise
         finally:
             await source.close()
+        if self.window is not None or self._reservation is None:
+            return None     # passed through, or the disk refused the fsync: not cached
         with self._reservation:   # released once the index counts the bytes
-            return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+            return await self._commit()
 
     def _progressed(self, written: int, stream: bool) -> None:
         """The writer thread's report (at most once per loop iteration)."""
@@ -232,109 +253,16 @@ class Fill:
         event, self._progress = self._progress, asyncio.Event()
         event.set()
 
-    # -- the readers --------------------------------------------------------------------------
-
-    @property
-    def promised_size(self) -> int | None:
-        """The size readers have been promised, once a source has been accepted."""
-        started = self._started
-        if started.done() and not started.cancelled() and started.exception() is None:
-            return started.result()
-        return None
-
-    async def started(self) -> int | None:
-        """Wait until the source answered; its size, or raise the domain error it gave."""
-        return await asyncio.shield(self._started)
-
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""
-        async with contextlib.aclosing(self.spans(start, end, READ_CHUNK)) as spans:
-            async for fd, offset, length in spans:
-                chunk = await asyncio.to_thread(os.pread, fd, length, offset)
-                if len(chunk) != length:
-                    raise FillFailed("temp file shrank")
-                yield chunk
-
-    async def spans(self, start: int = 0, end: int | None = None,
-                    limit: int | None = None) -> AsyncIterator[tuple[int, int, int]]:
-        """``(fd, offset, length)`` of bytes ``start`` to ``end`` (exclusive) as they become
-        readable, for ``pread`` or ``sendfile``; each fd is valid until the next step.
-        Raises ``FillFailed``."""
-        fd, generation = await self._open_for_read()
-        self.readers += 1
-        cap = end if end is not None else self.size   # exclusive; None while unknown
-        try:
-            offset = start
-            while cap is None or offset < cap:
-                progress = self._progress
-                verified = self.verified   # then the bytes are whole, whatever the commit does
-                if not verified and self.result.done() and self.result.exception() is not None:
-                    raise FillFailed(str(self.result.exception()))
-                if generation != self.generation:
-                    # The source was dropped before showing any byte (offset is still
-                    # ``start``): read the new temp file, never the dropped one.
-                    await asyncio.to_thread(os.close, fd)
-                    fd = -1
-                    fd, generation = await self._open_for_read()
-                available = self.visible if cap is None else min(self.visible, cap)
-                if cap is not None and cap == self.size and not verified:
-                    # Hold back the blob's final byte until its digest is verified: no client
-                    # may receive a complete-looking blob of unverified content. A range that
-                    # ends earlier is served as soon as it is written (clients that assemble
-                    # ranges, like containerd, verify the digest of the whole).
-                    available = min(available, cap - 1)
-                if offset < available:
-                    length = available - offset if limit is None else \
-                        min(available - offset, limit)
-                    yield fd, offset, length
-                    offset += length
-                elif verified:
-                    if end is None and self.size != cap and cap is not None:
-                        raise FillFailed("blob size differs from the announced one")
-                    return   # size was unknown: the verified end is where the bytes end
-                else:
-                    await progress.wait()
-            while cap == 0 and not self.verified:
-                # An empty blob has no final byte to hold back: its (empty) end waits for
-                # the verification all the same.
-                if self.result.done() and self.result.exception() is not None:
-                    raise FillFailed(str(self.result.exception()))
-                await self._progress.wait()
-        finally:
-            self.readers -= 1
-            if fd >= 0:
-                await asyncio.to_thread(os.close, fd)
-
-    async def _open_for_read(self) -> tuple[int, int]:
-        """Open the temp file (or the committed file if the fill finished meanwhile);
-        return the fd and the temp file's generation.
-
-        An fd opened on the temp file stays valid across the commit's rename (POSIX).
-        """
-        await self.started()
-        while True:
-            generation = self.generation
-            try:
-                fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
-            except FileNotFoundError:
-                if not self.result.done():
-                    await self._progress.wait()  # the writer has not created it yet
-                    continue
-                if self.result.exception() is not None:
-                    raise FillFailed(str(self.result.exception())) from None
-                path = self.store.path(self.result.result().entry)
-                return await asyncio.to_thread(os.open, path, os.O_RDONLY), generation
-            if generation == self.generation:
-                return fd, generation
-            await asyncio.to_thread(os.close, fd)   # raced with a source change: again
-
 
 class Fills:
     """The app's fills in progress, one per (kind, digest); owns their tasks."""
 
-    def __init__(self, store: BlobStore, *, deadline: float, on_event=None) -> None:
+    def __init__(self, store: BlobStore, *, deadline: float, on_event=None, disk=None,
+                 window: int = DEFAULT_LIMIT) -> None:
         self.store = store
         self.deadline = deadline
+        self.disk = disk
+        self.window = window
         self._fills: dict[tuple[str, str], Fill] = {}
         self._tasks: dict[asyncio.Task[None], Fill] = {}
         self._on_event = on_event
@@ -355,7 +283,8 @@ class Fills:
         fill = self._fills.get(key)
         if fill is not None:
             return fill, True
-        fill = Fill(kind, digest, self.store, self.deadline, self._on_event)
+        fill = Fill(kind, digest, self.store, self.deadline, self._on_event, self.disk,
+                    self.window)
         self._fills[key] = fill
         task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
         self._tasks[task] = fill
@@ -366,7 +295,12 @@ class Fills:
         try:
             await fill.run(sources)
             if fill.result.exception() is None:
-                await self.store.make_room()
+                if self.disk is not None:
+                    await self.disk.refresh()   # statvfs after each commit
+                try:
+                    await self.store.make_room()
+                except StorageError as exc:    # the disk's trouble, met by the next fill
+                    log.warning("eviction_failed", error=str(exc))
         finally:
             self._fills.pop(key, None)
 

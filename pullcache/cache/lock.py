@@ -9,6 +9,7 @@ whose admin API they could not reach).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -22,25 +23,42 @@ class CacheLock:
         self.path = root / "lock"
         self.role = role
         self._fd: int | None = None
+        self._writable = False
 
     def acquire(self) -> "CacheLock":
         """Take the lock without waiting; raise ``CacheLocked`` naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            # A read-only filesystem (the daemon then passes every pull through): nothing
+            # can change the directory, so a missing lock file is no danger; one that exists
+            # is still flocked, read-only, to keep two daemons apart.
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return self
+            writable = False
+        else:
+            writable = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise CacheLocked(f"cache dir {self.path.parent} is in use by {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{self.role} (pid {os.getpid()})\n".encode(), 0)
-        self._fd = fd
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self.role} (pid {os.getpid()})\n".encode(), 0)
+        self._fd, self._writable = fd, writable
         return self
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            if self._writable:
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)   # closing the last fd drops the flock
             self._fd = None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..oci import Digest
 from .index import Entry, Index, key_for, relpath_for
+from .verify import file_matches
 
 KINDS = ("blob", "manifest")
 
@@ -53,7 +54,7 @@ def reconcile(root: Path, tmp: Path, index: Index) -> Reconciled:
                 # Its media type died with the crash; it will be fetched again.
                 path.unlink(missing_ok=True)
                 rejected += 1
-            elif _file_matches(path, key.split(":", 1)[1]):
+            elif file_matches(path, key.split(":", 1)[1]):
                 index.add(key, Entry(relpath, path.stat().st_size))
                 adopted += 1
             else:
@@ -61,14 +62,3 @@ def reconcile(root: Path, tmp: Path, index: Index) -> Reconciled:
                 rejected += 1
     return Reconciled(temps, dropped, adopted, rejected)
 
-
-def _file_matches(path: Path, digest: str) -> bool:
-    try:
-        expected = Digest.parse(digest)
-    except Exception:  # noqa: BLE001
-        return False
-    hasher = expected.hasher()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest() == expected.hex

@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import sqlite3
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,6 +35,7 @@ from ..errors import StorageError
 from ..oci import Digest
 from .hot import HotLayer
 from .index import Entry, Index, relpath_for
+from .passthrough import as_oserror
 from .recovery import KINDS, Reconciled, reconcile  # noqa: F401 - KINDS: part of the API
 
 log = structlog.get_logger("pullcache.cache")
@@ -95,11 +97,15 @@ class BlobStore:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self, *, reconcile: bool = True) -> Reconciled | None:
+    async def open(self, *, reconcile: bool = True,
+                   index_root: Path | None = None) -> Reconciled | None:
+        """``index_root``: keep the index elsewhere (a scratch dir when the cache root is
+        read-only: ``disk.Disk.open``)."""
         def _open() -> None:
-            for sub in ("blobs", "manifests", "tmp"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-            self._index = Index(self.root)
+            if index_root is None:
+                for sub in ("blobs", "manifests", "tmp"):
+                    (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self._index = Index(index_root or self.root)
             self._index.forgotten = self.hot.forget  # type: ignore[method-assign]
         await asyncio.to_thread(_open)
         return await self.reconcile() if reconcile else None
@@ -135,7 +141,10 @@ class BlobStore:
         entry = self.lookup(kind, digest, pin=pin)
         if entry is None:
             key = _key(kind, digest)
-            entry = await asyncio.to_thread(self._warm, key, pin, False)
+            try:
+                entry = await asyncio.to_thread(self._warm, key, pin, False)
+            except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
+                raise StorageError(f"index: {exc}") from as_oserror(exc)
             if entry is not None:
                 self.hot.touch(key)   # here, on the loop: touches are the loop's alone
         return entry
@@ -154,7 +163,10 @@ class BlobStore:
         found = self.cached_manifest(digest)
         if found is None:
             key = _key("manifest", digest)
-            found = await asyncio.to_thread(self._warm, key, False, True)
+            try:
+                found = await asyncio.to_thread(self._warm, key, False, True)
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageError(f"index: {exc}") from as_oserror(exc)
             if found is not None:
                 self.hot.touch(key)
         return found
@@ -238,8 +250,8 @@ class BlobStore:
             return entry
         try:
             return await asyncio.to_thread(_commit)
-        except OSError as exc:
-            raise StorageError(str(exc)) from exc
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(str(exc)) from as_oserror(exc)
 
     async def put_bytes(self, kind: str, digest: Digest, data: bytes,
                         media_type: str | None = None) -> Entry:
@@ -254,7 +266,8 @@ class BlobStore:
         try:
             await asyncio.to_thread(_write)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            with suppress(OSError):       # a read-only or removed tree refuses this too
+                temp.unlink(missing_ok=True)
             raise StorageError(str(exc)) from exc
         return await self.commit(kind, digest, temp, len(data), media_type)
 
@@ -306,7 +319,10 @@ class BlobStore:
             freed = self.index.evict_to(self.budget.low - reserved - incoming, touches)
             after = self.index.volume()
             return len(freed), max(before - after, 0), after
-        count, nbytes, volume = await asyncio.to_thread(_evict)
+        try:
+            count, nbytes, volume = await asyncio.to_thread(_evict)
+        except (OSError, sqlite3.Error) as exc:   # a read-only or removed index: these
+            raise StorageError(f"index: {exc}") from as_oserror(exc)   # uses are lost
         if count:
             log.info("cache_evicted", files=count, bytes=nbytes)
             self._evicted_bytes += nbytes

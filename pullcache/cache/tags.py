@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import diskcache
 
-from .hot import HotLayer
+from ..errors import StorageError
 from ..oci import MANIFEST_TYPES, DOCKER_V1, DOCKER_V1_SIGNED, accepts
+from .hot import HotLayer
+from .passthrough import as_oserror
 
 _KNOWN = MANIFEST_TYPES + (DOCKER_V1_SIGNED, DOCKER_V1)
 
@@ -49,9 +52,10 @@ class TagStore:
         self._hot = hot if hot is not None else HotLayer(0)
         self._cache: diskcache.Cache | None = None
 
-    async def open(self) -> None:
+    async def open(self, root: Path | None = None) -> None:
+        """``root``: elsewhere than the cache root (a scratch dir when it is read-only)."""
         def _open() -> diskcache.Cache:
-            return diskcache.Cache(str(self._root / "tags"),
+            return diskcache.Cache(str((root or self._root) / "tags"),
                                    eviction_policy="least-recently-stored",
                                    size_limit=256 * 1024 * 1024)
         self._cache = await asyncio.to_thread(_open)
@@ -68,7 +72,10 @@ class TagStore:
         key = _key(upstream, repo, tag, aclass)
         record = self._hot.get(_HOT + key)
         if record is None:
-            raw = await asyncio.to_thread(self._cache.get, key)
+            try:
+                raw = await asyncio.to_thread(self._cache.get, key)
+            except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
+                raise StorageError(f"tag record: {exc}") from as_oserror(exc)
             if not raw:
                 return None
             record = TagRecord(**raw)
@@ -78,8 +85,32 @@ class TagStore:
     async def put(self, upstream: str, repo: str, tag: str, aclass: str,
                   record: TagRecord) -> None:
         key = _key(upstream, repo, tag, aclass)
-        await asyncio.to_thread(self._cache.set, key, asdict(record))
+
+        def _put() -> None:
+            with self._cache.transact():
+                self._cache.set(key, asdict(record))
+                # Which accept classes hold a record of this tag, for ``get_all``.
+                classes = self._cache.get(_classes_key(upstream, repo, tag), ())
+                if aclass not in classes:
+                    self._cache.set(_classes_key(upstream, repo, tag), (*classes, aclass))
+        try:
+            await asyncio.to_thread(_put)
+        except (OSError, sqlite3.Error) as exc:   # a read-only or removed cache dir
+            raise StorageError(f"tag record: {exc}") from as_oserror(exc)
         self._keep(key, record)
+
+    async def get_all(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
+        """Every accept class's record of the tag, newest first (for stale answers: any
+        cached manifest of the tag the client accepts beats an error)."""
+        def _all() -> list[TagRecord]:
+            classes = self._cache.get(_classes_key(upstream, repo, tag), ())
+            raws = (self._cache.get(_key(upstream, repo, tag, c)) for c in classes)
+            return sorted((TagRecord(**raw) for raw in raws if raw),
+                          key=lambda r: r.checked_at, reverse=True)
+        try:
+            return await asyncio.to_thread(_all)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"tag records: {exc}") from as_oserror(exc)
 
     def _keep(self, key: str, record: TagRecord) -> None:
         self._hot.put(_HOT + key, record, len(key) + len(record.digest) + len(record.media_type))
@@ -104,3 +135,7 @@ _HOT = "tag:"   # the hot layer's namespace for tag records (index keys are blob
 
 def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:
     return f"{upstream}/{repo}:{tag}#{aclass}"
+
+
+def _classes_key(upstream: str, repo: str, tag: str) -> str:
+    return f"{upstream}/{repo}:{tag}#*"

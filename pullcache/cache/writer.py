@@ -16,6 +16,7 @@ import queue
 import threading
 from typing import Callable
 
+Sink = Callable[[int, bytes], None]
 DEPTH = 64              # chunks queued at most (as read: ≤ 256 KiB each, ≤ 16 MiB held)
 
 
@@ -25,7 +26,8 @@ class WriterFailed(Exception):
 
 class Writer:
     def __init__(self, fd: int, hasher, on_progress: Callable[[int], None], *,
-                 depth: int = DEPTH) -> None:
+                 depth: int = DEPTH, sink: Sink | None = None,
+                 fallback: Callable[[OSError, int], Sink] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._fd = fd
         self._hasher = hasher
@@ -41,6 +43,11 @@ class Writer:
         self._reported = threading.Event()   # set: no progress callback is pending
         self._reported.set()
         self._error: OSError | None = None
+        # ``sink(offset, chunk)``: where chunks go instead of ``fd`` (a pass-through window),
+        # from the start or from when ``fallback(exc, offset)`` (called in this thread on a
+        # refused write) returns one; a fallback that cannot take over re-raises ``exc``.
+        self._sink = sink
+        self._fallback = fallback
         self._thread = threading.Thread(target=self._run, name="fill-writer", daemon=True)
         self._thread.start()
 
@@ -80,9 +87,7 @@ class Writer:
             while (chunk := self._queue.get()) is not None:
                 if self._error is None:
                     try:
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(self._fd, view):]
+                        self._write(chunk)
                         self._hasher.update(chunk)
                         self._written += len(chunk)
                     except OSError as exc:
@@ -96,6 +101,20 @@ class Writer:
                 self._loop.call_soon_threadsafe(_set_result, self._done)
             except RuntimeError:   # the loop is closed: nobody is waiting
                 pass
+
+    def _write(self, chunk: bytes) -> None:
+        if self._sink is not None:
+            self._sink(self._written, chunk)
+            return
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            if self._fallback is None:
+                raise
+            self._sink = self._fallback(exc, self._written)
+            self._sink(self._written, chunk)   # the whole chunk: the sink starts at its start
 
     # -- back on the loop ---------------------------------------------------------------------
 

@@ -32,6 +32,10 @@ class CacheConfig:
     low_watermark: float = _field(_fraction, 0.85)
     fill_deadline: float = _field(_timeout, 2 * HOURS, fmt=format_duration)
     reconcile_on_start: bool = _field(_bool, True)
+    # Free space left on the filesystem: budget = min(max_size, used + free - min_free).
+    min_free: int = _field(parse_size, 1 * GiB, fmt=format_size)
+    # Memory per fill the disk refused (pass-through); readers further behind are cut.
+    passthrough_window: int = _field(_positive(parse_size), 64 * MiB, fmt=format_size)
     # The hot layer: manifests, tag records and index entries kept in memory for hits.
     memory: int = _field(_positive(parse_size), 64 * MiB, fmt=format_size)
     # Images kept warm and never evicted: warmed at start and every tag_ttl (issue #12).

@@ -11,6 +11,7 @@ from pullcache.domains import registrable_domain
 from pullcache.errors import ConfigError
 
 from .fields import (
+    HOURS,
     MINUTES,
     SECONDS,
     _bool,
@@ -95,6 +96,9 @@ class UpstreamConfig:
     # asked again; unset: tag_ttl. The fallback tag schema is a tag, so it follows tag_ttl.
     referrers_ttl: float | None = _field(parse_duration, None, fmt=_optional_duration)
     serve_stale: bool = _field(_bool, True)
+    # Past tag_ttl, for this long: answer from the cache at once, revalidate in the
+    # background (a moved tag is seen one request later). 0: off.
+    stale_while_revalidate: float = _field(parse_duration, 1 * HOURS, fmt=format_duration)
     connect_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
     header_timeout: float = _field(_timeout, 15 * SECONDS, fmt=format_duration)

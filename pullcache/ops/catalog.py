@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+from pathlib import Path
 
 import diskcache
 
@@ -33,8 +34,10 @@ class Catalog:
         self.pins = pins
         self._tags: diskcache.Cache | None = None
 
-    async def open(self) -> None:
-        self._tags = await asyncio.to_thread(diskcache.Cache, str(self.store.root / "tags"))
+    async def open(self, home: Path | None = None) -> None:
+        """``home``: where the tag records live, when not the cache root (``Disk.home``)."""
+        self._tags = await asyncio.to_thread(diskcache.Cache,
+                                             str((home or self.store.root) / "tags"))
 
     async def close(self) -> None:
         if self._tags is not None:

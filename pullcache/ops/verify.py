@@ -16,10 +16,10 @@ import structlog
 
 from ..cache.index import relpath_for
 from ..cache.store import BlobStore
+from ..cache.verify import file_hexdigest
 from ..oci import Digest
 
 log = structlog.get_logger("pullcache.verify")
-CHUNK = 1 << 20
 
 
 @dataclass
@@ -83,22 +83,22 @@ class Verifier:
 
     def _check(self, key: str, path, progress: VerifyProgress) -> str | None:
         expected = Digest.parse(key.partition(":")[2])
-        hasher = expected.hasher()
         began, read = time.monotonic(), 0
+
+        def step(n: int) -> None:
+            nonlocal read
+            read += n
+            progress.bytes_done += n
+            if self.rate:
+                ahead = read / self.rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)   # in the worker thread, never on the loop
         try:
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    hasher.update(chunk)
-                    read += len(chunk)
-                    progress.bytes_done += len(chunk)
-                    if self.rate:
-                        ahead = read / self.rate - (time.monotonic() - began)
-                        if ahead > 0:
-                            time.sleep(ahead)   # in the worker thread, never on the loop
+            hexdigest = file_hexdigest(path, expected, step)
         except FileNotFoundError:
             return None   # evicted while we were getting to it: nothing to verify
         except OSError as exc:
             return f"unreadable: {exc.strerror}"
-        if hasher.hexdigest() != expected.hex:
-            return f"content hashes to {expected.algorithm}:{hasher.hexdigest()}"
+        if hexdigest != expected.hex:
+            return f"content hashes to {expected.algorithm}:{hexdigest}"
         return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from ..backing.tier import EcrTier, WriteBehind
+from ..cache.disk import Disk
 from ..cache.fill import Fills
 from ..cache.store import BlobStore
 from ..cache.tags import TagStore
@@ -32,14 +33,19 @@ from .referrers import Referrers, ReferrersAnswer
 class Proxy:
     def __init__(self, store: BlobStore, fills: Fills, tags: TagStore,
                  upstreams: Mapping[str, Upstream], metrics: Metrics, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 disk: Disk | None = None) -> None:
         self.store = store
         self.fills = fills
         self.upstreams = upstreams
-        self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes)
-        self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes)
+        self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes, disk=disk)
+        self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes, disk=disk)
         self.discovery = Discovery(tags)
         self.referrer_lists = Referrers(self.manifests, tags, metrics)
+
+    async def close(self) -> None:
+        """End the background work the policy started (tag revalidations)."""
+        await self.manifests.close()
 
     async def manifest(self, route: Route, reference: str,
                        accept: tuple[str, ...]) -> ManifestAnswer:

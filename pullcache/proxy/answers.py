@@ -18,6 +18,7 @@ class Upstream:
     client: RegistryClient
     tag_ttl: float
     serve_stale: bool
+    stale_while_revalidate: float = 0.0
     referrers_ttl: float | None = None   # None: tag_ttl
 
     @property

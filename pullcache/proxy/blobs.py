@@ -16,8 +16,10 @@ from typing import Callable
 from .. import errors
 from ..backing.tier import EcrTier, WriteBehind
 from ..cache.body import FileBody, FillBody
+from ..cache.disk import Disk
 from ..cache.fill import Candidate, Fill, Fills
 from ..cache.store import BlobStore
+from ..errors import StorageError
 from ..metrics import Metrics
 from ..oci import Digest
 from ..routing import Route
@@ -43,8 +45,10 @@ def _tier(tier: EcrTier) -> Remote:
 
 class Blobs:
     def __init__(self, store: BlobStore, fills: Fills, metrics: Metrics, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 disk: Disk | None = None) -> None:
         self.store = store
+        self.disk = disk
         self.fills = fills
         self.metrics = metrics
         self.tier = tier
@@ -58,7 +62,12 @@ class Blobs:
         return answer
 
     async def _from_disk(self, digest: Digest) -> BlobAnswer | None:
-        entry = await self.store.stat("blob", digest, pin=True)
+        try:
+            entry = await self.store.stat("blob", digest, pin=True)
+        except StorageError as exc:
+            if self.disk is not None:
+                await self.disk.failed("reading the index", exc)
+            return None    # a miss: the fill passes through or caches on a repaired tree
         body = await FileBody.open(self.store, entry) if entry is not None else None
         return BlobAnswer(digest, body, "hit") if body is not None else None
 
@@ -74,8 +83,8 @@ class Blobs:
         return BlobAnswer(digest, FillBody(fill, size), "joined" if joined else "miss")
 
     def _write_back(self, route: Route, digest: Digest, fill: Fill, done) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return
+        if done.cancelled() or done.exception() is not None or done.result().entry is None:
+            return      # failed, or passed through (nothing on disk to write back)
         self.metrics.tier_reads.labels("blob", "hit" if fill.source == "ecr" else "miss").inc()
         if fill.source != "ecr":
             self.writes.blob(route.upstream, route.repo, digest)

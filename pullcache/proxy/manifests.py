@@ -4,21 +4,27 @@ by digest → cache, else the backing tier, else upstream GET by digest, verifie
             revalidated (the digest fixes the content).
 by tag    → fresh record? serve : HEAD upstream (HEADs are free on Docker Hub) → digest
             cached? serve : GET by digest; upstream down / 429 → serve stale with
-            ``Warning: 299``.
+            ``Warning: 299`` (the client's own accept class first, else any cached record
+            of the tag whose media type the client accepts).
+            Stale-while-revalidate (RFC 5861's idea): up to ``stale_while_revalidate`` past
+            the TTL, serve the record at once and revalidate in the background, one flight
+            per tag; a moved tag is seen one request later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
 
 from .. import errors
 from ..backing.tier import EcrTier, StoredManifest, WriteBehind
+from ..cache.disk import Disk
 from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..metrics import Metrics
-from ..oci import DEFAULT_ACCEPT, Digest, manifest_media_type, parse_reference
+from ..oci import DEFAULT_ACCEPT, Digest, accepts, manifest_media_type, parse_reference
 from ..routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, ManifestAnswer, Upstream, parse_digest, tier_outcome
@@ -28,13 +34,24 @@ log = structlog.get_logger("pullcache.proxy")
 
 class Manifests:
     def __init__(self, store: BlobStore, tags: TagStore, metrics: Metrics, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None) -> None:
+                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 disk: Disk | None = None) -> None:
         self.store = store
+        self.disk = disk
         self.tags = tags
         self.metrics = metrics
         self.tier = tier
         self.writes = writes
         self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
+        self._behind: set[asyncio.Task[None]] = set()   # background revalidations
+        self._behind_keys: set[tuple] = set()             # ...by tag, until they land
+
+    async def close(self) -> None:
+        """Cancel background revalidations and flights in the air (at shutdown)."""
+        for task in list(self._behind):
+            task.cancel()
+        await asyncio.gather(*self._behind, return_exceptions=True)
+        await self._flights.close()
 
     async def get(self, upstream: Upstream, route: Route, reference: str,
                   accept: tuple[str, ...]) -> ManifestAnswer:
@@ -64,28 +81,64 @@ class Manifests:
     async def _by_tag(self, upstream: Upstream, route: Route, tag: str,
                       accept: tuple[str, ...]) -> ManifestAnswer:
         aclass = accept_class(accept)
-        # The hot path: a fresh record and its manifest, both from memory.
+        # The hot path: a record and its manifest, both from memory.
         record = self.tags.cached(route.upstream, route.repo, tag, aclass)
         if record is None:
-            record = await self.tags.get(route.upstream, route.repo, tag, aclass)
-        if record is not None and record.age() < upstream.tag_ttl:
+            try:
+                record = await self.tags.get(route.upstream, route.repo, tag, aclass)
+            except errors.StorageError as exc:
+                await self._disk_refused("reading a tag record", exc)
+                record = None   # revalidate: the upstream knows
+        age = record.age() if record is not None else None
+        if age is not None and age < upstream.tag_ttl + upstream.stale_while_revalidate:
             cached = await self.cached(Digest.parse(record.digest))
             if cached is not None:
-                return cached
+                if age < upstream.tag_ttl:
+                    return cached
+                self._revalidate_behind(upstream, route, tag, accept, aclass, record)
+                return cached.as_("swr")
 
-        async def resolve() -> ManifestAnswer:
-            try:
-                return await self._resolve_tag(upstream, route, tag, accept, aclass, record)
-            except errors.UPSTREAM_FAILURES as exc:
-                stale = await self._stale(upstream, record)
-                if stale is None:
-                    raise
-                log.warning("served_stale", upstream=route.upstream, repo=route.repo,
-                            tag=tag, error=str(exc), age=round(record.age(), 1))
-                return stale
         key = ("tag", route.upstream, route.repo, tag, aclass)
-        answer, joined = await self._flights.do(key, resolve, on_join=self._count_join)
+        answer, joined = await self._flights.do(
+            key, lambda: self._resolve_or_stale(upstream, route, tag, accept, aclass, record),
+            on_join=self._count_join)
         return answer.as_("joined") if joined and answer.cache != "stale" else answer
+
+    def _revalidate_behind(self, upstream: Upstream, route: Route, tag: str,
+                           accept: tuple[str, ...], aclass: str, record: TagRecord) -> None:
+        """Start the tag's revalidation in a task this object owns, unless one is in the
+        air already (one flight per tag: requests meanwhile are answered from the cache)."""
+        key = ("tag", route.upstream, route.repo, tag, aclass)
+        if key in self._behind_keys or self._flights.in_flight(key):
+            return
+        self._behind_keys.add(key)
+
+        async def revalidate() -> None:
+            try:
+                await self._flights.do(key, lambda: self._resolve_or_stale(
+                    upstream, route, tag, accept, aclass, record))
+            except errors.PullcacheError as exc:
+                log.info("revalidation_failed", upstream=route.upstream, repo=route.repo,
+                         tag=tag, error=str(exc))
+        task = asyncio.create_task(revalidate(), name=f"revalidate {route.repo}:{tag}")
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
+        task.add_done_callback(lambda _: self._behind_keys.discard(key))
+
+    async def _resolve_or_stale(self, upstream: Upstream, route: Route, tag: str,
+                                accept: tuple[str, ...], aclass: str,
+                                record: TagRecord | None) -> ManifestAnswer:
+        try:
+            return await self._resolve_tag(upstream, route, tag, accept, aclass, record)
+        except errors.UPSTREAM_FAILURES as exc:
+            stale = await self._stale(upstream, route, tag, accept, record)
+            if stale is None:
+                raise
+            answer, used = stale
+            log.warning("served_stale", upstream=route.upstream, repo=route.repo,
+                        tag=tag, error=str(exc), age=round(used.age(), 1),
+                        other_class=used is not record)
+            return answer
 
     def _count_join(self) -> None:
         self.metrics.coalesced.labels("manifest").inc()
@@ -110,8 +163,13 @@ class Manifests:
             cached = await self._store(got.body, got.content_type, got.digest, None)
             self._write_back(upstream, route.repo, cached.digest, tag)
             outcome = "miss"
-        await self.tags.put(route.upstream, route.repo, tag, aclass,
-                            TagRecord(str(cached.digest), cached.media_type, time.time()))
+        try:
+            await self.tags.put(route.upstream, route.repo, tag, aclass,
+                                TagRecord(str(cached.digest), cached.media_type, time.time()))
+        except errors.StorageError as exc:
+            # Served all the same; the next request revalidates again.
+            log.warning("tag_record_not_saved", repo=route.repo, tag=tag, error=str(exc))
+            await self._disk_refused("saving a tag record", exc)
         return cached.as_(outcome)
 
     async def _fetch_by_digest(self, upstream: Upstream, repo: str, digest: Digest,
@@ -138,18 +196,34 @@ class Manifests:
         if self.writes is not None:
             self.writes.manifest(upstream.client.name, repo, digest, tag)
 
-    async def _stale(self, upstream: Upstream, record: TagRecord | None) -> ManifestAnswer | None:
-        if record is None or not upstream.serve_stale:
+    async def _stale(self, upstream: Upstream, route: Route, tag: str,
+                     accept: tuple[str, ...], record: TagRecord | None,
+                     ) -> tuple[ManifestAnswer, TagRecord] | None:
+        """A cached manifest of the tag to serve while upstream cannot answer: the client's
+        own accept class first, else the newest record of another class whose media type
+        the client accepts (a mixed fleet of clients shares one outage)."""
+        if not upstream.serve_stale:
             return None
-        cached = await self.cached(Digest.parse(record.digest))
-        if cached is None:
-            return None
-        return ManifestAnswer(cached.body, cached.media_type, cached.digest, "stale",
-                              STALE_WARNING)
+        try:
+            others = await self.tags.get_all(route.upstream, route.repo, tag)
+        except errors.StorageError:
+            others = []
+        candidates = ([record] if record is not None else []) + [
+            r for r in others if r != record and accepts(accept, r.media_type)]
+        for candidate in candidates:
+            cached = await self.cached(Digest.parse(candidate.digest))
+            if cached is not None:
+                return ManifestAnswer(cached.body, cached.media_type, cached.digest, "stale",
+                                      STALE_WARNING), candidate
+        return None
 
     async def cached(self, digest: Digest) -> ManifestAnswer | None:
         """The manifest from the local cache (memory, else disk), or None."""
-        found = self.store.cached_manifest(digest) or await self.store.manifest(digest)
+        try:
+            found = self.store.cached_manifest(digest) or await self.store.manifest(digest)
+        except errors.StorageError as exc:
+            await self._disk_refused("reading the index", exc)
+            return None     # a miss: fetched (and, once repaired, cached) again
         if found is None:
             return None
         entry, body = found
@@ -165,5 +239,14 @@ class Manifests:
             self.metrics.digest_mismatches.inc()
             raise errors.DigestMismatch(str(digest))
         media_type = manifest_media_type(body, content_type)
-        await self.store.put_bytes("manifest", digest, body, media_type)
+        try:
+            await self.store.put_bytes("manifest", digest, body, media_type)
+        except errors.StorageError as exc:
+            # Verified bytes in hand: pass them through uncached rather than fail the pull.
+            log.warning("manifest_passthrough", digest=str(digest), error=str(exc))
+            await self._disk_refused("caching a manifest", exc)
         return ManifestAnswer(body, media_type, digest, "miss")
+
+    async def _disk_refused(self, what: str, exc: errors.StorageError) -> None:
+        if self.disk is not None:
+            await self.disk.failed(what, exc)

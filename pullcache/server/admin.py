@@ -10,12 +10,14 @@ app itself (``setup_ops``).
 
 from __future__ import annotations
 
+import sqlite3
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admin_api import setup_api
 from .admin_page import setup_page
-from .keys import CORE, DRAINING, METRICS, STORE, core_of
+from .keys import CORE, DISK, DRAINING, METRICS, STORE, core_of
 from .middleware import oci_errors
 from .operations import OPS
 
@@ -49,6 +51,11 @@ async def readyz(request: web.Request) -> web.Response:
     # Pins past the budget do not stop serving, but the operator must hear of it.
     detail = [ops.pinning.over_budget] if ops and ops.pinning and ops.pinning.over_budget \
         else []
+    disk = core[DISK].status() if DISK in core else None
+    if disk is not None:
+        # Degraded, still serving: fills pass through memory, nothing is cached.
+        return web.json_response({"status": "degraded", **disk, "problems": problems,
+                                  "detail": detail})
     return web.json_response({"status": "ok" if not problems else "unready",
                               "problems": problems, "detail": detail},
                              status=503 if problems else 200)
@@ -57,8 +64,12 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     core = core_of(request)
     m = core[METRICS]
-    usage = await core[STORE].usage()
-    m.cache_bytes.set(usage["bytes"])
-    m.cache_budget.set(usage["max_size"])
+    try:
+        usage = await core[STORE].usage()
+    except (OSError, sqlite3.Error):   # a removed index, repaired by the next failing pull
+        usage = None
+    if usage is not None:
+        m.cache_bytes.set(usage["bytes"])
+        m.cache_budget.set(usage["max_size"])
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

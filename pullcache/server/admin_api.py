@@ -177,7 +177,8 @@ async def status(request: web.Request) -> web.Response:
     core = core_of(request)
     ops, m = core[OPS], core[METRICS]
     fills = [{"digest": str(f.digest), "kind": f.kind, "bytes": f.written, "size": f.size,
-              "readers": f.readers, "origin": f.origin}
+              "readers": f.readers, "origin": f.origin,
+              "passthrough": f.window is not None}   # the disk refused it: not cached
              for f in core[PROXY].fills.in_flight()]
     upstreams = []
     for host, up in core[UPSTREAMS].items():

@@ -34,6 +34,7 @@ from ..backing.ecr import EcrApi, EcrCredentials
 from ..backing.journal import JOURNAL_DIR, Journal
 from ..backing.repositories import RepositorySettings
 from ..backing.tier import EcrTier, WriteBehind
+from ..cache.disk import Disk
 from ..cache.fill import Fills
 from ..cache.hot import FLUSH_INTERVAL, HotLayer
 from ..cache.store import BlobStore, Budget
@@ -50,8 +51,8 @@ from . import admin, routes
 from ..ops.status import Pulls
 from .access import ACCESS, AccessControl, access_control
 from .authz import POLICY
-from .keys import (CREDENTIALS, DRAINING, METRICS, PROXY, PULLS, ROUTES, SENDFILE, SESSION,
-                   STORE, TIER, UPSTREAMS)
+from .keys import (CREDENTIALS, DISK, DRAINING, METRICS, PROXY, PULLS, ROUTES, SENDFILE,
+                   SESSION, STORE, TIER, UPSTREAMS)
 from .sendfile import Sendfile
 from .middleware import oci_errors, request_context
 from .operations import lock_context, operations_context
@@ -101,6 +102,8 @@ def build_app(config: Config) -> web.Application:
                 connector=connector, auto_decompress=False, trust_env=False,
                 read_bufsize=256 << 10))
             app[SESSION] = session
+            loop = asyncio.get_running_loop()
+            metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
             upstreams = {}
             for u in config.upstreams:
                 credentials = app[CREDENTIALS].get(u.host)
@@ -113,15 +116,19 @@ def build_app(config: Config) -> web.Application:
                                         observer=metrics, credentials=credentials,
                                         basic_first=u.auth == "ecr")
                 upstreams[u.host] = Upstream(client, u.tag_ttl, u.serve_stale,
+                                             u.stale_while_revalidate,
                                              referrers_ttl=u.referrers_ttl)
             app[UPSTREAMS] = upstreams
             yield
 
     async def cache(app: web.Application) -> AsyncIterator[None]:
-        await store.open(reconcile=config.cache.reconcile_on_start)
         tags = TagStore(config.cache.dir, hot)
-        await tags.open()
-        fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event)
+        app[DISK] = disk = Disk(store, tags, max_size=config.cache.max_size,
+                                min_free=config.cache.min_free)
+        await disk.open(reconcile=config.cache.reconcile_on_start)
+        await disk.refresh()
+        fills = Fills(store, deadline=config.cache.fill_deadline, on_event=metrics.fill_event,
+                      disk=disk, window=config.cache.passthrough_window)
         metrics.fills_in_flight.set_function(lambda: len(fills))
         async with contextlib.AsyncExitStack() as stack:
             tier = writes = None
@@ -147,13 +154,15 @@ def build_app(config: Config) -> web.Application:
                 stack.push_async_callback(writes.close)
                 app[TIER] = writes
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
-                               tier=tier, writes=writes)
+                               tier=tier, writes=writes, disk=disk)
             try:
                 yield
             finally:
+                await app[PROXY].close()
                 await fills.close()
         await tags.close()
         await store.close()
+        await disk.close()
 
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_housekeep(store), name="housekeeping"),

@@ -10,6 +10,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ..backing.tier import WriteBehind
+    from ..cache.disk import Disk
     from ..cache.store import BlobStore
     from ..metrics import Metrics
     from ..ops.status import Pulls
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
 STORE: web.AppKey["BlobStore"] = web.AppKey("store")
+DISK: web.AppKey["Disk"] = web.AppKey("disk")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from ..cache.lock import CacheLock
+from ..cache.passthrough import is_disk_error
 from ..cache.pins import PinSet
 from ..config import Config
 from ..ops.catalog import Catalog
@@ -25,7 +26,7 @@ from ..ops.pinning import Pinning
 from ..ops.refs import Platform, parse_image
 from ..ops.status import Pulls, Samples
 from ..ops.warm import Warmer
-from .keys import METRICS, PROXY, PULLS, ROUTES, STORE
+from .keys import DISK, METRICS, PROXY, PULLS, ROUTES, STORE
 
 log = structlog.get_logger("pullcache.ops")
 SAMPLE_INTERVAL = 10.0
@@ -63,12 +64,18 @@ def operations_context(config: Config):
         # Content of pins still configured stays held across the restart until re-warmed;
         # pins no longer configured are let go (and offline gc must see that too).
         pins.retain(set(config.cache.pin))
-        await asyncio.to_thread(pins.save)
+        try:
+            await asyncio.to_thread(pins.save)
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise
+            # A read-only (or full) cache filesystem: pass-through mode, nothing to pin.
+            log.warning("pins_not_saved", error=str(exc))
         store.index.keeps = pins.keeps
         metrics.pinned_bytes.set(pins.pinned_bytes())
         warmer = Warmer(app[PROXY], app[ROUTES], store)
         catalog = Catalog(store, pins)
-        await catalog.open()
+        await catalog.open(app[DISK].home if DISK in app else None)
         samples = Samples(metrics, interval=SAMPLE_INTERVAL)
         ops = Operations(config, Jobs(), warmer, pins, _pinning(config, app, pins, warmer),
                          catalog, samples, app[PULLS])

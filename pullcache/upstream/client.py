@@ -301,7 +301,7 @@ class RegistryClient:
         if method != "HEAD":
             try:
                 body = await read_limited(resp, MAX_ERROR_BODY, truncate=True)
-            except aiohttp.ClientError:
+            except (errors.UpstreamError, errors.UpstreamTimeout):
                 body = b""
         resp.release()
         raise error_for(resp.status, resp.headers, body, not_found, self.name)

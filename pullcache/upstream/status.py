@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
+import aiohttp
+
 from .. import errors
 
 
@@ -56,13 +58,19 @@ def upstream_detail(body: bytes) -> str | None:
 
 async def read_limited(resp, limit: int, truncate: bool = False) -> bytes:
     """An aiohttp response body up to ``limit`` bytes: cut there (``truncate``) or refused
-    with ``UpstreamError``."""
+    with ``UpstreamError``. A body cut or stalled midway is the upstream's failure (502/504),
+    never ours."""
     chunks, total = [], 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            if truncate:
-                break
-            raise errors.UpstreamError(f"response larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            total += len(chunk)
+            if total > limit:
+                if truncate:
+                    break
+                raise errors.UpstreamError(f"response larger than {limit} bytes")
+            chunks.append(chunk)
+    except TimeoutError as exc:  # aiohttp's sock_read timeout
+        raise errors.UpstreamTimeout("response body stalled") from exc
+    except aiohttp.ClientError as exc:
+        raise errors.UpstreamError(f"response body failed: {exc}") from exc
     return b"".join(chunks)

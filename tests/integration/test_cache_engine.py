@@ -152,8 +152,8 @@ def test_cached_image_pulls_fast_with_upstream_blackholed(make_pullcache, regist
     keep timing out the breaker opens and upstream is not asked at all. Distribution and
     Harbor wait 30 s to minutes here."""
     pc = make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url, extra={
-        "tag_ttl": 0, "header_timeout": "60s", "revalidate_timeout": "1s",
-        "breaker_failures": 2, "breaker_cooldown": "10m"}))
+        "tag_ttl": 0, "stale_while_revalidate": "0s", "header_timeout": "60s",
+        "revalidate_timeout": "1s", "breaker_failures": 2, "breaker_cooldown": "10m"}))
     image = build_image("blackhole", layer_sizes=(300_000, 2000))
     push(registry, "engine/blackhole", "v1", image)
 
@@ -193,7 +193,8 @@ def test_one_slow_revalidation_does_not_open_the_breaker(make_pullcache, registr
     the breaker, and every uncached pull from that upstream then failed for the cool-down.
     Now the tag is served stale and the timeout counts as one failure."""
     pc = make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url, extra={
-        "tag_ttl": 0, "revalidate_timeout": "1s", "breaker_cooldown": "10m"}))
+        "tag_ttl": 0, "stale_while_revalidate": "0s", "revalidate_timeout": "1s",
+        "breaker_cooldown": "10m"}))
     cached, fresh = build_image("slowhead", layer_sizes=(2000,)), \
         build_image("slowhead-other", layer_sizes=(3000,))
     push(registry, "engine/slowhead", "v1", cached)

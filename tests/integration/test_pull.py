@@ -114,7 +114,7 @@ def access_line(pc, rid: str) -> dict:
 def test_tag_revalidates_with_head_only(make_pullcache, registry, fault_proxy, images):
     """After tag_ttl the tag is checked with a HEAD; an unchanged digest costs no GET."""
     pc = make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
-                                     extra={"tag_ttl": 0}))
+                                     extra={"tag_ttl": 0, "stale_while_revalidate": "0s"}))
     image = images["oci"]
     first = request(pc.url, "/v2/test/oci/manifests/v1", headers=ACCEPT_LINES)
     assert first.status == 200
@@ -132,7 +132,8 @@ def test_tag_revalidates_with_head_only(make_pullcache, registry, fault_proxy, i
 
 
 def test_tag_moves_to_new_digest(make_pullcache, registry, images):
-    pc = make_pullcache(UpstreamSpec(registry.host, registry.url, extra={"tag_ttl": 0}))
+    pc = make_pullcache(UpstreamSpec(registry.host, registry.url,
+                                     extra={"tag_ttl": 0, "stale_while_revalidate": "0s"}))
     a, b = build_image("moving-a"), build_image("moving-b")
     push(registry, "test/moving", "latest", a)
     assert request(pc.url, "/v2/test/moving/manifests/latest").headers[

@@ -98,7 +98,8 @@ def test_fallback_is_a_tag_served_stale_and_referrers_are_cache_hits(make_pullca
                                                                      fault_proxy):
     subject, signature, sbom = push_signed(registry, "refs/stale", "refs-stale")
     pc = make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
-                                     extra={"tag_ttl": 0, "referrers_ttl": "1h",
+                                     extra={"tag_ttl": 0, "stale_while_revalidate": "0s",
+                                            "referrers_ttl": "1h",
                                             "breaker_failures": 100}))
     _, found = referrers(pc, "refs/stale", subject.digest)
     assert [d["digest"] for d in found] == [signature.digest, sbom.digest]

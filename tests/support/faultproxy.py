@@ -8,13 +8,13 @@ of every request. One fault at a time can be armed from the test thread::
     proxy.set_fault("truncate", match="/blobs/sha256:", at_byte=1000, times=1)
 
 Kinds: corrupt, truncate, stall, status, blackhole, reset (see :meth:`FaultProxy.set_fault`).
+For a soak, ``proxy.chaos = Chaos(seed, rate)`` (tests/support/chaos.py) faults requests at
+random, whenever no armed fault applies; ``proxy.chaos.counts`` counts them by kind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import threading
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from tests.support._aiothread import ThreadedApp
+from tests.support.chaos import BodyFault, Chaos, Draw, abort_with_rst
 
 FAULT_KINDS = ("corrupt", "truncate", "stall", "status", "blackhole", "reset", "redirect")
 HOP_BY_HOP = frozenset(h.lower() for h in (
@@ -84,6 +85,8 @@ class FaultProxy(ThreadedApp):
         #: with ``cdn_authorization`` (the CDN's own credentials: a presigned URL's stand-in).
         self.cdn_requests: list[dict[str, str]] = []
         self.cdn_authorization: str | None = None
+        #: random faults for a soak (see tests/support/chaos.py); None: only armed faults
+        self.chaos: Chaos | None = None
 
     # -- counting -----------------------------------------------------------------
     @property
@@ -195,6 +198,12 @@ class FaultProxy(ThreadedApp):
             self._requests.append((request.method, request.path_qs))
         fault = self._take_fault(request.method, request.path)
         kind = fault.kind if fault else None
+        chaos = self.chaos
+        draw = chaos.draw(request.method, request.path) if fault is None and chaos else None
+        if draw is not None and draw.kind.startswith("status_"):
+            chaos.count(draw.kind)
+            return self._status_response(Fault("status", "", None, draw.status,
+                                               draw.retry_after, 0, None))
         if request.path.startswith(CDN_PREFIX):
             return await self._cdn(request)
         if kind == "redirect":
@@ -209,7 +218,7 @@ class FaultProxy(ThreadedApp):
             await self._unblock.wait()
             return self._reset(request)
         try:
-            return await self._forward(request, fault)
+            return await self._forward(request, fault, draw)
         except aiohttp.ClientError as exc:  # upstream unreachable before any byte was sent
             return web.json_response(
                 {"errors": [{"code": "UNAVAILABLE", "message": f"fault proxy: upstream error: {exc}"}]},
@@ -230,15 +239,8 @@ class FaultProxy(ThreadedApp):
     @staticmethod
     def _reset(request: web.Request) -> web.Response:
         """Abort the connection with a TCP RST; aiohttp then ignores the returned response."""
-        transport = request.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-            transport.abort()
+        if request.transport is not None:
+            abort_with_rst(request.transport)
         return web.Response(status=500)
 
     @staticmethod
@@ -263,7 +265,8 @@ class FaultProxy(ThreadedApp):
             return self.url + value[len(self.upstream_url):]
         return value
 
-    async def _forward(self, request: web.Request, fault: Fault | None) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, fault: Fault | None,
+                       draw: Draw | None = None) -> web.StreamResponse:
         assert self._session is not None
         headers, skip = self._upstream_headers(request)
         body = request.content.iter_chunked(CHUNK) if request.body_exists else None
@@ -287,6 +290,8 @@ class FaultProxy(ThreadedApp):
             if request.method == "HEAD":
                 return response
             try:
+                if draw is not None and self.chaos is not None:
+                    return await self._stream_chaos(request, response, upstream, draw)
                 return await self._stream_body(request, response, upstream, fault)
             except aiohttp.ClientError:
                 # Upstream died mid-body: headers are out, so the only honest signal is to
@@ -320,6 +325,16 @@ class FaultProxy(ThreadedApp):
             if chunk:
                 await response.write(chunk)
             sent = end
+        await response.write_eof()
+        return response
+
+    async def _stream_chaos(self, request: web.Request, response: web.StreamResponse,
+                            upstream: aiohttp.ClientResponse, draw: Draw) -> web.StreamResponse:
+        assert self.chaos is not None
+        body = BodyFault(draw, self.chaos, upstream.content_length, request.transport)
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            if not await body.write(response, chunk):
+                return response
         await response.write_eof()
         return response
 

@@ -1,0 +1,141 @@
+"""A fill's readers: they tail its temp file (or its pass-through window) as it grows.
+
+Mixed into ``fill.Fill``, whose state it reads (``visible``, ``verified``, ``size``,
+``generation``, ``window``, ``result``, ``_started``, ``_progress``). Every request that wants
+the blob reads the one fill from any offset: the first byte reaches each client as soon as it
+reaches us, and the blob's final byte only once the digest matched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import AsyncIterator
+
+READ_CHUNK = 1 << 20
+
+
+class FillFailed(Exception):
+    """The fill a reader was tailing failed after the response had started."""
+
+
+class Tail:
+    # -- the readers --------------------------------------------------------------------------
+
+    @property
+    def promised_size(self) -> int | None:
+        """The size readers have been promised, once a source has been accepted."""
+        started = self._started
+        if started.done() and not started.cancelled() and started.exception() is None:
+            return started.result()
+        return None
+
+    async def started(self) -> int | None:
+        """Wait until the source answered; its size, or raise the domain error it gave."""
+        return await asyncio.shield(self._started)
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""
+        async with contextlib.aclosing(self.spans(start, end, READ_CHUNK)) as spans:
+            async for fd, offset, length in spans:
+                chunk = await asyncio.to_thread(os.pread, fd, length, offset)
+                if len(chunk) != length:
+                    raise FillFailed("temp file shrank")
+                yield chunk
+
+    async def spans(self, start: int = 0, end: int | None = None,
+                    limit: int | None = None) -> AsyncIterator[tuple[int, int, int]]:
+        """``(fd, offset, length)`` of bytes ``start`` to ``end`` (exclusive) as they become
+        readable, for ``pread`` or ``sendfile``; each fd is valid until the next step.
+        Raises ``FillFailed``."""
+        fd, generation = await self._open_for_read()
+        self.readers += 1
+        token = id(object())    # this reader, for the pass-through window's bookkeeping
+        cap = end if end is not None else self.size   # exclusive; None while unknown
+        try:
+            offset = start
+            while cap is None or offset < cap:
+                progress = self._progress
+                verified = self.verified   # then the bytes are whole, whatever the commit does
+                if not verified and self.result.done() and self.result.exception() is not None:
+                    raise FillFailed(str(self.result.exception()))
+                window = self.window
+                if window is not None:
+                    window.release(token)
+                if generation != self.generation:
+                    # The source was dropped before showing any byte (offset is still
+                    # ``start``): read the new temp file, never the dropped one. Or the
+                    # fill went pass-through: read the window, same offsets.
+                    await asyncio.to_thread(os.close, fd)
+                    fd = -1
+                    fd, generation = await self._open_for_read()
+                available = self.visible if cap is None else min(self.visible, cap)
+                if cap is not None and cap == self.size and not verified:
+                    # Hold back the blob's final byte until its digest is verified: no client
+                    # may receive a complete-looking blob of unverified content. A range that
+                    # ends earlier is served as soon as it is written (clients that assemble
+                    # ranges, like containerd, verify the digest of the whole).
+                    available = min(available, cap - 1)
+                if offset < available:
+                    length = available - offset if limit is None else \
+                        min(available - offset, limit)
+                    if window is not None and generation == self.generation:
+                        if not window.hold(token, offset):
+                            raise FillFailed("fell behind the pass-through window")
+                        length = min(length, READ_CHUNK)   # spans stay short in memory
+                    yield fd, offset, length
+                    offset += length
+                elif verified:
+                    if end is None and self.size != cap and cap is not None:
+                        raise FillFailed("blob size differs from the announced one")
+                    return   # size was unknown: the verified end is where the bytes end
+                else:
+                    await progress.wait()
+            while cap == 0 and not self.verified:
+                # An empty blob has no final byte to hold back: its (empty) end waits for
+                # the verification all the same.
+                if self.result.done() and self.result.exception() is not None:
+                    raise FillFailed(str(self.result.exception()))
+                await self._progress.wait()
+        finally:
+            self.readers -= 1
+            if self.window is not None:
+                self.window.release(token)
+            if fd >= 0:
+                await asyncio.to_thread(os.close, fd)
+
+    async def _open_for_read(self) -> tuple[int, int]:
+        """Open the temp file (or the committed file if the fill finished meanwhile);
+        return the fd and the temp file's generation.
+
+        An fd opened on the temp file stays valid across the commit's rename (POSIX).
+        """
+        await self.started()
+        while True:
+            generation = self.generation
+            if self.window is not None:
+                if self.window.fd < 0:
+                    raise FillFailed("the pass-through ended before this reader started")
+                return self.window.open(), generation
+            try:
+                fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
+            except FileNotFoundError:
+                if not self.result.done():
+                    await self._progress.wait()  # the writer has not created it yet
+                    continue
+                if self.result.exception() is not None:
+                    raise FillFailed(str(self.result.exception())) from None
+                entry = self.result.result().entry
+                if entry is None:
+                    raise FillFailed("passed through, not cached")
+                try:
+                    return await asyncio.to_thread(os.open, self.store.path(entry),
+                                                   os.O_RDONLY), generation
+                except FileNotFoundError:
+                    # Evicted between its commit and this late reader (a budget smaller
+                    # than the fills in flight): a cut the client retries, not a 500.
+                    raise FillFailed("evicted right after its commit") from None
+            if generation == self.generation:
+                return fd, generation
+            await asyncio.to_thread(os.close, fd)   # raced with a source change: again

@@ -1,0 +1,164 @@
+"""pullcache.cache.passthrough: a fill the disk refuses carries on in memory (real temp dirs,
+a real memfd); its readers get the verified stream, nothing is cached."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from pullcache.cache.disk import Disk
+from pullcache.cache.fill import FillFailed, Fills
+from pullcache.cache import writer as writer_module
+from pullcache.cache.passthrough import Window
+from pullcache.errors import DigestMismatch
+from pullcache.oci import Digest
+from tests.unit.test_fill import (CHUNKS, DATA, DIGEST, FakeSource, Reader, eventually, origin,
+                                  settled, temp_files, wait)
+
+
+@pytest.fixture
+async def disk(store):
+    disk = Disk(store, None, max_size=1 << 40, min_free=0)
+    await disk.refresh()
+    return disk
+
+
+def make_fills(store, disk, window: int = 1 << 20) -> Fills:
+    events: list[str] = []
+    fills = Fills(store, deadline=60, on_event=lambda event, **kw: events.append(event),
+                  disk=disk, window=window)
+    fills.events = events  # type: ignore[attr-defined]
+    return fills
+
+
+def disk_full_after(fill, good_writes: int, code: int = errno.ENOSPC) -> None:
+    """The temp file takes ``good_writes`` chunks, then the disk refuses with ``code`` (in
+    the fill's writer thread, where a refused write surfaces)."""
+    real, calls = os.write, [0]
+
+    def write(fd, data):
+        if fd == fill._fd and fd >= 0:
+            calls[0] += 1
+            if calls[0] > good_writes:
+                raise OSError(code, os.strerror(code))
+        return real(fd, data)
+    writer_module.os = _PatchedOs(write)
+
+
+class _PatchedOs:
+    """``os`` as the writer module sees it, with ``write`` replaced (undone by ``_os``)."""
+
+    def __init__(self, write) -> None:
+        self.write = write
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
+@pytest.fixture(autouse=True)
+def _os():
+    yield
+    writer_module.os = os
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO],
+                         ids=["ENOSPC", "EDQUOT", "EIO"])
+async def test_a_disk_error_mid_fill_passes_the_verified_stream_through(store, disk, code):
+    fills = make_fills(store, disk)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    disk_full_after(fill, 1, code)
+    early = Reader(fill)
+    source.release(1)
+    await early.until(len(CHUNKS[0]))          # it read the first chunk from the temp file
+    source.release()
+    await eventually(lambda: fill.written == len(DATA))
+    late = Reader(fill)                         # joins after the switch, from byte 0
+    await late.until(len(DATA) - 1)
+    assert late.buf == DATA[:-1]                # the final byte waits for the digest
+    source.end.set()
+    assert await early.result() == DATA and await late.result() == DATA
+    result = await wait(fill.result)
+    assert result.entry is None                 # served, not cached
+    await settled(fills)
+    assert temp_files(store) == [] and await store.stat("blob", DIGEST) is None
+    assert "passthrough" in fills.events and "committed" not in fills.events
+    assert disk.status()["degraded"] == "disk"
+    # The next fill that commits clears the degraded state.
+    again = FakeSource(CHUNKS)
+    fill2, _ = fills.get_or_start("blob", DIGEST, origin(again))
+    again.release_all()
+    assert (await wait(fill2.result)).entry is not None
+    assert disk.status() is None
+    await fills.close()
+
+
+async def test_a_wrong_stream_in_pass_through_is_still_cut_before_its_last_byte(store, disk):
+    fills = make_fills(store, disk)
+    wrong = b"X" + DATA[1:]
+    source = FakeSource([wrong[:8], wrong[8:]])
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    disk_full_after(fill, 0)
+    reader = Reader(fill)
+    source.release()
+    await reader.until(len(DATA) - 1)
+    source.end.set()
+    with pytest.raises(FillFailed):
+        await reader.result()
+    assert len(reader.buf) == len(DATA) - 1     # never a complete-looking blob
+    with pytest.raises(DigestMismatch):
+        await wait(fill.result)
+    await fills.close()
+
+
+async def test_a_follower_behind_the_window_is_cut(store, disk):
+    page = os.sysconf("SC_PAGE_SIZE")
+    data = bytes(range(256)) * (4 * page // 256)           # four pages
+    chunks = [data[i:i + page] for i in range(0, len(data), page)]
+    fills = make_fills(store, disk, window=page + 100)
+    source = FakeSource(chunks)
+    fill, _ = fills.get_or_start("blob", Digest.of(data), origin(source))
+    disk_full_after(fill, 0)
+    source.release()
+    await eventually(lambda: fill.written == len(data))
+    # Older bytes released, in whole pages only (a page a socket still holds keeps its bytes).
+    assert fill.window.start == 2 * page
+    behind = Reader(fill)                       # wants byte 0: gone
+    with pytest.raises(FillFailed, match="fell behind"):
+        await behind.result()
+    resumed = Reader(fill, start=2 * page)      # a Range resume inside the window works
+    source.end.set()
+    assert await resumed.result() == data[2 * page:]
+    await fills.close()
+
+
+async def test_too_big_to_fit_passes_through_from_the_start(store, disk):
+    store.budget = type(store.budget)(10)       # the disk holds 10 bytes
+    fills = make_fills(store, disk)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    assert await reader.result() == DATA
+    assert (await wait(fill.result)).entry is None
+    assert not fill.temp.exists() and disk.status() is None   # the disk refused nothing
+    await fills.close()
+
+
+def test_window_releases_memory_but_not_a_span_in_flight():
+    window = Window(limit=1 << 20)
+    block = os.urandom(1 << 20)
+    for i in range(4):
+        window.put(i << 20, block)
+    assert window.hold(token=1, offset=1 << 20)          # a reader sending MiB 1
+    window.trim(4 << 20)                                 # floor at MiB 3
+    assert window.start == 1 << 20                       # MiB 1 onwards kept for it
+    assert not window.hold(token=1, offset=2 << 20)      # but it is cut at its next step
+    window.release(1)
+    window.trim(4 << 20)
+    assert window.start == 3 << 20
+    assert os.fstat(window.fd).st_blocks * 512 <= (1 << 20) + (64 << 10)
+    assert os.pread(window.fd, 16, (3 << 20)) == block[:16]
+    window.close()
