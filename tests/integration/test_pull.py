@@ -95,6 +95,7 @@ def test_blob_get_head_range_miss_and_hit(pullcache, images):
             served + 1000, f"the {state} was not served from the {source}"
         full = request(pullcache.url, path)
         assert full.status == 200 and full.body == layer.data
+        pullcache.wait_committed(layer.digest)   # the client has the last byte first
     tail = request(pullcache.url, path, headers={"Range": f"bytes={layer.size - 10}-"})
     assert tail.status == 206 and tail.body == layer.data[-10:]
     beyond = request(pullcache.url, path, headers={"Range": f"bytes={layer.size}-"})
