@@ -114,6 +114,9 @@ class Tail:
         await self.started()
         while True:
             generation = self.generation
+            # Taken before the open: a wake-up that comes while the open runs in its thread
+            # (the writer created the file and wrote to it) must not be lost.
+            progress = self._progress
             if self.window is not None:
                 if self.window.fd < 0:
                     raise FillFailed("the pass-through ended before this reader started")
@@ -122,7 +125,7 @@ class Tail:
                 fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
             except FileNotFoundError:
                 if not self.result.done():
-                    await self._progress.wait()  # the writer has not created it yet
+                    await progress.wait()  # the writer has not created it yet
                     continue
                 if self.result.exception() is not None:
                     raise FillFailed(str(self.result.exception())) from None

@@ -5,6 +5,7 @@ Shared by ``tests/integration/test_chaos.py`` and ``bench/chaos_soak.py``."""
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,16 @@ def aftermath(pc: Pullcache, soak: Soak, base: Vitals, *, settle: float = 40.0,
     """
     after = Soak(pc, soak.images, clients=1, skopeo_clients=0, seconds=0)
     failed = []
+    deadline = time.monotonic() + settle
     for image in soak.images:
-        verdict, detail = after._pull(image)
+        # Right after the storm the breaker may still be open for its cool-down, or probing
+        # with a request the storm left dripping: retry a failed pull until the deadline. A
+        # wrong pull is never retried away.
+        while True:
+            verdict, detail = after._pull(image)
+            if verdict != "failed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if verdict != "ok":
             failed.append(f"{image.digest}: {verdict} {detail}")
     report = verify(pc.cache_dir)
