@@ -42,6 +42,7 @@ def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                        default=None)
 _SUSPECT = re.compile(r"://|bearer|basic", re.I)   # cheap test before the two scrubbers
+TEXT_MEMO = 4096   # access-line field values kept scrubbed and quoted
 
 
 def add_request_id(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -98,17 +99,30 @@ def _json_access_writer(file) -> Callable[..., None]:
             except RuntimeError:
                 flush()
 
-    def text(value: str | None) -> str:
-        return "null" if value is None else quote(scrub(value))
+    # Field values repeat (methods, hot paths, user agents, users): each is scrubbed and
+    # quoted once, then looked up; the memo is bounded, and cleared when full.
+    texts: dict[str | None, str] = {None: "null"}
+
+    def text(value: str) -> str:
+        quoted = quote(scrub(value))
+        if len(texts) >= TEXT_MEMO:
+            texts.clear()
+            texts[None] = "null"
+        texts[value] = quoted
+        return quoted
 
     def write(*, request_id, method, path, status, bytes, seconds, cache, upstream, user,
               outcome, user_agent) -> None:
+        t = texts.get
         emit(
-            f'{{"request_id": {text(request_id)}, "method": {text(method)}, '
-            f'"path": {text(path)}, "status": {int(status)}, '
+            # Request ids are new on each request: not memoised (and plain, or replaced).
+            f'{{"request_id": {"null" if request_id is None else quote(request_id)}, '
+            f'"method": {t(method) or text(method)}, '
+            f'"path": {t(path) or text(path)}, "status": {int(status)}, '
             f'"bytes": {"null" if bytes is None else int(bytes)}, "seconds": {seconds!r}, '
-            f'"cache": {text(cache)}, "upstream": {text(upstream)}, "user": {text(user)}, '
-            f'"outcome": {text(outcome)}, "user_agent": {text(user_agent)}, '
+            f'"cache": {t(cache) or text(cache)}, "upstream": {t(upstream) or text(upstream)}, '
+            f'"user": {t(user) or text(user)}, "outcome": {t(outcome) or text(outcome)}, '
+            f'"user_agent": {t(user_agent) or text(user_agent)}, '
             f'"event": "request", "level": "info", "timestamp": "{stamp()}"}}\n')
     return write
 

@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 _RATELIMIT = re.compile(r"^\s*(\d+)")
 
@@ -29,6 +30,34 @@ class _Children:
         return getattr(self.collector, name)
 
 
+class Tally:
+    """A labelled counter kept in a plain dict and exported at scrape time: the per-request
+    counters (one increment per request) skip prometheus_client's child lookup and lock.
+    Only the event loop counts; a scrape reads a copy."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], *,
+                 registry: CollectorRegistry) -> None:
+        self._name, self._doc, self._keys = name, documentation, labelnames
+        self.counts: dict[tuple, int] = {}
+        registry.register(self)
+
+    def inc(self, *labels) -> None:
+        counts = self.counts
+        counts[labels] = counts.get(labels, 0) + 1
+
+    def value(self, *labels) -> int:
+        return self.counts.get(labels, 0)
+
+    def collect(self):
+        family = CounterMetricFamily(self._name, self._doc, labels=self._keys)
+        for labels, count in dict(self.counts).items():
+            family.add_metric([str(v) for v in labels], count)
+        yield family
+
+    def describe(self):
+        return [CounterMetricFamily(self._name, self._doc, labels=self._keys)]
+
+
 class Metrics:
     """Every collector; also the upstream client's observer (``UpstreamObserver``)."""
 
@@ -37,9 +66,9 @@ class Metrics:
         self.requests = Counter("pullcache_requests", "Pull requests by kind and outcome "
                                 "(the cache's answer, or denied by policy)",
                                 ["kind", "outcome"], registry=r)
-        self.http_responses = Counter("pullcache_http_responses",
-                                      "HTTP responses by method and status",
-                                      ["method", "status"], registry=r)
+        self.http_responses = Tally("pullcache_http_responses",
+                                    "HTTP responses by method and status",
+                                    ("method", "status"), registry=r)
         self.bytes_served = Counter("pullcache_served_bytes",
                                     "Blob bytes sent to clients, by source",
                                     ["source"], registry=r)

@@ -191,35 +191,60 @@ class AccessControl:
         self._state = (config, verifier,
                        FailureLimiter(config.max_failures, config.failure_window), {})
 
+    def known(self, address: str | None, authorization: str | None) -> Identity | None:
+        """Who is asking, when that needs no password check (the hot path: no await, no
+        thread); None when one must run (``identify``). Raises Denied/Unauthorized/429."""
+        identity, _ = self._decide(address, authorization)
+        return identity
+
     async def identify(self, address: str | None, authorization: str | None) -> Identity:
-        cfg, verifier, limiter, networks = self._state
-        gate = networks.get(address)
-        if gate is None:   # parsing and matching an address costs more than the rest
-            gate = _gate(cfg, address)
-            if len(networks) >= MAX_ADDRESSES:
-                networks.clear()
-            networks[address] = gate
-        ip, allowed, anonymous_ok = gate
+        """Who is asking; checks a password with bcrypt (in a thread) when it must."""
+        identity, pair = self._decide(address, authorization)
+        if identity is not None:
+            return identity
+        _cfg, verifier, limiter, _networks = self._state
+        ip, _allowed, anonymous_ok = self._network(address)
+        ok = await verifier.verify(*pair)
+        if not ok:
+            limiter.failed(str(ip))
+        return self._verdict(ok, pair, ip, anonymous_ok)
+
+    def _decide(self, address: str | None,
+                authorization: str | None) -> tuple[Identity | None, tuple[str, str] | None]:
+        _cfg, verifier, limiter, _networks = self._state
+        ip, allowed, anonymous_ok = self._network(address)
         if not allowed:
             raise Denied(message="this address may not use this registry")
         if verifier is None:
-            return ANYONE
+            return ANYONE, None
         pair = parse_basic(authorization)
         if pair is None:
             if anonymous_ok:
-                return ANYONE
+                return ANYONE, None
             raise Unauthorized(headers=CHALLENGE)
         ok = verifier.remembered(*pair)
         if ok is None:
             wait = limiter.retry_after(str(ip))
-            if wait is not None:
-                if anonymous_ok:
-                    return ANYONE
-                raise TooManyRequests(message="too many failed logins from this address",
-                                      headers={"Retry-After": str(math.ceil(wait))})
-            ok = await verifier.verify(*pair)
-            if not ok:
-                limiter.failed(str(ip))
+            if wait is None:
+                return None, pair     # a bcrypt check is due
+            if anonymous_ok:
+                return ANYONE, None
+            raise TooManyRequests(message="too many failed logins from this address",
+                                  headers={"Retry-After": str(math.ceil(wait))})
+        return self._verdict(ok, pair, ip, anonymous_ok), None
+
+    def _network(self, address: str | None) -> tuple[object, bool, bool]:
+        _cfg, _verifier, _limiter, networks = self._state
+        gate = networks.get(address)
+        if gate is None:   # parsing and matching an address costs more than the rest
+            gate = _gate(self._state[0], address)
+            if len(networks) >= MAX_ADDRESSES:
+                networks.clear()
+            networks[address] = gate
+        return gate
+
+    @staticmethod
+    def _verdict(ok: bool, pair: tuple[str, str], ip: object, anonymous_ok: bool) -> Identity:
         if ok:
             return Identity(pair[0], authenticated=True)
         if anonymous_ok:
@@ -250,16 +275,6 @@ def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
 ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
 
 
-@web.middleware
-async def access_control(request: web.Request, handler):
-    """Who is asking (``request["identity"]``), before routing or any other work."""
-    identity = await request.app[ACCESS].identify(request.remote,
-                                                  request.headers.get("Authorization"))
-    request["identity"] = identity
-    request["user"] = identity.user
-    return await handler(request)
-
-
 # aiohttp would announce ``Server: Python/x aiohttp/y``; name no versions. aiohttp fills in
 # its module's default on every response it prepares (``setdefault``), its own 400s for a
 # malformed request line included, which no app signal sees; replacing that default once per
@@ -268,5 +283,5 @@ SERVER = "pullcache"
 web_response.SERVER_SOFTWARE = SERVER
 
 
-__all__ = ["ACCESS", "ANYONE", "AccessControl", "Identity", "access_control",
+__all__ = ["ACCESS", "ANYONE", "AccessControl", "Identity",
            "parse_basic", "read_htpasswd"]

@@ -2,9 +2,9 @@
 
 How a request flows through what this module builds:
 
-1. ``middleware.request_context`` tags the request (``AccessLogger`` writes its line);
-   ``middleware.oci_errors`` turns any domain error into the OCI error envelope;
-   ``access.access_control`` says who is asking (``[access]``), or answers 401/403/429.
+1. ``middleware.front`` tags the request (``AccessLogger`` writes its line), asks
+   ``access.AccessControl`` who is asking (``[access]``; or answers 401/403/429), and turns
+   any domain error into the OCI error envelope.
 2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository, and
    ``authz.authorize`` whether this identity may pull it (``policy``), else 403.
 3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
@@ -49,12 +49,12 @@ from ..upstream.client import RegistryClient, UpstreamSettings
 from ..upstream.credentials import StaticCredentials
 from . import admin, routes
 from ..ops.status import Pulls
-from .access import ACCESS, AccessControl, access_control
+from .access import ACCESS, AccessControl
 from .authz import POLICY
 from .keys import (CREDENTIALS, DISK, DRAINING, METRICS, PROXY, PULLS, ROUTES, SENDFILE,
                    SESSION, STORE, TIER, UPSTREAMS)
 from .sendfile import Sendfile
-from .middleware import oci_errors, request_context
+from .middleware import front
 from .operations import lock_context, operations_context
 
 log = structlog.get_logger("pullcache.app")
@@ -62,15 +62,15 @@ HOUSEKEEPING_INTERVAL = 30.0
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[request_context, oci_errors, access_control],
+    access, metrics = AccessControl(config.access), Metrics()
+    app = web.Application(middlewares=[front(access, metrics)],
                           handler_args={"max_field_size": 16 * 1024})
     app[DRAINING] = asyncio.Event()
-    app[ACCESS] = AccessControl(config.access)
+    app[ACCESS] = access
     app[POLICY] = Policy.from_config(config.upstreams)
     # Upstreams' static credentials, by host: SIGHUP replaces them (lifecycle.reload).
     app[CREDENTIALS] = {u.host: StaticCredentials(u.username, u.password)
                         for u in config.upstreams if u.auth != "ecr"}
-    metrics = Metrics()
     app[METRICS] = metrics
     app[PULLS] = Pulls()
     app[ROUTES] = UpstreamTable(((u.host, u.aliases) for u in config.upstreams),

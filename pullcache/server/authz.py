@@ -9,7 +9,7 @@ from aiohttp import web
 from ..errors import Denied
 from ..policy import ANONYMOUS, Policy
 from ..routing import Target
-from .keys import METRICS
+from .keys import EXCHANGE, METRICS
 
 POLICY: web.AppKey[Policy] = web.AppKey("policy")
 KINDS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": "referrers"}
@@ -17,11 +17,11 @@ KINDS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": 
 
 def authorize(request: web.Request, target: Target) -> None:
     """Raise Denied unless the request's identity may pull ``target``."""
-    identity = request.get("identity")
-    user = identity.user if identity is not None else ANONYMOUS
+    exchange = request[EXCHANGE]
+    user = exchange.identity.user if exchange.identity is not None else ANONYMOUS
     route = target.route
     decision = request.app[POLICY].decide(user, route.upstream, route.repo)
     if not decision.allowed:
-        request["outcome"] = "denied"
+        exchange.outcome = "denied"
         request.app[METRICS].requests.labels(KINDS[target.kind], "denied").inc()
         raise Denied(message=decision.reason)

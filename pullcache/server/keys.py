@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..proxy import Proxy, Upstream
     from ..routing import UpstreamTable
     from ..upstream.credentials import StaticCredentials
+    from .access import Identity
     from .sendfile import Sendfile
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
@@ -42,3 +43,19 @@ def core_of(request: web.Request) -> web.Application:
     return request.app.get(CORE, request.app)
 # Answered manifest GETs by image, for the status page's top list (routes count them).
 PULLS: web.AppKey["Pulls"] = web.AppKey("pulls")
+
+
+class Exchange:
+    """One request, as its access line reports it: filled in while it is answered."""
+
+    __slots__ = ("request_id", "identity", "upstream", "cache", "outcome")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.identity: "Identity | None" = None
+        self.upstream: str | None = None
+        self.cache: str | None = None        # hit, miss, stale, pass…
+        self.outcome = "ok"                  # or denied, cut, client_gone…
+
+
+EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange")

@@ -24,7 +24,7 @@ from ..proxy import BlobAnswer
 from ..routing import Target, resolve
 from . import ranges
 from .authz import authorize
-from .keys import METRICS, PROXY, PULLS, ROUTES, SENDFILE
+from .keys import EXCHANGE, METRICS, PROXY, PULLS, ROUTES, SENDFILE
 from .middleware import API_VERSION
 from .sendfile import ClientStalled
 
@@ -46,7 +46,9 @@ async def ping(request: web.Request) -> web.Response:
     Under a prefix naming no upstream it is a 404, so the client moves on to its next mirror.
     """
     _pull_method(request)
-    for host in (request.match_info.get("prefix"), request.query.get("ns")):
+    # (The query is parsed only when there is one: most pings have none.)
+    ns = request.query.get("ns") if request.query_string else None
+    for host in (request.match_info.get("prefix"), ns):
         if host and request.app[ROUTES].lookup(host) is None:
             raise NameUnknown(host, message=f"no upstream configured for {host!r}")
     # The answer never changes: body and headers built once (no json.dumps per request).
@@ -61,7 +63,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     target = resolve(request.app[ROUTES], request.match_info["tail"],
                      prefix=request.match_info.get("prefix"),
                      ns=request.query.get("ns"))
-    request["upstream"] = target.route.upstream
+    request[EXCHANGE].upstream = target.route.upstream
     authorize(request, target)   # before the proxy: a refusal reveals nothing cached
     return await _HANDLERS[target.kind](request, target)
 
@@ -87,7 +89,7 @@ def _pull_method(request: web.Request) -> None:
 async def manifest(request: web.Request, target: Target) -> web.Response:
     accept = parse_accept(request.headers.getall("Accept", []))
     answer = await request.app[PROXY].manifest(target.route, target.reference, accept)
-    request["cache"] = answer.cache
+    request[EXCHANGE].cache = answer.cache
     if request.method == "GET":   # the status page's top images, by pulls
         request.app[PULLS].count(target.route.upstream, target.route.repo)
     # aiohttp sends no body for HEAD but keeps our Content-Length.
@@ -119,12 +121,12 @@ async def blob(request: web.Request, target: Target) -> web.StreamResponse:
                "Accept-Ranges": "bytes", "ETag": etag}
     if request.method == "HEAD":
         size, cache = await proxy.blob_size(target.route, digest)
-        request["cache"] = cache
+        request[EXCHANGE].cache = cache
         if size is not None:
             headers["Content-Length"] = str(size)
         return web.Response(headers=headers)
     answer = await proxy.blob(target.route, digest)
-    request["cache"] = answer.cache
+    request[EXCHANGE].cache = answer.cache
     try:
         return await _send_blob(request, answer, headers)
     finally:
@@ -176,7 +178,7 @@ async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.S
 
 def _cut(request: web.Request, outcome: str) -> None:
     """Break the connection: the client sees a short body, never a complete-looking one."""
-    request["outcome"] = outcome
+    request[EXCHANGE].outcome = outcome
     if request.transport is not None:
         request.transport.abort()
 
@@ -187,7 +189,7 @@ async def tags(request: web.Request, target: Target) -> web.Response:
     """``n``/``last`` pagination with an RFC 8288 ``Link`` (distribution-spec end-8b)."""
     n = parse_n(request.query.get("n"))   # before asking upstream: bad input costs nothing
     listing = await request.app[PROXY].tag_list(target.route)
-    request["cache"] = "stale" if listing.warning else "pass"
+    request[EXCHANGE].cache = "stale" if listing.warning else "pass"
     page, more = paginate(listing.tags, n, request.query.get("last"))
     headers = _headers(target)
     if listing.warning:
@@ -224,7 +226,7 @@ async def referrers(request: web.Request, target: Target) -> web.Response:
     """
     subject = Digest.parse(target.reference)
     answer = await request.app[PROXY].referrers(target.route, subject)
-    request["cache"] = answer.cache
+    request[EXCHANGE].cache = answer.cache
     artifact_type = request.query.get("artifactType") or None
     headers = {**_headers(target), "Content-Type": OCI_INDEX}
     if artifact_type:

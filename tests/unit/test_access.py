@@ -92,7 +92,11 @@ async def test_identify_order(tmp_path):
     with pytest.raises(Unauthorized) as e:
         await ac.identify("192.168.1.1", None)
     assert e.value.headers["WWW-Authenticate"] == 'Basic realm="pullcache"'
+    assert ac.known("192.168.1.1", _basic("alice", "pw")) is None   # a bcrypt check is due
     assert (await ac.identify("192.168.1.1", _basic("alice", "pw"))).user == "alice"
+    # Now remembered: the hot path answers without a thread or an await.
+    assert ac.known("192.168.1.1", _basic("alice", "pw")).user == "alice"
+    assert ac.known("10.1.1.1", None).user == "anonymous"
     with pytest.raises(Unauthorized):
         await ac.identify("192.168.1.1", _basic("alice", "bad"))
     with pytest.raises(TooManyRequests):

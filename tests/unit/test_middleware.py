@@ -8,13 +8,16 @@ import json
 
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pullcache import logs
 from pullcache.errors import StorageError
 from pullcache.metrics import Metrics
-from pullcache.server.keys import METRICS
-from pullcache.server.middleware import new_request_id, oci_errors, request_context
+from pullcache.config import loads
+from pullcache.server.access import AccessControl
+from pullcache.server.keys import EXCHANGE, METRICS
+from pullcache.server.middleware import front, new_request_id
 
 SECRET_PATH = "/var/cache/pullcache/blobs/sha256/ab/abcdef"
 
@@ -22,7 +25,7 @@ SECRET_PATH = "/var/cache/pullcache/blobs/sha256/ab/abcdef"
 @pytest.fixture
 async def client():
     async def ok(request):
-        return web.Response(text=request["request_id"])
+        return web.Response(text=request[EXCHANGE].request_id)
 
     async def os_error(request):
         raise OSError(28, "No space left on device", SECRET_PATH)
@@ -30,8 +33,10 @@ async def client():
     async def storage_error(request):
         raise StorageError(f"[Errno 28] No space left on device: '{SECRET_PATH}'")
 
-    app = web.Application(middlewares=[request_context, oci_errors])
-    app[METRICS] = Metrics()
+    metrics = Metrics()
+    app = web.Application(middlewares=[front(AccessControl(loads("", env={}).access),
+                                             metrics)])
+    app[METRICS] = metrics
     app.router.add_get("/ok", ok)
     app.router.add_get("/os", os_error)
     app.router.add_get("/storage", storage_error)
@@ -75,8 +80,11 @@ async def test_responses_are_counted_by_method_and_status(client):
     async with client.get("/os"):
         pass
     metrics = client.server.app[METRICS]
-    assert metrics.http_responses.labels("GET", 200)._value.get() == 3
-    assert metrics.http_responses.labels("GET", "500")._value.get() == 1
+    assert metrics.http_responses.value("GET", 200) == 3
+    assert metrics.http_responses.value("GET", 500) == 1
+    scraped = generate_latest(metrics.registry).decode()
+    assert 'pullcache_http_responses_total{method="GET",status="200"} 3.0' in scraped
+    assert 'pullcache_http_responses_total{method="GET",status="500"} 1.0' in scraped
 
 
 def test_the_json_access_line_is_the_structlog_line_and_scrubbed():

@@ -1,7 +1,7 @@
 """An error after a blob response started is a cut connection, never a second response
 written into the body (a client reading up to Content-Length would take it for content).
 ``routes._send_blob`` is the one place that decides it; before ``prepare()`` the error
-envelope (``middleware.oci_errors``) answers as usual."""
+envelope (``middleware.front``) answers as usual."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pullcache.metrics import Metrics
 from pullcache.oci import Digest
 from pullcache.proxy.answers import BlobAnswer
 from pullcache.server.keys import METRICS, SENDFILE
-from pullcache.server.middleware import oci_errors, request_context
+from pullcache.config import loads
+from pullcache.server.access import AccessControl
+from pullcache.server.middleware import front
 from pullcache.server.routes import _send_blob
 from pullcache.server.sendfile import Sendfile
 
@@ -51,8 +53,9 @@ async def test_error_after_start_cuts_the_connection(tmp_path):
     async def fails_before(request: web.Request) -> web.StreamResponse:
         raise RuntimeError("an unexpected error before any byte")
 
-    app = web.Application(middlewares=[request_context, oci_errors])
-    app[METRICS] = Metrics()
+    metrics = Metrics()
+    app = web.Application(middlewares=[front(AccessControl(loads("", env={}).access), metrics)])
+    app[METRICS] = metrics
     app[SENDFILE] = Sendfile()
     app.router.add_get("/stream", streams_then_fails)
     app.router.add_get("/early", fails_before)
