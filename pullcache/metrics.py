@@ -63,9 +63,9 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("pullcache_requests", "Pull requests by kind and outcome "
-                                "(the cache's answer, or denied by policy)",
-                                ["kind", "outcome"], registry=r)
+        self.requests = Tally("pullcache_requests", "Pull requests by kind and outcome "
+                              "(the cache's answer, or denied by policy)",
+                              ("kind", "outcome"), registry=r)
         self.http_responses = Tally("pullcache_http_responses",
                                     "HTTP responses by method and status",
                                     ("method", "status"), registry=r)

@@ -84,6 +84,7 @@ def _parse_digest(cls: type[Digest], text: str) -> Digest:
     return cls._parse(text)
 
 
+@functools.lru_cache(maxsize=4096)   # hot tags and digests are asked for on every request
 def parse_reference(reference: str) -> str | Digest:
     """A manifest reference is a tag or a digest."""
     if is_digest_reference(reference):

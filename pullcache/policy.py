@@ -60,25 +60,42 @@ class UpstreamPolicy:
 
 
 OPEN = UpstreamPolicy()
+MAX_DECISIONS = 10_000
 
 
 class Policy:
     """Every upstream's pull policy, by upstream host."""
 
     def __init__(self, upstreams: Mapping[str, UpstreamPolicy]) -> None:
-        self._upstreams = dict(upstreams)
+        # The rules and the decisions made under them, swapped together (``replace``).
+        self._state: tuple[dict[str, UpstreamPolicy], dict[tuple[str, str, str], Decision]] \
+            = (dict(upstreams), {})
 
     @classmethod
     def from_config(cls, upstreams: Iterable) -> "Policy":
         """From ``[[upstream]]`` sections (anything with host, allow, deny and users)."""
         return cls({u.host: UpstreamPolicy.of(u.allow, u.deny, u.users) for u in upstreams})
 
+    @property
+    def _upstreams(self) -> dict[str, UpstreamPolicy]:
+        return self._state[0]
+
     def replace(self, other: "Policy") -> None:
         """Take ``other``'s rules (SIGHUP): one assignment, so a decision sees old or new."""
-        self._upstreams = other._upstreams
+        self._state = (other._upstreams, {})
 
     def decide(self, user: str, upstream: str, repository: str) -> Decision:
-        return self._upstreams.get(upstream, OPEN).decide(user, upstream, repository)
+        """Remembered per (user, upstream, repository): every manifest request asks, and the
+        same few questions repeat (bounded: forgotten whole when full)."""
+        upstreams, decided = self._state
+        key = (user, upstream, repository)
+        decision = decided.get(key)
+        if decision is None:
+            decision = upstreams.get(upstream, OPEN).decide(user, upstream, repository)
+            if len(decided) >= MAX_DECISIONS:
+                decided.clear()
+            decided[key] = decision
+        return decision
 
 
 __all__ = ["ANONYMOUS", "ALLOW", "Decision", "Policy", "UpstreamPolicy", "compile_glob"]

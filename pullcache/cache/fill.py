@@ -249,6 +249,11 @@ class Fill(PassThrough, Tail):
                         bytes=self.written, origin=self.origin)
         self._on_event("failed")
 
+    @property
+    def failed(self) -> bool:
+        result = self.result
+        return result.done() and (result.cancelled() or result.exception() is not None)
+
     def _wake(self) -> None:
         event, self._progress = self._progress, asyncio.Event()
         event.set()
@@ -281,8 +286,10 @@ class Fills:
         """The fill for ``digest``, started now if none is running; ``(fill, joined)``."""
         key = (kind, str(digest))
         fill = self._fills.get(key)
-        if fill is not None:
+        if fill is not None and not fill.failed:
             return fill, True
+        # (A failed fill stays listed while it cleans up; a new request starts afresh rather
+        # than join it and be cut at once.)
         fill = Fill(kind, digest, self.store, self.deadline, self._on_event, self.disk,
                     self.window)
         self._fills[key] = fill
@@ -302,7 +309,8 @@ class Fills:
                 except StorageError as exc:    # the disk's trouble, met by the next fill
                     log.warning("eviction_failed", error=str(exc))
         finally:
-            self._fills.pop(key, None)
+            if self._fills.get(key) is fill:   # not a newer fill started after this failed
+                del self._fills[key]
 
     async def close(self, commit_grace: float = COMMIT_GRACE) -> None:
         """At shutdown: cancel every fill still downloading (their temp files are removed).

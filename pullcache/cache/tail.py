@@ -58,7 +58,7 @@ class Tail:
             while cap is None or offset < cap:
                 progress = self._progress
                 verified = self.verified   # then the bytes are whole, whatever the commit does
-                if not verified and self.result.done() and self.result.exception() is not None:
+                if not verified and self.failed:
                     raise FillFailed(str(self.result.exception()))
                 window = self.window
                 if window is not None:
@@ -95,7 +95,7 @@ class Tail:
             while cap == 0 and not self.verified:
                 # An empty blob has no final byte to hold back: its (empty) end waits for
                 # the verification all the same.
-                if self.result.done() and self.result.exception() is not None:
+                if self.failed:
                     raise FillFailed(str(self.result.exception()))
                 await self._progress.wait()
         finally:

@@ -82,10 +82,11 @@ class Pulls:
     """Manifest pulls by image (``upstream/repository``), for the page's top list."""
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+        self._counts: Counter[tuple[str, str]] = Counter()   # (upstream, repo): pulls
 
     def count(self, upstream: str, repo: str) -> None:
-        self._counts[f"{upstream}/{repo}"] += 1
+        self._counts[upstream, repo] += 1
 
     def top(self, n: int = 10) -> list[dict]:
-        return [{"image": image, "pulls": count} for image, count in self._counts.most_common(n)]
+        return [{"image": f"{upstream}/{repo}", "pulls": count}
+                for (upstream, repo), count in self._counts.most_common(n)]

@@ -47,6 +47,11 @@ class Proxy:
         """End the background work the policy started (tag revalidations)."""
         await self.manifests.close()
 
+    def manifest_hit(self, route: Route, reference: str,
+                     accept: tuple[str, ...]) -> ManifestAnswer | None:
+        """The answer from memory, if that is all it needs; else None (``manifest``)."""
+        return self.manifests.hit(self.upstreams[route.upstream], route, reference, accept)
+
     async def manifest(self, route: Route, reference: str,
                        accept: tuple[str, ...]) -> ManifestAnswer:
         return await self.manifests.get(self.upstreams[route.upstream], route, reference, accept)

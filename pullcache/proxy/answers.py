@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import errors
@@ -26,8 +27,9 @@ class Upstream:
         return self.tag_ttl if self.referrers_ttl is None else self.referrers_ttl
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestAnswer:
+class ManifestAnswer(NamedTuple):
+    """A manifest and where it came from (a tuple: the hot path makes one per request, and
+    a frozen dataclass costs twice as much to make)."""
     body: bytes
     media_type: str
     digest: Digest

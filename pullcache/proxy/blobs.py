@@ -58,7 +58,7 @@ class Blobs:
     async def get(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
         """The blob's body from the first source that has it (see the module docstring)."""
         answer = await self._from_disk(digest) or await self._from_fill(upstream, route, digest)
-        self.metrics.requests.labels("blob", answer.cache).inc()
+        self.metrics.requests.inc("blob", answer.cache)
         return answer
 
     async def _from_disk(self, digest: Digest) -> BlobAnswer | None:

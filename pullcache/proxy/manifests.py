@@ -53,6 +53,25 @@ class Manifests:
         await asyncio.gather(*self._behind, return_exceptions=True)
         await self._flights.close()
 
+    def hit(self, upstream: Upstream, route: Route, reference: str,
+            accept: tuple[str, ...]) -> ManifestAnswer | None:
+        """The answer from memory alone, when it needs nothing else: a manifest by digest, or
+        a tag whose record is within ``tag_ttl``, held by the hot layer. None: ask ``get``.
+
+        The hot path of a node rollout: no await, no thread, no I/O (a chain of coroutines
+        costs more than the lookups)."""
+        ref = parse_reference(reference)
+        if isinstance(ref, Digest):
+            answer = self._remembered(ref)
+        else:
+            record = self.tags.cached(route.upstream, route.repo, ref, accept_class(accept))
+            if record is None or record.age() >= upstream.tag_ttl:
+                return None
+            answer = self._remembered(Digest.parse(record.digest))
+        if answer is not None:
+            self.metrics.requests.inc("manifest", "hit")
+        return answer
+
     async def get(self, upstream: Upstream, route: Route, reference: str,
                   accept: tuple[str, ...]) -> ManifestAnswer:
         ref = parse_reference(reference)
@@ -60,7 +79,7 @@ class Manifests:
             answer = await self._by_digest(upstream, route.repo, ref, accept)
         else:
             answer = await self._by_tag(upstream, route, ref, accept)
-        self.metrics.requests.labels("manifest", answer.cache).inc()
+        self.metrics.requests.inc("manifest", answer.cache)
         return answer
 
     async def _by_digest(self, upstream: Upstream, repo: str, digest: Digest,
@@ -217,10 +236,20 @@ class Manifests:
                                       STALE_WARNING), candidate
         return None
 
+    def _remembered(self, digest: Digest) -> ManifestAnswer | None:
+        found = self.store.cached_manifest(digest)
+        if found is None:
+            return None
+        entry, body = found
+        return ManifestAnswer(body, entry.media_type or "", digest, "hit")
+
     async def cached(self, digest: Digest) -> ManifestAnswer | None:
         """The manifest from the local cache (memory, else disk), or None."""
+        answer = self._remembered(digest)
+        if answer is not None:
+            return answer
         try:
-            found = self.store.cached_manifest(digest) or await self.store.manifest(digest)
+            found = await self.store.manifest(digest)
         except errors.StorageError as exc:
             await self._disk_refused("reading the index", exc)
             return None     # a miss: fetched (and, once repaired, cached) again

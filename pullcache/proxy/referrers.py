@@ -55,7 +55,7 @@ class Referrers:
 
     async def get(self, upstream: Upstream, route: Route, subject: Digest) -> ReferrersAnswer:
         answer = await self._answer(upstream, route, subject)
-        self.metrics.requests.labels("referrers", answer.cache).inc()
+        self.metrics.requests.inc("referrers", answer.cache)
         return answer
 
     async def _answer(self, upstream: Upstream, route: Route,

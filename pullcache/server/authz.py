@@ -23,5 +23,5 @@ def authorize(request: web.Request, target: Target) -> None:
     decision = request.app[POLICY].decide(user, route.upstream, route.repo)
     if not decision.allowed:
         exchange.outcome = "denied"
-        request.app[METRICS].requests.labels(KINDS[target.kind], "denied").inc()
+        request.app[METRICS].requests.inc(KINDS[target.kind], "denied")
         raise Denied(message=decision.reason)

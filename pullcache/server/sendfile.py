@@ -5,8 +5,9 @@ uvloop implements neither ``loop.sendfile`` nor ``add_writer`` on a transport's 
 so the sender works on its own ``os.dup`` of the socket (and of each span's file): the loop
 may close and reuse the transport's descriptor number at any time (a client reset), but a
 number this module holds is its own until it closes it, so bytes can never land in another
-client's connection. ``sendfile`` is tried first; when the socket is full the sender waits
-for writability with ``add_writer`` on its dup, for at most ``stall_timeout``.
+client's connection. ``sendfile`` is tried first; when the socket is full, the loop calls
+the sender back on writability (``add_writer`` on its dup, kept for the whole span), and a
+client that takes nothing for ``stall_timeout`` is dropped.
 
 A TLS transport (or a loop without ``sendfile``) gets the same spans through ``pread`` in
 the default executor and ``StreamResponse.write``.
@@ -74,33 +75,13 @@ class Sender:
             os.close(out)
 
     async def _sendfile(self, out: int, src: int, offset: int, length: int) -> None:
-        loop = asyncio.get_running_loop()
-        while length > 0:
-            if self.transport.is_closing():
-                raise ConnectionResetError("client went away")
-            try:
-                n = os.sendfile(out, src, offset, min(length, MAX_CHUNK))
-            except BlockingIOError:
-                await self._writable(loop, out)
-                continue
-            if n == 0:
-                raise OSError(f"file ended {length} bytes early")
-            offset += n
-            length -= n
-            self.sent += n
-            if length:
-                await asyncio.sleep(0)   # a fast client must not starve the others
-
-    async def _writable(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        ready = loop.create_future()
-        loop.add_writer(fd, _set_once, ready)
+        if length <= 0:
+            return    # (sendfile would answer 0, which means a file that ended early)
+        pump = _Pump(self, out, src, offset, length)
         try:
-            async with asyncio.timeout(self.stall_timeout):
-                await ready
-        except TimeoutError:
-            raise ClientStalled(f"client read nothing for {self.stall_timeout:g}s") from None
+            await pump.done
         finally:
-            loop.remove_writer(fd)
+            pump.stop()
 
     async def _flushed(self, writer) -> None:
         """Wait until the transport has written everything it holds (our headers)."""
@@ -139,6 +120,72 @@ class Sender:
                 os.close(src)
 
 
-def _set_once(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+class _Pump:
+    """One span, sent from the loop's writability callbacks: one ``sendfile`` per callback
+    (the loop's other connections get their turn in between), no task wake-up, timer or
+    ``epoll_ctl`` per socket buffer's worth. A stall is caught by one timer, re-armed at
+    ``stall_timeout`` past the last progress."""
+
+    __slots__ = ("_sender", "_loop", "_out", "_src", "_offset", "_length", "_progressed",
+                 "_watch", "_watching", "done")
+
+    def __init__(self, sender: Sender, out: int, src: int, offset: int, length: int) -> None:
+        self._sender = sender
+        self._loop = loop = asyncio.get_running_loop()
+        self._out, self._src, self._offset, self._length = out, src, offset, length
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._progressed = loop.time()
+        self._watch: asyncio.TimerHandle | None = None
+        self._watching = False
+        self._write()             # the socket usually has room now: no wait for the first
+        if not self.done.done():
+            loop.add_writer(out, self._write)
+            self._watching = True
+            self._watch = loop.call_at(self._progressed + sender.stall_timeout, self._check)
+
+    def _write(self) -> None:
+        if self.done.done():
+            return
+        if self._sender.transport.is_closing():
+            self._finish(ConnectionResetError("client went away"))
+            return
+        try:
+            n = os.sendfile(self._out, self._src, self._offset, min(self._length, MAX_CHUNK))
+        except BlockingIOError:
+            return                # full: the next writability calls again
+        except OSError as exc:    # EPIPE, ECONNRESET (ConnectionError), EIO
+            self._finish(exc)
+            return
+        if n == 0:
+            self._finish(OSError(f"file ended {self._length} bytes early"))
+            return
+        self._offset += n
+        self._length -= n
+        self._sender.sent += n
+        self._progressed = self._loop.time()
+        if self._length == 0:
+            self._finish(None)
+
+    def _check(self) -> None:
+        deadline = self._progressed + self._sender.stall_timeout
+        if self._loop.time() >= deadline:
+            self._finish(ClientStalled(
+                f"client read nothing for {self._sender.stall_timeout:g}s"))
+        else:
+            self._watch = self._loop.call_at(deadline, self._check)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        self.stop()
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+    def stop(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._loop.remove_writer(self._out)
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None

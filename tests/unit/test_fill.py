@@ -180,6 +180,26 @@ async def test_second_caller_joins_the_running_fill(fills):
     await wait(fill.result)
 
 
+async def test_a_request_after_a_failure_starts_afresh_while_the_failed_fill_cleans_up(fills):
+    # A failed fill stays listed until its clean-up (the temp file) is done; a request in
+    # that moment once joined it and was cut at once (a flaky "broken transfer" retried).
+    bad = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("reset mid-blob"))
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(bad))
+    bad.release_all()
+    with pytest.raises(Exception):
+        await wait(fill.result)
+    assert fill.failed
+    good = FakeSource(CHUNKS)
+    again, joined = fills.get_or_start("blob", DIGEST, origin(good))
+    assert again is not fill and not joined
+    # The failed fill's end removes itself from the list, never the newer fill.
+    await eventually(lambda: fill not in fills._tasks.values())
+    assert fills.running("blob", DIGEST) is again
+    good.release_all()
+    assert (await wait(again.result)).size == len(DATA)
+    await settled(fills)
+
+
 async def test_the_final_byte_is_held_back_until_the_digest_is_verified(fills):
     source = FakeSource(CHUNKS)
     fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
