@@ -156,7 +156,7 @@ async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.S
     try:
         writer = await resp.prepare(request)
         async with contextlib.aclosing(answer.body.spans(start, end)) as spans:
-            await sender.send(writer, spans)
+            await sender.send(writer, spans, cork=answer.cache == "hit")
         await resp.write_eof()
     except asyncio.CancelledError:
         _cut(request, "cancelled")

@@ -192,6 +192,36 @@ async def test_a_fast_client_gets_every_span_and_the_loop_stays_responsive(files
         client.close()
 
 
+async def test_a_tcp_body_goes_out_corked_and_its_tail_is_not_held_back(files):
+    """TCP_CORK while the spans go out (full segments, as nginx's tcp_nopush), lifted at
+    the end: a keep-alive client gets the last partial segment now, not when the kernel's
+    200 ms cork timer fires."""
+    tmp, a, _ = files
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    server.setblocking(False)
+    corked: list[int] = []
+
+    async def spans():
+        yield fa, 0, MiB
+        corked.append(server.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
+        yield fa, MiB, 1000          # a tail shorter than a segment
+
+    fa = os.open(tmp / "a", os.O_RDONLY)
+    try:
+        reader = asyncio.create_task(asyncio.to_thread(drain, client, MiB + 1000))
+        await asyncio.wait_for(Sender(FakeTransport(server), None, 10).send(None, spans()), 10)
+        assert corked == [1]
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+        assert await reader == a[:MiB + 1000]
+    finally:
+        os.close(fa)
+        server.close()
+        client.close()
+
+
 class TlsTransport(FakeTransport):
     """A TLS transport: its raw socket must never be written to directly."""
 
