@@ -1,10 +1,5 @@
-"""A fill's disk side: one thread that writes its chunks and one that hashes them, in
-order, behind a bounded queue.
-
-Two threads, not one: writing into the page cache and SHA-256 cost about the same per byte
-here (both ~1 GB/s), and the client's cold GET waits for both (its bytes are read back from
-the file; its last byte waits for the digest). Both release the GIL, so side by side the
-disk side of a fill takes the longer of the two, not their sum.
+"""A fill's disk side: one thread that writes and hashes its chunks, in order, behind a
+bounded queue.
 
 The event loop reads the source and hands each chunk over without waiting for the disk
 (``write`` only waits when ``depth`` chunks are already queued: backpressure). The thread
@@ -38,13 +33,11 @@ class Writer:
         self._hasher = hasher
         self._on_progress = on_progress
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._hash_queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._room = asyncio.Semaphore(depth)
         self._done = self._loop.create_future()
         # Written by the thread, read by the loop (int stores are atomic under the GIL).
         self._written = 0
-        self._chunks_done = 0      # written (or refused: the loop raises the error)
-        self._chunks_hashed = 0
+        self._chunks_done = 0
         self._chunks_put = 0       # loop side: chunks handed over ...
         self._chunks_freed = 0     # ... and reported written (their queue slots given back)
         self._reported = threading.Event()   # set: no progress callback is pending
@@ -55,12 +48,8 @@ class Writer:
         # refused write) returns one; a fallback that cannot take over re-raises ``exc``.
         self._sink = sink
         self._fallback = fallback
-        self._hash_done = self._loop.create_future()
         self._thread = threading.Thread(target=self._run, name="fill-writer", daemon=True)
         self._thread.start()
-        self._hash_thread = threading.Thread(target=self._hash, name="fill-hasher",
-                                             daemon=True)
-        self._hash_thread.start()
 
     @property
     def written(self) -> int:
@@ -72,13 +61,11 @@ class Writer:
         self._raise_if_failed()
         self._chunks_put += 1
         self._queue.put(chunk)
-        self._hash_queue.put(chunk)
 
     async def finish(self) -> str:
         """Wait until every queued chunk is on disk; the hex digest of them all."""
         self._queue.put(None)
-        self._hash_queue.put(None)
-        await asyncio.shield(asyncio.gather(self._done, self._hash_done))
+        await asyncio.shield(self._done)
         self._progress()
         self._raise_if_failed()
         return self._hasher.hexdigest()
@@ -87,9 +74,7 @@ class Writer:
         """Stop the thread (after the chunks already queued); safe after ``finish``."""
         if not self._done.done():
             self._queue.put(None)
-        if not self._hash_done.done():
-            self._hash_queue.put(None)
-        await asyncio.shield(asyncio.gather(self._done, self._hash_done))
+            await asyncio.shield(self._done)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -103,35 +88,19 @@ class Writer:
                 if self._error is None:
                     try:
                         self._write(chunk)
+                        self._hasher.update(chunk)
                         self._written += len(chunk)
                     except OSError as exc:
                         self._error = exc   # the loop raises it; keep draining the queue
                 self._chunks_done += 1
-                self._report()
+                if self._reported.is_set():
+                    self._reported.clear()
+                    self._loop.call_soon_threadsafe(self._progress)
         finally:
-            self._ended(self._done)
-
-    def _hash(self) -> None:
-        try:
-            while (chunk := self._hash_queue.get()) is not None:
-                self._hasher.update(chunk)
-                self._chunks_hashed += 1
-                self._report()
-        finally:
-            self._ended(self._hash_done)
-
-    def _report(self) -> None:
-        """(Either thread.) Ask the loop for a progress callback unless one is pending: at
-        worst both threads ask at once, and the second callback finds nothing new."""
-        if self._reported.is_set():
-            self._reported.clear()
-            self._loop.call_soon_threadsafe(self._progress)
-
-    def _ended(self, done: asyncio.Future) -> None:
-        try:
-            self._loop.call_soon_threadsafe(_set_result, done)
-        except RuntimeError:   # the loop is closed: nobody is waiting
-            pass
+            try:
+                self._loop.call_soon_threadsafe(_set_result, self._done)
+            except RuntimeError:   # the loop is closed: nobody is waiting
+                pass
 
     def _write(self, chunk: bytes) -> None:
         if self._sink is not None:
@@ -151,7 +120,7 @@ class Writer:
 
     def _progress(self) -> None:
         self._reported.set()
-        done = min(self._chunks_done, self._chunks_hashed)   # a chunk's slot: once both end
+        done = self._chunks_done
         for _ in range(done - self._chunks_freed):
             self._room.release()
         self._chunks_freed = done
@@ -160,7 +129,7 @@ class Writer:
     @property
     def idle(self) -> bool:
         """Every chunk handed over so far is on disk (as far as the loop has heard)."""
-        return self._chunks_done == self._chunks_put
+        return self._chunks_freed == self._chunks_put
 
 
 def _set_result(future: asyncio.Future) -> None:
