@@ -16,7 +16,7 @@ from pullcache.config import loads
 from pullcache.oci import Digest
 from pullcache.server.app import build_app
 from pullcache.server.keys import STORE
-from tests.support.ports import free_port
+from tests.support.ports import eventually, free_port
 
 MiB = 1 << 20
 
@@ -69,12 +69,6 @@ def read_all(sock: socket.socket) -> bytes:
     return bytes(buf)
 
 
-async def until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 def split(raw: bytes) -> tuple[bytes, bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     return head, body
@@ -86,9 +80,9 @@ async def test_a_stalled_reader_is_dropped_and_its_file_unpinned(served):
     digest, data, entry = await cached(app, 32 * MiB)
     sock = slow_client(port, f"/v2/x/blobs/{digest}")
     try:
-        await until(lambda: store.index._is_pinned(entry.relpath), what="the pin")
+        await eventually(lambda: store.index._is_pinned(entry.relpath), what="the pin")
         # The client reads nothing; after send_timeout the daemon lets go of the file.
-        await until(lambda: not store.index._is_pinned(entry.relpath), what="the unpin")
+        await eventually(lambda: not store.index._is_pinned(entry.relpath), what="the unpin")
         head, body = split(await asyncio.to_thread(read_all, sock))
         assert head.startswith(b"HTTP/1.1 200") and len(body) < len(data)
         assert data.startswith(body)
@@ -105,7 +99,7 @@ async def test_an_error_after_the_headers_cuts_the_connection(served):
     digest, data, entry = await cached(app, 16 * MiB)
     sock = slow_client(port, f"/v2/x/blobs/{digest}")
     try:
-        await until(lambda: store.index._is_pinned(entry.relpath), what="the pin")
+        await eventually(lambda: store.index._is_pinned(entry.relpath), what="the pin")
         first = await asyncio.to_thread(sock.recv, 4096)   # the headers have gone out
         assert first.startswith(b"HTTP/1.1 200")
         os.truncate(store.path(entry), MiB)     # the file shrinks under the response
@@ -117,7 +111,7 @@ async def test_an_error_after_the_headers_cuts_the_connection(served):
         assert data.startswith(body[:MiB])
     finally:
         sock.close()
-    await until(lambda: not store.index._is_pinned(entry.relpath), what="the unpin")
+    await eventually(lambda: not store.index._is_pinned(entry.relpath), what="the unpin")
     # The daemon carries on serving.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -130,7 +124,7 @@ async def test_a_client_gone_mid_blob_releases_its_pin_and_the_next_client_is_wh
     store = app[STORE]
     digest, data, entry = await cached(app, 16 * MiB)
     sock = slow_client(port, f"/v2/x/blobs/{digest}")
-    await until(lambda: store.index._is_pinned(entry.relpath), what="the pin")
+    await eventually(lambda: store.index._is_pinned(entry.relpath), what="the pin")
     assert await asyncio.to_thread(sock.recv, 4096)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()                                # a reset, mid-body
@@ -140,4 +134,4 @@ async def test_a_client_gone_mid_blob_releases_its_pin_and_the_next_client_is_wh
     got = await asyncio.to_thread(read_all, slow_client(port, f"/v2/x/blobs/{other_digest}"))
     head, body = split(got)
     assert head.startswith(b"HTTP/1.1 200") and body[:len(other)] == other
-    await until(lambda: not store.index._is_pinned(entry.relpath), what="the unpin")
+    await eventually(lambda: not store.index._is_pinned(entry.relpath), what="the unpin")

@@ -23,6 +23,7 @@ import pytest
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_raw_blob_image, push
+from tests.support.ports import wait_until
 
 MiB = 1 << 20
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
@@ -161,11 +162,14 @@ def test_cache_dir_removed_under_the_daemon(make_pullcache, registry):
     pull_all()
     remove_tree(pc.cache_dir)
     assert pc.metric("pullcache_cache_budget_bytes") > 0   # the admin side answers too
-    for _ in range(3):      # served throughout: refetched, then cached again
-        pull_all()
-    assert pc.events("cache_root_recreated")
-    assert (pc.cache_dir / "blobs").is_dir() and (pc.cache_dir / "index").is_dir()
-    assert list((pc.cache_dir / "blobs").rglob(image.layers[0].digest.split(":")[1]))
+    pull_all()              # served throughout: refetched, passed through
+    # The repair runs after the passed-through fill has verified, behind the response (and a
+    # pull right after may join that same fill): wait for it, then pull again to cache.
+    wait_until(lambda: pc.events("cache_root_recreated"), 30, "cache_root_recreated")
+    pull_all()
+    layer = image.layers[0].digest.split(":")[1]
+    wait_until(lambda: list((pc.cache_dir / "blobs").rglob(layer)), 30, "the layer cached again")
+    assert (pc.cache_dir / "index").is_dir()
     assert readyz(pc)["status"] == "ok"
     no_500(pc)
 

@@ -17,6 +17,7 @@ from pullcache.server.keys import METRICS, PROXY, STORE
 from tests.support.daemon import UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, push
+from tests.support.ports import eventually
 from tests.support.spies import Spy
 
 OCI_M = "application/vnd.oci.image.manifest.v1+json"
@@ -68,9 +69,8 @@ async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, im
     monkeypatch.setattr(asyncio, "to_thread", to_thread)
     # The warm-up's blob fill and its reader finish in the background (close, commit): wait
     # until nothing holds a blob or temp file open, then start counting.
-    async with asyncio.timeout(10):
-        while len(app[PROXY].fills) or open_content(store.root):
-            await asyncio.sleep(0.01)
+    await eventually(lambda: not (len(app[PROXY].fills) or open_content(store.root)),
+                     what="the warm-up's fill closed")
     await store.flush_recency()
     hops.clear()
     index = store.index._cache = Spy(store.index._cache)

@@ -6,6 +6,7 @@ sleeps a fixed amount hoping a state has been reached.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import time
@@ -111,3 +112,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not reached within {timeout}s")
         pause()
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    """``wait_until`` inside an event loop: poll ``predicate()`` between loop turns (1 ms
+    apart, so the code under test runs) until truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.001)

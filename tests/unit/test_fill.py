@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from pullcache.cache.store import BlobStore, Budget
 from pullcache.errors import (
     BlobUnknown, DigestMismatch, SizeInvalid, StorageError, UpstreamError, UpstreamTimeout)
 from pullcache.oci import Digest
+from tests.support.ports import eventually
 
 DATA = b"0123456789abcdefghij"      # 20 bytes, delivered as 3 chunks below
 CHUNKS = [DATA[:8], DATA[8:15], DATA[15:]]
@@ -111,14 +111,6 @@ class Reader:
         async with asyncio.timeout(5):
             return await self.task
 
-
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    """Poll a condition with a deadline (for state no event announces)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.001)
 
 
 async def wait(awaitable, timeout: float = 5.0):

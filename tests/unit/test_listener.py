@@ -13,6 +13,7 @@ from aiohttp import web
 
 from pullcache.server.listener import (FDS_PER_CONNECTION, FDS_RESERVED, Listener,
                                        connection_cap, raise_open_files_limit)
+from tests.support.ports import eventually
 
 
 def test_the_cap_is_kept_when_the_fd_limit_allows_it():
@@ -79,9 +80,7 @@ async def test_a_batch_takes_no_more_connections_than_the_cap(runner):
     site = listener(runner, cap=3)
     await site.start()
     opened = [await asyncio.open_connection("127.0.0.1", site.port) for _ in range(10)]
-    async with asyncio.timeout(10):
-        while site.open_connections < 3:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: site.open_connections >= 3, what="3 connections taken")
     for _ in range(20):          # the rest stay queued in the kernel, however long we wait
         await asyncio.sleep(0)
     assert site.open_connections == 3

@@ -16,6 +16,7 @@ import threading
 import pytest
 
 from pullcache.server.sendfile import ClientStalled, Sender
+from tests.support.ports import eventually
 
 MiB = 1 << 20
 
@@ -59,11 +60,6 @@ async def one_span(fd: int, offset: int, length: int):
     yield fd, offset, length
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
 
 @pytest.fixture
 def files(tmp_path):
@@ -80,7 +76,7 @@ async def test_a_file_fd_closed_and_reused_while_waiting_sends_the_original_byte
     sender = Sender(FakeTransport(server), None, stall_timeout=10)
     fd = os.open(tmp / "a", os.O_RDONLY)
     task = asyncio.create_task(sender.send(None, one_span(fd, 0, len(a))))
-    await wait_for(lambda: sender.sent > 0)           # the socket is full: it waits
+    await eventually(lambda: sender.sent > 0)           # the socket is full: it waits
     assert not task.done()
     os.close(fd)                                       # the body lets go of its fd ...
     reused = os.open(tmp / "b", os.O_RDONLY)           # ... and the number is taken again
@@ -102,7 +98,7 @@ async def test_a_socket_fd_closed_and_reused_while_waiting_gets_no_stray_bytes(f
     sender = Sender(transport, None, stall_timeout=10)
     fd = os.open(tmp / "a", os.O_RDONLY)
     task = asyncio.create_task(sender.send(None, one_span(fd, 0, len(a))))
-    await wait_for(lambda: sender.sent > 0)
+    await eventually(lambda: sender.sent > 0)
     number = server.fileno()
     server.close()                                     # the loop closes the client's socket
     transport.closing = True
@@ -148,7 +144,7 @@ async def test_a_client_that_disconnects_mid_send_ends_the_send(files):
     sender = Sender(FakeTransport(server), None, stall_timeout=10)
     fd = os.open(tmp / "a", os.O_RDONLY)
     task = asyncio.create_task(sender.send(None, one_span(fd, 0, len(a))))
-    await wait_for(lambda: sender.sent > 0)
+    await eventually(lambda: sender.sent > 0)
     client.close()                                     # the peer is gone
     try:
         with pytest.raises(ConnectionError):

@@ -15,6 +15,7 @@ from pullcache.cache.index import Entry, key_for, relpath_for
 from pullcache.cache.store import BlobStore, Budget
 from pullcache.errors import StorageError
 from pullcache.oci import Digest
+from tests.support.ports import eventually
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -256,9 +257,8 @@ async def test_reserve_waits_while_fills_in_flight_leave_no_room(budgeted):
     first = await budgeted.reserve(6 * MiB)
     with structlog.testing.capture_logs() as logs:
         second = asyncio.create_task(budgeted.reserve(6 * MiB))   # 12 MiB would pass 10 MiB
-        async with asyncio.timeout(5):
-            while not any(e["event"] == "cache_full_waited" for e in logs):
-                await asyncio.sleep(0.001)
+        await eventually(lambda: any(e["event"] == "cache_full_waited" for e in logs),
+                         what="cache_full_waited")
     assert not second.done()
     first.release()
     async with asyncio.timeout(5):

@@ -17,6 +17,7 @@ from pullcache.backing.repositories import RepositorySettings
 from pullcache.backing.tier import EcrTier, WriteBehind
 from pullcache.metrics import Metrics
 from pullcache.oci import OCI_INDEX, OCI_MANIFEST, Digest
+from tests.support.ports import eventually
 
 
 class MemoryRegistry:
@@ -127,9 +128,8 @@ async def test_the_journal_resumes_what_a_stop_left(tmp_path):
     writes = await writer(stuck, local, journal, drain=0.05).open()
     writes.blob("up", "team/app", blobs[1])
     writes.manifest("up", "team/app", digest, "v1")
-    async with asyncio.timeout(10):            # admitted (on disk), then taken by a worker
-        while writes.status()["in_flight"] < 1:
-            await asyncio.sleep(0.01)
+    # admitted (on disk), then taken by a worker
+    await eventually(lambda: writes.status()["in_flight"] >= 1, what="a job in flight")
     await writes.close()                       # drain times out: the jobs stay on disk
     assert len(Journal(tmp_path / "q").open().pending()) == 2
 
