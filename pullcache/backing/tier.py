@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from .. import errors
 from ..oci import DEFAULT_ACCEPT, DOCKER_V1, DOCKER_V1_SIGNED, MAX_MANIFEST_SIZE, Digest
-from ..upstream.client import BlobStream, Manifest, RegistryClient
+from ..upstream.body import BlobStream
+from ..upstream.client import Manifest, RegistryClient
 from .content import stored_media_type
 from .ecr import EcrApi, repository_name
 from .repositories import Repositories, RepositorySettings

@@ -2,7 +2,7 @@
 bounded queue.
 
 The event loop reads the source and hands each chunk over without waiting for the disk
-(``write`` only waits when ``depth`` chunks are already queued: backpressure). The thread
+(``write`` only waits when ``limit`` bytes are already queued: backpressure). The thread
 reports progress back to the loop at most once per loop iteration (``on_progress`` gets the
 bytes written so far), so a fast download costs the loop a handful of wake-ups, not one per
 chunk. ``finish`` waits for the queue to drain and returns the digest's hex.
@@ -16,8 +16,9 @@ import queue
 import threading
 from typing import Callable
 
-Sink = Callable[[int, bytes], None]
-DEPTH = 64              # chunks queued at most (as read: ≤ 256 KiB each, ≤ 16 MiB held)
+Chunk = bytes | memoryview
+Sink = Callable[[int, Chunk], None]
+LIMIT = 16 << 20        # bytes queued at most (chunks of up to 1 MiB, as received)
 
 
 class WriterFailed(Exception):
@@ -26,20 +27,21 @@ class WriterFailed(Exception):
 
 class Writer:
     def __init__(self, fd: int, hasher, on_progress: Callable[[int], None], *,
-                 depth: int = DEPTH, sink: Sink | None = None,
+                 limit: int = LIMIT, sink: Sink | None = None,
                  fallback: Callable[[OSError, int], Sink] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._fd = fd
         self._hasher = hasher
         self._on_progress = on_progress
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._room = asyncio.Semaphore(depth)
+        self._queue: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        self._limit = limit
+        self._room: asyncio.Future[None] | None = None   # a write waiting for the queue
         self._done = self._loop.create_future()
         # Written by the thread, read by the loop (int stores are atomic under the GIL).
         self._written = 0
-        self._chunks_done = 0
-        self._chunks_put = 0       # loop side: chunks handed over ...
-        self._chunks_freed = 0     # ... and reported written (their queue slots given back)
+        self._taken = 0            # bytes the thread is done with (written, or dropped)
+        self._put = 0              # loop side: bytes handed over ...
+        self._freed = 0            # ... and reported taken (their room given back)
         self._reported = threading.Event()   # set: no progress callback is pending
         self._reported.set()
         self._error: OSError | None = None
@@ -55,11 +57,13 @@ class Writer:
     def written(self) -> int:
         return self._written
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         self._raise_if_failed()
-        await self._room.acquire()
-        self._raise_if_failed()
-        self._chunks_put += 1
+        while self._put - self._freed >= self._limit:
+            self._room = self._loop.create_future()
+            await self._room
+            self._raise_if_failed()
+        self._put += len(chunk)
         self._queue.put(chunk)
 
     async def finish(self) -> str:
@@ -92,7 +96,7 @@ class Writer:
                         self._written += len(chunk)
                     except OSError as exc:
                         self._error = exc   # the loop raises it; keep draining the queue
-                self._chunks_done += 1
+                self._taken += len(chunk)
                 if self._reported.is_set():
                     self._reported.clear()
                     self._loop.call_soon_threadsafe(self._progress)
@@ -102,7 +106,7 @@ class Writer:
             except RuntimeError:   # the loop is closed: nobody is waiting
                 pass
 
-    def _write(self, chunk: bytes) -> None:
+    def _write(self, chunk: Chunk) -> None:
         if self._sink is not None:
             self._sink(self._written, chunk)
             return
@@ -120,16 +124,16 @@ class Writer:
 
     def _progress(self) -> None:
         self._reported.set()
-        done = self._chunks_done
-        for _ in range(done - self._chunks_freed):
-            self._room.release()
-        self._chunks_freed = done
+        self._freed = self._taken
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
         self._on_progress(self._written)
 
     @property
     def idle(self) -> bool:
         """Every chunk handed over so far is on disk (as far as the loop has heard)."""
-        return self._chunks_freed == self._chunks_put
+        return self._freed == self._put
 
 
 def _set_result(future: asyncio.Future) -> None:

@@ -19,6 +19,7 @@ from .. import errors
 from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, OCI_INDEX, Digest
 from .auth import scope_for
 from .authenticator import Authenticator
+from .body import BlobStream
 from .breaker import Breaker
 from .credentials import Credentials, StaticCredentials, UpstreamObserver
 from .realm import RealmTrust
@@ -76,33 +77,6 @@ class Passthrough:
     body: bytes
     headers: dict[str, str]
     next: str | None = None   # the RFC 8288 ``rel="next"`` link, absolute
-
-
-class BlobStream:
-    """An open upstream blob body; a ``Source`` for a fill."""
-
-    def __init__(self, response: aiohttp.ClientResponse, on_bytes: Callable[[int], None]):
-        self._response = response
-        self._on_bytes = on_bytes
-        self.size = response.content_length
-        self.origin = urlsplit(str(response.url)).netloc
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            # Each buffered chunk as it arrived: iter_chunks hands them over one by one,
-            # where iter_any/iter_chunked join what is buffered (a copy of every byte). The
-            # fill passes each to its writer thread without waiting, so they cost the loop little.
-            async for chunk, _ in self._response.content.iter_chunks():
-                if chunk:
-                    self._on_bytes(len(chunk))
-                    yield chunk
-        except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout
-            raise errors.UpstreamTimeout("blob body stalled") from exc
-        except aiohttp.ClientError as exc:
-            raise errors.UpstreamError(f"blob body failed: {exc}") from exc
-
-    async def close(self) -> None:
-        self._response.release()
 
 
 class RegistryClient:
@@ -167,7 +141,8 @@ class RegistryClient:
     async def open_blob(self, repo: str, digest: Digest) -> BlobStream:
         resp = await self._send("GET", repo, f"blobs/{digest}", {"Accept-Encoding": "identity"},
                                 not_found=errors.BlobUnknown)
-        return BlobStream(resp, lambda n: self._observer.fetched(self.name, n))
+        return BlobStream(resp, lambda n: self._observer.fetched(self.name, n),
+                          self.settings.read_timeout)
 
     async def passthrough(self, repo: str, tail: str, query: Mapping[str, str], *,
                           accept: str = "application/json") -> Passthrough:
