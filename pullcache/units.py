@@ -17,6 +17,7 @@ KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 SECONDS = 1.0
 MINUTES = 60 * SECONDS
 HOURS = 60 * MINUTES
+DAYS = 24 * HOURS
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB}

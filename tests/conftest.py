@@ -28,6 +28,13 @@ def make_pullcache(tmp_path):
 
 
 @pytest.fixture
+def counted(make_pullcache, fault_proxy):
+    """pullcache in front of the counting fault proxy (breaker off: faults are deliberate)."""
+    return make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
+                                       extra={"breaker_failures": 1000}))
+
+
+@pytest.fixture
 def pullcache(make_pullcache, registry):
     """pullcache with the anonymous registry as its default upstream."""
     return make_pullcache(UpstreamSpec(registry.host, registry.url))

@@ -86,7 +86,8 @@ class EcrCredentials:
 
 
 class EcrApi:
-    """One aiobotocore ECR client for the app's lifetime (``open``/``close``)."""
+    """One aiobotocore ECR client for the app's lifetime (``open``/``close``, or
+    ``async with``)."""
 
     def __init__(self, region: str, *, registry_id: str | None = None,
                  profile: str | None = None, endpoint_url: str | None = None) -> None:
@@ -110,6 +111,12 @@ class EcrApi:
         if self._exit is not None:
             await self._exit(None, None, None)
             self._client = self._exit = None
+
+    async def __aenter__(self) -> "EcrApi":
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def token(self) -> EcrToken:
         ids = {"registryIds": [self.registry_id]} if self.registry_id else {}

@@ -12,7 +12,7 @@ Every method blocks; the write-behind calls them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import diskcache
@@ -33,6 +33,16 @@ class Job:
     def key(self) -> str:
         return f"{self.kind} {self.upstream}/{self.repo}@{self.digest}" + \
             (f" :{self.tag}" if self.tag else "")
+
+    @classmethod
+    def of(cls, record: dict) -> "Job":
+        """The job of a pending or failed record (which add their own keys)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+
+def failure(job: Job, error: str) -> dict:
+    """A failed job as the journal keeps it and ``status()`` reports it."""
+    return {**asdict(job), "error": error, "at": time.time()}
 
 
 class Journal:
@@ -63,13 +73,12 @@ class Journal:
     def fail(self, job: Job, error: str) -> None:
         """Failed for good: no longer pending, kept with its error (the oldest dropped)."""
         self._pending.pop(job.key, None)
-        self._failed[job.key] = {**asdict(job), "error": error, "at": time.time()}
+        self._failed[job.key] = failure(job, error)
         while len(self._failed) > MAX_FAILED:
             self._failed.popitem(last=False)
 
     def pending(self) -> list[Job]:
-        return [Job(**{k: v for k, v in item.items() if k != "since"})
-                for item in self._pending.values()]
+        return [Job.of(item) for item in self._pending.values()]
 
     def failed(self) -> list[dict]:
         return list(self._failed.values())

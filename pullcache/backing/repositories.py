@@ -21,11 +21,11 @@ import structlog
 
 from .. import errors
 from ..singleflight import SingleFlight
+from ..units import DAYS
 from .ecr import EcrApi
 
 log = structlog.get_logger("pullcache.tier")
 DENIED_RETRY = 600.0   # seconds a denied repository stays read-only before CreateRepository again
-DAY = 86_400.0
 _ACTION = re.compile(r"perform: ([a-z0-9-]+:[A-Za-z]+)")
 
 
@@ -110,7 +110,7 @@ class RepositorySettings:
 def expire_untagged(seconds: float) -> str:
     """The lifecycle policy of ``expire_untagged_after``: untagged images (by-digest content
     no tag points at any more) expire that many days after their push."""
-    days = max(1, round(seconds / DAY))
+    days = max(1, round(seconds / DAYS))
     return json.dumps({"rules": [{
         "rulePriority": 1,
         "description": f"pullcache: expire untagged images {days} days after push",

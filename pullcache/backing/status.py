@@ -44,15 +44,12 @@ def _journal(directory) -> tuple[list, list[dict]]:
 
 
 async def _described(ecr) -> dict | str:
-    api = EcrApi(ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
-                 endpoint_url=ecr.endpoint_url)
-    await api.open()
-    try:
-        found = await api.repositories(ecr.repository_prefix + "/")
-    except errors.PullcacheError as exc:
-        return f"DescribeRepositories failed: {exc}"
-    finally:
-        await api.close()
+    async with EcrApi(ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
+                      endpoint_url=ecr.endpoint_url) as api:
+        try:
+            found = await api.repositories(ecr.repository_prefix + "/")
+        except errors.PullcacheError as exc:
+            return f"DescribeRepositories failed: {exc}"
     return {r["repositoryName"]: {
         "encryption": (r.get("encryptionConfiguration") or {}).get("encryptionType"),
         "kms_key": (r.get("encryptionConfiguration") or {}).get("kmsKey"),

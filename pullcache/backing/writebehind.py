@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol
@@ -28,7 +27,7 @@ import structlog
 from .. import errors
 from ..oci import INDEX_TYPES, Digest
 from .content import Source, file_source, references
-from .journal import MAX_FAILED, Job, Journal
+from .journal import MAX_FAILED, Job, Journal, failure
 from .uploads import Uploads
 
 if TYPE_CHECKING:
@@ -85,8 +84,7 @@ class WriteBehind:
             await asyncio.to_thread(self.journal.open)
             pending = await asyncio.to_thread(self.journal.pending)
             for item in await asyncio.to_thread(self.journal.failed):
-                self._failed[Job(*(item[k] for k in ("kind", "upstream", "repo", "digest",
-                                                     "tag"))).key] = item
+                self._failed[Job.of(item).key] = item
             for job in pending:
                 self._enqueue(_Entry(job))
             if pending:
@@ -263,9 +261,7 @@ class WriteBehind:
             if self.journal is not None:
                 await asyncio.to_thread(self.journal.ack, job)
         else:
-            self._failed[job.key] = {"kind": job.kind, "upstream": job.upstream,
-                                     "repo": job.repo, "digest": job.digest, "tag": job.tag,
-                                     "error": error, "at": time.time()}
+            self._failed[job.key] = failure(job, error)
             while len(self._failed) > MAX_FAILED:   # the oldest first, as in the journal
                 self._failed.pop(next(iter(self._failed)))
             if self.journal is not None:

@@ -32,6 +32,8 @@ from typing import Callable, Iterator, Mapping
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
+from ..oci import Digest
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -246,6 +248,14 @@ def key_for(relpath: str) -> str | None:
 
 def relpath_for(kind: str, algorithm: str, hex_: str) -> str:
     return f"{_KINDS[kind]}/{algorithm}/{hex_[:2]}/{hex_}"
+
+
+def relpath_of(key: str) -> str:
+    """``blob:sha256:abcd…`` → ``blobs/sha256/ab/abcd…`` (the inverse of ``key_for``). Raises
+    DigestInvalid for a malformed digest, KeyError for a kind the cache does not hold."""
+    kind, _, digest = key.partition(":")
+    parsed = Digest.parse(digest)
+    return relpath_for(kind, parsed.algorithm, parsed.hex)
 
 
 _LRU_ORDER = diskcache.core.EVICTION_POLICY["least-recently-used"]["cull"].format(

@@ -39,10 +39,6 @@ class PinSet:
     def keeps(self, key: str) -> bool:
         return key in self._keys
 
-    @property
-    def keys(self) -> frozenset[str]:
-        return self._keys
-
     def pins(self) -> list[Pin]:
         return list(self._pins.values())
 

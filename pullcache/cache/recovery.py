@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..oci import Digest
-from .index import Entry, Index, key_for, relpath_for
+from .index import Entry, Index, key_for, relpath_for, relpath_of
 from .verify import file_matches
 
 KINDS = ("blob", "manifest")
@@ -33,13 +32,11 @@ def reconcile(root: Path, tmp: Path, index: Index) -> Reconciled:
         temps += 1
     dropped = 0
     for key in list(index.keys()):
-        kind, _, digest = key.partition(":")
         try:
-            parsed = Digest.parse(digest)
+            path = root / relpath_of(key)
         except Exception:  # noqa: BLE001 - a foreign key is simply dropped
-            parsed = None
-        if parsed is None or kind not in KINDS or not (
-                root / relpath_for(kind, parsed.algorithm, parsed.hex)).is_file():
+            path = None
+        if path is None or not path.is_file():
             index.drop(key)
             dropped += 1
     adopted = rejected = 0

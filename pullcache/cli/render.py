@@ -96,7 +96,7 @@ def gc(result: dict, as_json: bool, console: Console) -> int:
     if as_json:
         return _json(result)
     console.print(f"freed {human_size(result['freed_bytes'])}; "
-                  f"used {_usage({**result, 'max_size': result['max_size']})}", highlight=False)
+                  f"used {_usage(result)}", highlight=False)
     return 0
 
 

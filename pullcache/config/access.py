@@ -18,7 +18,7 @@ from .fields import (
     SECONDS,
     _field,
     _file,
-    _number,
+    _at_least,
     _str,
     _timeout,
     format_duration,
@@ -56,5 +56,5 @@ class AccessConfig:
     credentials_ttl: float = _field(_timeout, 1 * MINUTES, fmt=format_duration)
     # Failed password checks allowed per client address within failure_window; past that the
     # address is answered 429 until the window has moved on.
-    max_failures: int = _field(_number((int,), lambda v: v >= 1, "an integer >= 1"), 10)
+    max_failures: int = _field(_at_least(1), 10)
     failure_window: float = _field(_timeout, 60 * SECONDS, fmt=format_duration)

@@ -10,12 +10,13 @@ from typing import Any
 from pullcache.errors import ConfigError
 
 from .fields import (
+    DAYS,
     MINUTES,
     SECONDS,
     _bool,
     _choice,
     _field,
-    _number,
+    _at_least,
     _secret,
     _str,
     _timeout,
@@ -24,9 +25,6 @@ from .fields import (
     parse_duration,
     show,
 )
-
-
-DAYS = 24 * 60 * MINUTES
 
 
 def _tags(value: Any) -> tuple[tuple[str, str], ...]:
@@ -53,8 +51,8 @@ class EcrBackingConfig:
     repository_prefix: str = _field(_str, "pullcache")
     endpoint_url: str | None = _field(_url, None)     # the AWS API (tests: moto)
     registry_url: str | None = _field(_url, None)     # the data plane (default: from the id)
-    write_concurrency: int = _field(_number((int,), lambda v: v >= 1, "an integer >= 1"), 4)
-    write_retries: int = _field(_number((int,), lambda v: v >= 0, "an integer >= 0"), 5)
+    write_concurrency: int = _field(_at_least(1), 4)
+    write_retries: int = _field(_at_least(0), 5)
     drain_timeout: float = _field(parse_duration, 30 * SECONDS, fmt=format_duration)
     token_min_refresh: float = _field(parse_duration, 1 * MINUTES, fmt=format_duration)
     connect_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)

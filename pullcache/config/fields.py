@@ -18,6 +18,7 @@ from pullcache.errors import ConfigError
 
 # Re-exported: the units are part of the config vocabulary (``50 * GiB``, ``"5m"``).
 from pullcache.units import (  # noqa: F401
+    DAYS,
     HOURS,
     MINUTES,
     SECONDS,
@@ -104,6 +105,10 @@ def _number(kinds: tuple[type, ...], ok: Callable[[Any], bool], want: str) -> Ca
             raise ConfigError(f"expected {want}, got {show(value)}")
         return kinds[-1](value)
     return convert
+
+
+def _at_least(floor: int) -> Callable[[Any], int]:
+    return _number((int,), lambda v: v >= floor, f"an integer >= {floor}")
 
 
 def _choice(*options: str) -> Callable[[Any], str]:

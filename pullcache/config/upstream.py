@@ -17,7 +17,7 @@ from .fields import (
     _bool,
     _choice,
     _field,
-    _number,
+    _at_least,
     _registries,
     _registry,
     _secret,
@@ -29,10 +29,6 @@ from .fields import (
     parse_duration,
     show,
 )
-
-
-def _optional_duration(value: float | None) -> str | None:
-    return None if value is None else format_duration(value)
 
 
 def _realm(value: object) -> str:
@@ -94,7 +90,7 @@ class UpstreamConfig:
     tag_ttl: float = _field(parse_duration, 5 * MINUTES, fmt=format_duration)
     # How long a referrers list (distribution-spec end-12a) is served before upstream is
     # asked again; unset: tag_ttl. The fallback tag schema is a tag, so it follows tag_ttl.
-    referrers_ttl: float | None = _field(parse_duration, None, fmt=_optional_duration)
+    referrers_ttl: float | None = _field(parse_duration, None, fmt=format_duration)
     serve_stale: bool = _field(_bool, True)
     # Past tag_ttl, for this long: answer from the cache at once, revalidate in the
     # background (a moved tag is seen one request later). 0: off.
@@ -103,8 +99,8 @@ class UpstreamConfig:
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
     header_timeout: float = _field(_timeout, 15 * SECONDS, fmt=format_duration)
     revalidate_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
-    max_redirects: int = _field(_number((int,), lambda v: v >= 0, "an integer >= 0"), 5)
-    breaker_failures: int = _field(_number((int,), lambda v: v >= 1, "an integer >= 1"), 5)
+    max_redirects: int = _field(_at_least(0), 5)
+    breaker_failures: int = _field(_at_least(1), 5)
     breaker_cooldown: float = _field(parse_duration, 15 * SECONDS, fmt=format_duration)
     # auth = "ecr" only; region and registry_id are read from an ECR URL when not given.
     region: str | None = _field(_secret, None)

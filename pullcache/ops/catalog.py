@@ -19,10 +19,9 @@ from pathlib import Path
 import diskcache
 
 from .. import errors
-from ..cache.index import relpath_for
+from ..cache.index import relpath_of
 from ..cache.pins import PinSet
 from ..cache.store import BlobStore
-from ..oci import Digest
 from ..routing import UpstreamTable
 from .graph import references
 from .refs import parse_image
@@ -84,9 +83,7 @@ class Catalog:
 
     def _manifest_body(self, digest: str) -> bytes | None:
         try:
-            parsed = Digest.parse(digest)
-            return (self.store.root / relpath_for("manifest", parsed.algorithm,
-                                                  parsed.hex)).read_bytes()
+            return (self.store.root / relpath_of(f"manifest:{digest}")).read_bytes()
         except (errors.PullcacheError, OSError):
             return None
 
@@ -95,9 +92,7 @@ class Catalog:
         if key not in self.store.index:
             return None
         try:
-            parsed = Digest.parse(digest)
-            return (self.store.root / relpath_for(kind, parsed.algorithm, parsed.hex)
-                    ).stat().st_size
+            return (self.store.root / relpath_of(key)).stat().st_size
         except (errors.PullcacheError, OSError):
             return None
 

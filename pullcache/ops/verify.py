@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..cache.index import relpath_for
+from ..cache.index import relpath_of
 from ..cache.store import BlobStore
 from ..cache.verify import file_hexdigest
 from ..oci import Digest
@@ -71,10 +71,8 @@ class Verifier:
     def _inventory(self) -> list[tuple[str, object, int]]:
         files = []
         for key in list(self.store.index.keys()):
-            kind, _, digest = key.partition(":")
             try:
-                parsed = Digest.parse(digest)
-                path = self.store.root / relpath_for(kind, parsed.algorithm, parsed.hex)
+                path = self.store.root / relpath_of(key)
                 size = path.stat().st_size
             except Exception:  # noqa: BLE001 - a foreign or vanished key is skipped
                 continue

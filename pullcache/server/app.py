@@ -108,9 +108,9 @@ def build_app(config: Config) -> web.Application:
             for u in config.upstreams:
                 credentials = app[CREDENTIALS].get(u.host)
                 if u.auth == "ecr":
-                    api = await stack.enter_async_context(_opened(EcrApi(
+                    api = await stack.enter_async_context(EcrApi(
                         u.ecr_region, registry_id=u.ecr_registry_id, profile=u.profile,
-                        endpoint_url=u.aws_endpoint_url)))
+                        endpoint_url=u.aws_endpoint_url))
                     credentials = EcrCredentials(api.token, min_refresh=u.token_min_refresh)
                 client = RegistryClient(UpstreamSettings.from_config(u), session,
                                         observer=metrics, credentials=credentials,
@@ -134,9 +134,9 @@ def build_app(config: Config) -> web.Application:
             tier = writes = None
             ecr = config.backing_ecr
             if ecr.enabled:
-                api = await stack.enter_async_context(_opened(EcrApi(
+                api = await stack.enter_async_context(EcrApi(
                     ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
-                    endpoint_url=ecr.endpoint_url)))
+                    endpoint_url=ecr.endpoint_url))
                 client = RegistryClient(
                     UpstreamSettings.from_config(UpstreamConfig(
                         host="ecr-tier", url=ecr.data_plane,
@@ -182,15 +182,6 @@ def build_app(config: Config) -> web.Application:
         admin.setup_ops(app)
     routes.setup(app)
     return app
-
-
-@contextlib.asynccontextmanager
-async def _opened(api: EcrApi) -> AsyncIterator[EcrApi]:
-    await api.open()
-    try:
-        yield api
-    finally:
-        await api.close()
 
 
 async def _flush_recency(store: BlobStore) -> None:

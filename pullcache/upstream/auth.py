@@ -15,7 +15,6 @@ import time
 from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import structlog
 
@@ -160,10 +159,5 @@ def _parse_rfc3339(text: str) -> float | None:
         return None
 
 
-def host_of(url: str) -> str:
-    parts = urlsplit(url)
-    return (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-
-
 __all__ = ["Challenge", "TokenCache", "basic_header", "parse_challenges", "scope_for",
-           "parse_token_response", "host_of"]
+           "parse_token_response"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.clients import Containerd, Dockerd, Podman
+from tests.support.clients import Dockerd
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_image, build_index, push
@@ -36,13 +36,6 @@ def world(tmp_path_factory, registry, registry_token):
         UpstreamSpec("ghcr.io", registry_token.url, "alice", "s3cret")]).start()
     yield {"pc": pc, "tiny": tiny, "multi": multi, "app": app, "resume": resume}
     pc.stop()
-
-
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory):
-    daemon = Containerd(tmp_path_factory.mktemp("containerd")).start()
-    yield daemon
-    daemon.stop()
 
 
 def requests_from(pc: Pullcache, agent: str) -> list[dict]:
@@ -91,13 +84,6 @@ def test_ctr_resumes_a_cut_blob_with_range(world, containerd):
     ranged = [r for r in pc.events("request")
               if r["path"].endswith(layer.digest) and r["status"] == 206]
     assert ranged, "containerd did not resume with a Range request"
-
-
-@pytest.fixture
-def podman(tmp_path):
-    client = Podman(tmp_path)
-    yield client
-    client.cleanup()
 
 
 def test_podman_pulls_through_registries_conf_mirror(world, podman):

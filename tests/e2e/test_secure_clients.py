@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.clients import DEAD, Containerd, Dockerd, Podman
+from tests.support.clients import DEAD, Dockerd, tail
 from tests.support.daemon import Pullcache, UpstreamSpec
+from tests.support.http import basic_auth
 from tests.support.images import build_image, push
 from tests.support.ports import wait_until
 from tests.support.tls import CA, write_htpasswd
@@ -157,13 +158,6 @@ def test_skopeo(world, tmp_path):
 
 # -- podman ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def podman(tmp_path):
-    client = Podman(tmp_path)
-    yield client
-    client.cleanup()
-
-
 def test_podman_registries_conf_mirror_with_auth_json(world, podman, tmp_path):
     pc, host = world["pc"], world["pc"].host
     conf = tmp_path / "registries.conf"
@@ -205,13 +199,6 @@ def test_podman_registries_conf_mirror_with_auth_json(world, podman, tmp_path):
 
 # -- containerd (ctr) --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory):
-    daemon = Containerd(tmp_path_factory.mktemp("containerd-tls")).start()
-    yield daemon
-    daemon.stop()
-
-
 def hosts_toml(world, base: Path, *, password: str | None = PASSWORD,
                client: bool = True) -> Path:
     """``certs.d/docker.io/hosts.toml``: the mirror with ``ca``, ``client`` and a static
@@ -222,8 +209,8 @@ def hosts_toml(world, base: Path, *, password: str | None = PASSWORD,
     if client:
         lines.append(f'  client = [["{world["client"].cert}", "{world["client"].key}"]]')
     if password is not None:
-        token = base64.b64encode(f"{USER}:{password}".encode()).decode()
-        lines += [f'  [host."https://{host}".header]', f'    Authorization = "Basic {token}"']
+        lines += [f'  [host."https://{host}".header]',
+                  f'    Authorization = "{basic_auth(USER, password)}"']
     (base / "docker.io").mkdir(parents=True, exist_ok=True)
     (base / "docker.io" / "hosts.toml").write_text("\n".join(lines) + "\n")
     return base
@@ -327,14 +314,10 @@ def test_dockerd_mirror_over_tls_from_an_anonymous_network(world, registry, cont
         since = len(pc.events("request"))
         code, out = daemon.docker("pull", "tiny:v1", check=False)
         assert code != 0 and statuses(pc, since, agent) == []
-        assert handshake_refused(_tail(daemon.workdir / "dockerd.log")), out
+        assert handshake_refused(tail(daemon.workdir / "dockerd.log", 30)), out
     finally:
         daemon.stop()
         pc.stop()
-
-
-def _tail(path: Path) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-30:])
 
 
 def _login(daemon: Dockerd, host: str, password: str) -> tuple[int, str]:

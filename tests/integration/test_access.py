@@ -8,14 +8,13 @@ or not the content is cached). ``[access]`` changes between tests go through SIG
 
 from __future__ import annotations
 
-import base64
 import socket
 import ssl
 
 import pytest
 
 from tests.support.daemon import Pullcache, UpstreamSpec
-from tests.support.http import request
+from tests.support.http import basic_auth, request
 from tests.support.images import build_image, push
 from tests.support.ports import wait_until
 from tests.support.tls import CA, write_htpasswd
@@ -24,8 +23,7 @@ OCI_M = "application/vnd.oci.image.manifest.v1+json"
 
 
 def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
-            "Accept": OCI_M}
+    return {"Authorization": basic_auth(user, password), "Accept": OCI_M}
 
 
 ALICE = basic("alice", "wonderland")

@@ -13,8 +13,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from tests.support.daemon import ROOT, UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_raw_blob_image, push
@@ -59,13 +57,6 @@ class Download(threading.Thread):
             self.error = exc
         finally:
             conn.close()
-
-
-@pytest.fixture
-def counted(make_pullcache, fault_proxy):
-    """pullcache in front of the counting fault proxy (breaker off: faults are deliberate)."""
-    return make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
-                                       extra={"breaker_failures": 1000}))
 
 
 def test_herd_of_20_costs_one_upstream_get_and_streams_to_all(counted, registry, fault_proxy):

@@ -3,7 +3,6 @@ load, and the hardened unit's security rating."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
-from tests.support.http import request
+from tests.support.http import basic_auth, request
 from tests.support.images import build_image, build_raw_blob_image, push
 from tests.support.ports import wait_until
 from tests.support.tls import CA, write_htpasswd
@@ -122,10 +121,6 @@ def test_drain_timeout_cuts_a_stalled_client_and_exits_cleanly(tmp_path, registr
         pc.stop()
 
 
-def _basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
 def _served_fingerprint(port: int, ctx: ssl.SSLContext) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
@@ -146,7 +141,7 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
     pc.workdir.mkdir()
     pc.start()
     ctx = ca.client_context()
-    ci = {**_basic("ci", "pipeline"), "Accept": image.media_type}
+    ci = {"Authorization": basic_auth("ci", "pipeline"), "Accept": image.media_type}
     statuses: list[int] = []
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -181,10 +176,9 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
             wait_until(lambda: len(statuses) >= count + 10, 30, "load after the reload")
             assert _served_fingerprint(pc.port, ctx) == hashlib.sha256(
                 ssl.PEM_cert_to_DER_cert(issued.cert.read_text())).digest()
-            assert request(pc.url, "/v2/", headers=_basic("alice", f"new{n}"),
-                           context=ctx).status == 200
-            assert request(pc.url, "/v2/", headers=_basic("alice", "old"),
-                           context=ctx).status == 401
+            for password, status in ((f"new{n}", 200), ("old", 401)):
+                login = {"Authorization": basic_auth("alice", password)}
+                assert request(pc.url, "/v2/", headers=login, context=ctx).status == status
     finally:
         stop.set()
         for t in threads:

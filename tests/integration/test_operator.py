@@ -40,12 +40,6 @@ def blob_file(pc, digest: str):
     return pc.cache_dir / "blobs" / "sha256" / digest[7:9] / digest[7:]
 
 
-@pytest.fixture
-def counted(make_pullcache, fault_proxy):
-    return make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
-                                       extra={"breaker_failures": 1000}))
-
-
 def test_warm_one_platform_then_all_then_skopeo_needs_no_upstream_blob(counted, registry,
                                                                        fault_proxy, tmp_path):
     amd, arm = (build_image(f"warm-{a}", arch=a, layer_sizes=(30_000, 60_000))

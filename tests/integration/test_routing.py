@@ -3,13 +3,11 @@ content shared across routes, tags kept per upstream; redirects and rate-limit h
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from tests.support.daemon import UpstreamSpec
 from tests.support.faultproxy import FaultProxy
-from tests.support.http import request
+from tests.support.http import basic_auth, request
 from tests.support.images import build_image, build_index, push
 
 D_M = "application/vnd.docker.distribution.manifest.v2+json"
@@ -117,7 +115,7 @@ def test_redirects_are_followed_without_leaking_authorization(make_pullcache, re
     push(registry_basic, "redir/app", "v1", image, username="alice", password="s3cret")
     with FaultProxy(registry_basic.url) as origin:
         origin.set_fault("redirect", match="/blobs/")
-        origin.cdn_authorization = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        origin.cdn_authorization = basic_auth("alice", "s3cret")
         pc = make_pullcache(UpstreamSpec(origin.host, origin.url, "alice", "s3cret"))
         for blob in image.blobs():
             r = request(pc.url, f"/v2/redir/app/blobs/{blob.digest}")

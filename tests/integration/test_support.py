@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
@@ -16,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.support.faultproxy import FaultProxy
+from tests.support.http import basic_auth
 from tests.support.images import (
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Image, Index, PushError,
     RegistryClient, build_image, build_index, build_raw_blob_image, push, read_oci_layout_digests,
@@ -145,7 +145,7 @@ def test_token_realm_counts_and_policy(token_realm: TokenRealm, registry_token: 
 def test_token_realm_rejects_wrong_password_and_serves_post(token_realm: TokenRealm) -> None:
     bad = http.client.HTTPConnection(token_realm.host, timeout=5)
     bad.request("GET", "/token?scope=repository:x:pull",
-                headers={"Authorization": "Basic " + base64.b64encode(b"alice:wrong").decode()})
+                headers={"Authorization": basic_auth("alice", "wrong")})
     assert bad.getresponse().status == 401
     bad.close()
 

@@ -35,7 +35,7 @@ def require(binary: str) -> str:
     return path
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() \
         else ""
 
@@ -88,9 +88,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
                        "containerd to serve")
         except TimeoutError:
             self.stop()
-            pytest.skip(f"containerd cannot run on this machine:\n{_tail(log)}")
+            pytest.skip(f"containerd cannot run on this machine:\n{tail(log)}")
         if self.proc.poll() is not None:
-            pytest.skip(f"containerd cannot run on this machine:\n{_tail(log)}")
+            pytest.skip(f"containerd cannot run on this machine:\n{tail(log)}")
         return self
 
     def _ready(self) -> bool:
@@ -212,12 +212,12 @@ mount --bind {hosts} /etc/hosts || exit 90
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.skip(f"dockerd cannot run on this machine:\n{_tail(log)}")
+                pytest.skip(f"dockerd cannot run on this machine:\n{tail(log)}")
             if self.socket.exists() and self.docker("version", check=False)[0] == 0:
                 return self
             time.sleep(0.2)
         self.stop()
-        pytest.skip(f"dockerd did not come up within 60 s on this machine:\n{_tail(log)}")
+        pytest.skip(f"dockerd did not come up within 60 s on this machine:\n{tail(log)}")
 
     def docker(self, *args: str, check: bool = True, timeout: float = 180) -> tuple[int, str]:
         proc = subprocess.run(["docker", "-H", f"unix://{self.socket}", *args],

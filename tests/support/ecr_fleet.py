@@ -7,7 +7,6 @@ Import the fixtures into a test module: ``from tests.support.ecr_fleet import *`
 
 from __future__ import annotations
 
-import base64
 from collections import Counter
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -17,7 +16,7 @@ from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.ecr import (AWS_ENV, AwsFront, backing_config, start_ecr_registry,
                                start_moto)
 from tests.support.faultproxy import FaultProxy
-from tests.support.http import request
+from tests.support.http import basic_auth, request
 from tests.support.ports import wait_until
 
 __all__ = ["moto", "aws_front", "aws", "ecr_registry", "origin", "ecr_front", "node", "pull",
@@ -143,6 +142,5 @@ def completed_uploads(ecr_front: FaultProxy) -> Counter:
 
 
 def ecr_auth(ecr_registry, accept: str = "") -> dict:
-    auth = {"Authorization": "Basic " + base64.b64encode(
-        f"AWS:{ecr_registry.password}".encode()).decode()}
+    auth = {"Authorization": basic_auth("AWS", ecr_registry.password)}
     return {**auth, "Accept": accept} if accept else auth

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -26,6 +27,11 @@ class Reply:
     @property
     def sha256(self) -> str:
         return "sha256:" + hashlib.sha256(self.body).hexdigest()
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization: Basic`` value (RFC 7617), built by the tests, not by pullcache."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def request(base: str, path: str, *, method: str = "GET", headers=None,

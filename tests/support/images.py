@@ -6,7 +6,6 @@ manifests (so identical digests) in every run.
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import http.client
@@ -18,6 +17,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping
+
+from tests.support.http import basic_auth
 
 if TYPE_CHECKING:
     from tests.support.registry import Registry
@@ -360,8 +361,7 @@ class RegistryClient:
     def _basic(self) -> str | None:
         if self.username is None:
             return None
-        raw = f"{self.username}:{self.password or ''}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+        return basic_auth(self.username, self.password or "")
 
     def _send(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> Response:
         parts = urllib.parse.urlsplit(url)

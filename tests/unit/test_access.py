@@ -15,10 +15,7 @@ from pullcache.errors import ConfigError, Denied, TooManyRequests, Unauthorized
 from pullcache.server.access import (
     AccessControl, FailureLimiter, Verifier, parse_basic, read_htpasswd)
 from pullcache.server.lifecycle import Notifier
-
-
-def _basic(user, password):
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+from tests.support.http import basic_auth
 
 
 def _hash(password: str, prefix: bytes = b"$2y$") -> str:
@@ -44,7 +41,8 @@ def test_htpasswd_refuses_anything_but_bcrypt_and_hides_the_hash(tmp_path, line)
 
 
 @pytest.mark.parametrize("header,pair", [
-    (_basic("u", "p:w"), ("u", "p:w")), ("basic " + base64.b64encode(b"u:").decode(), ("u", "")),
+    (basic_auth("u", "p:w"), ("u", "p:w")),
+    ("basic " + base64.b64encode(b"u:").decode(), ("u", "")),
     ("Bearer xyz", None), ("Basic !!!", None), (None, None),
     ("Basic " + base64.b64encode(b"nocolon").decode(), None)])
 def test_parse_basic(header, pair):
@@ -85,28 +83,28 @@ async def test_identify_order(tmp_path):
                 env={})
     ac = AccessControl(cfg.access)
     with pytest.raises(Denied):
-        await ac.identify("172.16.0.1", _basic("alice", "pw"))
+        await ac.identify("172.16.0.1", basic_auth("alice", "pw"))
     assert (await ac.identify("10.1.1.1", None)).user == "anonymous"
-    assert (await ac.identify("10.1.1.1", _basic("hub", "x"))).user == "anonymous"
+    assert (await ac.identify("10.1.1.1", basic_auth("hub", "x"))).user == "anonymous"
     assert (await ac.identify("::ffff:10.1.1.1", None)).user == "anonymous"   # dual stack
     with pytest.raises(Unauthorized) as e:
         await ac.identify("192.168.1.1", None)
     assert e.value.headers["WWW-Authenticate"] == 'Basic realm="pullcache"'
-    assert ac.known("192.168.1.1", _basic("alice", "pw")) is None   # a bcrypt check is due
-    assert (await ac.identify("192.168.1.1", _basic("alice", "pw"))).user == "alice"
+    assert ac.known("192.168.1.1", basic_auth("alice", "pw")) is None   # a bcrypt check is due
+    assert (await ac.identify("192.168.1.1", basic_auth("alice", "pw"))).user == "alice"
     # Now remembered: the hot path answers without a thread or an await.
-    assert ac.known("192.168.1.1", _basic("alice", "pw")).user == "alice"
+    assert ac.known("192.168.1.1", basic_auth("alice", "pw")).user == "alice"
     assert ac.known("10.1.1.1", None).user == "anonymous"
     with pytest.raises(Unauthorized):
-        await ac.identify("192.168.1.1", _basic("alice", "bad"))
+        await ac.identify("192.168.1.1", basic_auth("alice", "bad"))
     with pytest.raises(TooManyRequests):
-        await ac.identify("192.168.1.1", _basic("alice", "bad2"))
-    assert (await ac.identify("192.168.1.1", _basic("alice", "pw"))).user == "alice"
+        await ac.identify("192.168.1.1", basic_auth("alice", "bad2"))
+    assert (await ac.identify("192.168.1.1", basic_auth("alice", "pw"))).user == "alice"
 
 
 async def test_without_htpasswd_everyone_allowed_is_anonymous():
     ac = AccessControl(loads("", env={}).access)
-    assert (await ac.identify("203.0.113.9", _basic("x", "y"))).user == "anonymous"
+    assert (await ac.identify("203.0.113.9", basic_auth("x", "y"))).user == "anonymous"
 
 
 def test_notifier_speaks_to_abstract_and_path_sockets(tmp_path):

@@ -9,8 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from pullcache.upstream.auth import (
-    Challenge, TokenCache, basic_header, host_of, parse_challenges, parse_token_response,
-    scope_for)
+    Challenge, TokenCache, basic_header, parse_challenges, parse_token_response, scope_for)
 
 # --- parse_challenges -------------------------------------------------------------------------
 
@@ -124,11 +123,9 @@ def test_token_response_issued_at(issued_at, expected):
 
 # --- small helpers --------------------------------------------------------------------------------
 
-def test_basic_header_scope_and_host():
+def test_basic_header_and_scope():
     assert basic_header("AWS", "pw") == "Basic QVdTOnB3"
     assert scope_for("library/alpine") == "repository:library/alpine:pull"
-    assert host_of("https://ghcr.io/v2/") == "ghcr.io"
-    assert host_of("http://localhost:5000/x") == "localhost:5000"
 
 
 # --- TokenCache -----------------------------------------------------------------------------------

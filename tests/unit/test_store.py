@@ -31,13 +31,6 @@ async def open_store(root: Path, max_size: int = 1 << 40) -> BlobStore:
     return store
 
 
-@pytest.fixture
-async def store(tmp_path):
-    store = await open_store(tmp_path / "cache")
-    yield store
-    await store.close()
-
-
 async def put(store: BlobStore, n: int, size: int = 64 * KiB) -> tuple[Digest, Entry]:
     data = blob(n, size)
     digest = Digest.of(data)
