@@ -22,6 +22,7 @@ from .. import errors
 from ..oci import DEFAULT_ACCEPT, DOCKER_V1, DOCKER_V1_SIGNED, MAX_MANIFEST_SIZE, Digest
 from ..upstream.body import BlobStream
 from ..upstream.client import Manifest, RegistryClient
+from ..upstream.status import gather
 from .content import stored_media_type
 from .ecr import EcrApi, repository_name
 from .repositories import Repositories, RepositorySettings
@@ -73,13 +74,7 @@ class EcrTier:
 
 
 async def _read(stream: BlobStream, limit: int) -> bytes:
-    chunks, total = [], 0
     try:
-        async for chunk in stream.chunks():
-            total += len(chunk)
-            if total > limit:
-                raise errors.UpstreamError(f"stored manifest larger than {limit} bytes")
-            chunks.append(chunk)
+        return await gather(stream.chunks(), limit, what="stored manifest")
     finally:
         await stream.close()
-    return b"".join(chunks)

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import errors
+from .status import body_errors
 
 TAKEOVER_MIN = 4 << 20  # bodies from this size are received into our own buffers
 BUFFER = 1 << 20        # one receive buffer; a chunk handed over is a slice of one
@@ -46,7 +47,7 @@ class BlobStream:
         self._receiver = _take_over(response, read_timeout)
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
-        try:
+        with body_errors("blob body"):
             if self._receiver is not None:
                 async for chunk in self._receiver.chunks():
                     self._on_bytes(len(chunk))
@@ -58,10 +59,6 @@ class BlobStream:
                 if chunk:
                     self._on_bytes(len(chunk))
                     yield chunk
-        except asyncio.TimeoutError as exc:  # aiohttp's sock_read timeout, or ours
-            raise errors.UpstreamTimeout("blob body stalled") from exc
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise errors.UpstreamError(f"blob body failed: {exc}") from exc
 
     async def close(self) -> None:
         if self._receiver is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Mapping
+from typing import AsyncIterator, Iterator, Mapping
 
 import aiohttp
 
@@ -58,19 +59,31 @@ def upstream_detail(body: bytes) -> str | None:
 
 async def read_limited(resp, limit: int, truncate: bool = False) -> bytes:
     """An aiohttp response body up to ``limit`` bytes: cut there (``truncate``) or refused
-    with ``UpstreamError``. A body cut or stalled midway is the upstream's failure (502/504),
-    never ours."""
-    chunks, total = [], 0
+    with ``UpstreamError``."""
+    with body_errors("response body"):
+        return await gather(resp.content.iter_chunked(64 * 1024), limit, truncate=truncate)
+
+
+async def gather(chunks: AsyncIterator[bytes | memoryview], limit: int, *,
+                 truncate: bool = False, what: str = "response") -> bytes:
+    """The chunks joined, up to ``limit`` bytes: cut there (``truncate``) or refused."""
+    parts, total = [], 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            if truncate:
+                break
+            raise errors.UpstreamError(f"{what} larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def body_errors(what: str) -> Iterator[None]:
+    """A body cut or stalled midway is the upstream's failure (502/504), never ours."""
     try:
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            total += len(chunk)
-            if total > limit:
-                if truncate:
-                    break
-                raise errors.UpstreamError(f"response larger than {limit} bytes")
-            chunks.append(chunk)
-    except TimeoutError as exc:  # aiohttp's sock_read timeout
-        raise errors.UpstreamTimeout("response body stalled") from exc
-    except aiohttp.ClientError as exc:
-        raise errors.UpstreamError(f"response body failed: {exc}") from exc
-    return b"".join(chunks)
+        yield
+    except TimeoutError as exc:   # aiohttp's sock_read timeout, or the body receiver's
+        raise errors.UpstreamTimeout(f"{what} stalled") from exc
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise errors.UpstreamError(f"{what} failed: {exc}") from exc
