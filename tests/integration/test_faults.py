@@ -21,6 +21,8 @@ def proxied(make_pullcache, fault_proxy):
     return make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
                                        extra={"breaker_failures": 100}))
 
+MiB = 1 << 20
+
 
 def cache_files(pc) -> list[str]:
     out = []
@@ -51,14 +53,20 @@ def raw_get(url_host: str, path: str) -> tuple[int, int, int | None, bool]:
     return resp.status, got, total, completed and (total is None or got == total)
 
 
+# A body under upstream.body.TAKEOVER_MIN is read through aiohttp; a larger one is received
+# into pullcache's own buffers: faults must end the same way on both paths.
+BODY_PATHS = pytest.mark.parametrize("size", [3 * MiB, 6 * MiB], ids=["aiohttp", "taken-over"])
+
+
+@BODY_PATHS
 @pytest.mark.parametrize("kind", ["corrupt", "truncate"])
 def test_bad_blob_bytes_break_the_transfer_and_are_not_cached(proxied, registry, fault_proxy,
-                                                               kind):
-    image = build_raw_blob_image(f"fault-{kind}", 3 * 1024 * 1024)
-    push(registry, "faults/blob", kind, image)
+                                                               kind, size):
+    image = build_raw_blob_image(f"fault-{kind}-{size}", size)
+    push(registry, "faults/blob", f"{kind}-{size}", image)
     layer = image.layers[0]
     path = f"/v2/faults/blob/blobs/{layer.digest}"
-    fault_proxy.set_fault(kind, match=layer.digest, at_byte=2 * 1024 * 1024, times=1)
+    fault_proxy.set_fault(kind, match=layer.digest, at_byte=size - MiB, times=1)
     status, got, length, completed = raw_get(proxied.host, path)
     assert status == 200 and length == layer.size
     assert not completed, "a client must see a broken transfer, not a complete wrong blob"
@@ -92,13 +100,14 @@ def test_upstream_errors_become_oci_errors(proxied, registry, fault_proxy, statu
     assert request(proxied.url, "/v2/faults/status/manifests/v1").status == 200
 
 
-def test_stalled_upstream_times_out_cleanly(make_pullcache, registry, fault_proxy):
-    image = build_raw_blob_image("stall", 1024 * 1024)
-    push(registry, "faults/stall", "v1", image)
+@BODY_PATHS
+def test_stalled_upstream_times_out_cleanly(make_pullcache, registry, fault_proxy, size):
+    image = build_raw_blob_image(f"stall-{size}", size)
+    push(registry, "faults/stall", f"v{size}", image)
     pc = make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
                                      extra={"read_timeout": 1}))
     layer = image.layers[0]
-    fault_proxy.set_fault("stall", match=layer.digest, at_byte=4096)
+    fault_proxy.set_fault("stall", match=layer.digest, at_byte=size - MiB)
     status, got, length, completed = raw_get(pc.host, f"/v2/faults/stall/blobs/{layer.digest}")
     assert status == 200 and not completed
     fault_proxy.release()
