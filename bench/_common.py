@@ -1,18 +1,24 @@
 """What the benchmarks share: curl as the one client, the hashing herd, process stats, the
-header line and the output helpers. Nothing here starts a server."""
+header line, the output helpers, and the work dir every run lives in (its flags, its signal
+handlers, its tear-down). Nothing here starts a server."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.support.daemon import Pullcache
 
@@ -280,6 +286,34 @@ def out(line: str) -> None:
 
 def note(text: str) -> None:
     print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+# -- the work dir ------------------------------------------------------------------------------
+
+def add_workdir_flags(parser: argparse.ArgumentParser, *, tmpdir: bool = True) -> None:
+    """``--keep`` and (unless ``tmpdir=False``, for the benches that never had it) ``--tmpdir``."""
+    if tmpdir:
+        parser.add_argument("--tmpdir", default=None,
+                            help="where the temp dir goes (default: $TMPDIR or /tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+
+
+@contextlib.contextmanager
+def temp_workdir(prefix: str, *, tmpdir: str | None = None,
+                 keep: bool = False) -> Iterator[tuple[Path, list[Callable[[], None]]]]:
+    """A fresh temp dir and a clean-up list to append each started server's ``stop`` to.
+
+    On the way out the list runs and the dir goes (see ``tear_down``). SIGTERM and SIGHUP
+    unwind like Ctrl-C from here on: the servers are children nothing else would stop.
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=tmpdir))
+    cleanup: list[Callable[[], None]] = []
+    try:
+        yield tmp, cleanup
+    finally:
+        tear_down(cleanup, tmp, keep=keep)
 
 
 def tear_down(cleanup: list, tmp, *, keep: bool) -> None:

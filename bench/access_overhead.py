@@ -16,12 +16,11 @@ import asyncio
 import base64
 import ssl
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 
+from bench._common import temp_workdir
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.images import build_image, push
 from tests.support.registry import start_registry
@@ -54,8 +53,7 @@ async def _rate(url: str, headers: dict, ctx: ssl.SSLContext | None, total: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="pc-bench-access-") as tmp_name:
-        tmp = Path(tmp_name)
+    with temp_workdir("pc-bench-access-") as (tmp, _):
         with start_registry(tmp / "registry") as registry:
             image = build_image("bench-access")
             push(registry, "library/bench", "v1", image)

@@ -29,14 +29,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
-from bench._common import (MB, NGINX_BIN, REPO, Get, MiB, ProcStats, best_median, blob_url,
-                           cpu_seconds, curl_get, fill_committed, fresh_cache, header, mb,
-                           note, out, run_herd, tear_down)
+from bench._common import (MB, NGINX_BIN, REPO, Get, MiB, ProcStats, add_workdir_flags,
+                           best_median, blob_url, cpu_seconds, curl_get, fill_committed,
+                           fresh_cache, header, mb, note, out, run_herd, temp_workdir)
 from bench.vs_distribution import empty_distribution, start_distribution_proxy
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
@@ -138,9 +136,7 @@ def run(args: argparse.Namespace) -> int:
     for line in header(size, args):
         out(line)
     t_run = time.monotonic()
-    cleanup: list[Callable[[], None]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="pullcache-bench-", dir=args.tmpdir))
-    try:
+    with temp_workdir("pullcache-bench-", tmpdir=args.tmpdir, keep=args.keep) as (tmp, cleanup):
         # -- the blob: pushed to a real registry, and the same bytes as nginx's static file.
         t0 = time.monotonic()
         image = build_raw_blob_image(f"bench-{args.size_mib}", size)
@@ -326,8 +322,6 @@ def run(args: argparse.Namespace) -> int:
             out(f"problem   {problem}")
         out(f"total     {time.monotonic() - t_run:.0f} s")
         return 1 if problems or upstream_gets != 1 else 0
-    finally:
-        tear_down(cleanup, tmp, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,18 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=512, help="blob size (default 512)")
     parser.add_argument("--rounds", type=int, default=3, help="warm/cold repetitions (default 3)")
     parser.add_argument("--clients", type=int, default=16, help="herd clients (default 16)")
-    parser.add_argument("--tmpdir", default=None,
-                        help="where the temp dir goes (default: $TMPDIR or /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+    add_workdir_flags(parser)
     args = parser.parse_args(argv)
     if args.size_mib < 1 or args.rounds < 1 or args.clients < 1:
         parser.error("--size-mib, --rounds and --clients must be >= 1")
     for tool in ("curl", "openssl", "docker-registry", NGINX_BIN):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is required (make system-deps)")
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop every child.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     return run(args)
 
 

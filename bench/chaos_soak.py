@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
-from pathlib import Path
 
-from bench._common import header, note, out, tear_down
+from bench._common import add_workdir_flags, header, note, out, temp_workdir
 from tests.support.aftermath import aftermath, vitals
 from tests.support.chaos import Chaos
 from tests.support.daemon import Pullcache, UpstreamSpec
@@ -35,14 +33,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="SIGKILL and restart the daemon this often (0: never)")
     ap.add_argument("--rate", type=float, default=0.15, help="share of upstream requests faulted")
     ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    add_workdir_flags(ap, tmpdir=False)
     args = ap.parse_args(argv)
     args.rounds = 1
     # The fault proxy's own server logs every connection a fault cut: noise here.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    tmp = Path(tempfile.mkdtemp(prefix="pullcache-chaos-"))
-    cleanup: list = []
-    try:
+    with temp_workdir("pullcache-chaos-", keep=args.keep) as (tmp, cleanup):
         images = build_soak_images()
         registry = start_registry(tmp / "registry")
         cleanup.append(registry.stop)
@@ -97,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         out(f"peak RSS    {after.vitals.rss_peak_kib / 1024:.0f} MiB (since the last restart)   "
             f"threads {after.vitals.threads}   fds {after.vitals.fds}")
         return 1 if (wrong or after.problems) else 0
-    finally:
-        tear_down(cleanup, tmp, keep=args.keep)
 
 
 if __name__ == "__main__":

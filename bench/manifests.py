@@ -26,17 +26,16 @@ import argparse
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench._common import MiB, NGINX_BIN, ProcStats, cpu_seconds, note, out, tear_down
+from bench._common import (MiB, NGINX_BIN, ProcStats, add_workdir_flags, cpu_seconds, note,
+                           out, temp_workdir)
 from bench.blob_throughput import Nginx
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.http import request
@@ -165,10 +164,9 @@ def run(args: argparse.Namespace) -> int:
     out(f"machine   nproc {__import__('os').cpu_count()}   RLIMIT_NOFILE {limit}   "
         f"wrk -t{args.threads} -d{args.duration}s x{args.rounds} rounds (best kept)   "
         "a shared machine: compare ratios and cpu/req, not absolutes")
-    cleanup: list[Callable[[], None]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="pullcache-bench-manifests-", dir=args.tmpdir))
     problems: list[str] = []
-    try:
+    with temp_workdir("pullcache-bench-manifests-", tmpdir=args.tmpdir,
+                      keep=args.keep) as (tmp, cleanup):
         image = build_image("bench-manifests", layer_sizes=(4096,))
         registry = start_registry(tmp / "registry")
         cleanup.append(registry.stop)
@@ -284,8 +282,6 @@ def run(args: argparse.Namespace) -> int:
             out("target    all met")
         return 1 if (many.errors or many.non_2xx or head_tag.non_2xx
                      or get_digest.non_2xx) else 0
-    finally:
-        tear_down(cleanup, tmp, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,14 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--connections", type=int, default=64, help="connections (64)")
     parser.add_argument("--many", type=int, default=1000, help="the many-connections case")
-    parser.add_argument("--tmpdir", default=None)
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    add_workdir_flags(parser)
     args = parser.parse_args(argv)
     for tool in ("wrk", "docker-registry", NGINX_BIN):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is required (make bench installs it)")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     began = time.monotonic()
     try:
         return run(args)

@@ -24,17 +24,14 @@ import asyncio
 import hashlib
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
-from bench._common import MiB, ProcStats, curl_get, header, mb, note, out, tear_down
+from bench._common import (MiB, ProcStats, add_workdir_flags, curl_get, header, mb, note, out,
+                           temp_workdir)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.images import build_raw_blob_image, push
 from tests.support.registry import start_registry
@@ -138,10 +135,8 @@ def run(args: argparse.Namespace) -> int:
         out(line)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # our own N sockets
-    cleanup: list[Callable[[], None]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="pullcache-slow-", dir=args.tmpdir))
     problems: list[str] = []
-    try:
+    with temp_workdir("pullcache-slow-", tmpdir=args.tmpdir, keep=args.keep) as (tmp, cleanup):
         big = build_raw_blob_image(f"slow-{args.size_mib}", size)
         little = build_raw_blob_image(f"slow-digest-{args.digest_mib}", small)
         registry = start_registry(tmp / "registry")
@@ -206,8 +201,6 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             out(f"problem   {problem}")
         return 1 if problems else 0
-    finally:
-        tear_down(cleanup, tmp, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,16 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long the slow clients read (default 20)")
     parser.add_argument("--digest-mib", type=int, default=1,
                         help="the blob the digest phase reads at full speed (default 1)")
-    parser.add_argument("--tmpdir", default=None)
-    parser.add_argument("--keep", action="store_true")
+    add_workdir_flags(parser)
     args = parser.parse_args(argv)
     args.rounds = 1
     if min(args.clients, args.size_mib, args.digest_mib) < 1 or args.seconds <= 0:
         parser.error("--clients, --size-mib, --digest-mib and --seconds must be positive")
     if shutil.which("docker-registry") is None:
         parser.error("docker-registry is required (make system-deps)")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     return run(args)
 
 

@@ -14,11 +14,9 @@ import argparse
 import logging
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench._common import header, note, out, tear_down
+from bench._common import add_workdir_flags, header, note, out, temp_workdir
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_raw_blob_image, push
@@ -59,13 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--keep", action="store_true")
+    add_workdir_flags(ap, tmpdir=False)
     args = ap.parse_args(argv)
     args.clients = 1
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    tmp = Path(tempfile.mkdtemp(prefix="pullcache-stale-"))
-    cleanup: list = []
-    try:
+    with temp_workdir("pullcache-stale-", keep=args.keep) as (tmp, cleanup):
         image = build_raw_blob_image("stale-bench", args.size_mib << 20)
         registry = start_registry(tmp / "registry")
         cleanup.append(registry.stop)
@@ -90,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"blackholed {first:.3f} s   ratio {first / warm:.2f}x"
                 + ("   (target <= 1.2x)" if swr != "0s" else "   (waits revalidate_timeout 3s)"))
         return 0
-    finally:
-        tear_down(cleanup, tmp, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -29,21 +29,22 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench._common import (MB, REPO, Herd, MiB, ProcStats, best_median, blob_url,
-                           curl_get, fill_committed, fresh_cache, header, mb, note, out,
-                           run_herd, tear_down)
+from bench._common import (MB, REPO, Herd, MiB, ProcStats, add_workdir_flags, best_median,
+                           blob_url, curl_get, fill_committed, fresh_cache, header, mb, note,
+                           out, run_herd, temp_workdir)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import MANIFEST_TYPES, build_raw_blob_image, push
@@ -244,20 +245,29 @@ class Overtime(Exception):
     pass
 
 
+@contextlib.contextmanager
+def budget(seconds: int) -> Iterator[None]:
+    """Overtime raised in the run once ``seconds`` are up (SIGALRM), so that a wedged peer
+    still ends in the clean-up."""
+    def overtime(signum: int, frame: object) -> None:
+        raise Overtime(f"run went over its --budget of {seconds} s")
+    signal.signal(signal.SIGALRM, overtime)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+
+
 def run(args: argparse.Namespace) -> int:
     size = args.size_mib * MiB
     for line in header(size, args, nginx=False):
         out(line)
     t_run = time.monotonic()
-    cleanup: list[Callable[[], None]] = []
-    tmp = Path(tempfile.mkdtemp(prefix="pullcache-bench-peer-", dir=args.tmpdir))
-
-    def overtime(signum: int, frame: object) -> None:
-        raise Overtime(f"run went over its --budget of {args.budget} s")
-    signal.signal(signal.SIGALRM, overtime)
-    signal.alarm(args.budget)
     problems: list[str] = []
-    try:
+    # Exited right to left: the alarm is off before the tear-down starts.
+    with temp_workdir("pullcache-bench-peer-", tmpdir=args.tmpdir,
+                      keep=args.keep) as (tmp, cleanup), budget(args.budget):
         # -- the origin, and one FaultProxy in front of it per peer.
         t0 = time.monotonic()
         image = build_raw_blob_image(f"bench-peer-{args.size_mib}", size)
@@ -481,9 +491,6 @@ def run(args: argparse.Namespace) -> int:
             out(f"problem   {problem}")
         out(f"total     {time.monotonic() - t_run:.0f} s")
         return 1 if any(x.startswith("pullcache") for x in problems) else 0
-    finally:
-        signal.alarm(0)
-        tear_down(cleanup, tmp, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,18 +504,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="single GETs of the cached blob after each herd (default 3)")
     parser.add_argument("--budget", type=int, default=230,
                         help="stop (and clean up) after this many seconds (default 230)")
-    parser.add_argument("--tmpdir", default=None,
-                        help="where the temp dir goes (default: $TMPDIR or /tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) afterwards")
+    add_workdir_flags(parser)
     args = parser.parse_args(argv)
     if min(args.size_mib, args.rounds, args.clients, args.warm_gets, args.budget) < 1:
         parser.error("--size-mib, --rounds, --clients, --warm-gets and --budget must be >= 1")
     for tool in ("curl", "openssl", "docker-registry"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is required (make system-deps)")
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop every child.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     try:
         return run(args)
     except Overtime as exc:

@@ -26,11 +26,11 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench._common import MiB, best_median, fresh_cache, header, note, out, tear_down
+from bench._common import (MiB, add_workdir_flags, best_median, fresh_cache, header, note,
+                           out, temp_workdir)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_image, push
@@ -58,12 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--layer-mib", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--keep", action="store_true")
+    add_workdir_flags(parser, tmpdir=False)
     args = parser.parse_args(argv)
     args.clients = 1
-    tmp = Path(tempfile.mkdtemp(prefix="pullcache-bench-warm-"))
-    cleanup: list = []
-    try:
+    with temp_workdir("pullcache-bench-warm-", keep=args.keep) as (tmp, cleanup):
         registry = start_registry(tmp / "registry").__enter__()
         cleanup.append(lambda: registry.__exit__(None, None, None))
         proxy = FaultProxy(registry.url)
@@ -104,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"vs direct pull: x{best / d_best:.2f} (best)  x{med / d_med:.2f} (median)")
         out(f"upstream blob GETs during the pulls after a warm: {gets} (must be 0)")
         return 0 if not any(gets) else 1
-    finally:
-        tear_down(cleanup, tmp, keep=args.keep)
 
 
 if __name__ == "__main__":
