@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         cold_dist: list[Get] = []
         cold_direct: list[Get] = []
         cold_cpu: list[float] = []
+        cold_dist_cpu: list[float] = []   # Distribution's proxy process, for its cold GET
         # Each GET starts with nothing dirty in the page cache (os.sync): Distribution does
         # not fsync what it stores, and its 512 MiB written back during the next round's
         # pullcache GET would bill that writeback to pullcache.
@@ -194,7 +195,10 @@ def run(args: argparse.Namespace) -> int:
             cpu = stats.cpu_seconds() - cpu0
             wait_until(lambda: fill_committed(pc, digest), 60, "the fill's commit")
             os.sync()
+            dist_stats = ProcStats(dist.pid)
+            dist_cpu0 = dist_stats.cpu_seconds()
             got_dist = curl_get(dist_url, size, "cold GET via Distribution's proxy")
+            dist_cpu = dist_stats.cpu_seconds() - dist_cpu0
             os.sync()
             got_direct = curl_get(direct_url, size, "direct GET from registry")
             if i == 0:
@@ -203,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             cold_pc.append(got)
             cold_cpu.append(cpu)
+            cold_dist_cpu.append(dist_cpu)
             cold_dist.append(got_dist)
             cold_direct.append(got_direct)
             note(f"cold round {i}: pullcache {got.seconds:.2f}s (ttfb {got.ttfb * 1000:.0f} ms, "
@@ -294,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
         out(f"cold TTFB {label:<8}  pullcache {ttfb_pc * 1000:6.1f} ms   direct "
             f"{ttfb_di * 1000:6.1f} ms   fill {size / verified_med / MB:.0f} MB/s upstream->"
             f"verified ({verified_med:.2f} s; fsynced and committed at {fill_med:.2f} s)   "
-            f"pullcache cpu {statistics.median(cold_cpu):.2f} s/GET")
+            f"cpu/GET pullcache {statistics.median(cold_cpu):.2f} s distribution "
+            f"{statistics.median(cold_dist_cpu):.2f} s")
 
         ok = "yes" if herd.digests_ok == args.clients else f"NO ({herd.digests_ok}/{args.clients})"
         done = [g for g in herd.gets if g is not None]
