@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -131,6 +132,22 @@ class Nginx:
 
 # -- the run -----------------------------------------------------------------------------------
 
+def measured_get(url: str, size: int, what: str, **servers: int) -> tuple[Get, dict[str, float]]:
+    """One curl GET, and the CPU seconds each named server process and curl spent on it."""
+    stats = {name: ProcStats(pid) for name, pid in servers.items()}
+    before = {name: stat.cpu_seconds() for name, stat in stats.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    got = curl_get(url, size, what)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = {name: stat.cpu_seconds() - before[name] for name, stat in stats.items()}
+    spent["curl"] = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return got, spent
+
+
+def cpu_median(rounds: list[dict[str, float]], part: str) -> float:
+    return statistics.median(spent[part] for spent in rounds)
+
+
 def run(args: argparse.Namespace) -> int:
     size = args.size_mib * MiB
     for line in header(size, args):
@@ -179,39 +196,35 @@ def run(args: argparse.Namespace) -> int:
         cold_pc: list[Get] = []
         cold_dist: list[Get] = []
         cold_direct: list[Get] = []
-        cold_cpu: list[float] = []
-        cold_dist_cpu: list[float] = []   # Distribution's proxy process, for its cold GET
+        cold_cpu: dict[str, list[dict[str, float]]] = {"pc": [], "dist": [], "direct": []}
         # Each GET starts with nothing dirty in the page cache (os.sync): Distribution does
         # not fsync what it stores, and its 512 MiB written back during the next round's
         # pullcache GET would bill that writeback to pullcache.
         for i in range(args.rounds + 1):
             fresh_cache(pc)
             empty_distribution(dist)
-            assert pc.proc is not None
-            stats = ProcStats(pc.proc.pid)
+            assert pc.proc is not None and registry.pid is not None and dist.pid is not None
             os.sync()
-            cpu0 = stats.cpu_seconds()
-            got = curl_get(pc_url, size, "cold GET via pullcache")
-            cpu = stats.cpu_seconds() - cpu0
+            got, cpu = measured_get(pc_url, size, "cold GET via pullcache",
+                                    pullcache=pc.proc.pid, registry=registry.pid)
             wait_until(lambda: fill_committed(pc, digest), 60, "the fill's commit")
             os.sync()
-            dist_stats = ProcStats(dist.pid)
-            dist_cpu0 = dist_stats.cpu_seconds()
-            got_dist = curl_get(dist_url, size, "cold GET via Distribution's proxy")
-            dist_cpu = dist_stats.cpu_seconds() - dist_cpu0
+            got_dist, cpu_dist = measured_get(dist_url, size, "cold GET via Distribution's proxy",
+                                              distribution=dist.pid, registry=registry.pid)
             os.sync()
-            got_direct = curl_get(direct_url, size, "direct GET from registry")
+            got_direct, cpu_direct = measured_get(direct_url, size, "direct GET from registry",
+                                                  registry=registry.pid)
             if i == 0:
                 note(f"warm-up round: pullcache {got.seconds:.2f}s, distribution "
                      f"{got_dist.seconds:.2f}s, direct {got_direct.seconds:.2f}s")
                 continue
             cold_pc.append(got)
-            cold_cpu.append(cpu)
-            cold_dist_cpu.append(dist_cpu)
             cold_dist.append(got_dist)
             cold_direct.append(got_direct)
+            for key, spent in (("pc", cpu), ("dist", cpu_dist), ("direct", cpu_direct)):
+                cold_cpu[key].append(spent)
             note(f"cold round {i}: pullcache {got.seconds:.2f}s (ttfb {got.ttfb * 1000:.0f} ms, "
-                 f"cpu {cpu:.2f}s), distribution {got_dist.seconds:.2f}s, "
+                 f"cpu {cpu['pullcache']:.2f}s), distribution {got_dist.seconds:.2f}s, "
                  f"direct {got_direct.seconds:.2f}s")
         fills = pc.events("fill_committed")[-args.rounds:]
         fill_seconds = [float(e.get("seconds", 0)) for e in fills]
@@ -299,8 +312,21 @@ def run(args: argparse.Namespace) -> int:
         out(f"cold TTFB {label:<8}  pullcache {ttfb_pc * 1000:6.1f} ms   direct "
             f"{ttfb_di * 1000:6.1f} ms   fill {size / verified_med / MB:.0f} MB/s upstream->"
             f"verified ({verified_med:.2f} s; fsynced and committed at {fill_med:.2f} s)   "
-            f"cpu/GET pullcache {statistics.median(cold_cpu):.2f} s distribution "
-            f"{statistics.median(cold_dist_cpu):.2f} s")
+            f"pullcache cpu {cpu_median(cold_cpu['pc'], 'pullcache'):.2f} s/GET")
+        # The machine's floor for each path: every process's CPU for the GET (server,
+        # upstream registry, curl) spread perfectly over the cores.
+        floors = []
+        for key, name, server in (("pc", "pullcache", "pullcache"),
+                                  ("dist", "distribution", "distribution"),
+                                  ("direct", "direct", None)):
+            parts = ([server] if server else []) + ["registry", "curl"]
+            spent = {part: cpu_median(cold_cpu[key], part) for part in parts}
+            total = sum(spent.values())
+            floors.append(f"{name}: " + " + ".join(
+                f"{'server' if part == server else part} {spent[part]:.2f}" for part in parts)
+                + f" = {total:.2f} s, floor {total / os.cpu_count():.2f} s")
+        out(f"cold CPU {label:<9}  cpu-seconds per GET (median), and the wall floor they set on "
+            f"{os.cpu_count()} cores:   " + "   |   ".join(floors))
 
         ok = "yes" if herd.digests_ok == args.clients else f"NO ({herd.digests_ok}/{args.clients})"
         done = [g for g in herd.gets if g is not None]
