@@ -84,8 +84,11 @@ def _take_over(response: aiohttp.ClientResponse, read_timeout: float | None) -> 
     if already:
         receiver.received(already)
     transport.set_protocol(receiver)
+    # (read_nowait may have resumed reading for aiohttp's buffer: set the state we want.)
     if receiver.remaining:
         transport.resume_reading()
+    else:
+        transport.pause_reading()
     return receiver
 
 
@@ -179,6 +182,8 @@ class Receiver(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._quiet is not None:
+            self._quiet.cancel()
         if self.remaining > 0:
             self._failed(exc or ConnectionError("upstream connection lost mid-body"))
         self._previous.connection_lost(exc)    # aiohttp's connector forgets the connection
