@@ -31,8 +31,8 @@ TAKEOVER_MIN = 4 << 20  # bodies from this size are received into our own buffer
 BUFFER = 1 << 20        # one receive buffer; a chunk handed over is a slice of one
 HANDOVER = 256 << 10    # hand a slice over once this much is pending in the buffer ...
 QUIET = 0.005           # ... or once it has waited this long (a slow upstream)
-HIGH_WATER = 8 << 20    # stop reading while this much is received and not yet taken
-POOL = 32               # buffers kept for reuse (HIGH_WATER's, and the writer's queue)
+HIGH_WATER = 4 << 20    # stop reading while this much is received and not yet taken
+POOL = 16               # buffers kept for reuse (HIGH_WATER's, and the writer's queue)
 
 
 class BlobStream:
