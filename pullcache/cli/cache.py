@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from rich.console import Console
 
@@ -17,7 +16,6 @@ from . import offline, render
 from .client import AdminClient, AdminError, DaemonUnreachable
 
 OFFLINE = ("ls", "gc", "verify", "stats", "pins")
-POLL = 0.1
 
 
 def cache_command(cfg, args) -> int:
@@ -68,13 +66,8 @@ def _gc(client: AdminClient, args, console: Console) -> int:
 def _verify(client: AdminClient, args, console: Console) -> int:
     job = client.post("/admin/verify", {"repair": args.repair,
                                         **({"rate": args.rate} if args.rate else {})})
-    path = f"/admin/jobs/{job['id']}"
     with render.VerifyDisplay(console, enabled=not args.json) as display:
-        while job["state"] == "running":
-            display.update(job)
-            time.sleep(POLL)
-            job = client.get(path)
-        display.update(job)
+        job = client.follow(job, display.update)
     return render.verified(job, args.json, console)
 
 

@@ -6,10 +6,14 @@ Blocking (``urllib``): the commands are short-lived and poll, and need no event 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from typing import Callable
 
 from .. import config as configuration
+
+POLL = 0.1      # seconds between polls of a running admin job
 
 
 class DaemonUnreachable(Exception):
@@ -41,6 +45,18 @@ class AdminClient:
 
     def get(self, path: str) -> dict:
         return self._call(urllib.request.Request(self.base_url + path))
+
+    def follow(self, job: dict, show: Callable[[dict], None]) -> dict:
+        """Poll an admin job (``/admin/jobs/<id>``) until it is no longer running, showing
+        each state on the way. This process is a CLI waiting on a daemon, not an event loop:
+        a short sleep between polls blocks nothing."""
+        path = f"/admin/jobs/{job['id']}"
+        while True:
+            job = self.get(path)
+            show(job)
+            if job["state"] != "running":
+                return job
+            time.sleep(POLL)
 
     def post(self, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body or {}).encode()

@@ -21,7 +21,6 @@ from ..units import human_size
 from . import render
 from .client import AdminClient
 
-POLL = 0.1
 LOG_EVERY = 5.0
 
 
@@ -42,14 +41,13 @@ def warm(client: AdminClient, images: list[str], *, platforms: list[str],
     console = console or render.console()
     job = client.post("/admin/warm", {"images": images, "platforms": platforms,
                                       "all_platforms": all_platforms})
-    path = f"/admin/jobs/{job['id']}"
     if as_json:
-        job = _poll(client, path, lambda j: None)
+        job = client.follow(job, lambda j: None)
         print(json.dumps(job, indent=2))
     elif console.is_terminal:
-        job = _live(client, path, console)
+        job = _live(client, job, console)
     else:
-        job = _plain(client, path, console)
+        job = _plain(client, job, console)
     if not as_json:
         console.print(summary_table(job["images"]))
     failed = [i for i in job["images"] if i["state"] != "done"]
@@ -59,16 +57,8 @@ def warm(client: AdminClient, images: list[str], *, platforms: list[str],
     return 1 if failed or job["state"] != "done" else 0
 
 
-def _poll(client: AdminClient, path: str, show) -> dict:
-    while True:
-        job = client.get(path)
-        show(job)
-        if job["state"] != "running":
-            return job
-        time.sleep(POLL)
 
-
-def _live(client: AdminClient, path: str, console: Console) -> dict:
+def _live(client: AdminClient, job: dict, console: Console) -> dict:
     # Rate and ETA from the daemon's own figures (bytes done over the image's time), not
     # from rich's estimate over our polls, which says nothing sensible for a 1 s warm.
     columns = (TextColumn("{task.description}"), BarColumn(),
@@ -86,10 +76,10 @@ def _live(client: AdminClient, path: str, console: Console) -> dict:
                 progress.update(tasks[image["ref"]], total=total,
                                 completed=image["bytes_done"], layers=_layers(image),
                                 description=_label(image), **_rate_eta(image))
-        return _poll(client, path, show)
+        return client.follow(job, show)
 
 
-def _plain(client: AdminClient, path: str, console: Console) -> dict:
+def _plain(client: AdminClient, job: dict, console: Console) -> dict:
     said: dict[str, tuple[str, float]] = {}
 
     def show(job: dict) -> None:
@@ -105,7 +95,7 @@ def _plain(client: AdminClient, path: str, console: Console) -> dict:
                 if image["error"]:
                     line += f": {image['error']}"
                 console.print(line, highlight=False, soft_wrap=True)
-    return _poll(client, path, show)
+    return client.follow(job, show)
 
 
 def _rate_eta(image: dict) -> dict[str, str]:

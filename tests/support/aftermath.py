@@ -101,11 +101,16 @@ def aftermath(pc: Pullcache, soak: Soak, base: Vitals, *, settle: float = 40.0,
         # Right after the storm the breaker may still be open for its cool-down, or probing
         # with a request the storm left dripping: retry a failed pull until the deadline. A
         # wrong pull is never retried away.
-        while True:
-            verdict, detail = after._pull(image)
-            if verdict != "failed" or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        pulled: list[tuple[str, str]] = []
+
+        def settled() -> bool:
+            pulled.append(after._pull(image))
+            return pulled[-1][0] != "failed"
+        try:
+            wait_until(settled, max(deadline - time.monotonic(), 0.0), "a pull that did not fail")
+        except TimeoutError:
+            pass                # the last verdict, failed, is reported below
+        verdict, detail = pulled[-1]
         if verdict != "ok":
             failed.append(f"{image.digest}: {verdict} {detail}")
     report = verify(pc.cache_dir)

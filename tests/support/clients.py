@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,15 +208,16 @@ mount --bind {hosts} /etc/hosts || exit 90
         self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
                                       str(script)], stdout=log.open("ab"),
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if self.proc.poll() is not None:
                 pytest.skip(f"dockerd cannot run on this machine:\n{tail(log)}")
-            if self.socket.exists() and self.docker("version", check=False)[0] == 0:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        pytest.skip(f"dockerd did not come up within 60 s on this machine:\n{tail(log)}")
+            return self.socket.exists() and self.docker("version", check=False)[0] == 0
+        try:
+            wait_until(up, 60, "dockerd answering")
+        except TimeoutError:
+            self.stop()
+            pytest.skip(f"dockerd did not come up within 60 s on this machine:\n{tail(log)}")
+        return self
 
     def docker(self, *args: str, check: bool = True, timeout: float = 180) -> tuple[int, str]:
         proc = subprocess.run(["docker", "-H", f"unix://{self.socket}", *args],

@@ -123,3 +123,11 @@ async def eventually(predicate: Callable[[], object], timeout: float = 10.0,
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not reached within {timeout}s")
         await asyncio.sleep(0.001)
+
+
+async def settle(turns: int = 20) -> None:
+    """For a negative assertion (something must *not* happen), which has no state to poll:
+    let every other ready task run ``turns`` event-loop iterations first. Counted in loop
+    turns, not seconds, so it neither waits longer than it must nor depends on the machine."""
+    for _ in range(turns):
+        await asyncio.sleep(0)

@@ -8,6 +8,7 @@ import pytest
 
 from pullcache.backing.ecr import EcrCredentials, EcrToken, repository_name
 from pullcache.errors import NameInvalid
+from tests.support.ports import eventually
 
 HOUR = 3600.0
 
@@ -104,7 +105,7 @@ async def test_one_fetch_at_a_time():
     fetch = Fetcher(clock, gate=gate)
     c = creds(clock, fetch)
     waiters = [asyncio.create_task(c.get()) for _ in range(20)]
-    await asyncio.sleep(0)
+    await eventually(lambda: fetch.calls >= 1, what="the first fetch in flight")
     gate.set()
     assert set(await asyncio.gather(*waiters)) == {("AWS", "pw1")}
     assert fetch.calls == 1

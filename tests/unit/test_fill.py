@@ -17,7 +17,7 @@ from pullcache.cache.store import BlobStore, Budget
 from pullcache.errors import (
     BlobUnknown, DigestMismatch, SizeInvalid, StorageError, UpstreamError, UpstreamTimeout)
 from pullcache.oci import Digest
-from tests.support.ports import eventually
+from tests.support.ports import eventually, settle
 
 DATA = b"0123456789abcdefghij"      # 20 bytes, delivered as 3 chunks below
 CHUNKS = [DATA[:8], DATA[8:15], DATA[15:]]
@@ -504,8 +504,7 @@ async def test_a_reader_opened_during_a_corrupt_tier_copy_gets_the_origin_s_byte
     tier.release(1)
     await eventually(lambda: fill.written == 8)             # the tier's temp file exists
     reader = Reader(fill)
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await settle()
     assert fill.readers == 0, "a reader opened an unverified tier copy"
     tier.release_all()                                      # mismatch → the origin refills
     assert (await wait(fill.result)).size == len(DATA) and fill.source == "origin"
@@ -636,8 +635,7 @@ async def test_an_announced_empty_blob_ends_only_when_verified(fills):
     fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
     reader = Reader(fill)
     await wait(fill.started())
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await settle()
     assert not reader.task.done(), "an unverified empty body looked complete"
     source.end.set()
     with pytest.raises(FillFailed):

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from pullcache.server.listener import (FDS_PER_CONNECTION, FDS_RESERVED, Listener,
                                        connection_cap, raise_open_files_limit)
-from tests.support.ports import eventually
+from tests.support.ports import eventually, settle
 
 
 def test_the_cap_is_kept_when_the_fd_limit_allows_it():
@@ -81,8 +81,7 @@ async def test_a_batch_takes_no_more_connections_than_the_cap(runner):
     await site.start()
     opened = [await asyncio.open_connection("127.0.0.1", site.port) for _ in range(10)]
     await eventually(lambda: site.open_connections >= 3, what="3 connections taken")
-    for _ in range(20):          # the rest stay queued in the kernel, however long we wait
-        await asyncio.sleep(0)
+    await settle()               # the rest stay queued in the kernel, however long we wait
     assert site.open_connections == 3
     for _, writer in opened:
         writer.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 
@@ -18,6 +17,7 @@ from pullcache.config import loads
 from pullcache.server.access import AccessControl
 from pullcache.server.keys import EXCHANGE, METRICS
 from pullcache.server.middleware import front, new_request_id
+from tests.support.ports import eventually
 
 SECRET_PATH = "/var/cache/pullcache/blobs/sha256/ab/abcdef"
 
@@ -116,7 +116,7 @@ async def test_access_lines_of_one_loop_iteration_go_out_together_at_its_end():
     for n in range(3):
         write(request_id=f"r{n}", **fields)
     assert out.getvalue() == ""                      # not yet: the iteration is not over
-    await asyncio.sleep(0)
+    await eventually(out.getvalue, what="the batch written")
     lines = out.getvalue().splitlines()
     assert [json.loads(x)["request_id"] for x in lines] == ["r0", "r1", "r2"]
     assert File.writes == 1
