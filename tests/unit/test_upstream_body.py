@@ -7,6 +7,7 @@ run on (uvloop, and asyncio's own, whose transports differ), plain and behind TL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import ssl
@@ -73,6 +74,17 @@ def new_session(tls: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
     # As the app's session (server/app.py): no decompression, 256 KiB reads.
     return aiohttp.ClientSession(auto_decompress=False, read_bufsize=256 << 10,
                                  connector=aiohttp.TCPConnector(ssl=tls) if tls else None)
+
+
+@contextlib.asynccontextmanager
+async def streaming(data: bytes):
+    """An upstream serving ``data``, and a ``BlobStream`` open on it (closed afterwards)."""
+    async with Upstream(serving(data)) as up, new_session() as session:
+        stream = await opened(session, up.url)
+        try:
+            yield stream
+        finally:
+            await stream.close()
 
 
 async def fetch_all(stream: BlobStream) -> list:
@@ -160,8 +172,7 @@ def test_reading_pauses_while_the_consumer_is_behind_and_resumes(run):
     data = os.urandom(40 * MiB)
 
     async def scenario():
-        async with Upstream(serving(data)) as up, new_session() as session:
-            stream = await opened(session, up.url)
+        async with streaming(data) as stream:
             receiver = stream._receiver
             chunks = stream.chunks()
             first = await anext(chunks)
@@ -169,8 +180,7 @@ def test_reading_pauses_while_the_consumer_is_behind_and_resumes(run):
             await eventually(lambda: receiver._paused, what="reading paused")
             assert receiver._ready_bytes <= body.HIGH_WATER + body.BUFFER
             rest = [chunk async for chunk in chunks]
-            await stream.close()
-            assert bytes(first) + b"".join(rest) == data
+        assert bytes(first) + b"".join(rest) == data
     run(scenario())
 
 
@@ -181,16 +191,13 @@ def test_aiohttp_cannot_resume_a_paused_receiver(run):
     data = os.urandom(24 * MiB)
 
     async def scenario():
-        async with Upstream(serving(data)) as up, new_session() as session:
-            resp = await session.get(up.url)
-            aiohttp_protocol = resp.connection.protocol
-            stream = BlobStream(resp, lambda n: None, 10.0)
+        async with streaming(data) as stream:
             receiver = stream._receiver
             await eventually(lambda: receiver._paused, what="reading paused")
-            aiohttp_protocol.resume_reading()
+            stream._response.connection.protocol.resume_reading()     # aiohttp's protocol
             assert not receiver._transport.is_reading()
-            chunks = await fetch_all(stream)
-            assert b"".join(chunks) == data
+            chunks = [chunk async for chunk in stream.chunks()]
+        assert b"".join(chunks) == data
     run(scenario())
 
 
@@ -198,18 +205,14 @@ def test_buffers_are_reused_once_nothing_views_them(run):
     data = os.urandom(24 * MiB)
 
     async def scenario():
-        async with Upstream(serving(data)) as up, new_session() as session:
-            stream = await opened(session, up.url)
-            digest = hashlib.sha256()
-            try:
-                async for chunk in stream.chunks():
-                    digest.update(chunk)      # and dropped, as the writer thread does
-                # Not one per MiB received (24): no more than can be in flight at once.
-                assert len(stream._receiver._pool) <= body.HIGH_WATER // body.BUFFER + 2
-            finally:
-                await stream.close()
-            assert digest.digest() == hashlib.sha256(data).digest()
-            assert not stream._receiver._pool      # let go at close, not at the next GC
+        digest = hashlib.sha256()
+        async with streaming(data) as stream:
+            async for chunk in stream.chunks():
+                digest.update(chunk)      # and dropped, as the writer thread does
+            # Not one per MiB received (24): no more than can be in flight at once.
+            assert len(stream._receiver._pool) <= body.HIGH_WATER // body.BUFFER + 2
+        assert digest.digest() == hashlib.sha256(data).digest()
+        assert not stream._receiver._pool      # let go at close, not at the next GC
     run(scenario())
 
 
