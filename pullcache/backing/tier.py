@@ -20,15 +20,14 @@ from dataclasses import dataclass
 
 from .. import errors
 from ..oci import DEFAULT_ACCEPT, DOCKER_V1, DOCKER_V1_SIGNED, MAX_MANIFEST_SIZE, Digest
-from ..upstream.body import BlobStream
+from ..upstream.receiver import BlobStream
 from ..upstream.client import Manifest, RegistryClient
-from ..upstream.status import gather
+from ..upstream.failures import gather
 from .content import stored_media_type
 from .ecr import EcrApi, repository_name
 from .repositories import Repositories, RepositorySettings
-from .writebehind import LocalContent, WriteBehind
 
-__all__ = ["EcrTier", "LocalContent", "StoredManifest", "WriteBehind"]
+__all__ = ["EcrTier", "StoredManifest"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,17 +7,15 @@ uploading them: the existence check said "missing", so the same blob went up twi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import structlog
 
 from .. import errors
 from ..oci import OCI_MANIFEST, Digest
 from ..singleflight import SingleFlight
+from .contract import WritableTier
 from .content import EMPTY, Source, artifact, artifact_tag, bytes_source
-
-if TYPE_CHECKING:
-    from .tier import EcrTier
 
 log = structlog.get_logger("pullcache.tier")
 MAX_REMEMBERED = 100_000
@@ -25,7 +23,7 @@ TAG_REFUSED = ("TAG_INVALID", "ImageTagAlreadyExists", "already exists")
 
 
 class Uploads:
-    def __init__(self, tier: "EcrTier", metrics=None) -> None:
+    def __init__(self, tier: WritableTier, metrics=None) -> None:
         self.tier = tier
         self._metrics = metrics
         self._flights: SingleFlight[str] = SingleFlight()

@@ -20,18 +20,16 @@ import asyncio
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Protocol
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog
 
 from .. import errors
 from ..oci import INDEX_TYPES, Digest
+from .contract import WritableTier
 from .content import Source, file_source, references
 from .journal import MAX_FAILED, Job, Journal, failure
 from .uploads import Uploads
-
-if TYPE_CHECKING:
-    from .tier import EcrTier
 
 log = structlog.get_logger("pullcache.tier")
 REFUSED = ("MANIFEST_BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "MANIFEST_INVALID", "BLOB_UNKNOWN")
@@ -57,7 +55,7 @@ class _Entry:
 
 
 class WriteBehind:
-    def __init__(self, tier: "EcrTier", local: LocalContent, journal: Journal | None = None,
+    def __init__(self, tier: WritableTier, local: LocalContent, journal: Journal | None = None,
                  *, concurrency: int = 4, retries: int = 5, drain_timeout: float = 30.0,
                  metrics=None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.tier = tier

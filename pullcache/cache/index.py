@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Mapping
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
+from ..compat.diskcache_sql import CacheSQL
 from ..oci import Digest
 
 
@@ -76,6 +77,7 @@ class Index:
             size_limit=2**62,
             statistics=False,
         )
+        self._sql = CacheSQL(self._cache)
         self._lock = threading.Lock()         # the released/deferred lists
         # Pins: files a response is serving. Taking a pin and choosing eviction victims are
         # atomic with respect to each other (``_evicting``), so a blob found by ``get(pin=…)``
@@ -152,7 +154,7 @@ class Index:
             return entry
 
     def _get(self, key: str) -> Entry | None:
-        row = self._cache._sql(_ROW, (key,)).fetchone()  # noqa: SLF001 - a read, no touch
+        row = self._sql.row(key)   # a read that leaves recency alone
         if row is None or not row[0]:
             return None
         relpath, size, meta = row
@@ -166,13 +168,8 @@ class Index:
         """Write buffered uses (key → time) in one transaction; return keys no longer here."""
         if not touches:
             return []
-        gone = []
         with self._cache.transact(retry=True):
-            sql = self._cache._sql  # noqa: SLF001 - no public bulk update of access_time
-            for key, at in touches.items():
-                if sql(_TOUCH, (at, key)).rowcount == 0:
-                    gone.append(key)
-        return gone
+            return self._sql.touch(touches)
 
     def add(self, key: str, entry: Entry) -> bool:
         added = self._cache.add(key, entry)
@@ -192,9 +189,7 @@ class Index:
 
     def last_used(self, key: str) -> float | None:
         """When ``key`` was last read or stored (wall clock), without touching its recency."""
-        rows = self._cache._sql(  # noqa: SLF001 - diskcache has no public access-time read
-            "SELECT access_time FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchall()
-        return rows[0][0] if rows else None
+        return self._sql.access_time(key)
 
     def volume(self) -> int:
         """Bytes used: indexed files plus the index database itself."""
@@ -217,14 +212,12 @@ class Index:
             if excess <= 0:
                 return []
             victims: list[str] = []
-            rows = self._cache._sql(_LRU_ORDER)  # noqa: SLF001 - no public ordered scan
-            for key, filename, size in rows:
+            for key, filename, size in self._sql.lru_order():
                 if excess <= 0:
                     break
                 if filename and not self._is_pinned(filename) and not self.keeps(key):
                     victims.append(key)
                     excess -= size or 0
-            rows.close()
             for key in victims:
                 self._cache.delete(key)
             self.forgotten(victims)
@@ -258,10 +251,5 @@ def relpath_of(key: str) -> str:
     return relpath_for(kind, parsed.algorithm, parsed.hex)
 
 
-_LRU_ORDER = diskcache.core.EVICTION_POLICY["least-recently-used"]["cull"].format(
-    fields="key, filename, size").replace(" LIMIT ?", "")
-_ROW = "SELECT filename, size, value FROM Cache WHERE key = ? AND raw = 1"
-_TOUCH = ("UPDATE Cache SET access_time = ?, access_count = access_count + 1"
-          " WHERE key = ? AND raw = 1")
 _KINDS = {"blob": "blobs", "manifest": "manifests"}
 _DIRS = {v: k for k, v in _KINDS.items()}

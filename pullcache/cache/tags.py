@@ -3,8 +3,8 @@
 A tag belongs to its upstream and repository. Upstreams answer a tag differently by the
 client's ``Accept`` (a multi-arch tag is an index for a client that takes indexes and a
 platform manifest for one that does not), so a record is kept per *accept class*: the set
-of manifest media types the client takes (distribution-spec content-negotiation; PROTOCOL
-§2.4: never key on the raw Accept string).
+of manifest media types the client takes (distribution-spec content negotiation;
+docs/protocol.md §3: never key on the raw Accept string).
 
 Records are read from the hot layer (memory) first and written through to disk, so a fresh
 tag is answered without SQLite or a thread. The disk store is least-recently-*stored*: a

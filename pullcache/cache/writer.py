@@ -18,7 +18,7 @@ from typing import Callable
 
 Chunk = bytes | memoryview
 Sink = Callable[[int, Chunk], None]
-LIMIT = 4 << 20         # bytes queued at most (chunks of up to 1 MiB; see upstream/body.py)
+LIMIT = 4 << 20         # bytes queued at most (chunks of up to 1 MiB; see upstream/receiver.py)
 
 
 class WriterFailed(Exception):

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 
-from ..backing.status import tier_status
+from ..backing.report import tier_status
 from .client import AdminClient, AdminError, DaemonUnreachable
 
 

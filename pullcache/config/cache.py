@@ -38,7 +38,7 @@ class CacheConfig:
     passthrough_window: int = _field(_positive(parse_size), 64 * MiB, fmt=format_size)
     # The hot layer: manifests, tag records and index entries kept in memory for hits.
     memory: int = _field(_positive(parse_size), 64 * MiB, fmt=format_size)
-    # Images kept warm and never evicted: warmed at start and every tag_ttl (issue #12).
+    # Images kept warm and never evicted: warmed at start and every tag_ttl (docs/operations.md).
     pin: tuple[str, ...] = _field(lambda v: _strings(v, "image references"), (), fmt=list)
     # Platforms of pinned images: "os/arch[/variant]", or "all"; empty: the host's.
     pin_platforms: tuple[str, ...] = _field(lambda v: _platforms(v), (), fmt=list)

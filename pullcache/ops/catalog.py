@@ -22,7 +22,7 @@ from .. import errors
 from ..cache.index import relpath_of
 from ..cache.pins import PinSet
 from ..cache.store import BlobStore
-from ..routing import UpstreamTable
+from ..gate.routing import UpstreamTable
 from .graph import references
 from .refs import parse_image
 

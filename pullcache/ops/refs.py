@@ -11,7 +11,7 @@ import platform as _platform
 from dataclasses import dataclass
 
 from ..errors import NameInvalid
-from ..routing import DOCKER_HUB, Route, UpstreamTable, looks_like_host, resolve
+from ..gate.routing import DOCKER_HUB, Route, UpstreamTable, looks_like_host, resolve
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import errors
-from ..cache.body import FillBody
 from ..cache.fill import Fill, FillFailed
 from ..cache.store import BlobStore
 from ..oci import DEFAULT_ACCEPT, INDEX_TYPES, Digest
-from ..routing import UpstreamTable
+from ..gate.routing import UpstreamTable
 from .graph import references
 from .refs import ImageRef, Platform, parse_image
 
@@ -130,12 +129,10 @@ class Warmer:
     async def _blob(self, ref: ImageRef, digest: str, size: int, progress: ImageProgress,
                     limit: asyncio.Semaphore) -> None:
         async with limit:
-            answer = await self.proxy.blob(ref.route, Digest.parse(digest))
-            await answer.body.aclose()   # nothing is sent: let go of the pin at once
-            if not isinstance(answer.body, FillBody):
-                progress.cached_bytes += answer.size or 0
+            cached_size, fill = await self.proxy.prefetch_blob(ref.route, Digest.parse(digest))
+            if fill is None:
+                progress.cached_bytes += cached_size
             else:
-                fill = answer.body.fill
                 progress.fills[digest] = fill
                 try:
                     # shield: a cancelled warm must not cancel a fill others may be tailing.

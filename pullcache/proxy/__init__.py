@@ -1,4 +1,4 @@
-"""The pull-through policy (DESIGN.md §1), split by noun:
+"""The pull-through policy (docs/architecture.md, "The request's path"), split by noun:
 
 - ``manifests``: by digest from the cache, never revalidated; by tag through a fresh record,
   else a HEAD revalidation, else stale with ``Warning: 299``.
@@ -15,16 +15,17 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..backing.tier import EcrTier, WriteBehind
+from ..backing.tier import EcrTier
+from ..backing.writebehind import WriteBehind
 from ..cache.disk import Disk
 from ..cache.fill import Fills
 from ..cache.store import BlobStore
 from ..cache.tags import TagStore
 from ..metrics import Metrics
 from ..oci import Digest
-from ..routing import Route
-from .answers import STALE_WARNING, BlobAnswer, ManifestAnswer, TagList, Upstream
-from .blobs import Blobs, LocalContent
+from ..gate.routing import Route
+from .answers import STALE_WARNING, BlobAnswer, ManifestAnswer, Prefetched, TagList, Upstream
+from .blobs import Blobs, StoreContent
 from .discovery import Discovery
 from .manifests import Manifests
 from .referrers import Referrers, ReferrersAnswer
@@ -59,6 +60,10 @@ class Proxy:
     async def blob(self, route: Route, digest: Digest) -> BlobAnswer:
         return await self.blobs.get(self.upstreams[route.upstream], route, digest)
 
+    async def prefetch_blob(self, route: Route, digest: Digest) -> Prefetched:
+        """For warming: the blob's cached size, or the fill now fetching it (``Prefetched``)."""
+        return await self.blobs.prefetch(self.upstreams[route.upstream], route, digest)
+
     async def blob_size(self, route: Route, digest: Digest) -> tuple[int | None, str]:
         return await self.blobs.size(self.upstreams[route.upstream], route, digest)
 
@@ -69,5 +74,5 @@ class Proxy:
         return await self.referrer_lists.get(self.upstreams[route.upstream], route, subject)
 
 
-__all__ = ["Proxy", "Upstream", "ManifestAnswer", "BlobAnswer", "TagList", "LocalContent",
-           "STALE_WARNING", "ReferrersAnswer"]
+__all__ = ["Proxy", "Upstream", "ManifestAnswer", "BlobAnswer", "TagList", "StoreContent",
+           "STALE_WARNING", "ReferrersAnswer", "Prefetched"]

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .. import errors
 from ..cache.body import Body
+from ..cache.fill import Fill
 from ..oci import Digest
 from ..upstream.client import RegistryClient
 
@@ -58,6 +59,12 @@ class BlobAnswer:
         return self.body.size
 
 
+class Prefetched(NamedTuple):
+    """What warming a blob found: its size when it was cached, else the fill fetching it."""
+    cached_size: int
+    fill: Fill | None
+
+
 def tier_outcome(exc: errors.PullcacheError) -> str:
     return "miss" if isinstance(exc, (errors.ManifestUnknown, errors.BlobUnknown,
                                       errors.NameUnknown)) else "error"
@@ -74,5 +81,5 @@ def parse_digest(text: str | None) -> Digest | None:
 
 def next_page(page) -> dict[str, str]:
     """The query of a page's RFC 8288 ``Link: <…?last=x&n=y>; rel="next"`` (parsed by
-    aiohttp into ``Passthrough.next``), or {}."""
+    aiohttp into ``Relayed.next``), or {}."""
     return dict(parse_qsl(urlsplit(page.next).query)) if page.next else {}

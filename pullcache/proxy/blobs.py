@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import errors
-from ..backing.tier import EcrTier, WriteBehind
+from ..backing.tier import EcrTier
+from ..backing.writebehind import WriteBehind
 from ..cache.body import FileBody, FillBody
 from ..cache.disk import Disk
 from ..cache.fill import Candidate, Fill, Fills
@@ -22,8 +23,8 @@ from ..cache.store import BlobStore
 from ..errors import StorageError
 from ..metrics import Metrics
 from ..oci import Digest
-from ..routing import Route
-from .answers import BlobAnswer, Upstream, tier_outcome
+from ..gate.routing import Route
+from .answers import BlobAnswer, Prefetched, Upstream, tier_outcome
 
 # A remote source: how to open a blob there, as one of a fill's candidates.
 Remote = Callable[[Upstream, Route, Digest], Candidate]
@@ -82,6 +83,14 @@ class Blobs:
         size = await fill.started()  # raises the upstream's error before any byte is sent
         return BlobAnswer(digest, FillBody(fill, size), "joined" if joined else "miss")
 
+    async def prefetch(self, upstream: Upstream, route: Route, digest: Digest) -> Prefetched:
+        """Make sure the blob is cached or being fetched, holding nothing: warm's question."""
+        answer = await self.get(upstream, route, digest)
+        await answer.body.aclose()   # nothing is sent: let go of the pin at once
+        if isinstance(answer.body, FillBody):
+            return Prefetched(0, answer.body.fill)
+        return Prefetched(answer.size or 0, None)
+
     def _write_back(self, route: Route, digest: Digest, fill: Fill, done) -> None:
         if done.cancelled() or done.exception() is not None or done.result().entry is None:
             return      # failed, or passed through (nothing on disk to write back)
@@ -108,8 +117,8 @@ class Blobs:
         return await upstream.client.head_blob(route.repo, digest), "miss"
 
 
-class LocalContent:
-    """The local cache as the write-behind reads it (``backing.tier.LocalContent``)."""
+class StoreContent:
+    """The local cache as the write-behind reads it (``backing.writebehind.LocalContent``)."""
 
     def __init__(self, store: BlobStore) -> None:
         self.store = store

@@ -6,7 +6,7 @@ import json
 
 from .. import errors
 from ..cache.tags import TagStore
-from ..routing import Route
+from ..gate.routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, TagList, Upstream, next_page
 

@@ -11,13 +11,14 @@ from .. import errors
 from ..cache.store import BlobStore
 from ..oci import DEFAULT_ACCEPT, Digest, manifest_media_type
 from .answers import Upstream
-from .blobs import LocalContent
+from .blobs import StoreContent
 
 log = structlog.get_logger("pullcache.proxy")
 
 
-class FleetContent(LocalContent):
-    """``backing.writebehind.LocalContent``."""
+class FleetContent(StoreContent):
+    """The local cache and the upstreams, as the write-behind reads them
+    (``backing.writebehind.LocalContent``)."""
 
     def __init__(self, store: BlobStore, upstreams: Mapping[str, Upstream]) -> None:
         super().__init__(store)

@@ -19,13 +19,14 @@ import time
 import structlog
 
 from .. import errors
-from ..backing.tier import EcrTier, StoredManifest, WriteBehind
+from ..backing.tier import EcrTier, StoredManifest
+from ..backing.writebehind import WriteBehind
 from ..cache.disk import Disk
 from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..metrics import Metrics
 from ..oci import DEFAULT_ACCEPT, Digest, accepts, manifest_media_type, parse_reference
-from ..routing import Route
+from ..gate.routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, ManifestAnswer, Upstream, parse_digest, tier_outcome
 

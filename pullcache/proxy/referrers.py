@@ -26,7 +26,7 @@ from .. import errors
 from ..cache.tags import TagStore
 from ..metrics import Metrics
 from ..oci import DEFAULT_ACCEPT, OCI_INDEX, Digest, referrer_descriptors, referrers_tag
-from ..routing import Route
+from ..gate.routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, Upstream, next_page
 from .manifests import Manifests

@@ -3,10 +3,10 @@
 How a request flows through what this module builds:
 
 1. ``middleware.front`` tags the request (``AccessLogger`` writes its line), asks
-   ``access.AccessControl`` who is asking (``[access]``; or answers 401/403/429), and turns
+   ``gate.identity.AccessControl`` who is asking (``[access]``; or answers 401/403/429), and turns
    any domain error into the OCI error envelope.
-2. ``routes.pull`` asks ``routing.resolve`` for the upstream and repository, and
-   ``authz.authorize`` whether this identity may pull it (``policy``), else 403.
+2. ``routes.pull`` asks ``gate.routing.resolve`` for the upstream and repository, and
+   ``gate.policy.Policy`` whether this identity may pull it, else 403.
 3. ``Proxy`` applies the pull-through policy: the ``BlobStore`` (disk + LRU index) first,
    else the upstream's ``RegistryClient``, through one ``Fill`` per blob digest.
 4. ``routes`` writes the answer; a blob's body (a committed file or a fill's tail) goes out
@@ -16,7 +16,7 @@ Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the cache-dir lock,
 client session (and the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag
 records, fills, the ECR backing tier and its write-behind workers, drained with a deadline),
 the housekeeping and recency-flush tasks (the hot layer's buffered uses are flushed to the
-index once more as they end), and the operator's objects (``operations.py``: jobs, pins, status
+index once more as they end), and the operator's objects (``admin/objects.py``: jobs, pins, status
 samples). Each background task ends when its context is torn down.
 """
 
@@ -33,29 +33,29 @@ from aiohttp import web
 from ..backing.ecr import EcrApi, EcrCredentials
 from ..backing.journal import JOURNAL_DIR, Journal
 from ..backing.repositories import RepositorySettings
-from ..backing.tier import EcrTier, WriteBehind
+from ..backing.tier import EcrTier
+from ..backing.writebehind import WriteBehind
 from ..cache.disk import Disk
 from ..cache.fill import Fills
 from ..cache.hot import FLUSH_INTERVAL, HotLayer
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
 from ..config import Config, UpstreamConfig
+from ..gate.identity import ACCESS, AccessControl
+from ..gate.policy import Policy
+from ..gate.routing import UpstreamTable
 from ..metrics import Metrics
-from ..policy import Policy
+from ..ops.samples import Pulls
 from ..proxy import Proxy, Upstream
 from ..proxy.fleet import FleetContent
-from ..routing import UpstreamTable
 from ..upstream.client import RegistryClient, UpstreamSettings
 from ..upstream.credentials import StaticCredentials
 from . import admin, routes
-from ..ops.status import Pulls
-from .access import ACCESS, AccessControl
-from .authz import POLICY
-from .keys import (CREDENTIALS, DISK, DRAINING, METRICS, PROXY, PULLS, ROUTES, SENDFILE,
+from .keys import (CREDENTIALS, DISK, DRAINING, METRICS, POLICY, PROXY, PULLS, ROUTES, SENDFILE,
                    SESSION, STORE, TIER, UPSTREAMS)
 from .sendfile import Sendfile
 from .middleware import front
-from .operations import lock_context, operations_context
+from .admin.objects import lock_context, operations_context
 
 log = structlog.get_logger("pullcache.app")
 HOUSEKEEPING_INTERVAL = 30.0
@@ -96,8 +96,8 @@ def build_app(config: Config) -> web.Application:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
         async with contextlib.AsyncExitStack() as stack:
             # read_bufsize: a response may buffer 2x this before aiohttp pauses reading; the
-            # 64 KiB default paused a fast blob download every 128 KiB. (Far larger buffers
-            # measured slower here: every chunk is fresh memory to fault in.)
+            # 64 KiB default pauses a fast blob download every 128 KiB, and far larger buffers
+            # are slower (every chunk is fresh memory to fault in).
             session = await stack.enter_async_context(aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, trust_env=False,
                 read_bufsize=256 << 10))

@@ -9,15 +9,16 @@ import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from ..backing.tier import WriteBehind
+    from ..backing.writebehind import WriteBehind
     from ..cache.disk import Disk
     from ..cache.store import BlobStore
     from ..metrics import Metrics
-    from ..ops.status import Pulls
+    from ..ops.samples import Pulls
     from ..proxy import Proxy, Upstream
-    from ..routing import UpstreamTable
+    from ..gate.policy import Policy
+    from ..gate.routing import UpstreamTable
     from ..upstream.credentials import StaticCredentials
-    from .access import Identity
+    from ..gate.identity import Identity
     from .sendfile import Sendfile
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
@@ -25,6 +26,8 @@ STORE: web.AppKey["BlobStore"] = web.AppKey("store")
 DISK: web.AppKey["Disk"] = web.AppKey("disk")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
+#: who may pull what through which upstream (``gate.policy``); SIGHUP replaces its rules
+POLICY: web.AppKey["Policy"] = web.AppKey("policy")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session")
 SENDFILE: web.AppKey["Sendfile"] = web.AppKey("sendfile")

@@ -36,10 +36,9 @@ from aiohttp import web
 from .. import config as configuration
 from ..config import Config, ServerConfig
 from ..errors import ConfigError
-from ..policy import Policy
-from .access import ACCESS, AccessControl
-from .authz import POLICY
-from .keys import CREDENTIALS, DRAINING
+from ..gate.policy import Policy
+from ..gate.identity import ACCESS, AccessControl
+from .keys import CREDENTIALS, DRAINING, POLICY
 
 log = structlog.get_logger("pullcache.lifecycle")
 

@@ -13,9 +13,9 @@
 - Connections are accepted in batches: libuv (under uvloop) accepts one connection per
   event-loop iteration since 1.45 (libuv PR #3696). On a busy loop an iteration serving a few
   hundred requests takes tens of milliseconds, so when a node rollout opens 1,000 connections
-  at once the last of them waited seconds in the accept queue (measured: p99 2-3 s, the same
-  with a bare aiohttp app; asyncio's own loop accepts in batches and had none). Each time the
-  listening socket is readable we take up to ``ACCEPT_BATCH`` connections, slots allowing.
+  at once the last of them would wait seconds in the accept queue (asyncio's own loop accepts
+  in batches; docs/benchmarks.md, "Measurements behind the code"). Each time the listening
+  socket is readable we take up to ``ACCEPT_BATCH`` connections, slots allowing.
 
 An aiohttp ``BaseSite``, so the runner starts and stops it like its own ``TCPSite``.
 """
@@ -30,6 +30,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from ..compat.semaphore import take_free_slot
 
 log = structlog.get_logger("pullcache.listener")
 # A node rollout opens hundreds of connections at once: beyond the backlog the kernel drops
@@ -170,7 +172,7 @@ class Listener(web.BaseSite):
             except OSError as exc:  # out of descriptors: the loop above waits and retries
                 log.warning("accept_failed", error=str(exc))
                 return
-            self._slots._value -= 1  # noqa: SLF001 - acquire() without a yield; not locked
+            take_free_slot(self._slots)   # free: checked before the accept
             self._serve(loop, conn)
 
     def _serve(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:

@@ -1,6 +1,6 @@
 """The public app's one middleware (``front``), the error envelope, and the access line.
 
-``front`` does, for every request: its id, who is asking (``access.AccessControl``), the
+``front`` does, for every request: its id, who is asking (``gate.identity.AccessControl``), the
 OCI error envelope, and its count. One middleware rather than a chain of three: each layer
 of aiohttp's chain is a coroutine frame and a wrapper per request, and a ``GET /v2/`` is
 little else.
@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractAccessLogger
 from .. import logs
 from ..errors import NotFound, PullcacheError, StorageError, Unsupported
 from ..metrics import Metrics
-from .access import AccessControl
+from ..gate.identity import AccessControl
 from .keys import EXCHANGE, Exchange
 
 log = structlog.get_logger("pullcache.access")

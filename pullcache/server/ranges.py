@@ -3,7 +3,7 @@
 Policy: one satisfiable ``bytes=`` range is a 206; a range starting at or past the end is
 a 416 with ``Content-Range: bytes */size``; anything else (several ranges, an inverted or
 malformed one, another unit, an ``If-Range`` that does not match) is answered with the whole
-blob, as §14.2 allows ("A server MAY ignore the Range header field").
+blob, as RFC 9110 §14.2 allows ("A server MAY ignore the Range header field").
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 def wanted(headers: Mapping[str, str], size: int | None, etag: str) -> tuple[int, int] | None:
     """The ``(start, end_exclusive)`` a GET asks for; None for the whole blob.
 
-    ``If-Range`` (§13.1.5) is compared strongly with ``etag``; a date never matches, as
+    ``If-Range`` (RFC 9110 §13.1.5) is compared strongly with ``etag``; a date never matches, as
     blobs carry no ``Last-Modified``.
     """
     if_range = headers.get("If-Range")

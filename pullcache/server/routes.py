@@ -1,6 +1,6 @@
 """HTTP ↔ proxy: parse the request, call the proxy, write the headers clients need.
 
-No caching decisions here. Header rules (distribution-spec, PROTOCOL §2.3):
+No caching decisions here. Header rules (distribution-spec; docs/protocol.md §2.2):
 ``Docker-Content-Digest`` on every manifest and blob answer; manifest ``Content-Type``
 exactly as upstream sent it; HEAD answers carry ``Content-Length`` and no body.
 """
@@ -17,13 +17,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..cache.fill import FillFailed
-from ..errors import NameUnknown, PaginationInvalid, Unsupported
+from ..errors import Denied, NameUnknown, PaginationInvalid, Unsupported
 from ..oci import OCI_INDEX, Digest, parse_accept, referrers_index
 from ..proxy import BlobAnswer
-from ..routing import Target, resolve
+from ..gate.policy import ANONYMOUS
+from ..gate.routing import Target, resolve
 from . import ranges
-from .authz import authorize
-from .keys import EXCHANGE, METRICS, PROXY, PULLS, ROUTES, SENDFILE
+from .keys import EXCHANGE, METRICS, POLICY, PROXY, PULLS, ROUTES, SENDFILE
 from .middleware import API_VERSION
 from .sendfile import ClientStalled
 
@@ -65,6 +65,20 @@ async def pull(request: web.Request) -> web.StreamResponse:
     request[EXCHANGE].upstream = target.route.upstream
     authorize(request, target)   # before the proxy: a refusal reveals nothing cached
     return await _HANDLERS[target.kind](request, target)
+
+
+KINDS = {"manifests": "manifest", "blobs": "blob", "tags": "tags", "referrers": "referrers"}
+
+
+def authorize(request: web.Request, target: Target) -> None:
+    """Raise Denied unless the request's identity may pull ``target`` (``gate.policy``)."""
+    exchange = request[EXCHANGE]
+    user = exchange.identity.user if exchange.identity is not None else ANONYMOUS
+    decision = request.app[POLICY].decide(user, target.route.upstream, target.route.repo)
+    if not decision.allowed:
+        exchange.outcome = "denied"
+        request.app[METRICS].requests.inc(KINDS[target.kind], "denied")
+        raise Denied(message=decision.reason)
 
 
 def _headers(target: Target) -> dict[str, str]:

@@ -132,8 +132,8 @@ class Sender:
 def _cork(fd: int, on: bool) -> None:
     """``TCP_CORK`` (tcp(7)) on our dup of the socket, as nginx's ``tcp_nopush`` does with
     sendfile: the body goes out in full segments, not a segment (and a wake-up of the
-    reader) per piece the kernel happens to have ready. Measured on loopback: 512 MiB warm
-    GETs went from 1.6-1.8 GB/s to 2.0-2.3 GB/s, and less CPU per GET."""
+    reader) per piece the kernel happens to have ready (docs/benchmarks.md, "Measurements
+    behind the code")."""
     sock = socket.socket(fileno=fd)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)

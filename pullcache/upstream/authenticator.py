@@ -18,7 +18,7 @@ from .. import errors
 from .auth import Challenge, TokenCache, basic_header, parse_challenges, parse_token_response
 from .credentials import Credentials
 from .realm import RealmTrust
-from .status import read_limited
+from .failures import read_limited
 
 log = structlog.get_logger("pullcache.upstream")
 MAX_TOKEN_BODY = 64 * 1024

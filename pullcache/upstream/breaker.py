@@ -1,7 +1,7 @@
 """A per-upstream circuit breaker: fail fast while an upstream is down.
 
 Without one, every request waits out the connect or header timeout of a dead upstream;
-users of other mirrors see 30 s to minutes per manifest (harbor#18294, PROTOCOL §3.1).
+users of other mirrors see 30 s to minutes per manifest (harbor#18294, docs/protocol.md §9).
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ from .. import errors
 from ..oci import DEFAULT_ACCEPT, MAX_MANIFEST_SIZE, OCI_INDEX, Digest
 from .auth import scope_for
 from .authenticator import Authenticator
-from .body import BlobStream
+from .receiver import BlobStream
 from .breaker import Breaker
 from .credentials import Credentials, StaticCredentials, UpstreamObserver
 from .realm import RealmTrust
-from .status import error_for, read_limited
+from .failures import error_for, read_limited
 
 log = structlog.get_logger("pullcache.upstream")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -72,7 +72,7 @@ class Manifest:
 
 
 @dataclass(frozen=True, slots=True)
-class Passthrough:
+class Relayed:
     status: int
     body: bytes
     headers: dict[str, str]
@@ -145,7 +145,7 @@ class RegistryClient:
                           self.settings.read_timeout)
 
     async def passthrough(self, repo: str, tail: str, query: Mapping[str, str], *,
-                          accept: str = "application/json") -> Passthrough:
+                          accept: str = "application/json") -> Relayed:
         """GET a read-only JSON endpoint (tags/list, referrers) and hand back its answer."""
         resp = await self._send("GET", repo, tail, {"Accept": accept},
                                 query=query, not_found=errors.NameUnknown)
@@ -155,10 +155,10 @@ class RegistryClient:
             resp.release()
         keep = {k: v for k, v in resp.headers.items()
                 if k.lower() in ("content-type", "link", "oci-filters-applied")}
-        return Passthrough(resp.status, body, keep, _next_link(resp))
+        return Relayed(resp.status, body, keep, _next_link(resp))
 
     async def referrers(self, repo: str, subject: Digest,
-                        query: Mapping[str, str] | None = None) -> Passthrough:
+                        query: Mapping[str, str] | None = None) -> Relayed:
         """One page of the referrers API (distribution-spec end-12a).
 
         Raises ``errors.Unsupported`` when the upstream lacks the API: a 404 (the spec's own
@@ -347,7 +347,8 @@ def _with_query(url: str, key: str, value: str) -> str:
 
 def _accept(accept: tuple[str, ...]) -> str:
     # Forward what the client takes, so the upstream picks the representation it would have
-    # given the client itself (PROTOCOL §2.4); a client that named nothing gets the modern set.
+    # given the client itself (docs/protocol.md §3); a client that named nothing gets the
+    # modern set.
     return ", ".join(accept or DEFAULT_ACCEPT)
 
 

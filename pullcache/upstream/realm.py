@@ -27,7 +27,7 @@ from ..domains import is_ip, under
 _GCR = ("gcr.io", "*.gcr.io")
 _PRESETS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = tuple(
     (re.compile(pattern), realms) for pattern, realms in (
-        # Docker Hub: realm="https://auth.docker.io/token" (PROTOCOL §2.5).
+        # Docker Hub: realm="https://auth.docker.io/token" (docs/protocol.md §4.1).
         (r"(registry-1\.|index\.)?docker\.io", ("auth.docker.io",)),
         # GHCR and Quay answer with a realm on their own host (ghcr.io/token, quay.io/v2/auth).
         (r"ghcr\.io", ()),

@@ -12,7 +12,7 @@ import pytest
 
 from pullcache.config import loads
 from pullcache.errors import ConfigError, Denied, TooManyRequests, Unauthorized
-from pullcache.server.access import (
+from pullcache.gate.identity import (
     AccessControl, FailureLimiter, Verifier, parse_basic, read_htpasswd)
 from pullcache.server.lifecycle import Notifier
 from tests.support.http import basic_auth

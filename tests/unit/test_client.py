@@ -22,7 +22,7 @@ from pullcache.metrics import Metrics
 from pullcache.oci import Digest
 from pullcache.proxy.answers import Upstream
 from pullcache.proxy.discovery import Discovery
-from pullcache.routing import Route
+from pullcache.gate.routing import Route
 from pullcache.upstream.breaker import Breaker, State
 from pullcache.upstream.client import RegistryClient, UpstreamSettings
 from tests.support.ports import free_port

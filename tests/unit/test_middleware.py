@@ -14,7 +14,7 @@ from pullcache import logs
 from pullcache.errors import StorageError
 from pullcache.metrics import Metrics
 from pullcache.config import loads
-from pullcache.server.access import AccessControl
+from pullcache.gate.identity import AccessControl
 from pullcache.server.keys import EXCHANGE, METRICS
 from pullcache.server.middleware import front, new_request_id
 from tests.support.ports import eventually

@@ -14,7 +14,7 @@ from pullcache.oci import Digest
 from pullcache.proxy.answers import BlobAnswer
 from pullcache.server.keys import METRICS, SENDFILE
 from pullcache.config import loads
-from pullcache.server.access import AccessControl
+from pullcache.gate.identity import AccessControl
 from pullcache.server.middleware import front
 from pullcache.server.routes import _send_blob
 from pullcache.server.sendfile import Sendfile

@@ -14,7 +14,7 @@ from pullcache.errors import NameInvalid, NameUnknown
 from pullcache.oci import Digest
 from pullcache.ops.graph import references
 from pullcache.ops.refs import Platform, parse_image
-from pullcache.routing import UpstreamTable
+from pullcache.gate.routing import UpstreamTable
 from pullcache.units import human_age, human_size
 
 TABLE = UpstreamTable([("docker.io", ["index.docker.io"]), ("ghcr.io", []),

@@ -3,7 +3,7 @@
 import pytest
 
 from pullcache.config import loads
-from pullcache.policy import Policy, UpstreamPolicy, compile_glob
+from pullcache.gate.policy import Policy, UpstreamPolicy, compile_glob
 
 POLICY = Policy({
     "docker.io": UpstreamPolicy.of(allow=["library/*", "myorg/**"], deny=["myorg/secret-*"]),

@@ -10,7 +10,7 @@ import pytest
 from pullcache import errors
 from pullcache.oci import OCI_INDEX, Digest, TAG_RE, referrer_descriptors, referrers_index, \
     referrers_tag
-from pullcache.upstream.status import error_for
+from pullcache.upstream.failures import error_for
 
 HEX256 = "ab" * 32
 HEX512 = "cd" * 64

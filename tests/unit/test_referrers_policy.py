@@ -13,8 +13,8 @@ from pullcache.metrics import Metrics
 from pullcache.oci import OCI_INDEX, OCI_MANIFEST, Digest
 from pullcache.proxy.answers import STALE_WARNING, ManifestAnswer, Upstream
 from pullcache.proxy.referrers import Referrers
-from pullcache.routing import Route
-from pullcache.upstream.client import Passthrough
+from pullcache.gate.routing import Route
+from pullcache.upstream.client import Relayed
 
 SUBJECT = Digest("sha256", "a" * 64)
 ROUTE = Route("up.example", "app")
@@ -25,11 +25,11 @@ def desc(n: int, kind: str = "application/x.sig") -> dict:
             "artifactType": kind}
 
 
-def page(descs: list[dict], link: str | None = None) -> Passthrough:
+def page(descs: list[dict], link: str | None = None) -> Relayed:
     """A page as the client hands it over: aiohttp has parsed ``Link`` into ``next``."""
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descs})
     target = link[link.index("<") + 1:link.index(">")] if link else None
-    return Passthrough(200, body.encode(), {"Link": link} if link else {},
+    return Relayed(200, body.encode(), {"Link": link} if link else {},
                        f"http://up.example{target}" if target else None)
 
 
@@ -37,7 +37,7 @@ class FakeClient:
     name = "up.example"
 
     def __init__(self, *answers) -> None:
-        self.answers = list(answers)    # Passthrough or an exception, one per call
+        self.answers = list(answers)    # Relayed or an exception, one per call
         self.calls: list[dict] = []
 
     async def referrers(self, repo, subject, query):

@@ -1,11 +1,11 @@
-"""pullcache.routing: which upstream and repository a pull request is for."""
+"""pullcache.gate.routing: which upstream and repository a pull request is for."""
 
 from __future__ import annotations
 
 import pytest
 
 from pullcache.errors import BlobUploadUnknown, NameInvalid, NameUnknown, NotFound
-from pullcache.routing import Route, Target, UpstreamTable, looks_like_host, resolve
+from pullcache.gate.routing import Route, Target, UpstreamTable, looks_like_host, resolve
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -14,7 +14,8 @@ from pullcache import errors
 from pullcache.backing.content import artifact_tag, stored_media_type
 from pullcache.backing.journal import Job, Journal
 from pullcache.backing.repositories import RepositorySettings
-from pullcache.backing.tier import EcrTier, WriteBehind
+from pullcache.backing.tier import EcrTier
+from pullcache.backing.writebehind import WriteBehind
 from pullcache.metrics import Metrics
 from pullcache.oci import OCI_INDEX, OCI_MANIFEST, Digest
 from tests.support.ports import eventually

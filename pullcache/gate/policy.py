@@ -1,7 +1,7 @@
 """Authorization: may this identity pull this repository through this upstream? No I/O.
 
-Decided after routing and before the proxy (DESIGN §6): a refused request never reaches the
-cache or an upstream, so its answer cannot reveal whether the content is cached.
+Decided after routing and before the proxy (``gate/__init__.py``): a refused request never
+reaches the cache or an upstream, so its answer cannot reveal whether the content is cached.
 
 Per ``[[upstream]]``: ``users`` limits who may use it (anonymous clients are the user
 ``anonymous``); ``allow`` and ``deny`` are repository globs, ``*`` within one path component

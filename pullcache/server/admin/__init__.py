@@ -1,5 +1,5 @@
 """The operator's listener (``server.admin_listen``): ``/metrics``, ``/healthz``, ``/readyz``
-the ``/admin/…`` JSON API (``admin_api.py``) and the status page at ``/`` (``admin_page.py``).
+the ``/admin/…`` JSON API (``api.py``) and the status page at ``/`` (``page.py``).
 
 It is a second ``web.Application`` on its own address, so the probes and the metrics are never
 on the public port (where clients of the mirror could read them). It owns no objects: every
@@ -15,11 +15,11 @@ import sqlite3
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .admin_api import setup_api
-from .admin_page import setup_page
-from .keys import CORE, DISK, DRAINING, METRICS, STORE, core_of
-from .middleware import oci_errors
-from .operations import OPS
+from .api import setup_api
+from .page import setup_page
+from ..keys import CORE, DISK, DRAINING, METRICS, STORE, core_of
+from ..middleware import oci_errors
+from .objects import OPS
 
 
 def build_admin_app(core: web.Application) -> web.Application:

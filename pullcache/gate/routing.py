@@ -1,6 +1,6 @@
 """Which upstream and repository a request is for. No I/O.
 
-In order (PROTOCOL §2.2, §2.12): containerd's ``?ns=<host>``; a path prefix
+In order (docs/protocol.md §1.4): containerd's ``?ns=<host>``; a path prefix
 ``/<host>/v2/<name>/…`` (dockerd ≥ 25 mirror URLs with a path, containerd hosts without
 ``override_path``); ``/v2/<host>/<name>/…`` (containerd ``override_path``, podman/CRI-O
 ``location = "mirror/ghcr.io"``); otherwise the default upstream (classic dockerd).
@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from .errors import BlobUploadUnknown, NameInvalid, NameUnknown, NotFound
-from .oci import validate_name
+from ..errors import BlobUploadUnknown, NameInvalid, NameUnknown, NotFound
+from ..oci import validate_name
 
 DOCKER_HUB = "docker.io"
 _ENDPOINT = re.compile(

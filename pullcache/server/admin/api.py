@@ -21,13 +21,13 @@ import time
 
 from aiohttp import web
 
-from .. import errors
-from ..ops.refs import Platform
-from ..ops.status import counter_total, gauge_value, hit_ratio, request_counts
-from ..ops.verify import Verifier, VerifyProgress
-from ..ops.warm import ImageProgress
-from .keys import core_of, METRICS, PROXY, ROUTES, STORE, TIER, UPSTREAMS
-from .operations import OPS
+from ... import errors
+from ...ops.refs import Platform
+from ...ops.samples import counter_total, gauge_value, hit_ratio, request_counts
+from ...ops.verify import Verifier, VerifyProgress
+from ...ops.warm import ImageProgress
+from ..keys import core_of, METRICS, PROXY, ROUTES, STORE, TIER, UPSTREAMS
+from .objects import OPS
 
 
 class AdminRequestInvalid(errors.PullcacheError):

@@ -3,7 +3,7 @@
 aiohttp hands a body over as ``bytes``: uvloop copies each read out of its loop-wide read
 buffer, then the HTTP parser copies that again into a chunk. For a large body that is two
 passes over every byte before the fill's writer thread sees it, on the event loop's thread
-(a tenth of a cold fill's CPU, measured with perf on a 512 MiB fill).
+(docs/benchmarks.md, "Measurements behind the code").
 
 So a large body of known length (``Content-Length``, no transfer coding: RFC 9112 §6.3) is
 taken over once aiohttp has parsed the headers: the transport reads straight into 1 MiB
@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .. import errors
-from .status import body_errors
+from ..compat.aiohttp_takeover import Detached, detach
+from .failures import body_errors
 
 TAKEOVER_MIN = 4 << 20  # bodies from this size are received into our own buffers
 BUFFER = 1 << 20        # one receive buffer; a chunk handed over is a slice of one
@@ -34,9 +35,9 @@ HANDOVER = 256 << 10    # hand a slice over once this much is pending in the buf
 QUIET = 0.005           # ... or once it has waited this long (a slow upstream)
 HIGH_WATER = 2 << 20    # stop reading while this much is received and not yet taken
 POOL = 8                # buffers kept for reuse (HIGH_WATER's, and the writer's queue)
-# Small on purpose: with 8 MiB read ahead and a 16 MiB writer queue a cold 512 MiB fill cost
-# 0.91-0.98 CPU-seconds, with 2 and 4 MiB 0.72-0.73 (bench.blob_throughput, run alternately);
-# most likely the bytes are then still in the CPU's cache when the writer thread hashes them.
+# Small on purpose: bytes read a little ahead of the writer are still in the CPU's cache when
+# the writer thread hashes them; larger read-ahead costs more CPU per fill (docs/benchmarks.md,
+# "Measurements behind the code").
 
 
 class BlobStream:
@@ -76,28 +77,23 @@ def _take_over(response: aiohttp.ClientResponse, read_timeout: float | None) -> 
     """A ``Receiver`` now reading the rest of ``response``'s body, or None to leave it to
     aiohttp (small, chunked, already complete, or no connection to take)."""
     size = response.content_length
-    connection = response.connection
-    if (size is None or size < TAKEOVER_MIN or "Transfer-Encoding" in response.headers
-            or connection is None or connection.transport is None
-            or connection.protocol is None or response.content.is_eof()
-            or response.content.exception() is not None):
+    if size is None or size < TAKEOVER_MIN or "Transfer-Encoding" in response.headers:
         return None
-    transport, previous = connection.transport, connection.protocol
-    previous.pause_reading()          # aiohttp's reading and its sock_read timer stop here
-    already = response.content.read_nowait(-1)    # what came with the headers
-    receiver = Receiver(transport, previous, size - len(already), read_timeout)
-    if already:
-        receiver.received(already)
-    transport.set_protocol(receiver)
-    # aiohttp's protocol lets go of the transport, so that nothing of aiohttp's (its stream
-    # reader's flow control) can resume a transport the receiver has paused: a stalled fill
-    # would then buffer a whole body. It still hears of the connection's end, from us.
-    previous.transport = None
+    detached = detach(response)
+    if detached is None:
+        return None
+    receiver = Receiver(detached, size - len(detached.already), read_timeout)
+    if detached.already:
+        receiver.received(detached.already)
+    # aiohttp lets go of the transport, so that nothing of aiohttp's (its stream reader's
+    # flow control) can resume a transport the receiver has paused: a stalled fill would then
+    # buffer a whole body. It still hears of the connection's end, from the receiver.
+    detached.install(receiver)
     # (read_nowait may have resumed reading for aiohttp's buffer: set the state we want.)
     if receiver.remaining:
-        transport.resume_reading()
+        detached.transport.resume_reading()
     else:
-        transport.pause_reading()
+        detached.transport.pause_reading()
     return receiver
 
 
@@ -131,11 +127,11 @@ class Receiver(asyncio.BufferedProtocol):
     reused (``_next_buffer``).
     """
 
-    def __init__(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol,
-                 remaining: int, read_timeout: float | None) -> None:
+    def __init__(self, detached: Detached, remaining: int,
+                 read_timeout: float | None) -> None:
         self._loop = asyncio.get_running_loop()
-        self._transport = transport
-        self._previous = previous       # aiohttp's: told when the connection goes
+        self._transport = detached.transport
+        self._detached = detached       # aiohttp's protocol: told when the connection goes
         self.remaining = remaining
         self._read_timeout = read_timeout
         self._pool: list[mmap.mmap] = []
@@ -203,7 +199,7 @@ class Receiver(asyncio.BufferedProtocol):
             self._quiet.cancel()
         if self.remaining > 0:
             self._failed(exc or ConnectionError("upstream connection lost mid-body"))
-        self._previous.connection_lost(exc)    # aiohttp's connector forgets the connection
+        self._detached.lost(exc)    # aiohttp's connector forgets the connection
 
     def close(self) -> None:
         """Close the connection and let go of the buffers now, not when the collector breaks

@@ -1,4 +1,4 @@
-"""pullcache.upstream.body: a large upstream body is received into our own buffers.
+"""pullcache.upstream.receiver: a large upstream body is received into our own buffers.
 
 Against an aiohttp server on 127.0.0.1 in the same loop, on both event loops the daemon may
 run on (uvloop, and asyncio's own, whose transports differ), plain and behind TLS.
@@ -18,8 +18,8 @@ import uvloop
 from aiohttp import web
 
 from pullcache import errors
-from pullcache.upstream import body
-from pullcache.upstream.body import BlobStream
+from pullcache.upstream import receiver as receiving
+from pullcache.upstream.receiver import BlobStream
 from tests.support.ports import eventually, free_port
 from tests.support.tls import CA
 
@@ -109,7 +109,7 @@ def test_a_large_body_arrives_whole_in_our_buffers_and_its_connection_is_not_poo
 
 
 def test_a_small_body_stays_with_aiohttp_on_a_pooled_connection(run):
-    data = os.urandom(body.TAKEOVER_MIN - 1)
+    data = os.urandom(receiving.TAKEOVER_MIN - 1)
 
     async def scenario():
         async with Upstream(serving(data)) as up, new_session() as session:
@@ -140,7 +140,7 @@ def test_a_large_body_behind_tls(run, tmp_path):
 def test_a_slow_body_is_handed_over_before_a_buffer_fills(run):
     """100 KiB, then the upstream waits until the client has them: held back for a full
     buffer (or a HANDOVER's worth), they would never arrive."""
-    size = body.TAKEOVER_MIN + MiB
+    size = receiving.TAKEOVER_MIN + MiB
     taken_over, got_first = asyncio.Event(), asyncio.Event()
 
     async def handler(request):
@@ -178,7 +178,7 @@ def test_reading_pauses_while_the_consumer_is_behind_and_resumes(run):
             first = await anext(chunks)
             # Nobody takes the rest: reading stops at the high-water mark, not at 40 MiB.
             await eventually(lambda: receiver._paused, what="reading paused")
-            assert receiver._ready_bytes <= body.HIGH_WATER + body.BUFFER
+            assert receiver._ready_bytes <= receiving.HIGH_WATER + receiving.BUFFER
             rest = [chunk async for chunk in chunks]
         assert bytes(first) + b"".join(rest) == data
     run(scenario())
@@ -210,7 +210,7 @@ def test_buffers_are_reused_once_nothing_views_them(run):
             async for chunk in stream.chunks():
                 digest.update(chunk)      # and dropped, as the writer thread does
             # Not one per MiB received (24): no more than can be in flight at once.
-            assert len(stream._receiver._pool) <= body.HIGH_WATER // body.BUFFER + 2
+            assert len(stream._receiver._pool) <= receiving.HIGH_WATER // receiving.BUFFER + 2
         assert digest.digest() == hashlib.sha256(data).digest()
         assert not stream._receiver._pool      # let go at close, not at the next GC
     run(scenario())

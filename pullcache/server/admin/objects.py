@@ -1,5 +1,5 @@
-"""The operator's objects on the app (issue #12): the cache-dir lock, jobs, warming, pins,
-the catalog, verify and the status samples; built and torn down by ``cleanup_ctx``.
+"""The operator's objects on the app (docs/operations.md): the cache-dir lock, jobs, warming,
+pins, the catalog, verify and the status samples; built and torn down by ``cleanup_ctx``.
 
 ``lock_context`` runs first: a daemon refuses to start on a cache dir another daemon, or an
 offline ``pullcache cache …`` command, holds. ``operations_context`` runs after the cache is
@@ -16,17 +16,17 @@ from typing import AsyncIterator
 import structlog
 from aiohttp import web
 
-from ..cache.lock import CacheLock
-from ..cache.passthrough import is_disk_error
-from ..cache.pins import PinSet
-from ..config import Config
-from ..ops.catalog import Catalog
-from ..ops.jobs import Jobs
-from ..ops.pinning import Pinning
-from ..ops.refs import Platform, parse_image
-from ..ops.status import Pulls, Samples
-from ..ops.warm import Warmer
-from .keys import DISK, METRICS, PROXY, PULLS, ROUTES, STORE
+from ...cache.lock import CacheLock
+from ...cache.passthrough import is_disk_error
+from ...cache.pins import PinSet
+from ...config import Config
+from ...ops.catalog import Catalog
+from ...ops.jobs import Jobs
+from ...ops.pinning import Pinning
+from ...ops.refs import Platform, parse_image
+from ...ops.samples import Pulls, Samples
+from ...ops.warm import Warmer
+from ..keys import DISK, METRICS, PROXY, PULLS, ROUTES, STORE
 
 log = structlog.get_logger("pullcache.ops")
 SAMPLE_INTERVAL = 10.0

@@ -1,15 +1,15 @@
 """Client authentication and network policy: who is asking, or 401/403/429.
 
-Knows nothing of repositories (``server/authz.py`` and ``policy.py`` decide what an identity
+Knows nothing of repositories (``gate/policy.py`` decides what an identity
 may pull). For each request, in order:
 
 1. The client's address must be in ``allow_networks``, else ``403 DENIED`` before any work.
 2. Without an htpasswd file, everyone is ``anonymous``.
 3. ``Authorization: Basic`` credentials (RFC 7617) that verify give the user. Clients in
    ``anonymous_networks`` without them, or with credentials that do not verify, are
-   ``anonymous``: dockerd forwards its Docker Hub login to mirrors (moby#42022, PROTOCOL §6)
-   and skips a mirror that answers 401, so there those credentials are ignored, never
-   logged and never forwarded.
+   ``anonymous``: dockerd forwards its Docker Hub login to mirrors (moby#42022;
+   docs/protocol.md §4.3) and skips a mirror that answers 401, so there those credentials
+   are ignored, never logged and never forwarded.
 4. Anyone else gets ``401 UNAUTHORIZED`` with ``WWW-Authenticate: Basic realm="pullcache"``
    (distribution-spec "Authentication").
 
@@ -44,7 +44,7 @@ from aiohttp import web, web_response
 
 from ..config import AccessConfig
 from ..errors import ConfigError, Denied, TooManyRequests, Unauthorized
-from ..policy import ANONYMOUS
+from .policy import ANONYMOUS
 from ..singleflight import SingleFlight
 
 log = structlog.get_logger("pullcache.access")
