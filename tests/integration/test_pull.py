@@ -13,7 +13,7 @@ OCI_M = "application/vnd.oci.image.manifest.v1+json"
 OCI_I = "application/vnd.oci.image.index.v1+json"
 D_M = "application/vnd.docker.distribution.manifest.v2+json"
 D_L = "application/vnd.docker.distribution.manifest.list.v2+json"
-# dockerd and containers/image: one Accept line per type (docs/protocol.md §1.1, §1.4).
+# dockerd and containers/image: one Accept line per type (docs/protocol.md §1.1, §1.3).
 ACCEPT_LINES = [("Accept", t) for t in (OCI_M, D_M, D_L, OCI_I,
                                         "application/vnd.docker.distribution.manifest.v1+prettyjws",
                                         "application/json")]
