@@ -81,7 +81,7 @@ class Window:
         self._cut: set[int] = set()
         self._lock = threading.Lock()
 
-    # -- the writer (blocking: called through asyncio.to_thread) ---------------------------
+    # -- the writer (blocking: called on the fill's writer thread, by the Writer's sink) -----
 
     def put(self, offset: int, chunk: bytes, hasher=None) -> None:
         view = memoryview(chunk)

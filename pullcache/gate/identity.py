@@ -40,7 +40,6 @@ from pathlib import Path
 
 import bcrypt
 import structlog
-from aiohttp import web, web_response
 
 from ..config import AccessConfig
 from ..errors import ConfigError, Denied, TooManyRequests, Unauthorized
@@ -272,16 +271,5 @@ def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address 
     return ip
 
 
-ACCESS: web.AppKey[AccessControl] = web.AppKey("access")
-
-
-# aiohttp would announce ``Server: Python/x aiohttp/y``; name no versions. aiohttp fills in
-# its module's default on every response it prepares (``setdefault``), its own 400s for a
-# malformed request line included, which no app signal sees; replacing that default once per
-# process covers every answer, and costs nothing per response.
-SERVER = "pullcache"
-web_response.SERVER_SOFTWARE = SERVER
-
-
-__all__ = ["ACCESS", "ANYONE", "AccessControl", "Identity",
+__all__ = ["ANYONE", "AccessControl", "Identity",
            "parse_basic", "read_htpasswd"]

@@ -41,7 +41,7 @@ from ..cache.hot import FLUSH_INTERVAL, HotLayer
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
 from ..config import Config, UpstreamConfig
-from ..gate.identity import ACCESS, AccessControl
+from ..gate.identity import AccessControl
 from ..gate.policy import Policy
 from ..gate.routing import UpstreamTable
 from ..metrics import Metrics
@@ -51,8 +51,8 @@ from ..proxy.fleet import FleetContent
 from ..upstream.client import RegistryClient, UpstreamSettings
 from ..upstream.credentials import StaticCredentials
 from . import admin, routes
-from .keys import (CREDENTIALS, DISK, DRAINING, METRICS, POLICY, PROXY, PULLS, ROUTES, SENDFILE,
-                   SESSION, STORE, TIER, UPSTREAMS)
+from .keys import (ACCESS, CREDENTIALS, DISK, DRAINING, METRICS, POLICY, PROXY, PULLS, ROUTES,
+                   SENDFILE, SESSION, STORE, TIER, UPSTREAMS)
 from .sendfile import Sendfile
 from .middleware import front
 from .admin.objects import lock_context, operations_context

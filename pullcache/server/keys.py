@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..ops.samples import Pulls
     from ..proxy import Proxy, Upstream
+    from ..gate.identity import AccessControl
     from ..gate.policy import Policy
     from ..gate.routing import UpstreamTable
     from ..upstream.credentials import StaticCredentials
@@ -26,6 +27,8 @@ STORE: web.AppKey["BlobStore"] = web.AppKey("store")
 DISK: web.AppKey["Disk"] = web.AppKey("disk")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 ROUTES: web.AppKey["UpstreamTable"] = web.AppKey("routes")
+#: who is asking (``gate.identity``); SIGHUP replaces it
+ACCESS: web.AppKey["AccessControl"] = web.AppKey("access")
 #: who may pull what through which upstream (``gate.policy``); SIGHUP replaces its rules
 POLICY: web.AppKey["Policy"] = web.AppKey("policy")
 UPSTREAMS: web.AppKey["dict[str, Upstream]"] = web.AppKey("upstreams")

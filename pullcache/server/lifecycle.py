@@ -37,8 +37,8 @@ from .. import config as configuration
 from ..config import Config, ServerConfig
 from ..errors import ConfigError
 from ..gate.policy import Policy
-from ..gate.identity import ACCESS, AccessControl
-from .keys import CREDENTIALS, DRAINING, POLICY
+from ..gate.identity import AccessControl
+from .keys import ACCESS, CREDENTIALS, DRAINING, POLICY
 
 log = structlog.get_logger("pullcache.lifecycle")
 

@@ -24,7 +24,7 @@ import os
 import re
 
 import structlog
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractAccessLogger
 
 from .. import logs
@@ -35,6 +35,13 @@ from .keys import EXCHANGE, Exchange
 
 log = structlog.get_logger("pullcache.access")
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+# aiohttp would announce ``Server: Python/x aiohttp/y``; name no versions. aiohttp fills in
+# its module's default on every response it prepares (``setdefault``), its own 400s for a
+# malformed request line included, which no app signal sees; replacing that default once per
+# process covers every answer, and costs nothing per response.
+SERVER = "pullcache"
+web_response.SERVER_SOFTWARE = SERVER
 
 
 def error_response(error: PullcacheError, method: str) -> web.Response:
