@@ -29,9 +29,12 @@ class AdminError(Exception):
 
 
 class AdminClient:
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30.0,
+                 token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # server.admin_token, which the daemon asks of its state-changing calls.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     @classmethod
     def for_config(cls, cfg) -> "AdminClient":
@@ -41,10 +44,10 @@ class AdminClient:
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"   # a wildcard listener answers on loopback too
         host = f"[{host}]" if ":" in host else host
-        return cls(f"http://{host}:{port}")
+        return cls(f"http://{host}:{port}", token=cfg.server.admin_token)
 
     def get(self, path: str) -> dict:
-        return self._call(urllib.request.Request(self.base_url + path))
+        return self._call(urllib.request.Request(self.base_url + path, headers=self._auth))
 
     def follow(self, job: dict, show: Callable[[dict], None]) -> dict:
         """Poll an admin job (``/admin/jobs/<id>``) until it is no longer running, showing
@@ -62,7 +65,7 @@ class AdminClient:
         data = json.dumps(body or {}).encode()
         return self._call(urllib.request.Request(
             self.base_url + path, data=data, method="POST",
-            headers={"Content-Type": "application/json"}))
+            headers={"Content-Type": "application/json", **self._auth}))
 
     def _call(self, request: urllib.request.Request) -> dict:
         try:

@@ -3,6 +3,7 @@ drain and stop (``server.lifecycle``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from ..server import lifecycle
 from ..server.admin import build_admin_app
 from ..server.listener import Listener, connection_cap, raise_open_files_limit
 from ..server.app import build_app
+from ..server.keys import LOOPS
 from ..server.middleware import AccessLogger
 
 log = structlog.get_logger("pullcache")
+# The operator's listener serves a handful of people and scripts.
+ADMIN_CONNECTIONS = 256
 
 
 def serve(cfg, path: Path | None = None) -> int:
@@ -31,6 +35,9 @@ def serve(cfg, path: Path | None = None) -> int:
     except CacheLocked as exc:   # another daemon, or an offline `pullcache cache …`
         log.error("cache_locked", error=str(exc))
         print(f"pullcache: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except lifecycle.ServingLost as exc:   # the service manager starts a fresh process
+        log.error("serving_lost", error=str(exc))
         return 1
     except OSError as exc:   # the listen address is taken or not ours
         log.error("listen_failed", error=str(exc))
@@ -57,19 +64,29 @@ async def _run_sites(cfg, path: Path | None = None) -> None:
         server = cfg.server
         cap = connection_cap(server.max_connections, raise_open_files_limit())
         host, port = configuration.split_listen(server.listen)
-        # The public site bounds what clients may hold: connections, header time (listener).
-        await _start(Listener(runner, host, port, max_connections=cap,
-                              header_timeout=server.header_timeout, ssl_context=tls),
-                     server.listen, "listening", tls=tls is not None)
+        # The public site bounds what clients may hold: connections, header and handshake
+        # time (listener).
+        public = Listener(runner, host, port, max_connections=cap,
+                          header_timeout=server.header_timeout,
+                          handshake_timeout=server.handshake_timeout, ssl_context=tls,
+                          loops=app[LOOPS])
+        await _start(public, server.listen, "listening", tls=tls is not None)
         if cfg.server.admin_listen:
             admin_runner = web.AppRunner(build_admin_app(app), handle_signals=False,
                                          access_log=None)
             await admin_runner.setup()
             runners.insert(0, admin_runner)
             host, port = configuration.split_listen(cfg.server.admin_listen)
-            await _start(web.TCPSite(admin_runner, host, port, reuse_address=True),
+            # The same bounds: idle sockets on the admin port neither pile up nor lock out.
+            await _start(Listener(admin_runner, host, port,
+                                  max_connections=min(cap, ADMIN_CONNECTIONS),
+                                  header_timeout=server.header_timeout, loops=app[LOOPS]),
                          cfg.server.admin_listen, "admin_listening")
-        await lifecycle.run_until_stopped(app, runner, cfg, path, tls)
+            if not server.admin_token and not _loopback(host):
+                log.warning("admin_unprotected", listen=cfg.server.admin_listen,
+                            hint="set server.admin_token for an admin listener off loopback")
+        await lifecycle.run_until_stopped(app, runner, cfg, path,
+                                          public if tls is not None else None)
     finally:
         for r in runners:
             await r.cleanup()
@@ -81,3 +98,10 @@ async def _start(site: web.BaseSite, listen: str, event: str, *, tls: bool = Fal
     except OSError as exc:
         raise OSError(exc.errno, f"{listen}: {exc.strerror}") from exc
     log.info(event, listen=listen, tls=tls)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

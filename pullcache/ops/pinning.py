@@ -38,16 +38,15 @@ class Pinning:
         self.over_budget: str | None = None
         self._on_bytes = on_bytes or (lambda nbytes: None)
 
-    async def run(self) -> None:
-        """The owned refresh loop: every pin, then a pause of ``interval``; ends on cancel."""
+    async def refresh_all(self) -> None:
+        """One round over every pin; its owner runs one every ``interval``
+        (``server/admin/objects.py``, a supervised loop)."""
         self.pins.retain(set(self.refs))
-        while True:
-            for ref in self.refs:
-                try:
-                    await self.refresh(ref)
-                except Exception:  # noqa: BLE001 - the loop's supervisor: the next round retries
-                    log.exception("pin_refresh_failed", ref=ref)
-            await asyncio.sleep(self.interval)
+        for ref in self.refs:
+            try:
+                await self.refresh(ref)
+            except Exception:  # noqa: BLE001 - one pin's failure must not stop the others
+                log.exception("pin_refresh_failed", ref=ref)
 
     async def refresh(self, ref: str) -> None:
         old = self.pins.get(ref) or Pin(ref)

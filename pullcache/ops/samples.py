@@ -1,12 +1,12 @@
 """Figures for the status page: counter totals, and an hour of samples in a ring buffer.
 
 ``Samples.take`` reads the Prometheus counters (cumulative); the page draws the differences
-between consecutive samples. One sample per ``interval`` by one owned task.
+between consecutive samples. One sample per ``interval``, by a supervised loop its owner
+starts (``server/admin/objects.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter, deque
 
@@ -70,12 +70,6 @@ class Samples:
         return [{"t": b[0], "hits": b[1] - a[1], "misses": b[2] - a[2],
                  "cache_bytes": b[3] - a[3], "upstream_bytes": b[4] - a[4]}
                 for a, b in zip(points, points[1:])]
-
-    async def run(self) -> None:
-        """The owned sampling loop; ends when cancelled."""
-        while True:
-            self.take()
-            await asyncio.sleep(self.interval)
 
 
 class Pulls:

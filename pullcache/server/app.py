@@ -41,6 +41,7 @@ from ..cache.hot import FLUSH_INTERVAL, HotLayer
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
 from ..config import Config, UpstreamConfig
+from ..gate.bearer import AdminToken
 from ..gate.identity import AccessControl
 from ..gate.policy import Policy
 from ..gate.routing import UpstreamTable
@@ -48,11 +49,12 @@ from ..metrics import Metrics
 from ..ops.samples import Pulls
 from ..proxy import Proxy, Upstream
 from ..proxy.fleet import FleetContent
+from ..tasks import Loops
 from ..upstream.client import RegistryClient, UpstreamSettings
 from ..upstream.credentials import StaticCredentials
 from . import admin, routes
-from .keys import (ACCESS, CREDENTIALS, DISK, DRAINING, METRICS, POLICY, PROXY, PULLS, ROUTES,
-                   SENDFILE, SESSION, STORE, TIER, UPSTREAMS)
+from .keys import (ACCESS, ADMIN_TOKEN, CREDENTIALS, DISK, DRAINING, LOOPS, METRICS, POLICY,
+                   PROXY, PULLS, ROUTES, SENDFILE, SESSION, STORE, TIER, UPSTREAMS)
 from .sendfile import Sendfile
 from .middleware import front
 from .admin.objects import lock_context, operations_context
@@ -66,6 +68,8 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[front(access, metrics)],
                           handler_args={"max_field_size": 16 * 1024})
     app[DRAINING] = asyncio.Event()
+    app[LOOPS] = Loops()
+    app[ADMIN_TOKEN] = AdminToken(config.server.admin_token)
     app[ACCESS] = access
     app[POLICY] = Policy.from_config(config.upstreams)
     # Upstreams' static credentials, by host: SIGHUP replaces them (lifecycle.reload).
@@ -165,8 +169,13 @@ def build_app(config: Config) -> web.Application:
         await disk.close()
 
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_housekeep(store), name="housekeeping"),
-                 asyncio.create_task(_flush_recency(store), name="recency")]
+        loops = app[LOOPS]
+        # Evicted files whose readers are done are unlinked; the cache kept within budget.
+        tasks = [loops.every("housekeeping", HOUSEKEEPING_INTERVAL, lambda: _housekeep(store),
+                             wait_first=True),
+                 # The hot layer's buffered uses reach the index in one transaction (a crash
+                 # loses at most this interval of recency, never an entry).
+                 loops.every("recency", FLUSH_INTERVAL, store.flush_recency, wait_first=True)]
         yield
         for task in tasks:
             task.cancel()
@@ -184,23 +193,6 @@ def build_app(config: Config) -> web.Application:
     return app
 
 
-async def _flush_recency(store: BlobStore) -> None:
-    """Every few seconds: write the hot layer's buffered uses to the index, in one
-    transaction (a crash loses at most this interval of recency, never an entry)."""
-    while True:
-        await asyncio.sleep(FLUSH_INTERVAL)
-        try:
-            await store.flush_recency()
-        except Exception:  # noqa: BLE001 - the task's supervisor: log and carry on
-            log.exception("recency_flush_failed")
-
-
 async def _housekeep(store: BlobStore) -> None:
-    """Periodically: unlink evicted files whose readers are done; keep within budget."""
-    while True:
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-        try:
-            await store.release()
-            await store.make_room()
-        except Exception:  # noqa: BLE001 - the task's supervisor: log and carry on
-            log.exception("housekeeping_failed")
+    await store.release()
+    await store.make_room()

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..gate.routing import UpstreamTable
     from ..upstream.credentials import StaticCredentials
     from ..gate.identity import Identity
+    from ..tasks import Loops
+    from ..gate.bearer import AdminToken
     from .sendfile import Sendfile
 
 PROXY: web.AppKey["Proxy"] = web.AppKey("proxy")
@@ -39,6 +41,10 @@ TIER: web.AppKey["WriteBehind"] = web.AppKey("tier")
 # Set on SIGTERM: /readyz answers 503 while the requests in flight finish.
 DRAINING: web.AppKey[asyncio.Event] = web.AppKey("draining")
 CREDENTIALS: web.AppKey["dict[str, StaticCredentials]"] = web.AppKey("credentials")
+#: every background loop, supervised (``pullcache.tasks``); /readyz reports a failing one
+LOOPS: web.AppKey["Loops"] = web.AppKey("loops")
+#: ``server.admin_token``, which the admin API asks of every call when set; SIGHUP replaces it
+ADMIN_TOKEN: web.AppKey["AdminToken"] = web.AppKey("admin_token")
 # On the admin app: the public app, whose objects (store, proxy, metrics…) it reports on.
 CORE: web.AppKey[web.Application] = web.AppKey("core")
 

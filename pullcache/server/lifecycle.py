@@ -1,34 +1,41 @@
 """The daemon's life under a service manager: TLS, systemd notify, reload, drain.
 
 - **TLS**: one ``ssl.SSLContext`` for the public site, TLS 1.2 and later; with
-  ``tls_client_ca`` a client certificate is required (mTLS). SIGHUP loads the certificate
-  chain again into the same context: new handshakes use it, open connections keep theirs.
+  ``tls_client_ca`` a client certificate is required (mTLS). SIGHUP builds a new context
+  from the files as they are now and hands it to the listener: new handshakes use it, open
+  connections keep theirs. A new context, not the old one loaded again: loading a CA into a
+  context adds to what it trusts and never removes, and its verify mode would stay as it was.
 - **systemd** ``Type=notify`` (sd_notify(3)): ``READY=1`` once the cache is reconciled and the
   sockets listen, ``RELOADING=1``/``READY=1`` around a reload, ``STOPPING=1`` on shutdown,
   and ``WATCHDOG=1`` from the event loop itself when ``$WATCHDOG_USEC`` asks for it, so a
   wedged loop is restarted. The protocol is one datagram on ``$NOTIFY_SOCKET`` (``@`` = an
   abstract socket); a dozen lines, so no library.
-- **SIGHUP**: the config file is read again; TLS certificates, ``[access]`` (and its htpasswd
-  file), the upstreams' pull policy and credentials are replaced. Everything is read and
+- **SIGHUP**: the config file is read again; TLS certificates and client CAs (mTLS turned on,
+  rotated or off), ``[access]`` (and its htpasswd file), the admin token, the upstreams' pull
+  policy and credentials are replaced; the ``reloaded`` line names what changed. Everything is read and
   checked before anything changes: a reload that fails is logged and changes nothing. Other
   keys need a restart.
 - **SIGTERM/SIGINT**: drain. ``/readyz`` answers 503 at once, the public listening sockets
   close (new connections are refused), responses in flight get ``server.drain_timeout`` to
   finish; then the app's cleanup runs (fills still running are cancelled, the write-behind
   queue gets its own drain).
+- **A lost accept loop** (``pullcache.tasks``: a vital loop ended): the same drain, then the
+  process exits non-zero (``ServingLost``) so the service manager starts a new one; the cache
+  lock is released with the rest of the cleanup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import structlog
 from aiohttp import web
@@ -38,9 +45,18 @@ from ..config import Config, ServerConfig
 from ..errors import ConfigError
 from ..gate.policy import Policy
 from ..gate.identity import AccessControl
-from .keys import ACCESS, CREDENTIALS, DRAINING, POLICY
+from ..tasks import Loops
+from .keys import ACCESS, ADMIN_TOKEN, CREDENTIALS, DRAINING, LOOPS, POLICY
 
 log = structlog.get_logger("pullcache.lifecycle")
+
+
+class ServingLost(Exception):
+    """A vital loop (a listener's accept loop) ended: the process serves nothing any more."""
+
+
+class TlsSite(Protocol):
+    def use_tls(self, context: ssl.SSLContext | None) -> None: ...
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -65,6 +81,25 @@ def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
             raise ConfigError(f"server.tls_client_ca: cannot load {server.tls_client_ca}: "
                               f"{exc}") from None
     return ctx
+
+
+def tls_files(server: ServerConfig) -> dict[str, str | None]:
+    """What identifies the TLS setup, for the reload's log line: a SHA-256 of the
+    certificate chain and of the client CAs (never of the key), or None where unset."""
+    def digest(path: Path | None) -> str | None:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+    return {"certificate": digest(server.tls_cert), "client_ca": digest(server.tls_client_ca)}
+
+
+def tls_changes(before: dict[str, str | None], after: dict[str, str | None]) -> list[str]:
+    """``reloaded``'s ``tls`` field: e.g. ``["certificate replaced", "client_ca added"]``."""
+    changes = []
+    for part in ("certificate", "client_ca"):
+        old, new = before.get(part), after.get(part)
+        if old != new:
+            changes.append(f"{part} " + ("added" if old is None else
+                                         "removed" if new is None else "replaced"))
+    return changes
 
 
 # -- systemd notify ----------------------------------------------------------------------------
@@ -93,12 +128,13 @@ class Notifier:
         except OSError as exc:   # the manager went away: nothing to tell
             log.warning("notify_failed", error=str(exc))
 
-    async def watchdog(self) -> None:
+    def watchdog(self, loops: Loops) -> asyncio.Task | None:
         """``WATCHDOG=1`` at half the manager's interval, from the loop (a wedged loop
-        stops sending, and the manager restarts us)."""
-        while self.watchdog_interval:
-            self.send("WATCHDOG=1")
-            await asyncio.sleep(self.watchdog_interval)
+        stops sending, and the manager restarts us); None when the manager asks for none."""
+        if not self.watchdog_interval:
+            return None
+        return loops.every("watchdog", self.watchdog_interval,
+                           lambda: self.send("WATCHDOG=1"))
 
     def close(self) -> None:
         if self._sock is not None:
@@ -108,73 +144,83 @@ class Notifier:
 # -- reload ------------------------------------------------------------------------------------
 
 def reload(app: web.Application, path: Path | None, current: Config,
-           tls: ssl.SSLContext | None) -> Config:
-    """Apply the config file's reloadable parts; return the config now in force."""
+           site: TlsSite | None) -> Config:
+    """Apply the config file's reloadable parts; return the config now in force. ``site``
+    is the public listener (its TLS context is replaced), or None without TLS."""
     try:
         cfg = configuration.load(path)
         hosts = [u.host for u in cfg.upstreams]
         if hosts != [u.host for u in current.upstreams]:
             raise ConfigError("upstream: upstreams were added, removed or reordered; "
                               "that needs a restart")
-        if (tls is None) != (cfg.server.tls_cert is None):
+        if (current.server.tls_cert is None) != (cfg.server.tls_cert is None):
             raise ConfigError("server.tls_cert: turning TLS on or off needs a restart")
-        tls_context(cfg.server)   # the new files load (the cert matches the key)
+        tls = tls_context(cfg.server)   # the new files load (the cert matches the key)
+        changes = tls_changes(tls_files(current.server), tls_files(cfg.server)) \
+            if tls is not None else []
         verifier = AccessControl.prepare(cfg.access)
         policy = Policy.from_config(cfg.upstreams)
     except (ConfigError, OSError, ssl.SSLError) as exc:
         log.error("reload_failed", error=str(exc))
         return current
-    if tls is not None:
-        tls.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
-        if cfg.server.tls_client_ca is not None:
-            tls.load_verify_locations(cafile=cfg.server.tls_client_ca)
+    if site is not None:
+        site.use_tls(tls)
     app[ACCESS].configure(cfg.access, verifier)
+    app[ADMIN_TOKEN].replace(cfg.server.admin_token)
     app[POLICY].replace(policy)
     for u in cfg.upstreams:
         if (credentials := app[CREDENTIALS].get(u.host)) is not None:
             credentials.replace(u.username, u.password)
-    log.info("reloaded", path=str(path) if path else None)
+    log.info("reloaded", path=str(path) if path else None, tls=changes,
+             mtls=cfg.server.tls_client_ca is not None)
     return cfg
 
 
 # -- the run -----------------------------------------------------------------------------------
 
 async def run_until_stopped(app: web.Application, public: web.AppRunner, cfg: Config,
-                            path: Path | None, tls: ssl.SSLContext | None,
+                            path: Path | None, site: TlsSite | None,
                             notifier: Notifier | None = None) -> None:
     """Serve until SIGTERM/SIGINT, reloading on SIGHUP; then drain ``public`` (its sites
-    stop listening, requests in flight finish). The caller's cleanup tears down the rest."""
+    stop listening, requests in flight finish). The caller's cleanup tears down the rest.
+    Raises ``ServingLost`` (after the drain) when a vital loop ended."""
     notifier = notifier or Notifier()
     loop = asyncio.get_running_loop()
+    loops: Loops = app[LOOPS]
     stop = asyncio.Event()
     hup = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
-    watchdog = asyncio.create_task(notifier.watchdog(), name="watchdog")
+    watchdog = notifier.watchdog(loops)
     notifier.send("READY=1", "STATUS=serving")
     log.info("ready")
     try:
-        while not stop.is_set():
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait())]
+        while not stop.is_set() and not loops.lost.is_set():
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hup.wait()),
+                     asyncio.ensure_future(loops.lost.wait())]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
-            if hup.is_set() and not stop.is_set():
+            if hup.is_set() and not stop.is_set() and not loops.lost.is_set():
                 hup.clear()
                 now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
                 notifier.send("RELOADING=1", f"MONOTONIC_USEC={now}")
-                cfg = reload(app, path, cfg, tls)
+                cfg = reload(app, path, cfg, site)
                 notifier.send("READY=1")
-        notifier.send("STOPPING=1", "STATUS=draining")
+        lost = loops.lost_reason if loops.lost.is_set() else None
+        notifier.send("STOPPING=1", "STATUS=" + ("serving lost" if lost else "draining"))
         app[DRAINING].set()
         log.info("draining", timeout=cfg.server.drain_timeout)
         await drain(public, cfg.server.drain_timeout)
         log.info("stopping")
+        if lost is not None:
+            raise ServingLost(lost)
     finally:
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
@@ -194,4 +240,4 @@ async def drain(runner: web.AppRunner, timeout: float) -> None:
     await server.shutdown(timeout)
 
 
-__all__ = ["Notifier", "drain", "reload", "run_until_stopped", "tls_context"]
+__all__ = ["Notifier", "ServingLost", "drain", "reload", "run_until_stopped", "tls_context"]

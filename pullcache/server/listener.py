@@ -8,6 +8,9 @@
   headers (slowloris) is cut. One sweep a second (or a quarter of the timeout, if shorter)
   checks every connection, rather than a timer armed and cancelled per request: a request
   then costs two attribute writes, not a timer and a ``get_running_loop`` (a getpid(2)).
+- ``handshake_timeout`` (TLS only): the handshake must end within it. Until it ends aiohttp
+  sees no connection, so the header deadline cannot start; without this bound a client that
+  never sends its ClientHello would hold a slot, and a few hundred such sockets hold them all.
 - ``keepalive_timeout`` is aiohttp's own (an idle keep-alive connection is closed); the
   runner gets it.
 - Connections are accepted in batches: libuv (under uvloop) accepts one connection per
@@ -17,12 +20,18 @@
   in batches; docs/benchmarks.md, "Measurements behind the code"). Each time the listening
   socket is readable we take up to ``ACCEPT_BATCH`` connections, slots allowing.
 
+``[::]`` (or ``::``) listens on IPv4 as well (``IPV6_V6ONLY`` off): "every interface" means
+both families. The accept loop is vital (``pullcache.tasks``): if it or its socket is lost,
+the daemon exits rather than live on accepting nothing. The TLS context can be replaced
+(``use_tls``, on SIGHUP): new connections get the new one, open ones keep theirs.
+
 An aiohttp ``BaseSite``, so the runner starts and stops it like its own ``TCPSite``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import resource
 import socket
 from typing import Any
@@ -32,6 +41,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from ..compat.semaphore import take_free_slot
+from ..tasks import Loops
 
 log = structlog.get_logger("pullcache.listener")
 # A node rollout opens hundreds of connections at once: beyond the backlog the kernel drops
@@ -44,6 +54,9 @@ FDS_PER_CONNECTION = 4
 FDS_RESERVED = 512          # the index, fills, upstream connections, logs
 ACCEPT_RETRY = 0.1          # after EMFILE and friends: let connections end first
 SWEEP_INTERVAL = 1.0        # how often overdue request headers are looked for
+# accept(2) errors that say the listening socket itself is gone: nothing will be accepted
+# again, so the accept loop ends (and the daemon exits) instead of retrying.
+SOCKET_LOST = {errno.EBADF, errno.ENOTSOCK, errno.EINVAL}
 
 
 def raise_open_files_limit() -> int:
@@ -68,15 +81,18 @@ def connection_cap(wanted: int, open_files: int) -> int:
 
 
 class Listener(web.BaseSite):
-    __slots__ = ("_host", "_port", "_cap", "_header_timeout", "_slots", "_guards", "_sock",
-                 "_tasks")
+    __slots__ = ("_host", "_port", "_cap", "_header_timeout", "_handshake_timeout", "_loops",
+                 "_slots", "_guards", "_sock", "_tasks")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int,
-                 header_timeout: float, ssl_context=None, backlog: int = BACKLOG) -> None:
+                 header_timeout: float, handshake_timeout: float = 10.0, ssl_context=None,
+                 loops: Loops | None = None, backlog: int = BACKLOG) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host, self._port = host, port
         self._cap = max_connections
         self._header_timeout = header_timeout
+        self._handshake_timeout = handshake_timeout
+        self._loops = loops or Loops()
         self._slots = asyncio.Semaphore(max_connections)
         self._guards: dict[RequestHandler, _Guard] = {}
         self._sock: socket.socket | None = None
@@ -95,15 +111,21 @@ class Listener(web.BaseSite):
     def open_connections(self) -> int:
         return len(self._guards)
 
+    def use_tls(self, context) -> None:
+        """Handshakes from now on use ``context``; open connections keep the one they got."""
+        self._ssl_context = context
+
     async def start(self) -> None:
         await super().start()
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         self._sock = socket.create_server((self._host, self._port), family=family,
-                                          backlog=self._backlog)
+                                          backlog=self._backlog,
+                                          dualstack_ipv6=self._host in ("::", ""))
         self._sock.setblocking(False)
         self._hook(self._runner.server)
-        accept = asyncio.create_task(self._accept(), name=f"accept {self.name}")
-        sweep = asyncio.create_task(self._sweep(), name=f"header deadlines {self.name}")
+        accept = self._loops.start(f"accept {self.name}", self._accept, vital=True)
+        sweep = self._loops.every(f"header deadlines {self.name}",
+                                  min(SWEEP_INTERVAL, self._header_timeout / 4), self._sweep)
         self._server = _Accepting(self._sock, accept, sweep)
 
     def _hook(self, server: web.Server) -> None:
@@ -137,6 +159,8 @@ class Listener(web.BaseSite):
                 conn, _ = await loop.sock_accept(self._sock)   # waits for readiness
             except OSError as exc:     # EMFILE, ENFILE, ENOBUFS, ECONNABORTED: not fatal
                 self._slots.release()
+                if exc.errno in SOCKET_LOST or self._sock.fileno() == -1:
+                    raise
                 log.warning("accept_failed", error=str(exc))
                 await asyncio.sleep(ACCEPT_RETRY)
                 continue
@@ -146,16 +170,12 @@ class Listener(web.BaseSite):
             self._serve(loop, conn)
             self._accept_queued(loop)
 
-    async def _sweep(self) -> None:
+    def _sweep(self) -> None:
         """Cut the connections whose request headers are overdue."""
-        loop = asyncio.get_running_loop()
-        interval = min(SWEEP_INTERVAL, self._header_timeout / 4)
-        while True:
-            await asyncio.sleep(interval)
-            overdue = loop.time() - self._header_timeout
-            for guard in [g for g in self._guards.values() if g.waiting_since is not None
-                          and g.waiting_since < overdue]:
-                guard.cut()
+        overdue = asyncio.get_running_loop().time() - self._header_timeout
+        for guard in [g for g in self._guards.values() if g.waiting_since is not None
+                      and g.waiting_since < overdue]:
+            guard.cut()
 
     def _accept_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take what else is queued now, as long as slots remain, without yielding."""
@@ -184,8 +204,13 @@ class Listener(web.BaseSite):
         conn.setblocking(False)
         guard = _Guard(self._runner.server(), self._done)
         self._guards[guard.handler] = guard   # before its first request can be parsed
+        tls = self._ssl_context
         try:
-            await loop.connect_accepted_socket(lambda: guard, conn, ssl=self._ssl_context)
+            if tls is None:
+                await loop.connect_accepted_socket(lambda: guard, conn)
+            else:
+                await loop.connect_accepted_socket(
+                    lambda: guard, conn, ssl=tls, ssl_handshake_timeout=self._handshake_timeout)
         except (OSError, asyncio.CancelledError) as exc:   # a failed TLS handshake, a reset
             conn.close()
             guard.release()

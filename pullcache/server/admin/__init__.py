@@ -16,14 +16,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .api import setup_api
+from .guard import same_site
 from .page import setup_page
-from ..keys import CORE, DISK, DRAINING, METRICS, STORE, core_of
+from ..keys import CORE, DISK, DRAINING, LOOPS, METRICS, STORE, core_of
 from ..middleware import oci_errors
 from .objects import OPS
 
 
 def build_admin_app(core: web.Application) -> web.Application:
-    admin = web.Application(middlewares=[oci_errors])
+    admin = web.Application(middlewares=[oci_errors, same_site])
     admin[CORE] = core
     setup_ops(admin)
     setup_api(admin)
@@ -46,7 +47,10 @@ async def readyz(request: web.Request) -> web.Response:
     core = core_of(request)
     if core[DRAINING].is_set():   # SIGTERM: take us out of the load balancer at once
         return web.json_response({"status": "draining", "problems": ["draining"]}, status=503)
-    problems = await core[STORE].readiness()
+    # A background loop that keeps failing (pullcache.tasks) makes the daemon unready even
+    # when the disk is degraded: a failing loop is a fault, a full disk is a state.
+    failing = core[LOOPS].failing()
+    problems = await core[STORE].readiness() + failing
     ops = core.get(OPS)
     # Pins past the budget do not stop serving, but the operator must hear of it.
     detail = [ops.pinning.over_budget] if ops and ops.pinning and ops.pinning.over_budget \
@@ -55,7 +59,7 @@ async def readyz(request: web.Request) -> web.Response:
     if disk is not None:
         # Degraded, still serving: fills pass through memory, nothing is cached.
         return web.json_response({"status": "degraded", **disk, "problems": problems,
-                                  "detail": detail})
+                                  "detail": detail}, status=503 if failing else 200)
     return web.json_response({"status": "ok" if not problems else "unready",
                               "problems": problems, "detail": detail},
                              status=503 if problems else 200)

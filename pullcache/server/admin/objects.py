@@ -26,7 +26,7 @@ from ...ops.pinning import Pinning
 from ...ops.refs import Platform, parse_image
 from ...ops.samples import Pulls, Samples
 from ...ops.warm import Warmer
-from ..keys import DISK, METRICS, PROXY, PULLS, ROUTES, STORE
+from ..keys import DISK, LOOPS, METRICS, PROXY, PULLS, ROUTES, STORE
 
 log = structlog.get_logger("pullcache.ops")
 SAMPLE_INTERVAL = 10.0
@@ -80,9 +80,10 @@ def operations_context(config: Config):
         ops = Operations(config, Jobs(), warmer, pins, _pinning(config, app, pins, warmer),
                          catalog, samples, app[PULLS])
         app[OPS] = ops
-        tasks = [asyncio.create_task(samples.run(), name="status samples")]
+        tasks = [app[LOOPS].every("status samples", samples.interval, samples.take)]
         if ops.pinning is not None:
-            tasks.append(asyncio.create_task(ops.pinning.run(), name="pin refresh"))
+            tasks.append(app[LOOPS].every("pin refresh", ops.pinning.interval,
+                                          ops.pinning.refresh_all))
         try:
             yield
         finally:
