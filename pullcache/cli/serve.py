@@ -85,8 +85,9 @@ async def _run_sites(cfg, path: Path | None = None) -> None:
             if not server.admin_token and not _loopback(host):
                 log.warning("admin_unprotected", listen=cfg.server.admin_listen,
                             hint="set server.admin_token for an admin listener off loopback")
-        await lifecycle.run_until_stopped(app, runner, cfg, path,
-                                          public if tls is not None else None)
+        await lifecycle.run_until_stopped(
+            app, runner, cfg, path,
+            lifecycle.PublicTls(public, server) if tls is not None else None)
     finally:
         for r in runners:
             await r.cleanup()

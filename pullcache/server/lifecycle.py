@@ -102,6 +102,22 @@ def tls_changes(before: dict[str, str | None], after: dict[str, str | None]) -> 
     return changes
 
 
+class PublicTls:
+    """The public listener's TLS: the site whose context a reload replaces, and digests of
+    the files that context was built from (what the next reload compares with)."""
+
+    def __init__(self, site: TlsSite, server: ServerConfig) -> None:
+        self.site = site
+        self.files = tls_files(server)
+
+    def replace(self, context: ssl.SSLContext, files: dict[str, str | None]) -> list[str]:
+        """Hand ``context`` to the site; return what changed (``tls_changes``)."""
+        changes = tls_changes(self.files, files)
+        self.site.use_tls(context)
+        self.files = files
+        return changes
+
+
 # -- systemd notify ----------------------------------------------------------------------------
 
 class Notifier:
@@ -144,9 +160,9 @@ class Notifier:
 # -- reload ------------------------------------------------------------------------------------
 
 def reload(app: web.Application, path: Path | None, current: Config,
-           site: TlsSite | None) -> Config:
-    """Apply the config file's reloadable parts; return the config now in force. ``site``
-    is the public listener (its TLS context is replaced), or None without TLS."""
+           tls: PublicTls | None) -> Config:
+    """Apply the config file's reloadable parts; return the config now in force. ``tls``:
+    the public listener's (a new context replaces its own), or None without TLS."""
     try:
         cfg = configuration.load(path)
         hosts = [u.host for u in cfg.upstreams]
@@ -155,16 +171,14 @@ def reload(app: web.Application, path: Path | None, current: Config,
                               "that needs a restart")
         if (current.server.tls_cert is None) != (cfg.server.tls_cert is None):
             raise ConfigError("server.tls_cert: turning TLS on or off needs a restart")
-        tls = tls_context(cfg.server)   # the new files load (the cert matches the key)
-        changes = tls_changes(tls_files(current.server), tls_files(cfg.server)) \
-            if tls is not None else []
+        context = tls_context(cfg.server)   # the new files load (the cert matches the key)
+        files = tls_files(cfg.server)
         verifier = AccessControl.prepare(cfg.access)
         policy = Policy.from_config(cfg.upstreams)
     except (ConfigError, OSError, ssl.SSLError) as exc:
         log.error("reload_failed", error=str(exc))
         return current
-    if site is not None:
-        site.use_tls(tls)
+    changes = tls.replace(context, files) if tls is not None and context is not None else []
     app[ACCESS].configure(cfg.access, verifier)
     app[ADMIN_TOKEN].replace(cfg.server.admin_token)
     app[POLICY].replace(policy)
@@ -179,7 +193,7 @@ def reload(app: web.Application, path: Path | None, current: Config,
 # -- the run -----------------------------------------------------------------------------------
 
 async def run_until_stopped(app: web.Application, public: web.AppRunner, cfg: Config,
-                            path: Path | None, site: TlsSite | None,
+                            path: Path | None, tls: PublicTls | None,
                             notifier: Notifier | None = None) -> None:
     """Serve until SIGTERM/SIGINT, reloading on SIGHUP; then drain ``public`` (its sites
     stop listening, requests in flight finish). The caller's cleanup tears down the rest.
@@ -206,7 +220,7 @@ async def run_until_stopped(app: web.Application, public: web.AppRunner, cfg: Co
                 hup.clear()
                 now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
                 notifier.send("RELOADING=1", f"MONOTONIC_USEC={now}")
-                cfg = reload(app, path, cfg, site)
+                cfg = reload(app, path, cfg, tls)
                 notifier.send("READY=1")
         lost = loops.lost_reason if loops.lost.is_set() else None
         notifier.send("STOPPING=1", "STATUS=" + ("serving lost" if lost else "draining"))
@@ -240,4 +254,4 @@ async def drain(runner: web.AppRunner, timeout: float) -> None:
     await server.shutdown(timeout)
 
 
-__all__ = ["Notifier", "ServingLost", "drain", "reload", "run_until_stopped", "tls_context"]
+__all__ = ["Notifier", "PublicTls", "ServingLost", "drain", "reload", "run_until_stopped", "tls_context"]

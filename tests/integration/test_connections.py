@@ -1,6 +1,7 @@
 """Many and slow clients against the real daemon: the header timeout cuts a client that
-trickles its headers, an idle keep-alive connection is closed, and the connection cap makes
-further connections wait in the backlog until a slot frees."""
+trickles its headers, an idle keep-alive connection is closed, the connection cap makes
+further connections wait in the backlog until a slot frees, and sockets that never start
+their TLS handshake are let go in time; and one ``[::]`` listener serves both families."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 import pytest
 
 from tests.support.daemon import Pullcache, UpstreamSpec
+from tests.support.http import request
+from tests.support.tls import CA
 
 PING = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -18,10 +21,10 @@ PING = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
 def daemon(tmp_path, registry):
     started: list[Pullcache] = []
 
-    def start(**server) -> Pullcache:
+    def start(listen_host: str = "127.0.0.1", **server) -> Pullcache:
         pc = Pullcache(tmp_path / f"pc{len(started)}",
                        [UpstreamSpec(registry.host, registry.url, default=True)],
-                       server=server)
+                       server=server, listen_host=listen_host)
         pc.workdir.mkdir()
         started.append(pc)
         return pc.start()
@@ -112,3 +115,31 @@ def test_connections_beyond_the_cap_wait_for_a_free_slot(daemon):
     finally:
         first.close()
         second.close()
+
+
+def test_sockets_that_never_start_a_tls_handshake_lock_no_one_out(daemon, tmp_path):
+    ca = CA(tmp_path / "pki")
+    server = ca.issue("server")
+    pc = daemon(tls_cert=server.cert, tls_key=server.key, max_connections=20,
+                handshake_timeout="1s", header_timeout="1s", keepalive_timeout="60s")
+    # Every slot taken by a TCP connection that never sends its ClientHello.
+    idle = [connect(pc) for _ in range(20)]
+    try:
+        began = time.monotonic()
+        reply = request(pc.url, "/v2/", context=ca.client_context(), timeout=10)
+        waited = time.monotonic() - began
+        assert reply.status == 200
+        assert waited < 1 + 3, f"a real client waited {waited:.1f}s behind idle sockets"
+        assert all(closed_by_server(sock, timeout=10) for sock in idle)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_an_any_address_listener_serves_ipv4_and_ipv6_clients(daemon):
+    pc = daemon(listen_host="::")
+    for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect((address, pc.port))
+            assert answered(sock).startswith(b"HTTP/1.1 200"), address

@@ -217,6 +217,59 @@ def test_sighup_replaces_upstream_credentials_and_policy(tmp_path, registry_basi
         pc.stop()
 
 
+def _refused(pc: Pullcache, ctx: ssl.SSLContext) -> bool:
+    """True if the daemon refuses this client's TLS handshake (TLS 1.3 reports a refused
+    client certificate on the first read, as an alert or a reset)."""
+    try:
+        request(pc.url, "/v2/", context=ctx, timeout=10)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    return False
+
+
+def test_sighup_turns_mtls_on_rotates_its_ca_and_turns_it_off(tmp_path, registry):
+    pki = CA(tmp_path / "pki")
+    server = pki.issue("server")
+    old_ca, new_ca = CA(tmp_path / "old-ca", "old-clients"), CA(tmp_path / "new-ca", "new-clients")
+    old_client = old_ca.issue("old-client", server=False)
+    new_client = new_ca.issue("new-client", server=False)
+    bare, with_old, with_new = (pki.client_context(), pki.client_context(old_client),
+                                pki.client_context(new_client))
+    clients_ca = tmp_path / "clients-ca.pem"   # one path, its content replaced (a rotation)
+    pc = Pullcache(tmp_path / "pc", [UpstreamSpec(registry.host, registry.url, default=True)],
+                   server={"tls_cert": server.cert, "tls_key": server.key})
+    pc.workdir.mkdir()
+    pc.start()
+    try:
+        assert request(pc.url, "/v2/", context=bare).status == 200
+        kept = http.client.HTTPSConnection("127.0.0.1", pc.port, context=bare, timeout=10)
+        kept.request("GET", "/v2/")
+        assert kept.getresponse().read() is not None
+        # mTLS turned on: a client without a certificate is refused from now on.
+        shutil.copy(old_ca.cert, clients_ca)
+        pc.server["tls_client_ca"] = clients_ca
+        assert pc.reload()
+        assert _refused(pc, bare), "mTLS turned on by SIGHUP, yet no certificate is asked"
+        assert request(pc.url, "/v2/", context=with_old).status == 200
+        assert pc.events("reloaded")[-1]["tls"] == ["client_ca added"]
+        kept.request("GET", "/v2/")   # a connection from before keeps what it was accepted with
+        assert kept.getresponse().status == 200
+        kept.close()
+        # The CA rotated: only the new one is trusted.
+        shutil.copy(new_ca.cert, clients_ca)
+        assert pc.reload()
+        assert _refused(pc, with_old), "the rotated-out CA is still trusted"
+        assert request(pc.url, "/v2/", context=with_new).status == 200
+        assert pc.events("reloaded")[-1]["tls"] == ["client_ca replaced"]
+        # mTLS turned off: no client certificate is asked.
+        del pc.server["tls_client_ca"]
+        assert pc.reload()
+        assert request(pc.url, "/v2/", context=bare).status == 200
+        assert pc.events("reloaded")[-1]["tls"] == ["client_ca removed"]
+    finally:
+        pc.stop()
+
+
 def test_hardened_unit_rates_ok(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -35,9 +35,11 @@ def basic_auth(user: str, password: str) -> str:
 
 
 def request(base: str, path: str, *, method: str = "GET", headers=None,
-            timeout: float = 60.0, context: ssl.SSLContext | None = None) -> Reply:
+            timeout: float = 60.0, context: ssl.SSLContext | None = None,
+            body: bytes | None = None) -> Reply:
     """``headers`` may be a dict or a list of (name, value) pairs (repeated Accept lines);
-    an ``https`` base is spoken with ``context`` (e.g. ``CA.client_context()``)."""
+    an ``https`` base is spoken with ``context`` (e.g. ``CA.client_context()``); ``body`` is
+    sent as is (the caller sets its Content-Length)."""
     parts = urlsplit(base)
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
@@ -49,7 +51,7 @@ def request(base: str, path: str, *, method: str = "GET", headers=None,
         items = headers.items() if isinstance(headers, dict) else (headers or [])
         for name, value in items:
             conn.putheader(name, value)
-        conn.endheaders()
+        conn.endheaders(body)
         resp = conn.getresponse()
         body = resp.read()
         merged: dict[str, str] = {}
