@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from pullcache.cache.lock import CacheLock
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.http import basic_auth, request
 from tests.support.images import build_image, build_raw_blob_image, push
-from tests.support.ports import wait_until
+from tests.support.ports import free_port, wait_until
 from tests.support.tls import CA, write_htpasswd
 
 MiB = 1024 * 1024
@@ -266,6 +267,52 @@ def test_sighup_turns_mtls_on_rotates_its_ca_and_turns_it_off(tmp_path, registry
         assert pc.reload()
         assert request(pc.url, "/v2/", context=bare).status == 200
         assert pc.events("reloaded")[-1]["tls"] == ["client_ca removed"]
+    finally:
+        pc.stop()
+
+
+# Loaded by the daemon's interpreter before anything else (``sitecustomize``): the public
+# listener's accept path breaks on its first connection, as a bug there would.
+BROKEN_ACCEPT = """
+import os
+from pullcache.server import listener
+
+_port = int(os.environ["FAULT_ACCEPT_PORT"])
+_serve = listener.Listener._serve
+
+
+def _broken(self, loop, conn):
+    if self.port == _port:
+        conn.close()
+        raise RuntimeError("injected: the accept path broke")
+    return _serve(self, loop, conn)
+
+
+listener.Listener._serve = _broken
+"""
+
+
+def test_a_lost_accept_loop_exits_non_zero_and_releases_the_cache_lock(tmp_path, registry):
+    fault = tmp_path / "fault"
+    fault.mkdir()
+    (fault / "sitecustomize.py").write_text(BROKEN_ACCEPT)
+    pc = Pullcache(tmp_path / "pc", [UpstreamSpec(registry.host, registry.url, default=True)],
+                   port=free_port())
+    pc.env = {"PYTHONPATH": f"{fault}:{ROOT}", "FAULT_ACCEPT_PORT": str(pc.port)}
+    pc.workdir.mkdir()
+    pc.start()
+    try:
+        with socket.create_connection(("127.0.0.1", pc.port), timeout=10):
+            try:
+                code = pc.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the accept loop died, yet the daemon lives on (holding the lock)")
+        assert code != 0
+        [failed] = pc.events("task_failed")
+        assert failed["task"].startswith("accept ") and "injected" in failed["exception"]
+        assert pc.events("serving_lost")
+        # The lock went with the process: a new daemon (the service manager's restart) starts.
+        CacheLock(pc.cache_dir, "test").acquire().release()
     finally:
         pc.stop()
 
