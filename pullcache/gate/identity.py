@@ -15,12 +15,17 @@ may pull). For each request, in order:
 
 bcrypt costs ~100 ms on purpose. A verified pair is remembered for ``credentials_ttl``,
 keyed by an HMAC-SHA256 of the pair under a per-process random key (the password is never
-kept), so the hot path is one HMAC and a dict lookup. A check runs in a thread, once for
-concurrent requests with the same pair. Failed checks are counted per client address; past
-``max_failures`` within ``failure_window`` the address gets ``429 TOOMANYREQUESTS`` with
-``Retry-After`` and no password is checked. A 429 rather than a delayed 401: a delay would
-hold a connection and a task per attempt (cheap for an attacker, costly for us), while a 429
-costs nothing and tells a legitimate client clearly to back off.
+kept), so the hot path is one HMAC and a dict lookup. A check runs once for concurrent
+requests with the same pair, in bcrypt's own small thread pool: not the default executor,
+which carries the file opens and index reads of every pull, so a flood of guesses queues
+behind itself and never in front of a cache hit. At most ``MAX_CHECKS_QUEUED`` checks wait;
+beyond that a new one is answered 429 at once.
+
+Failed checks, and checks in flight, are counted per client (``gate/limiter.py``: an IPv4
+address or an IPv6 /64); past ``max_failures`` within ``failure_window`` the client gets
+``429 TOOMANYREQUESTS`` with ``Retry-After`` and no password is checked. A 429 rather than a
+delayed 401: a delay would hold a connection and a task per attempt (cheap for an attacker,
+costly for us), while a 429 costs nothing and tells a legitimate client clearly to back off.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import hashlib
 import hmac
 import ipaddress
 import math
 import os
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +48,18 @@ import structlog
 
 from ..config import AccessConfig
 from ..errors import ConfigError, Denied, TooManyRequests, Unauthorized
+from .limiter import FailureLimiter, client_key
 from .policy import ANONYMOUS
 from ..singleflight import SingleFlight
 
 log = structlog.get_logger("pullcache.access")
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="pullcache"'}
-MAX_REMEMBERED = 10_000   # verified pairs and counted addresses kept at most
+MAX_REMEMBERED = 10_000   # verified pairs, and clients whose failures are counted, at most
 MAX_ADDRESSES = 10_000    # client addresses whose network verdict is remembered
+# bcrypt threads: one check saturates a core for ~100 ms; more threads than half the cores
+# would take CPU from the event loop that serves the pulls.
+BCRYPT_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
+MAX_CHECKS_QUEUED = 256   # checks waiting for a bcrypt thread; beyond, 429 at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,43 +105,17 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep and user else None
 
 
-class FailureLimiter:
-    """Failed logins per client address within a sliding window."""
-
-    def __init__(self, max_failures: int, window: float) -> None:
-        self.max_failures, self.window = max_failures, window
-        self._failures: dict[str, collections.deque[float]] = {}
-
-    def _recent(self, address: str, now: float) -> collections.deque[float] | None:
-        times = self._failures.get(address)
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        return times
-
-    def retry_after(self, address: str, now: float | None = None) -> float | None:
-        """Seconds until ``address`` may try again; None if it may now."""
-        now = time.monotonic() if now is None else now
-        times = self._recent(address, now)
-        if not times or len(times) < self.max_failures:
-            return None
-        return times[-self.max_failures] + self.window - now
-
-    def failed(self, address: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if address not in self._failures and len(self._failures) >= MAX_REMEMBERED:
-            for stale in [a for a in self._failures if not self._recent(a, now)]:
-                del self._failures[stale]
-            if len(self._failures) >= MAX_REMEMBERED:   # still full: forget the oldest
-                del self._failures[next(iter(self._failures))]
-        self._failures.setdefault(address, collections.deque()).append(now)
-
-
 class Verifier:
     """htpasswd users, checked with bcrypt; verdicts remembered by HMAC of the pair."""
 
-    def __init__(self, users: dict[str, bytes], ttl: float) -> None:
+    def __init__(self, users: dict[str, bytes], ttl: float,
+                 checks: Executor | None = None) -> None:
         self._users = users
         self._ttl = ttl
+        # AccessControl's pool (shared by the verifiers that SIGHUP swaps in), else one
+        # thread of this verifier's own.
+        self._checks = checks or ThreadPoolExecutor(1, thread_name_prefix="bcrypt")
+        self.queued = 0   # checks waiting for, or running in, a bcrypt thread
         self._key = os.urandom(32)
         self._verdicts: dict[bytes, tuple[float, bool]] = {}   # hmac -> (expiry, ok)
         self._flights: SingleFlight[bool] = SingleFlight()
@@ -141,15 +125,14 @@ class Verifier:
 
     def remembered(self, user: str, password: str) -> bool | None:
         """The verdict for this pair if it is still remembered: the hot path, no bcrypt."""
-        entry = self._verdicts.get(self._mac(user, password))
+        entry = self._verdicts.get(self.mac(user, password))
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
     async def verify(self, user: str, password: str) -> bool:
-        mac = self._mac(user, password)
-        ok, _ = await self._flights.do(mac, lambda: asyncio.to_thread(self._check, user,
-                                                                       password))
+        mac = self.mac(user, password)
+        ok, _ = await self._flights.do(mac, lambda: self._run_check(user, password))
         if len(self._verdicts) >= MAX_REMEMBERED:
             now = time.monotonic()
             self._verdicts = {k: v for k, v in self._verdicts.items() if v[0] >= now}
@@ -158,7 +141,16 @@ class Verifier:
         self._verdicts[mac] = (time.monotonic() + self._ttl, ok)
         return ok
 
-    def _mac(self, user: str, password: str) -> bytes:
+    async def _run_check(self, user: str, password: str) -> bool:
+        self.queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._checks, self._check, user, password)
+        finally:
+            self.queued -= 1
+
+    def mac(self, user: str, password: str) -> bytes:
+        """The pair's key: an HMAC under this process's random key (never the password)."""
         return hmac.new(self._key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
 
     def _check(self, user: str, password: str) -> bool:
@@ -174,21 +166,30 @@ class AccessControl:
     """The current ``[access]`` policy; ``configure`` swaps it whole (SIGHUP)."""
 
     def __init__(self, config: AccessConfig) -> None:
+        # bcrypt's own threads, for the life of the daemon (``close``), across reloads.
+        self._checks = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
         self.configure(config, self.prepare(config))
 
-    @staticmethod
-    def prepare(config: AccessConfig) -> Verifier | None:
+    def prepare(self, config: AccessConfig) -> Verifier | None:
         """What ``configure`` needs, read and checked first (raises ConfigError) so a bad
         reload changes nothing."""
         if config.htpasswd is None:
             return None
-        return Verifier(read_htpasswd(config.htpasswd), config.credentials_ttl)
+        return Verifier(read_htpasswd(config.htpasswd), config.credentials_ttl, self._checks)
+
+    def close(self) -> None:
+        """Checks still queued are dropped (their requests are being cancelled too)."""
+        self._checks.shutdown(wait=False, cancel_futures=True)
 
     def configure(self, config: AccessConfig, verifier: Verifier | None) -> None:
         # One assignment: a request sees the old policy or the new one, never a mix. The
         # networks' verdict per client address is remembered with the policy it came from.
-        self._state = (config, verifier,
-                       FailureLimiter(config.max_failures, config.failure_window), {})
+        # The failure counts outlive a reload that keeps their limits: SIGHUP is no reset.
+        old = getattr(self, "_state", None)
+        limiter = old[2] if old is not None and (old[0].max_failures, old[0].failure_window) \
+            == (config.max_failures, config.failure_window) else \
+            FailureLimiter(config.max_failures, config.failure_window, MAX_REMEMBERED)
+        self._state = (config, verifier, limiter, {})
 
     def known(self, address: str | None, authorization: str | None) -> Identity | None:
         """Who is asking, when that needs no password check (the hot path: no await, no
@@ -203,14 +204,19 @@ class AccessControl:
             return identity
         _cfg, verifier, limiter, _networks = self._state
         ip, _allowed, anonymous_ok = self._network(address)
-        ok = await verifier.verify(*pair)
-        if not ok:
-            limiter.failed(str(ip))
+        client, attempt = client_key(ip), verifier.mac(*pair)
+        if verifier.queued >= MAX_CHECKS_QUEUED or not limiter.begin(client, attempt):
+            return self._limited(limiter, client, anonymous_ok)
+        ok: bool | None = None
+        try:
+            ok = await verifier.verify(*pair)
+        finally:   # a cancelled check counts as no failure
+            limiter.end(client, attempt, failed=ok is False)
         return self._verdict(ok, pair, ip, anonymous_ok)
 
     def _decide(self, address: str | None,
                 authorization: str | None) -> tuple[Identity | None, tuple[str, str] | None]:
-        _cfg, verifier, limiter, _networks = self._state
+        _cfg, verifier, _limiter, _networks = self._state
         ip, allowed, anonymous_ok = self._network(address)
         if not allowed:
             raise Denied(message="this address may not use this registry")
@@ -223,14 +229,17 @@ class AccessControl:
             raise Unauthorized(headers=CHALLENGE)
         ok = verifier.remembered(*pair)
         if ok is None:
-            wait = limiter.retry_after(str(ip))
-            if wait is None:
-                return None, pair     # a bcrypt check is due
-            if anonymous_ok:
-                return ANYONE, None
-            raise TooManyRequests(message="too many failed logins from this address",
-                                  headers={"Retry-After": str(math.ceil(wait))})
+            return None, pair     # a check is due, if the client's failures allow (identify)
         return self._verdict(ok, pair, ip, anonymous_ok), None
+
+    @staticmethod
+    def _limited(limiter: FailureLimiter, client: str, anonymous_ok: bool) -> Identity:
+        """No password check for this client now: anonymous where that is allowed, else 429."""
+        if anonymous_ok:
+            return ANYONE
+        wait = limiter.retry_after(client) or 1.0
+        raise TooManyRequests(message="too many failed logins from this address",
+                              headers={"Retry-After": str(math.ceil(wait))})
 
     def _network(self, address: str | None) -> tuple[object, bool, bool]:
         _cfg, _verifier, _limiter, networks = self._state

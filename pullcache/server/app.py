@@ -168,6 +168,9 @@ def build_app(config: Config) -> web.Application:
         await store.close()
         await disk.close()
 
+    async def bcrypt_threads(app: web.Application) -> None:
+        access.close()
+
     async def housekeeping(app: web.Application) -> AsyncIterator[None]:
         loops = app[LOOPS]
         # Evicted files whose readers are done are unlinked; the cache kept within budget.
@@ -187,6 +190,7 @@ def build_app(config: Config) -> web.Application:
     # operator's jobs and tasks last (they use everything else, and end first).
     app.cleanup_ctx.extend([lock_context(config), http_session, cache, housekeeping,
                             operations_context(config)])
+    app.on_cleanup.append(bcrypt_threads)
     if not config.server.admin_listen:
         admin.setup_ops(app)
     routes.setup(app)

@@ -44,7 +44,6 @@ from .. import config as configuration
 from ..config import Config, ServerConfig
 from ..errors import ConfigError
 from ..gate.policy import Policy
-from ..gate.identity import AccessControl
 from ..tasks import Loops
 from .keys import ACCESS, ADMIN_TOKEN, CREDENTIALS, DRAINING, LOOPS, POLICY
 
@@ -173,7 +172,7 @@ def reload(app: web.Application, path: Path | None, current: Config,
             raise ConfigError("server.tls_cert: turning TLS on or off needs a restart")
         context = tls_context(cfg.server)   # the new files load (the cert matches the key)
         files = tls_files(cfg.server)
-        verifier = AccessControl.prepare(cfg.access)
+        verifier = app[ACCESS].prepare(cfg.access)
         policy = Policy.from_config(cfg.upstreams)
     except (ConfigError, OSError, ssl.SSLError) as exc:
         log.error("reload_failed", error=str(exc))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import time
 
 import bcrypt
 import pytest
@@ -16,6 +17,7 @@ from pullcache.gate.identity import (
     AccessControl, FailureLimiter, Verifier, parse_basic, read_htpasswd)
 from pullcache.server.lifecycle import Notifier
 from tests.support.http import basic_auth
+from tests.support.ports import eventually, settle
 
 
 def _hash(password: str, prefix: bytes = b"$2y$") -> str:
@@ -153,3 +155,83 @@ def test_serve_refuses_tls_files_that_do_not_load(tmp_path, monkeypatch):
     assert cli.main(["serve", "--config", str(config)]) == 2
     with pytest.raises(ConfigError, match="server.tls_cert/tls_key: cannot load"):
         tls_context(loads(config.read_text(), env={}).server)
+
+
+# -- bcrypt beside the hot path, and the failure limit under concurrency ----------------------
+
+def _access(tmp_path, rounds: int = 4, **keys) -> AccessControl:
+    f = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=rounds)).decode()
+    f.write_text(f"alice:{hashed}\n")
+    extra = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    return AccessControl(loads(f'[access]\nhtpasswd = "{f}"\n{extra}', env={}).access)
+
+
+def _count_bcrypt(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda p, h: calls.append(1) or real(p, h))
+    return calls
+
+
+async def _outcome(ac: AccessControl, address: str, password: str) -> int:
+    try:
+        await ac.identify(address, basic_auth("alice", password))
+    except (Unauthorized, TooManyRequests) as exc:
+        return exc.status
+    return 200
+
+
+async def test_concurrent_guesses_past_max_failures_never_reach_bcrypt(tmp_path, monkeypatch):
+    calls = _count_bcrypt(monkeypatch)
+    ac = _access(tmp_path, max_failures=3)
+    statuses = await asyncio.gather(*(_outcome(ac, "198.51.100.7", f"guess-{n}")
+                                      for n in range(40)))
+    assert len(calls) <= 3, f"{len(calls)} of 40 concurrent guesses reached bcrypt"
+    assert statuses.count(401) == len(calls) and statuses.count(429) == 40 - len(calls)
+    # Concurrent requests with the right credentials share one check and count once.
+    ok = _access(tmp_path, max_failures=1)
+    assert await asyncio.gather(*(_outcome(ok, "198.51.100.8", "pw") for _ in range(10))) \
+        == [200] * 10
+    ac.close()
+    ok.close()
+
+
+async def test_bcrypt_leaves_the_default_executor_to_the_hot_path(tmp_path, monkeypatch):
+    calls = _count_bcrypt(monkeypatch)
+    ac = _access(tmp_path, rounds=10, max_failures=100)
+    guesses = [asyncio.create_task(_outcome(ac, f"198.51.100.{n}", f"wrong-{n}"))
+               for n in range(60)]
+    try:
+        await eventually(lambda: calls, what="a bcrypt check to start")
+        await settle()   # every guess is queued for its check
+        began = time.monotonic()
+        await asyncio.to_thread(lambda: None)   # what a file open or an index read waits for
+        waited = time.monotonic() - began
+        assert waited < 0.05, f"an empty to_thread took {waited * 1000:.0f} ms behind bcrypt"
+    finally:
+        for guess in guesses:
+            guess.cancel()
+        await asyncio.gather(*guesses, return_exceptions=True)
+        ac.close()
+
+
+async def test_ipv6_clients_are_counted_per_64(tmp_path):
+    ac = _access(tmp_path, max_failures=2)
+    assert await _outcome(ac, "2001:db8:1:2::1", "a") == 401
+    assert await _outcome(ac, "2001:db8:1:2::dead", "b") == 401
+    # Another address of the same /64 is the same client: limited.
+    assert await _outcome(ac, "2001:db8:1:2:ffff::9", "c") == 429
+    # Another /64 is another client.
+    assert await _outcome(ac, "2001:db8:1:3::1", "d") == 401
+    ac.close()
+
+
+def test_a_flood_of_new_addresses_resets_no_ones_count():
+    lim = FailureLimiter(3, 60)
+    for t in range(3):
+        lim.failed("203.0.113.7", now=t)
+    assert lim.retry_after("203.0.113.7", now=3) is not None
+    for n in range(20_000):   # each a fresh address, each one failure: more than the table holds
+        lim.failed(f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", now=4)
+    assert lim.retry_after("203.0.113.7", now=5) is not None, "the flood reset the count"
