@@ -17,7 +17,7 @@ BENCH_PACKAGES := wrk
 PYTEST_ARGS ?=
 
 .PHONY: run test venv system-deps bench-deps bench bench-peer bench-manifests bench-warm \
-	bench-slow bench-chaos bench-stale clean
+	bench-slow bench-chaos bench-stale bench-auth clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -60,6 +60,9 @@ bench-chaos: $(STAMP) bench-deps
 
 bench-stale: $(STAMP) bench-deps
 	$(BIN)/python -m bench.stale_tag
+
+bench-auth: $(STAMP) bench-deps
+	$(BIN)/python -m bench.auth_flood
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -38,6 +38,7 @@ import hmac
 import ipaddress
 import math
 import os
+import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ MAX_ADDRESSES = 10_000    # client addresses whose network verdict is remembered
 # bcrypt threads: one check saturates a core for ~100 ms; more threads than half the cores
 # would take CPU from the event loop that serves the pulls.
 BCRYPT_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
+# And they yield the CPU to it: at nice 10 a thread gets about a tenth of a contended core
+# (the kernel's CFS weights), so a flood of guesses slows logins, never the pulls.
+BCRYPT_NICE = 10
 MAX_CHECKS_QUEUED = 256   # checks waiting for a bcrypt thread; beyond, 429 at once
 
 
@@ -167,7 +171,8 @@ class AccessControl:
 
     def __init__(self, config: AccessConfig) -> None:
         # bcrypt's own threads, for the life of the daemon (``close``), across reloads.
-        self._checks = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
+        self._checks = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt",
+                                          initializer=_lower_priority)
         self.configure(config, self.prepare(config))
 
     def prepare(self, config: AccessConfig) -> Verifier | None:
@@ -259,6 +264,14 @@ class AccessControl:
             return ANYONE
         log.warning("login_failed", client=str(ip))   # no user name: it may be a secret
         raise Unauthorized(message="invalid username or password", headers=CHALLENGE)
+
+
+def _lower_priority() -> None:
+    """In a bcrypt thread: this thread's nice value (Linux: per thread, by its id)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BCRYPT_NICE)
+    except (OSError, AttributeError) as exc:   # not Linux, or not allowed: full priority
+        log.warning("bcrypt_priority_kept", error=str(exc))
 
 
 def _gate(cfg: AccessConfig, address: str | None) -> tuple[object, bool, bool]:
