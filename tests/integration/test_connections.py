@@ -143,3 +143,11 @@ def test_an_any_address_listener_serves_ipv4_and_ipv6_clients(daemon):
             sock.settimeout(10)
             sock.connect((address, pc.port))
             assert answered(sock).startswith(b"HTTP/1.1 200"), address
+
+
+def test_the_admin_listener_cuts_a_connection_that_says_nothing(daemon):
+    pc = daemon(header_timeout="1s")
+    with socket.create_connection(("127.0.0.1", pc.admin_port), timeout=10) as sock:
+        assert closed_by_server(sock, timeout=5), "a silent admin connection is kept open"
+    with socket.create_connection(("127.0.0.1", pc.admin_port), timeout=10) as sock:
+        assert answered(sock).startswith(b"HTTP/1.1 404")   # a prompt one is served

@@ -553,3 +553,18 @@ repository_prefix = "pullcache"
         loads("[backing.s3]\nenabled = true", env=ENV)
     with pytest.raises(ConfigError, match=r"^backing\.ecr\.bucket: unknown key"):
         loads("[backing.ecr]\nbucket = 'x'", env=ENV)
+
+
+def test_admin_token_and_handshake_timeout():
+    c = loads('[server]\nadmin_token = "0123456789abcdef0123"\nhandshake_timeout = "2s"\n',
+              env=ENV)
+    assert c.server.admin_token == "0123456789abcdef0123" and c.server.handshake_timeout == 2
+    assert loads("", env=ENV).server.handshake_timeout == 10
+    assert loads("", env=ENV).server.admin_token is None
+    assert 'admin_token = "***"' in render(c) and "0123456789abcdef" not in render(c)
+    for bad in ('"short"', '"has a space in it, long enough"', "12345678901234567"):
+        message = error(f"[server]\nadmin_token = {bad}\n")
+        assert message.startswith("server.admin_token: expected"), message
+        assert "short" not in message and "space" not in message   # never echoed
+    assert error('[server]\nhandshake_timeout = 0\n').startswith(
+        "server.handshake_timeout: must be greater than zero")
