@@ -189,12 +189,8 @@ class AccessControl:
     def configure(self, config: AccessConfig, verifier: Verifier | None) -> None:
         # One assignment: a request sees the old policy or the new one, never a mix. The
         # networks' verdict per client address is remembered with the policy it came from.
-        # The failure counts outlive a reload that keeps their limits: SIGHUP is no reset.
-        old = getattr(self, "_state", None)
-        limiter = old[2] if old is not None and (old[0].max_failures, old[0].failure_window) \
-            == (config.max_failures, config.failure_window) else \
-            FailureLimiter(config.max_failures, config.failure_window, MAX_REMEMBERED)
-        self._state = (config, verifier, limiter, {})
+        self._state = (config, verifier, FailureLimiter(
+            config.max_failures, config.failure_window, MAX_REMEMBERED), {})
 
     def known(self, address: str | None, authorization: str | None) -> Identity | None:
         """Who is asking, when that needs no password check (the hot path: no await, no
