@@ -12,13 +12,14 @@ def make_pullcache(tmp_path):
     """Factory: a pullcache subprocess in front of the given upstreams; stopped afterwards."""
     started: list[Pullcache] = []
 
-    def make(*upstreams: UpstreamSpec, name: str = "pc", **cache) -> Pullcache:
+    def make(*upstreams: UpstreamSpec, name: str = "pc", server: dict | None = None,
+             **cache) -> Pullcache:
         workdir = tmp_path / name
         workdir.mkdir(exist_ok=True)
         specs = list(upstreams)
         if specs and not any(u.default for u in specs):
             specs[0].default = True
-        pc = Pullcache(workdir, specs, cache)
+        pc = Pullcache(workdir, specs, cache, server=server or {})
         started.append(pc)
         return pc.start()
 

@@ -11,25 +11,16 @@ import sys
 import pytest
 
 from tests.integration.test_operator import cli_json
-from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
+from tests.support.daemon import ROOT, UpstreamSpec
 from tests.support.http import request
 
 TOKEN = "0123456789abcdef-admin-token"
 
 
 @pytest.fixture
-def daemon(tmp_path, registry):
-    started: list[Pullcache] = []
-
-    def start(**server) -> Pullcache:
-        pc = Pullcache(tmp_path / "pc", [UpstreamSpec(registry.host, registry.url,
-                                                      default=True)], server=server)
-        pc.workdir.mkdir()
-        started.append(pc)
-        return pc.start()
-    yield start
-    for pc in started:
-        pc.stop()
+def daemon(make_pullcache, registry):
+    return lambda **server: make_pullcache(UpstreamSpec(registry.host, registry.url),
+                                           server=server)
 
 
 def post(pc, path: str, headers: dict[str, str], body: bytes = b"{}"):
