@@ -274,6 +274,7 @@ def test_stats_and_readyz_report_the_daemons_figures(pullcache, registry):
     assert "50.0%" in human and "GiB" in human
     ready = request(pullcache.admin_url, "/readyz").json()
     assert ready["status"] == "ok" and ready["detail"] == []
-    bad = request(pullcache.admin_url, "/admin/warm", method="POST")
+    bad = request(pullcache.admin_url, "/admin/warm", method="POST", body=b"{}",
+                  headers={"Content-Type": "application/json", "Content-Length": "2"})
     assert bad.status == 400 and bad.error_codes == ["INVALID_REQUEST"]
     assert request(pullcache.admin_url, "/admin/jobs/nope").status == 404
