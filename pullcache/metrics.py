@@ -9,6 +9,8 @@ from typing import Any, Callable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
+from .build import build_info
+
 _RATELIMIT = re.compile(r"^\s*(\d+)")
 
 
@@ -126,6 +128,10 @@ class Metrics:
         self.asyncio_tasks = Gauge("pullcache_asyncio_tasks",
                                    "asyncio tasks alive on the event loop (a leak check)",
                                    registry=r)
+        info = build_info()
+        self.build_info = Gauge("pullcache_build_info", "Always 1; the labels name the build",
+                                list(info), registry=r)
+        self.build_info.labels(**info).set(1)
         self._last_remaining: dict[str, float] = {}
         # upstream → (wall clock, method, status) of its last failed request (status page)
         self.last_errors: dict[str, tuple[float, str, str]] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import config as configuration
 from .. import logs
+from ..build import version_line
 from ..errors import ConfigError
 from .cache import cache_command
 from .client import AdminClient, AdminError, DaemonUnreachable
@@ -22,6 +23,7 @@ from .warm import read_images, warm
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pullcache", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     serve_ = sub.add_parser("serve", help="run the mirror daemon")
     serve_.add_argument("--config", type=Path, help="TOML config (default: built-in)")

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from pullcache.build import build_info
 from tests.integration.test_cache_engine import Download
 from tests.support.daemon import UpstreamSpec
 from tests.support.http import request
@@ -80,6 +81,7 @@ def test_status_page_shows_the_daemons_figures(make_pullcache, registry, fault_p
     assert stats["hits"] == 6 and stats["misses"] == 4
     assert text_of(dom, "bytes-used") == js_size(stats["bytes"])
     assert text_of(dom, "budget") == "4.0 GiB"
+    assert text_of(dom, "version") == f"version {build_info()['version']}"
     assert text_of(dom, "requests").startswith("10 requests (6 hits, 4 misses)")
     top = text_of(dom, "top-images")
     assert f"{fault_proxy.host}/ops/page 3" in " ".join(top.split())

@@ -22,6 +22,7 @@ import time
 from aiohttp import web
 
 from ... import errors
+from ...build import build_info
 from ...ops.refs import Platform
 from ...ops.samples import counter_total, gauge_value, hit_ratio, request_counts
 from ...ops.verify import Verifier, VerifyProgress
@@ -124,12 +125,21 @@ async def warm(request: web.Request) -> web.Response:
     progress = [ImageProgress(ref) for ref in images]
     limit = asyncio.Semaphore(2)   # images at a time; each fetches 4 blobs at a time
 
+    stopped: list[str] = []   # why the images not yet begun are not tried
+
     async def one(p: ImageProgress) -> bool:
         async with limit:
+            if stopped:
+                p.state, p.error = "failed", f"not tried: {stopped[0]}"
+                return False
             try:
                 await ops.warmer.warm(p.ref, p, platforms=platforms,
                                       all_platforms=all_platforms)
                 return True
+            except errors.TooManyRequests as exc:
+                # The quota is spent: every further image would be refused the same way.
+                stopped.append(str(exc))
+                return False
             except errors.PullcacheError:
                 return False   # the image's progress says why
 
@@ -190,7 +200,7 @@ async def status(request: web.Request) -> web.Response:
             "last_error": {"age": round(time.time() - last[0], 1), "method": last[1],
                            "status": last[2]} if last else None})
     return web.json_response({
-        "now": time.time(), "summary": await summary(core), "fills": fills,
+        "now": time.time(), "version": build_info()["version"], "summary": await summary(core), "fills": fills,
         "upstreams": upstreams, "write_queue": gauge_value(m.tier_queue),
         "top_images": ops.pulls.top(10),
         "pins": ops.pinning.snapshot() if ops.pinning else [],
