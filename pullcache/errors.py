@@ -97,6 +97,10 @@ class TooManyRequests(PullcacheError):
     status, code, message = 429, "TOOMANYREQUESTS", "too many requests"
 
 
+class QuotaSpent(TooManyRequests):
+    """The upstream's pull quota is spent: refused here, without asking it."""
+
+
 class UpstreamError(PullcacheError):
     """Upstream answered with a server error or something we cannot use."""
     status, code, message = 502, "UPSTREAM_ERROR", "upstream registry failed"

@@ -21,6 +21,7 @@ from .auth import scope_for
 from .authenticator import Authenticator
 from .receiver import BlobStream
 from .breaker import Breaker
+from .quota import Quota
 from .credentials import Credentials, StaticCredentials, UpstreamObserver
 from .realm import RealmTrust
 from .failures import error_for, read_limited
@@ -106,6 +107,7 @@ class RegistryClient:
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown,
                                name=settings.name)
         self._observer.breaker_watched(self.name, lambda: self.breaker.state)
+        self.quota = Quota()
 
     # -- the pull API -------------------------------------------------------------------------
 
@@ -225,6 +227,12 @@ class RegistryClient:
         ``revalidate_timeout``; running out of it is one failure, not a trip (a slow
         answer is not a dead upstream, and one must not fail every uncached pull).
         """
+        if tail.startswith("manifests/") and not push \
+                and (wait := self.quota.wait()) is not None:
+            # The only requests the quota counts; HEADs included, since the GET a HEAD
+            # leads to would be refused.
+            raise errors.QuotaSpent(f"{self.name}: pull quota spent, retry in {wait}s",
+                                    headers={"Retry-After": str(wait)})
         ticket = self.breaker.check()
         # Every outcome reaches the breaker (finally), or a probe that ended any other way
         # would leave it half-open, failing every request, for good.
@@ -267,9 +275,13 @@ class RegistryClient:
             verdict()
         self._observer.requested(self.name, method, str(resp.status), time.monotonic() - began)
         remaining = self._observer.rate_limit(self.name, resp.headers)
+        self.quota.observe(resp.status, resp.headers)
         if remaining is not None:
-            log.info("ratelimit_changed", upstream=self.name, remaining=remaining,
-                     limit=resp.headers.get("ratelimit-limit"))
+            # Nearly spent is the operator's to hear of: past it, pulls of new tags fail.
+            (log.warning if self.quota.low else log.info)(
+                "ratelimit_changed", upstream=self.name, remaining=remaining,
+                limit=resp.headers.get("ratelimit-limit"), low=self.quota.low,
+                retry_after=self.quota.wait())
         if resp.status < 400:
             return resp
         body = b""

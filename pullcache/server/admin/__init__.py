@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .api import setup_api
 from .guard import same_site
 from .page import setup_page
-from ..keys import CORE, DISK, DRAINING, LOOPS, METRICS, STORE, core_of
+from ..keys import CORE, DISK, DRAINING, LOOPS, METRICS, STORE, UPSTREAMS, core_of
 from ..middleware import oci_errors
 from .objects import OPS
 
@@ -55,6 +55,9 @@ async def readyz(request: web.Request) -> web.Response:
     # Pins past the budget do not stop serving, but the operator must hear of it.
     detail = [ops.pinning.over_budget] if ops and ops.pinning and ops.pinning.over_budget \
         else []
+    # A quota nearly spent still serves, but new tags will soon fail: say so.
+    detail += [said for host, up in core[UPSTREAMS].items()
+               if (said := up.client.quota.describe(host))]
     disk = core[DISK].status() if DISK in core else None
     if disk is not None:
         # Degraded, still serving: fills pass through memory, nothing is cached.
