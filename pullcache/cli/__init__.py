@@ -1,5 +1,5 @@
 """Command line: ``pullcache serve | check-config | warm | cache ls|rm|gc|verify|stats|pins |
-tier status``.
+tier status | node-setup``.
 
 Commands that need the daemon talk to it through its admin API (``client.py``).
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
@@ -17,6 +17,8 @@ from ..build import version_line
 from ..errors import ConfigError
 from .cache import cache_command
 from .client import AdminClient, AdminError, DaemonUnreachable
+from .node_setup import add_parser as node_setup_parser, node_setup
+from .runtimes import NodeSetupError
 from .tier import tier_command
 from .warm import read_images, warm
 
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--rate", type=float, metavar="BYTES_PER_S",
                            help="read at most this fast (default: unthrottled, one file "
                                 "at a time)")
+    node_setup_parser(sub)
     tier = sub.add_parser("tier", help="the ECR tier: write-behind queue and repositories")
     tier.add_argument("action", choices=("status",))
     tier.add_argument("--config", type=Path)
@@ -68,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "node-setup":   # the node's files only: no pullcache config
+        try:
+            return node_setup(args)
+        except (NodeSetupError, OSError) as exc:
+            print(f"pullcache: node-setup: {exc}", file=sys.stderr)
+            return 1
     path = getattr(args, "config", None) or getattr(args, "file", None)
     if args.command == "warm":
         path = args.config
