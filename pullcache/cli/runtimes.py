@@ -151,6 +151,10 @@ def podman(root: Path, mirror: str, registries: list[str] | None) -> Plan:
     location = parts.netloc + parts.path
     lines = [HEADER.format("podman").rstrip("\n")]
     for registry in registries or [DOCKER_HUB]:
+        if ":" in registry:
+            # The mirror's path names the registry, and a reference path has no ports.
+            raise NodeSetupError(f"{registry}: podman cannot route a registry with a port "
+                                 f"through a mirror path; give pullcache an alias for it")
         lines += ["", "[[registry]]", f'prefix = "{registry}"', f'location = "{registry}"',
                   "", "[[registry.mirror]]", f'location = "{location}/{registry}"']
         if parts.scheme == "http":

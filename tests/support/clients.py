@@ -177,6 +177,9 @@ class Dockerd:
     # Mounted over /etc/docker in dockerd's namespace: certs.d/<host:port>/ca.crt, client.*
     etc_docker: Path | None = None
     env: dict = field(default_factory=dict)   # for the docker CLI (DOCKER_CONFIG=…)
+    # A daemon.json written by someone else (pullcache node-setup); the mirror is then named
+    # there, not on the command line (dockerd refuses a setting given both ways).
+    config_file: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -189,10 +192,15 @@ class Dockerd:
         hosts = self.workdir / "hosts"
         hosts.write_text("127.0.0.1 localhost\n" + "".join(
             f"127.0.0.1 {name}\n" for name in DOCKER_HUB_NAMES))
-        (self.workdir / "daemon.json").write_text(json.dumps({}))
+        config_file = self.config_file or self.workdir / "daemon.json"
+        if self.config_file is None:
+            config_file.write_text(json.dumps({}))
         etc = f"mount --bind {self.etc_docker} /etc/docker || exit 91\n" if self.etc_docker \
             else ""
-        insecure = f"--insecure-registry {self.mirror} " if self.scheme == "http" else ""
+        insecure = f"--insecure-registry {self.mirror} " \
+            if self.scheme == "http" and self.config_file is None else ""
+        mirror = f"--registry-mirror {self.scheme}://{self.mirror} " \
+            if self.config_file is None else ""
         script = self.workdir / "start.sh"
         script.write_text(f"""#!/bin/sh
 # Private mount namespace: Docker Hub's names resolve to 127.0.0.1 for this dockerd only.
@@ -200,8 +208,8 @@ mount --bind {hosts} /etc/hosts || exit 90
 {etc}exec dockerd --data-root {self.workdir}/data --exec-root {self.workdir}/exec \\
   --pidfile {self.workdir}/docker.pid -H unix://{self.socket} \\
   --bridge=none --iptables=false --ip-masq=false --storage-driver=vfs \\
-  --registry-mirror {self.scheme}://{self.mirror} {insecure}\\
-  --containerd {self.containerd.socket} --config-file {self.workdir}/daemon.json
+  {mirror}{insecure}\\
+  --containerd {self.containerd.socket} --config-file {config_file}
 """)
         script.chmod(0o755)
         log = self.workdir / "dockerd.log"

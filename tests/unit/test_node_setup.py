@@ -107,6 +107,13 @@ def test_podman_drop_in_routes_each_registry_by_path(tmp_path, capsys):
          "mirror": [{"location": "10.0.0.1:5000/quay.io", "insecure": True}]}]
 
 
+def test_podman_refuses_a_registry_with_a_port(tmp_path, capsys):
+    code, _, err = run(capsys, "podman", "--root", str(tmp_path), "--registries",
+                       "registry.local:5000")
+    assert code == 1 and "registry.local:5000: podman cannot route" in err
+    assert not (tmp_path / "etc").exists()
+
+
 @pytest.mark.parametrize("runtime", ["containerd", "docker", "podman"])
 def test_dry_run_writes_nothing_and_undo_removes_what_was_created(tmp_path, capsys, runtime):
     code, out, _ = run(capsys, runtime, "--root", str(tmp_path), "--dry-run")
