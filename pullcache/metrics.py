@@ -128,6 +128,9 @@ class Metrics:
         self.asyncio_tasks = Gauge("pullcache_asyncio_tasks",
                                    "asyncio tasks alive on the event loop (a leak check)",
                                    registry=r)
+        self.disk_degraded = Gauge("pullcache_cache_disk_degraded",
+                                   "1 while the disk refuses writes: fills pass through "
+                                   "memory and nothing is cached", registry=r)
         info = build_info()
         self.build_info = Gauge("pullcache_build_info", "Always 1; the labels name the build",
                                 list(info), registry=r)
@@ -138,6 +141,18 @@ class Metrics:
         for name, collector in list(vars(self).items()):
             if getattr(collector, "_labelnames", ()):
                 setattr(self, name, _Children(collector))
+        # The series dashboards and alerts name exist from the start, at 0: an empty query
+        # then means a renamed metric, never "nothing happened yet".
+        for result in ("committed", "failed"):
+            self.fills.labels(result)
+        for source in ("cache", "fill"):
+            self.bytes_served.labels(source)
+        for kind in ("manifest", "blob", "blob_head"):
+            for outcome in ("hit", "miss", "error"):
+                self.tier_reads.labels(kind, outcome)
+        for kind in ("manifest", "blob"):
+            for outcome in ("pushed", "failed", "denied"):
+                self.tier_writes.labels(kind, outcome)
 
     # -- upstream.client.UpstreamObserver -----------------------------------------------------------------------
 

@@ -198,6 +198,7 @@ def test_read_only_filesystem_passes_through(registry, tmp_path):
             assert pc.events("cache_readonly")
             ready = readyz(pc)
             assert ready["status"] == "degraded" and "read-only" in ready["mode"], ready
+            assert pc.metric("pullcache_cache_disk_degraded") == 1   # the alert's input
             no_500(pc)
             # Started on the read-only filesystem: it still starts, in pass-through mode.
             pc.restart()

@@ -71,4 +71,13 @@ def test_observer_methods(metrics):
 def test_each_metrics_object_has_its_own_registry():
     a, b = Metrics(), Metrics()
     a.fill_event("committed")
-    assert sample(b, "pullcache_fills_total", result="committed") is None
+    assert sample(a, "pullcache_fills_total", result="committed") == 1
+    assert sample(b, "pullcache_fills_total", result="committed") == 0
+
+
+def test_the_series_dashboards_name_exist_at_zero_before_any_event(metrics):
+    assert sample(metrics, "pullcache_fills_total", result="failed") == 0
+    assert sample(metrics, "pullcache_served_bytes_total", source="fill") == 0
+    assert sample(metrics, "pullcache_tier_reads_total", kind="blob", outcome="error") == 0
+    assert sample(metrics, "pullcache_tier_writes_total", kind="manifest", outcome="failed") == 0
+    assert sample(metrics, "pullcache_cache_disk_degraded") == 0

@@ -78,5 +78,7 @@ async def metrics(request: web.Request) -> web.Response:
     if usage is not None:
         m.cache_bytes.set(usage["bytes"])
         m.cache_budget.set(usage["max_size"])
+    if DISK in core:
+        m.disk_degraded.set(core[DISK].status() is not None)
     body = generate_latest(m.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
