@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 # What the integration and end-to-end tests drive: a real registry (CNCF Distribution), the
 # real clients (skopeo, containerd, podman, dockerd), nginx as the benchmark's reference, htpasswd
 # for the basic-auth registry, chromium for the status page, systemd-analyze for
-# the unit's security rating. The suite runs its own private
+# the unit's security rating, prometheus (promtool and a live Prometheus for deploy/prometheus
+# and deploy/grafana), yamllint for deploy/kubernetes. The suite runs its own private
 # daemons; it never uses system ones.
 TEST_PACKAGES := docker-registry skopeo containerd podman docker.io nginx-light apache2-utils \
-	ca-certificates curl chromium systemd
+	ca-certificates curl chromium systemd prometheus yamllint
 # What only the benchmarks drive: wrk (HTTP load at many connections; ApacheBench, from
 # apache2-utils above, for HEAD, which Debian's wrk 4.1 cannot do).
 BENCH_PACKAGES := wrk
