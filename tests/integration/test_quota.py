@@ -32,11 +32,9 @@ def readyz(pc) -> dict:
     return request(pc.admin_url, "/readyz").json()
 
 
-def test_quota_low_warns_and_spent_stops_asking(make_pullcache, hub):
-    pc = make_pullcache(UpstreamSpec(hub.host, hub.url, extra={
-        "tag_ttl": "1s", "stale_while_revalidate": "0s"}))
-    first = request(pc.url, "/v2/lib/app/manifests/v1")
-    assert first.status == 200
+def test_quota_low_warns_in_the_log_and_readyz(make_pullcache, hub):
+    pc = make_pullcache(UpstreamSpec(hub.host, hub.url))
+    assert request(pc.url, "/v2/lib/app/manifests/v1").status == 200
     # 1 of 20 left: at most 10%, so the log warns and /readyz says so (still ready).
     ready = readyz(pc)
     assert ready["status"] == "ok"
@@ -44,16 +42,33 @@ def test_quota_low_warns_and_spent_stops_asking(make_pullcache, hub):
     warned = [e for e in pc.events("ratelimit_changed") if e["level"] == "warning"]
     assert warned and warned[-1]["remaining"] == 1 and warned[-1]["low"] is True
 
-    assert request(pc.url, "/v2/lib/app/manifests/v2").status == 200   # the last pull
-    asked = hub.manifest_requests()
-    assert "pull quota spent" in readyz(pc)["detail"][0]
 
-    # An uncached tag: 429 with the window's Retry-After, and nothing asked upstream.
+@pytest.fixture
+def spent(make_pullcache, hub):
+    """pullcache after the last pull of the quota: v1 and v2 cached, tag_ttl 1 s."""
+    pc = make_pullcache(UpstreamSpec(hub.host, hub.url, extra={
+        "tag_ttl": "1s", "stale_while_revalidate": "0s"}))
+    first = request(pc.url, "/v2/lib/app/manifests/v1")
+    assert first.status == 200
+    assert request(pc.url, "/v2/lib/app/manifests/v2").status == 200   # the last pull
+    assert hub.remaining == 0
+    return pc, first, hub.manifest_requests()
+
+
+def test_quota_spent_answers_uncached_tags_429_without_asking(spent, hub):
+    pc, _, asked = spent
     refused = request(pc.url, "/v2/lib/app/manifests/v3")
+    assert hub.manifest_requests() == asked, hub.requests[asked - 2:]
     assert refused.status == 429
     assert refused.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+    # The window's reset, not a guess.
     assert RESET - 10 <= int(refused.headers["retry-after"]) <= RESET
-    # A cached tag past its tag_ttl: served stale, without asking.
+    assert "pull quota spent" in readyz(pc)["detail"][0]
+
+
+def test_quota_spent_serves_stale_tags_without_asking(spent, hub):
+    pc, first, asked = spent
+    # v1 past its tag_ttl: served stale, without asking.
     wait_until(lambda: request(pc.url, "/v2/lib/app/manifests/v1").status == 200
                and pc.events("served_stale"), timeout=10, what="v1 served stale")
     stale = request(pc.url, "/v2/lib/app/manifests/v1")
