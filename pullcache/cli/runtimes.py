@@ -51,7 +51,9 @@ def _whole(text: str) -> Callable[[str | None], str]:
 # -- containerd ------------------------------------------------------------------------------
 
 def containerd(root: Path, mirror: str, registries: list[str] | None) -> Plan:
-    """``certs.d/<registry>/hosts.toml`` (or ``_default``) naming the mirror first."""
+    """``certs.d/<registry>/hosts.toml`` (or ``_default``) naming the mirror first; what
+    ``config_path`` and ``use_local_image_pull`` must be for CRI to read it: docs/protocol.md
+    §1.2."""
     config_file = _under(root, "/etc/containerd/config.toml")
     config = _toml(config_file)
     plugins = config.get("plugins", {})

@@ -1,9 +1,9 @@
 """A registry's pull quota as its ``ratelimit-*`` headers report it (Docker Hub).
 
 Docker Hub counts manifest GETs per window and says so on every answer:
-``ratelimit-limit: 100;w=21600`` and ``ratelimit-remaining: 76;w=21600`` (Docker Hub's
-"Usage and limits" documentation; ``w`` is the window in seconds). Once the count reaches 0 every further manifest
-request is refused with 429 until the window moves on, so the client stops asking: a
+``ratelimit-limit: 100;w=21600`` and ``ratelimit-remaining: 76;w=21600`` (docs/protocol.md
+§5.2; ``w`` is the window in seconds). Once the count reaches 0 every further manifest
+request is refused with 429 until the window moves on (§5.3), so the client stops asking: a
 request that will be refused spends nothing useful and tells the client nothing new.
 """
 
