@@ -8,8 +8,9 @@ file as it was before the first change next to it (``<file>.pullcache-orig``, or
 ``--undo`` puts every file back as it was before the first change; ``--dry-run`` prints the
 same report and writes nothing.
 
-The runtime itself is not restarted: containerd reads ``hosts.toml`` on every pull, dockerd
-and podman need a restart (dockerd) or nothing (podman reads its config per command).
+No runtime is restarted: containerd reads ``hosts.toml`` on every pull and podman its
+drop-ins on every command; dockerd reads ``daemon.json`` again on SIGHUP (the printed next
+step).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""What ``pullcache node-setup`` writes for each container runtime (no I/O beyond reading
-the runtime's own config to warn about it)."""
+"""What ``pullcache node-setup`` writes for each container runtime. Nothing is written here:
+each runtime reads its own config (and containerd its version) to warn, and returns the
+edits for ``node_setup.py`` to apply."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def containerd(root: Path, mirror: str, registries: list[str] | None) -> Plan:
              or plugins.get(CRI_V1, {}).get("registry", {}).get("config_path"))
     warnings = []
     version = _containerd_version() if root == Path("/") else None
+    # containerd 2.x's CRI looks in /etc/containerd/certs.d when config_path is unset.
     modern = config.get("version", 2) >= 3 or (version is not None and version >= (2, 0))
     if not paths and not modern:
         warnings.append(
@@ -81,8 +83,8 @@ def containerd(root: Path, mirror: str, registries: list[str] | None) -> Plan:
     certs = _under(root, (paths or "/etc/containerd/certs.d").split(":")[0])
     edits = []
     for registry in registries or ["_default"]:
-        server = "" if registry == "_default" else \
-            f'server = "https://{"registry-1.docker.io" if registry == DOCKER_HUB else registry}"\n'
+        origin = "registry-1.docker.io" if registry == DOCKER_HUB else registry
+        server = "" if registry == "_default" else f'server = "https://{origin}"\n'
         text = (HEADER.format("containerd") + server + f'\n[host."{mirror}"]\n'
                 '  capabilities = ["pull", "resolve"]\n')
         edits.append(Edit(certs / registry / "hosts.toml", _whole(text)))

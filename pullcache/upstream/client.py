@@ -229,8 +229,8 @@ class RegistryClient:
         """
         if tail.startswith("manifests/") and not push \
                 and (wait := self.quota.wait()) is not None:
-            # The only requests the quota counts; HEADs included, since the GET a HEAD
-            # leads to would be refused.
+            # Manifests only: blobs are not counted. HEADs too, although free: the GET a
+            # HEAD leads to would be refused, and a cached tag is served stale without it.
             raise errors.QuotaSpent(f"{self.name}: pull quota spent, retry in {wait}s",
                                     headers={"Retry-After": str(wait)})
         ticket = self.breaker.check()

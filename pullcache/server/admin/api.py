@@ -200,7 +200,8 @@ async def status(request: web.Request) -> web.Response:
             "last_error": {"age": round(time.time() - last[0], 1), "method": last[1],
                            "status": last[2]} if last else None})
     return web.json_response({
-        "now": time.time(), "version": build_info()["version"], "summary": await summary(core), "fills": fills,
+        "now": time.time(), "version": build_info()["version"],
+        "summary": await summary(core), "fills": fills,
         "upstreams": upstreams, "write_queue": gauge_value(m.tier_queue),
         "top_images": ops.pulls.top(10),
         "pins": ops.pinning.snapshot() if ops.pinning else [],
