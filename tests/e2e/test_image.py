@@ -23,7 +23,8 @@ from tests.support.images import build_image, push, read_oci_layout_digests
 from tests.support.ports import free_port, wait_http
 
 ARCHIVE = os.environ.get("PULLCACHE_IMAGE")
-pytestmark = pytest.mark.skipif(not ARCHIVE, reason="make image-test names the image")
+pytestmark = pytest.mark.skipif(not ARCHIVE, reason="no image: make test and make image-test build it and name it "
+                                "in $PULLCACHE_IMAGE")
 MiB = 1024 * 1024
 # This machine's container may not raise rlimits; podman's defaults would.
 LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024")
@@ -144,7 +145,8 @@ def test_the_image_serves_read_only_and_pulls_through(image, podman, registry, t
         assert read_oci_layout_digests(pulled)["refs"][version] == index["manifests"][0]["digest"]
         stats = request(f"http://127.0.0.1:{admin}", "/admin/stats").json()
         assert stats["bytes"] > 60 * MiB   # the image's layer, cached on the volume
-        assert any(cache.iterdir())
+        written = [p for p in cache.rglob("*") if p.is_file()]
+        assert written and {p.stat().st_uid for p in written} == {10001}   # not root
         status = request(f"http://127.0.0.1:{admin}", "/admin/status").json()
         assert status["version"] == version
     finally:
