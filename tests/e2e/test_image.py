@@ -23,8 +23,9 @@ from tests.support.images import build_image, push, read_oci_layout_digests
 from tests.support.ports import free_port, wait_http
 
 ARCHIVE = os.environ.get("PULLCACHE_IMAGE")
-pytestmark = pytest.mark.skipif(not ARCHIVE, reason="no image: make test and make image-test build it and name it "
-                                "in $PULLCACHE_IMAGE")
+pytestmark = pytest.mark.skipif(
+    not ARCHIVE, reason="no image: make test and make image-test build it and name it in "
+                        "$PULLCACHE_IMAGE")
 MiB = 1024 * 1024
 # This machine's container may not raise rlimits; podman's defaults would.
 LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024")
