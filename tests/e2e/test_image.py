@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clients import Dockerd
 from tests.support.http import request
 from tests.support.images import build_image, push, read_oci_layout_digests
 from tests.support.ports import free_port, wait_http
@@ -154,3 +155,30 @@ def test_the_image_serves_read_only_and_pulls_through(image, podman, registry, t
         logs = podman("logs", "pullcache-image-test", check=False)
         podman("rm", "-f", "-t", "5", "pullcache-image-test", check=False)
     assert '"event": "request"' in logs or '"event":"request"' in logs, logs[-2000:]
+
+
+def test_the_image_runs_under_dockerd(image, containerd, tmp_path):
+    """What the README's `docker run` starts: loaded into a real (private) dockerd, run
+    read-only as its user. (This machine's dockerd has no bridge network, so the serving
+    itself is shown under podman above.)"""
+    index, _, _ = oci_index(image)
+    version = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    dockerd = Dockerd(tmp_path / "dockerd", "127.0.0.1:9", containerd)
+    dockerd.workdir.mkdir()
+    dockerd.start()
+    try:
+        skopeo("copy", f"oci-archive:{image}:{version}", f"docker-daemon:pullcache:{version}",
+               "--dest-daemon-host", f"unix://{dockerd.socket}")
+        _, said = dockerd.docker("run", "--rm", "--read-only", "-v",
+                                 "pullcache-test:/var/cache/pullcache",
+                                 f"pullcache:{version}", "--version")
+        assert said.strip().startswith(f"pullcache {version} (python 3.")
+        _, whoami = dockerd.docker("run", "--rm", "--entrypoint", "/usr/bin/id",
+                                   f"pullcache:{version}")
+        assert whoami.startswith("uid=10001(pullcache) gid=10001(pullcache)")
+        _, owner = dockerd.docker("run", "--rm", "--entrypoint", "/usr/bin/stat", "-v",
+                                  "pullcache-test:/var/cache/pullcache", f"pullcache:{version}",
+                                  "-c", "%u", "/var/cache/pullcache")
+        assert owner.strip() == "10001"   # a new named volume takes the image's owner
+    finally:
+        dockerd.stop()
