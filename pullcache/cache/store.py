@@ -148,21 +148,19 @@ class BlobStore:
 
     async def linked(self, kind: str, digest: Digest, where: Where) -> bool:
         """Whether ``kind:digest`` is linked to ``where``: memory, else the index."""
-        key = _key(kind, digest)
-        if self.known_links.known(key, where):
-            return True
-        try:
-            return await asyncio.to_thread(self.index.linked, key, where)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"index: {exc}") from as_oserror(exc)
+        return await self._on_links("linked", kind, digest, where)
 
     async def link(self, kind: str, digest: Digest, where: Where) -> bool:
         """Record that ``kind:digest`` may answer ``where``; False when it is not cached."""
+        return await self._on_links("link", kind, digest, where)
+
+    async def _on_links(self, method: str, kind: str, digest: Digest, where: Where) -> bool:
+        """True when memory knows the link; else the index's ``method``, in a thread."""
         key = _key(kind, digest)
         if self.known_links.known(key, where):
             return True
         try:
-            return await asyncio.to_thread(self.index.link, key, where)
+            return await asyncio.to_thread(getattr(self.index, method), key, where)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"index: {exc}") from as_oserror(exc)
 
