@@ -2,7 +2,8 @@
 
 Files are content-addressed and shared: one file per digest, whoever fetched it. Whether a
 request may be *served* that file is a separate fact, kept here: the link ``(index key,
-upstream, repository)``. The proxy's rule (``proxy/links.py``) is that a hit needs one.
+upstream, repository)``. The proxy's rule (``proxy/links.py``) is that a hit needs one
+(docs/architecture.md, "The index, the budget and the hot layer").
 
 Links live in the index's own SQLite database, in a ``Link`` table beside diskcache's
 ``Cache`` table, on the same connection (``compat.diskcache_sql``): dropping a key (eviction,

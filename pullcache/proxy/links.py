@@ -1,4 +1,5 @@
-"""Who may be served what: the rule every cache hit obeys.
+"""Who may be served what: the rule every cache hit obeys (docs/architecture.md, "What
+pullcache promises": content answers only where it is linked).
 
 Cached content is shared: one file per digest, whichever upstream and repository it was
 fetched for. Serving it is not: a hit for (upstream U, repository R) requires that the
