@@ -37,12 +37,13 @@ def tenants(tmp_path, htpasswd, fault_proxy):
     """Start a pullcache of two upstreams (``cache``: more [cache] keys); stopped after."""
     started = []
 
-    def start(**cache) -> Pullcache:
+    def start(priv: dict | None = None, **cache) -> Pullcache:
         down = f"http://127.0.0.1:{free_port()}"   # nothing listens there
         pc = Pullcache(tmp_path / "pc", [
             UpstreamSpec("docker.io", down, default=True),
             UpstreamSpec(PRIV, fault_proxy.url, extra={
-                "users": ["alice"], "allow": ["secret/**"], "breaker_failures": 1000})],
+                "users": ["alice"], "allow": ["secret/**"], "breaker_failures": 1000,
+                **(priv or {})})],
             cache=cache, access={"htpasswd": htpasswd})
         pc.workdir.mkdir(exist_ok=True)
         started.append(pc)
@@ -139,6 +140,21 @@ def test_a_manifest_by_digest_is_confirmed_like_a_blob(tenants, registry, fault_
     assert get(pc, manifest_path("secret/d", image.digest)).body == image.manifest
     assert fault_proxy.count("HEAD", f"/secret/d/manifests/{image.digest}") == 0
     assert fault_proxy.count("GET") == 0
+
+
+def test_stale_serves_a_tag_to_its_own_repository_only(tenants, registry, fault_proxy):
+    image = build_image("links-stale", layer_sizes=(3000,))
+    push(registry, "secret/a", "v1", image)
+    push(registry, "secret/c", "v1", image)
+    pc = tenants({"tag_ttl": 0, "stale_while_revalidate": "0s"})
+    assert get(pc, manifest_path("secret/a", "v1")).body == image.manifest
+    fault_proxy.set_fault("status", match="/v2/", status=503)     # the upstream fails now
+    stale = get(pc, manifest_path("secret/a", "v1"))
+    assert stale.body == image.manifest and stale.headers["warning"].startswith("299 -")
+    assert get(pc, manifest_path("secret/a", image.digest)).body == image.manifest
+    for path in (manifest_path("secret/c", "v1"), manifest_path("secret/c", image.digest)):
+        r = get(pc, path)
+        assert r.status == 503 and r.body != image.manifest, path
 
 
 def test_a_fill_in_flight_is_joined_only_once_confirmed(tenants, registry, fault_proxy):
