@@ -42,7 +42,7 @@ class Proxy:
         self.store = store
         self.fills = fills
         self.upstreams = upstreams
-        links = Links(store)
+        links = Links(store, metrics)
         self.manifests = Manifests(store, tags, metrics, links, tier=tier, writes=writes,
                                    disk=disk)
         self.blobs = Blobs(store, fills, metrics, links, tier=tier, writes=writes, disk=disk)

@@ -35,6 +35,7 @@ import structlog
 from .. import errors
 from ..cache.store import BlobStore
 from ..gate.routing import Route
+from ..metrics import Metrics
 from ..oci import DEFAULT_ACCEPT, Digest
 from ..singleflight import SingleFlight
 from .answers import Upstream
@@ -45,8 +46,9 @@ log = structlog.get_logger("pullcache.proxy")
 class Links:
     """Checks and records links (the rule above) for the proxy's nouns."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, metrics: Metrics) -> None:
         self.store = store
+        self.metrics = metrics
         self._asking: SingleFlight[None] = SingleFlight()   # one HEAD per (U, R, digest)
 
     def known(self, route: Route, kind: str, digest: Digest) -> bool:
@@ -65,13 +67,19 @@ class Links:
                 return
         except errors.StorageError as exc:   # the index cannot say: U can
             log.warning("link_unread", kind=kind, digest=str(digest), error=str(exc))
-        await self.ask(upstream, route, kind, digest)
-        await self.record(route, kind, digest)
+
+        async def head_and_link() -> None:
+            await self._head(upstream, route, kind, digest)
+            await self.record(route, kind, digest)
+        # One flight per (U, R, digest): a herd from R costs one HEAD and one link.
+        key = ("confirm", kind, route.upstream, route.repo, str(digest))
+        await self._asking.do(key, head_and_link)
 
     async def ask(self, upstream: Upstream, route: Route, kind: str, digest: Digest) -> None:
-        """HEAD ``digest`` in R on U (one flight per (U, R, digest)): return if U has it
-        there, else raise what U answered."""
-        key = (kind, route.upstream, route.repo, str(digest))
+        """HEAD ``digest`` in R on U (one flight per (U, R, digest)), recording nothing:
+        return if U has it there, else raise what U answered. For content not yet cached
+        (a fill in flight: ``Fill.add_link`` records the link with its commit)."""
+        key = ("ask", kind, route.upstream, route.repo, str(digest))
         await self._asking.do(key, lambda: self._head(upstream, route, kind, digest))
 
     async def _head(self, upstream: Upstream, route: Route, kind: str, digest: Digest) -> None:
@@ -82,8 +90,12 @@ class Links:
             else:
                 await upstream.client.head_manifest(route.repo, str(digest), DEFAULT_ACCEPT)
         except errors.PullcacheError as exc:
+            unavailable = isinstance(exc, errors.UPSTREAM_FAILURES)
+            self.metrics.link_checks.labels(kind, "unavailable" if unavailable
+                                            else "refused").inc()
             log.info("link_refused", **fields, status=exc.status, error=str(exc))
             raise
+        self.metrics.link_checks.labels(kind, "confirmed").inc()
         log.info("link_confirmed", **fields)
 
     async def record(self, route: Route, kind: str, digest: Digest) -> None:

@@ -9,6 +9,8 @@ we do), so a repository it was never pushed to answers the HEAD 404.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests.integration.test_cache_engine import Download
@@ -90,6 +92,7 @@ def test_private_content_is_not_served_through_another_upstream(tenants, registr
         r = get(pc, f"/v2/anything/manifests/{image.digest}", who)
         assert r.status == 503 and r.body != image.manifest
     assert pc.events("link_refused")
+    assert pc.metric("pullcache_link_checks_total", result="unavailable") == 6
 
 
 def test_another_repository_is_confirmed_by_one_head_and_never_fetched_again(
@@ -97,6 +100,7 @@ def test_another_repository_is_confirmed_by_one_head_and_never_fetched_again(
     image = build_raw_blob_image("links-repos", 2 * MiB)
     push(registry, "secret/a", "v1", image)
     push(registry, "secret/c", "v1", image)      # secret/b is never pushed: 404 there
+    push(registry, "secret/e", "v1", image)
     pc = tenants()
     layer = image.layers[0].digest
     assert get(pc, blob_path("secret/a", layer)).sha256 == layer
@@ -115,6 +119,14 @@ def test_another_repository_is_confirmed_by_one_head_and_never_fetched_again(
     head = get(pc, blob_path("secret/c", layer), method="HEAD")
     assert head.status == 200 and head.headers["content-length"] == str(2 * MiB)
     assert fault_proxy.count("HEAD") == 2 and fault_proxy.count("GET") == 0
+    # A herd from another repository costs one HEAD.
+    with ThreadPoolExecutor(8) as pool:
+        herd = list(pool.map(lambda _: get(pc, blob_path("secret/e", layer)), range(8)))
+    assert [r.sha256 for r in herd] == [layer] * 8
+    assert fault_proxy.count("HEAD", f"/secret/e/blobs/{layer}") == 1
+    assert fault_proxy.count("GET") == 0
+    assert pc.metric("pullcache_link_checks_total", kind="blob", result="confirmed") == 2
+    assert pc.metric("pullcache_link_checks_total", kind="blob", result="refused") == 1
     # One file for every repository it is linked to.
     files = [p for p in (pc.cache_dir / "blobs").rglob("*") if p.is_file()]
     assert files == [blob_file(pc, layer)]
