@@ -185,8 +185,7 @@ class Manifests:
             cached = await self.cached(digest)
             if cached is not None:
                 outcome = "revalidated"
-                if not self.links.known(route, "manifest", digest):
-                    await self.links.record(route, "manifest", digest)   # U named it in R
+                await self.links.record(route, "manifest", digest)   # U named it in R
             else:
                 cached = await self._fetch_by_digest(upstream, route, digest, accept, tag)
                 outcome = "miss"
