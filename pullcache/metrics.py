@@ -84,6 +84,10 @@ class Metrics:
         self.coalesced = Counter("pullcache_coalesced_requests",
                                  "Requests that joined a fetch already in flight", ["kind"],
                                  registry=r)
+        self.link_checks = Counter(
+            "pullcache_link_checks", "Cached content asked for from a repository it is not "
+            "linked to, confirmed with its upstream by a HEAD: confirmed, refused (404, "
+            "401, 403) or unavailable", ["kind", "result"], registry=r)
         self.evictions = Counter("pullcache_evicted_files", "Files evicted", registry=r)
         self.evicted_bytes = Counter("pullcache_evicted_bytes", "Bytes evicted", registry=r)
         self.cache_bytes = Gauge("pullcache_cache_bytes", "Bytes used by the cache", registry=r)

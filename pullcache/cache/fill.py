@@ -14,6 +14,10 @@ When the disk refuses the fill (ENOSPC, EDQUOT, EIO, read-only, removed; or the 
 fit the budget at all) it becomes a *pass-through* (``passthrough.PassThrough``): the bytes
 continue into a bounded in-memory ``Window`` that readers tail the same way, the temp file is
 removed, and nothing is cached. The final byte is still held back until the digest matches.
+
+A fill is for the (upstream, repository) whose request started it, and for those whose
+requests joined it once the proxy confirmed them (``proxy/links.py``): its ``links``, recorded
+with the commit (``links.py``), or, for one confirmed while the commit runs, right after it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import structlog
 from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
 from ..oci import Digest
 from .index import Entry
+from .links import Where
 from .passthrough import DEFAULT_LIMIT, PassThrough, Window
 from .tail import READ_CHUNK, FillFailed, Tail  # noqa: F401 - FillFailed: part of the API
 from .store import BlobStore
@@ -75,9 +80,13 @@ class FillResult:
 
 class Fill(PassThrough, Tail):
     def __init__(self, kind: str, digest: Digest, store: BlobStore, deadline: float,
-                 on_event=None, disk=None, window_limit: int = DEFAULT_LIMIT) -> None:
+                 on_event=None, disk=None, window_limit: int = DEFAULT_LIMIT,
+                 link: Where | None = None) -> None:
         self.kind = kind
         self.digest = digest
+        # Who may be served this content (``add_link``); taken by the commit (``_commit``).
+        self.links: set[Where] = {link} if link is not None else set()
+        self.links_taken = False
         self.store = store
         self.deadline = deadline
         self.temp = store.temp_path()
@@ -237,6 +246,17 @@ class Fill(PassThrough, Tail):
             self._started.set_result(self.size)
         self._wake()
 
+    async def add_link(self, where: Where) -> None:
+        """Link ``where`` (confirmed by the caller) to this content: with the commit, or, when
+        the commit has taken the links already, once it is done (the index links only a key
+        it holds)."""
+        self.links.add(where)
+        if not self.links_taken:
+            return
+        await asyncio.wait([self.result])    # not cancelled with the caller: wait, not await
+        if not self.failed and self.result.result().entry is not None:
+            await self.store.link(self.kind, self.digest, where)
+
     def _fail(self, exc: BaseException) -> None:
         if not self._started.done():
             self._started.set_exception(exc)
@@ -281,9 +301,12 @@ class Fills:
     def running(self, kind: str, digest: Digest) -> Fill | None:
         return self._fills.get((kind, str(digest)))
 
-    def get_or_start(self, kind: str, digest: Digest,
-                     sources: list[Candidate]) -> tuple[Fill, bool]:
-        """The fill for ``digest``, started now if none is running; ``(fill, joined)``."""
+    def get_or_start(self, kind: str, digest: Digest, sources: list[Candidate],
+                     link: Where | None = None) -> tuple[Fill, bool]:
+        """The fill for ``digest``, started now if none is running; ``(fill, joined)``.
+
+        ``link``: who a new fill is for (its sources are theirs). A joiner is not linked
+        here: the caller confirms it first, then ``Fill.add_link``."""
         key = (kind, str(digest))
         fill = self._fills.get(key)
         if fill is not None and not fill.failed:
@@ -291,7 +314,7 @@ class Fills:
         # (A failed fill stays listed while it cleans up; a new request starts afresh rather
         # than join it and be cut at once.)
         fill = Fill(kind, digest, self.store, self.deadline, self._on_event, self.disk,
-                    self.window)
+                    self.window, link)
         self._fills[key] = fill
         task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
         self._tasks[task] = fill

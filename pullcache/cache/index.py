@@ -17,6 +17,9 @@ Reading never writes: diskcache's own ``get`` under its LRU policy updates ``acc
 written in bulk by ``touch`` (one transaction for the touches the hot layer buffered). Every
 key the index drops is reported to ``forgotten`` (the hot layer) before its file may go.
 
+Each key's links (``links.py``: which upstream and repository it may answer) are in the same
+database and go with the key in the same transaction.
+
 Every method here blocks; ``BlobStore`` calls them through ``asyncio.to_thread``.
 """
 
@@ -34,6 +37,7 @@ from diskcache.core import MODE_BINARY, UNKNOWN
 
 from ..compat.diskcache_sql import CacheSQL
 from ..oci import Digest
+from .links import LinkTable, Where
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,8 @@ class Index:
     """Keys are ``<kind>:<digest>``; values ``Entry``. ``touch`` records recency."""
 
     forgotten: Callable[[list[str]], None] = staticmethod(lambda keys: None)
+    # Told of each link found or recorded (the hot layer's ``KnownLinks.learn``).
+    learned: Callable[[str, Where], None] = staticmethod(lambda key, where: None)
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -78,13 +84,15 @@ class Index:
             statistics=False,
         )
         self._sql = CacheSQL(self._cache)
+        self.links = LinkTable(self._sql)
         self._lock = threading.Lock()         # the released/deferred lists
         # Pins: files a response is serving. Taking a pin and choosing eviction victims are
         # atomic with respect to each other (``_evicting``), so a blob found by ``get(pin=…)``
         # is never evicted between being found and being served.
         self._pins: Counter[str] = Counter()
         self._pins_lock = threading.Lock()
-        self._evicting = threading.Lock()
+        # Reentrant: a read that finds a vanished file drops its key under it.
+        self._evicting = threading.RLock()
         self._released: list[str] = []
         self._deferred: set[str] = set()
         # Persistently pinned keys (``cache.pin``, see pins.py): never eviction victims.
@@ -177,9 +185,32 @@ class Index:
         return added
 
     def drop(self, key: str) -> None:
-        self._cache.delete(key)
-        self.forgotten([key])
+        with self._evicting:
+            with self._cache.transact(retry=True):
+                self._cache.delete(key)
+                self.links.drop([key])
+            self.forgotten([key])
         self._unlink_released()
+
+    # -- links ------------------------------------------------------------------------------
+
+    def link(self, key: str, where: Where) -> bool:
+        """Record that ``key``'s content may answer ``where``; False (nothing recorded) when
+        the key is not indexed: a link never outlives, nor precedes, its file."""
+        with self._evicting:
+            if key not in self._cache:
+                return False
+            self.links.add(key, where)
+            self.learned(key, where)
+            return True
+
+    def linked(self, key: str, where: Where) -> bool:
+        """Whether ``key`` is linked to ``where`` (read only)."""
+        with self._evicting:
+            if not self.links.has(key, where):
+                return False
+            self.learned(key, where)
+            return True
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache
@@ -218,8 +249,10 @@ class Index:
                 if filename and not self._is_pinned(filename) and not self.keeps(key):
                     victims.append(key)
                     excess -= size or 0
-            for key in victims:
-                self._cache.delete(key)
+            with self._cache.transact(retry=True):
+                for key in victims:
+                    self._cache.delete(key)
+                self.links.drop(victims)
             self.forgotten(victims)
         return self._unlink_released()
 

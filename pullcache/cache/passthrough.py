@@ -274,8 +274,11 @@ class PassThrough:
             await self._discard_temp()
 
     async def _commit(self):
+        # Taken here, on the loop: a link added from now on is recorded after the commit.
+        links, self.links_taken = frozenset(self.links), True
         try:
-            return await self.store.commit(self.kind, self.digest, self.temp, self.written)
+            return await self.store.commit(self.kind, self.digest, self.temp, self.written,
+                                           links=links)
         except StorageError as exc:
             cause = exc.__cause__
             if not self._disk_refused(cause):

@@ -1,8 +1,10 @@
 """Recovery: make the index and the files on disk agree after a crash (or a hand-edit).
 
-Temp files are unfinished fills: deleted. Entries whose file is gone: dropped. Files without
-an entry (a crash between rename and index): hashed, adopted when the content matches the
-name, deleted otherwise (a manifest's media type died with the crash: it is fetched again).
+Temp files are unfinished fills: deleted. Entries whose file is gone: dropped, with their
+links. Files without an entry (a crash between rename and index): hashed, adopted when the
+content matches the name, deleted otherwise (a manifest's media type died with the crash: it
+is fetched again). An adopted file has no links: its first request from each repository is
+confirmed with the upstream (``proxy/links.py``).
 Blocking; ``BlobStore.reconcile`` runs it in a thread.
 """
 
@@ -39,6 +41,7 @@ def reconcile(root: Path, tmp: Path, index: Index) -> Reconciled:
         if path is None or not path.is_file():
             index.drop(key)
             dropped += 1
+    index.links.sweep()   # links of keys dropped behind the index's back
     adopted = rejected = 0
     for kind in KINDS:
         top = relpath_for(kind, "x", "xx").split("/")[0]

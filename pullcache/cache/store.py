@@ -13,7 +13,8 @@ request can name a path outside the root.
 
 A hit is served from the ``HotLayer`` (memory: entries, manifest bodies) without SQLite or a
 thread; a miss reads the index (without writing it) and warms the hot layer. Recency goes
-to the index in bulk (``flush_recency``).
+to the index in bulk (``flush_recency``). Links (``links.py``: which upstream and repository
+a file may answer) are read the same way: memory first, else the index, warming memory.
 """
 
 from __future__ import annotations
@@ -25,55 +26,21 @@ import os
 import sqlite3
 import uuid
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import structlog
 
 from ..errors import StorageError
 from ..oci import Digest
+from .budget import Budget, Reservation
 from .hot import HotLayer
 from .index import Entry, Index, relpath_for
+from .links import KnownLinks, Where
 from .passthrough import as_oserror
 from .recovery import KINDS, Reconciled, reconcile  # noqa: F401 - KINDS: part of the API
 
 log = structlog.get_logger("pullcache.cache")
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    max_size: int
-    high_watermark: float = 0.95
-    low_watermark: float = 0.85
-
-    @property
-    def high(self) -> int:
-        return int(self.max_size * self.high_watermark)
-
-    @property
-    def low(self) -> int:
-        return int(self.max_size * self.low_watermark)
-
-
-class Reservation:
-    """Bytes a fill counts against the budget until ``release``, which comes after its
-    commit: the bytes are always counted, by the reservation or by the index. Idempotent."""
-
-    def __init__(self, release: Callable[[int], None], nbytes: int) -> None:
-        self._release: Callable[[int], None] | None = release
-        self.nbytes = nbytes
-
-    def release(self) -> None:
-        if self._release is not None:
-            self._release, release = None, self._release
-            release(self.nbytes)
-
-    def __enter__(self) -> "Reservation":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class BlobStore:
@@ -85,6 +52,7 @@ class BlobStore:
         self.budget = budget
         self.tmp = root / "tmp"
         self.hot = hot if hot is not None else HotLayer(0)
+        self.known_links = KnownLinks(self.hot)
         self._reserved = 0  # bytes promised to fills in progress
         self._evicted_bytes = 0
         # Making room and reserving are one step under this lock (else concurrent fills
@@ -106,7 +74,8 @@ class BlobStore:
                 for sub in ("blobs", "manifests", "tmp"):
                     (self.root / sub).mkdir(parents=True, exist_ok=True)
             self._index = Index(index_root or self.root)
-            self._index.forgotten = self.hot.forget  # type: ignore[method-assign]
+            self._index.forgotten = self._forget  # type: ignore[method-assign]
+            self._index.learned = self.known_links.learn  # type: ignore[method-assign]
         await asyncio.to_thread(_open)
         return await self.reconcile() if reconcile else None
 
@@ -171,6 +140,35 @@ class BlobStore:
                 self.hot.touch(key)
         return found
 
+    # -- links -------------------------------------------------------------------------------
+
+    def known_link(self, kind: str, digest: Digest, where: Where) -> bool:
+        """Whether memory knows ``kind:digest`` is linked to ``where``: the hot path."""
+        return self.known_links.known(_key(kind, digest), where)
+
+    async def linked(self, kind: str, digest: Digest, where: Where) -> bool:
+        """Whether ``kind:digest`` is linked to ``where``: memory, else the index."""
+        return await self._on_links("linked", kind, digest, where)
+
+    async def link(self, kind: str, digest: Digest, where: Where) -> bool:
+        """Record that ``kind:digest`` may answer ``where``; False when it is not cached."""
+        return await self._on_links("link", kind, digest, where)
+
+    async def _on_links(self, method: str, kind: str, digest: Digest, where: Where) -> bool:
+        """True when memory knows the link; else the index's ``method``, in a thread."""
+        key = _key(kind, digest)
+        if self.known_links.known(key, where):
+            return True
+        try:
+            return await asyncio.to_thread(getattr(self.index, method), key, where)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"index: {exc}") from as_oserror(exc)
+
+    def _forget(self, keys: list[str]) -> None:
+        """(under the index's eviction lock) Keys dropped: their entries and links."""
+        self.hot.forget(keys)
+        self.known_links.forget(keys)
+
     def _pin_value(self, value: tuple[Entry, bytes | None]) -> None:
         self.index.pin(value[0].relpath)
 
@@ -227,11 +225,12 @@ class BlobStore:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
     async def commit(self, kind: str, digest: Digest, temp: Path, size: int,
-                     media_type: str | None = None) -> Entry:
-        """Move a verified, fsynced temp file into place and index it.
+                     media_type: str | None = None, links: frozenset[Where] = frozenset(),
+                     ) -> Entry:
+        """Move a verified, fsynced temp file into place and index it, linked to ``links``.
 
         The order (rename, fsync the directory, then index) means a crash leaves at worst a
-        file without an entry, which ``reconcile`` verifies and adopts.
+        file without an entry, which ``reconcile`` verifies and adopts (without links).
         """
         relpath = relpath_for(kind, digest.algorithm, digest.hex)
         entry = Entry(relpath, size, media_type)
@@ -242,19 +241,24 @@ class BlobStore:
             key = _key(kind, digest)
             if key in self.index:
                 temp.unlink(missing_ok=True)   # someone else committed it meanwhile
-                return self.index.get(key) or entry
-            os.replace(temp, final)
-            _fsync_dir(final.parent)
-            self.index.add(key, entry)
-            self._warm(key, False, False)   # the next request for it: a memory hit
-            return entry
+                entry_now = self.index.get(key) or entry
+            else:
+                os.replace(temp, final)
+                _fsync_dir(final.parent)
+                self.index.add(key, entry)
+                self._warm(key, False, False)   # the next request for it: a memory hit
+                entry_now = entry
+            for where in links:
+                self.index.link(key, where)
+            return entry_now
         try:
             return await asyncio.to_thread(_commit)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(str(exc)) from as_oserror(exc)
 
     async def put_bytes(self, kind: str, digest: Digest, data: bytes,
-                        media_type: str | None = None) -> Entry:
+                        media_type: str | None = None,
+                        links: frozenset[Where] = frozenset()) -> Entry:
         """Commit small verified content (a manifest) held in memory."""
         temp = self.temp_path()
 
@@ -269,7 +273,7 @@ class BlobStore:
             with suppress(OSError):       # a read-only or removed tree refuses this too
                 temp.unlink(missing_ok=True)
             raise StorageError(str(exc)) from exc
-        return await self.commit(kind, digest, temp, len(data), media_type)
+        return await self.commit(kind, digest, temp, len(data), media_type, links)
 
     # -- budget ------------------------------------------------------------------------------
 

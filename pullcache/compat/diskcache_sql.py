@@ -4,8 +4,10 @@ The index needs four statements diskcache has no method for: a row read that doe
 its recency, a bulk update of access times in one transaction, an access-time read, and an
 ordered scan in diskcache's own least-recently-used order (its ``cull()`` deletes ten rows a
 step whatever their size, too coarse for multi-GiB layers). They run on ``Cache._sql``, the
-connection diskcache itself uses, against its ``Cache`` table. ``check`` says whether the
-installed diskcache still has what this module assumes.
+connection diskcache itself uses, against its ``Cache`` table. The index's own tables (the
+links of ``cache/links.py``) live in the same database and use the same connection
+(``execute``), so a key's row and its links change in one of diskcache's transactions.
+``check`` says whether the installed diskcache still has what this module assumes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ class CacheSQL:
 
     def _sql(self, statement: str, params: tuple = ()):
         return self._cache._sql(statement, params)  # noqa: SLF001 - this adapter's purpose
+
+    def execute(self, statement: str, params: tuple = ()):
+        """Run one of our own statements on diskcache's connection (inside its transaction,
+        when the caller holds one: ``Cache.transact``)."""
+        return self._sql(statement, params)
 
     def row(self, key: str) -> tuple[str | None, int | None, bytes | str | None] | None:
         """(filename, size, value) of ``key``, without touching its recency."""
@@ -80,3 +87,9 @@ def check() -> None:
         assert sql.access_time("old") == 2e9, f"{where}: the access-time read"
         assert [k for k, _, _ in sql.lru_order()] == ["new", "old"], \
             f"{where}: the least-recently-used order"
+        sql.execute("CREATE TABLE Own (key TEXT)")
+        with cache.transact():
+            cache.delete("old")
+            sql.execute("INSERT INTO Own VALUES (?)", ("old",))
+        assert sql.execute("SELECT key FROM Own").fetchall() == [("old",)], \
+            f"{where}: a statement of our own inside diskcache's transaction"

@@ -6,6 +6,8 @@
   upstream), written back to the tier behind the response.
 - ``discovery``: the tag list.
 - ``referrers``: the upstream's referrers API, else the spec's tag-schema fallback.
+- ``links``: the rule every hit obeys: cached content answers an (upstream, repository)
+  only where it is linked, else once its upstream confirms it with a HEAD.
 
 ``Proxy`` is the one door routes use; it picks the upstream and hands over to the noun.
 This package decides; ``cache/`` stores, ``upstream/`` talks. It knows nothing of aiohttp.web.
@@ -27,6 +29,7 @@ from ..gate.routing import Route
 from .answers import STALE_WARNING, BlobAnswer, ManifestAnswer, Prefetched, TagList, Upstream
 from .blobs import Blobs, StoreContent
 from .discovery import Discovery
+from .links import Links
 from .manifests import Manifests
 from .referrers import Referrers, ReferrersAnswer
 
@@ -39,8 +42,10 @@ class Proxy:
         self.store = store
         self.fills = fills
         self.upstreams = upstreams
-        self.manifests = Manifests(store, tags, metrics, tier=tier, writes=writes, disk=disk)
-        self.blobs = Blobs(store, fills, metrics, tier=tier, writes=writes, disk=disk)
+        links = Links(store, metrics)
+        self.manifests = Manifests(store, tags, metrics, links, tier=tier, writes=writes,
+                                   disk=disk)
+        self.blobs = Blobs(store, fills, metrics, links, tier=tier, writes=writes, disk=disk)
         self.discovery = Discovery(tags)
         self.referrer_lists = Referrers(self.manifests, tags, metrics)
 

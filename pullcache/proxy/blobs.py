@@ -7,6 +7,10 @@
 The remotes live inside the fill rather than beside it because a herd must share one
 download whichever remote serves it. What the origin gave is written back to the tier in
 the background.
+
+Every step obeys ``links``: a file on disk answers only the (upstream, repository) it is
+linked to, and a fill only those it was started or confirmed for; anyone else is confirmed
+with a HEAD to their upstream first.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ..metrics import Metrics
 from ..oci import Digest
 from ..gate.routing import Route
 from .answers import BlobAnswer, Prefetched, Upstream, tier_outcome
+from .links import Links
 
 # A remote source: how to open a blob there, as one of a fill's candidates.
 Remote = Callable[[Upstream, Route, Digest], Candidate]
@@ -45,10 +50,11 @@ def _tier(tier: EcrTier) -> Remote:
 
 
 class Blobs:
-    def __init__(self, store: BlobStore, fills: Fills, metrics: Metrics, *,
+    def __init__(self, store: BlobStore, fills: Fills, metrics: Metrics, links: Links, *,
                  tier: EcrTier | None = None, writes: WriteBehind | None = None,
                  disk: Disk | None = None) -> None:
         self.store = store
+        self.links = links
         self.disk = disk
         self.fills = fills
         self.metrics = metrics
@@ -58,27 +64,43 @@ class Blobs:
 
     async def get(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
         """The blob's body from the first source that has it (see the module docstring)."""
-        answer = await self._from_disk(digest) or await self._from_fill(upstream, route, digest)
+        answer = (await self._from_disk(upstream, route, digest)
+                  or await self._from_fill(upstream, route, digest))
         self.metrics.requests.inc("blob", answer.cache)
         return answer
 
-    async def _from_disk(self, digest: Digest) -> BlobAnswer | None:
+    async def _from_disk(self, upstream: Upstream, route: Route,
+                         digest: Digest) -> BlobAnswer | None:
+        entry = await self._stat(digest, pin=True)
+        if entry is None:
+            return None
         try:
-            entry = await self.store.stat("blob", digest, pin=True)
+            await self.links.confirm(upstream, route, "blob", digest)
+        except BaseException:
+            self.store.unpin(entry)
+            raise
+        body = await FileBody.open(self.store, entry)
+        return BlobAnswer(digest, body, "hit") if body is not None else None
+
+    async def _stat(self, digest: Digest, *, pin: bool = False):
+        try:
+            return await self.store.stat("blob", digest, pin=pin)
         except StorageError as exc:
             if self.disk is not None:
                 await self.disk.failed("reading the index", exc)
             return None    # a miss: the fill passes through or caches on a repaired tree
-        body = await FileBody.open(self.store, entry) if entry is not None else None
-        return BlobAnswer(digest, body, "hit") if body is not None else None
 
     async def _from_fill(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
         candidates = [remote(upstream, route, digest) for remote in self.remotes]
-        fill, joined = self.fills.get_or_start("blob", digest, candidates)
+        where = (route.upstream, route.repo)
+        fill, joined = self.fills.get_or_start("blob", digest, candidates, link=where)
         if not joined and self.writes is not None:
             fill.result.add_done_callback(
                 lambda done: self._write_back(route, digest, fill, done))
         if joined:
+            if where not in fill.links:   # another repository's download: confirm first
+                await self.links.ask(upstream, route, "blob", digest)
+                await fill.add_link(where)
             self.metrics.coalesced.labels("blob").inc()
         size = await fill.started()  # raises the upstream's error before any byte is sent
         return BlobAnswer(digest, FillBody(fill, size), "joined" if joined else "miss")
@@ -101,11 +123,13 @@ class Blobs:
     async def size(self, upstream: Upstream, route: Route,
                    digest: Digest) -> tuple[int | None, str]:
         """For HEAD: the blob's size and where it came from, without starting a fill."""
-        entry = await self.store.stat("blob", digest)
+        entry = await self._stat(digest)
         if entry is not None:
+            await self.links.confirm(upstream, route, "blob", digest)
             return entry.size, "hit"
         fill = self.fills.running("blob", digest)
-        if fill is not None and fill.promised_size is not None:
+        if (fill is not None and fill.promised_size is not None
+                and (route.upstream, route.repo) in fill.links):
             return fill.promised_size, "joined"
         if self.tier is not None:   # the tier client: the tier reads' breaker and timeouts
             try:

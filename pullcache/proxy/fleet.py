@@ -41,6 +41,7 @@ class FleetContent(StoreContent):
             log.warning("digest_mismatch", digest=str(digest), kind="manifest")
             return None
         media_type = manifest_media_type(got.body, got.content_type)
-        await self.store.put_bytes("manifest", digest, got.body, media_type)
+        await self.store.put_bytes("manifest", digest, got.body, media_type,
+                                   links=frozenset({(upstream, repo)}))   # fetched from R
         log.info("tier_child_fetched", upstream=upstream, repo=repo, digest=str(digest))
         return got.body, media_type

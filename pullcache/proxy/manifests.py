@@ -9,6 +9,10 @@ by tag    → fresh record? serve : HEAD upstream (HEADs are free on Docker Hub)
             Stale-while-revalidate (RFC 5861's idea): up to ``stale_while_revalidate`` past
             the TTL, serve the record at once and revalidate in the background, one flight
             per tag; a moved tag is seen one request later.
+
+Every cached answer obeys ``links``: by digest, cached content answers only a repository
+it is linked to (else a HEAD to its upstream confirms it first); a tag's record names
+content linked to its repository by definition, since its upstream resolved the tag there.
 """
 
 from __future__ import annotations
@@ -29,15 +33,17 @@ from ..oci import DEFAULT_ACCEPT, Digest, accepts, manifest_media_type, parse_re
 from ..gate.routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, ManifestAnswer, Upstream, parse_digest, tier_outcome
+from .links import Links
 
 log = structlog.get_logger("pullcache.proxy")
 
 
 class Manifests:
-    def __init__(self, store: BlobStore, tags: TagStore, metrics: Metrics, *,
+    def __init__(self, store: BlobStore, tags: TagStore, metrics: Metrics, links: Links, *,
                  tier: EcrTier | None = None, writes: WriteBehind | None = None,
                  disk: Disk | None = None) -> None:
         self.store = store
+        self.links = links
         self.disk = disk
         self.tags = tags
         self.metrics = metrics
@@ -56,13 +62,16 @@ class Manifests:
 
     def hit(self, upstream: Upstream, route: Route, reference: str,
             accept: tuple[str, ...]) -> ManifestAnswer | None:
-        """The answer from memory alone, when it needs nothing else: a manifest by digest, or
-        a tag whose record is within ``tag_ttl``, held by the hot layer. None: ask ``get``.
+        """The answer from memory alone, when it needs nothing else: a manifest by digest
+        whose link to the repository memory knows, or a tag whose record is within
+        ``tag_ttl``, held by the hot layer. None: ask ``get``.
 
         The hot path of a node rollout: no await, no thread, no I/O (a chain of coroutines
         costs more than the lookups)."""
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
+            if not self.links.known(route, "manifest", ref):
+                return None
             answer = self._remembered(ref)
         else:
             record = self.tags.cached(route.upstream, route.repo, ref, accept_class(accept))
@@ -77,25 +86,27 @@ class Manifests:
                   accept: tuple[str, ...]) -> ManifestAnswer:
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
-            answer = await self._by_digest(upstream, route.repo, ref, accept)
+            answer = await self._by_digest(upstream, route, ref, accept)
         else:
             answer = await self._by_tag(upstream, route, ref, accept)
         self.metrics.requests.inc("manifest", answer.cache)
         return answer
 
-    async def _by_digest(self, upstream: Upstream, repo: str, digest: Digest,
+    async def _by_digest(self, upstream: Upstream, route: Route, digest: Digest,
                          accept: tuple[str, ...]) -> ManifestAnswer:
         cached = await self.cached(digest)
         if cached is not None:
+            await self.links.confirm(upstream, route, "manifest", digest)
             return cached
 
         async def fetch() -> ManifestAnswer:
             # Content is fixed by the digest, so ask for every type we know besides the
             # client's: a registry refuses a manifest whose type is not in Accept.
             wanted = tuple(dict.fromkeys(accept + DEFAULT_ACCEPT))
-            return await self._fetch_by_digest(upstream, repo, digest, wanted, None)
-        answer, joined = await self._flights.do(("digest", str(digest)), fetch,
-                                                on_join=self._count_join)
+            return await self._fetch_by_digest(upstream, route, digest, wanted, None)
+        # One flight per repository: a fetch for another repository answers nobody here.
+        key = ("digest", route.upstream, route.repo, str(digest))
+        answer, joined = await self._flights.do(key, fetch, on_join=self._count_join)
         return answer.as_("joined") if joined else answer
 
     async def _by_tag(self, upstream: Upstream, route: Route, tag: str,
@@ -174,13 +185,14 @@ class Manifests:
             cached = await self.cached(digest)
             if cached is not None:
                 outcome = "revalidated"
+                await self.links.record(route, "manifest", digest)   # U named it in R
             else:
-                cached = await self._fetch_by_digest(upstream, route.repo, digest, accept, tag)
+                cached = await self._fetch_by_digest(upstream, route, digest, accept, tag)
                 outcome = "miss"
         else:
             # No Docker-Content-Digest on HEAD: GET by tag and hash what we got.
             got = await client.get_manifest(route.repo, tag, accept)
-            cached = await self._store(got.body, got.content_type, got.digest, None)
+            cached = await self._store(got.body, got.content_type, got.digest, None, route)
             self._write_back(upstream, route.repo, cached.digest, tag)
             outcome = "miss"
         try:
@@ -192,14 +204,16 @@ class Manifests:
             await self._disk_refused("saving a tag record", exc)
         return cached.as_(outcome)
 
-    async def _fetch_by_digest(self, upstream: Upstream, repo: str, digest: Digest,
+    async def _fetch_by_digest(self, upstream: Upstream, route: Route, digest: Digest,
                                accept: tuple[str, ...], tag: str | None) -> ManifestAnswer:
         """A manifest not in the local cache: from the backing tier, else the upstream (and
-        then written back to the tier, with the tag that named it)."""
+        then written back to the tier, with the tag that named it); linked to ``route``."""
+        repo = route.repo
         if self.tier is not None:
             try:
                 got = await self.tier.get_manifest(upstream.client.name, repo, digest)
-                answer = await self._store(got.body, got.content_type, got.digest, digest)
+                answer = await self._store(got.body, got.content_type, got.digest, digest,
+                                           route)
                 self.metrics.tier_reads.labels("manifest", "hit").inc()
                 if isinstance(got, StoredManifest):   # only an artifact there: complete it
                     self._write_back(upstream, repo, digest, tag)
@@ -207,7 +221,7 @@ class Manifests:
             except errors.PullcacheError as exc:
                 self.metrics.tier_reads.labels("manifest", tier_outcome(exc)).inc()
         got = await upstream.client.get_manifest(repo, str(digest), accept)
-        answer = await self._store(got.body, got.content_type, got.digest, digest)
+        answer = await self._store(got.body, got.content_type, got.digest, digest, route)
         self._write_back(upstream, repo, digest, tag)
         return answer
 
@@ -260,8 +274,9 @@ class Manifests:
         return ManifestAnswer(body, entry.media_type or "", digest, "hit")
 
     async def _store(self, body: bytes, content_type: str | None, header_digest: str | None,
-                     expected: Digest | None) -> ManifestAnswer:
-        """Verify upstream's manifest bytes and commit them under their digest."""
+                     expected: Digest | None, route: Route) -> ManifestAnswer:
+        """Verify upstream's manifest bytes and commit them under their digest, linked to
+        ``route`` (whose upstream and repository gave them)."""
         digest = expected or parse_digest(header_digest) or Digest.of(body)
         if not digest.matches(body):
             log.warning("digest_mismatch", digest=str(digest), kind="manifest",
@@ -270,7 +285,8 @@ class Manifests:
             raise errors.DigestMismatch(str(digest))
         media_type = manifest_media_type(body, content_type)
         try:
-            await self.store.put_bytes("manifest", digest, body, media_type)
+            await self.store.put_bytes("manifest", digest, body, media_type,
+                                       links=frozenset({(route.upstream, route.repo)}))
         except errors.StorageError as exc:
             # Verified bytes in hand: pass them through uncached rather than fail the pull.
             log.warning("manifest_passthrough", digest=str(digest), error=str(exc))

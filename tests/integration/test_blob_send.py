@@ -44,9 +44,11 @@ url = "http://127.0.0.1:9"
 
 
 async def cached(app, size: int) -> tuple[Digest, bytes, object]:
+    """A blob cached for ``/v2/x/…`` (linked to that repository: pullcache/proxy/links.py)."""
     data = os.urandom(size)
     digest = Digest.of(data)
-    entry = await app[STORE].put_bytes("blob", digest, data)
+    entry = await app[STORE].put_bytes("blob", digest, data,
+                                       links=frozenset({("dead.example", "x")}))
     return digest, data, entry
 
 

@@ -60,17 +60,23 @@ def test_unknown_namespace_is_name_unknown(routed, seeded):
         assert r.status == 404 and r.error_codes == ["NAME_UNKNOWN"], path
 
 
-def test_blobs_are_shared_across_routes(routed, seeded, registry, registry_token):
+def test_blobs_are_shared_across_routes_where_each_upstream_has_them(routed, seeded,
+                                                                   registry_token):
     layer = seeded["hub"].layers[0]
+    push(registry_token, "o/shared", "1", seeded["hub"], username="alice", password="s3cret")
     cold = request(routed.url, f"/v2/alpine/blobs/{layer.digest}?ns=docker.io")  # a fill
     assert cold.sha256 == layer.digest and cold.headers["oci-namespace"] == "docker.io"
     routed.wait_committed(layer.digest)
-    # Same digest asked for under another upstream: served from the one stored copy.
-    r = request(routed.url, f"/v2/o/app/blobs/{layer.digest}?ns=ghcr.io")
+    # Same digest under another upstream: served from the one stored copy once that
+    # upstream confirms it holds it there (a HEAD: pullcache/proxy/links.py), else its 404.
+    r = request(routed.url, f"/v2/o/shared/blobs/{layer.digest}?ns=ghcr.io")
     assert r.status == 200 and r.sha256 == layer.digest
+    missing = request(routed.url, f"/v2/o/app/blobs/{layer.digest}?ns=ghcr.io")
+    assert missing.status == 404 and missing.error_codes == ["BLOB_UNKNOWN"]
     files = [p for p in (routed.cache_dir / "blobs").rglob("*") if p.is_file()
              and p.name == layer.digest.split(":")[1]]
     assert len(files) == 1
+    assert [e["digest"] for e in routed.events("fill_committed")].count(layer.digest) == 1
     assert routed.metric("pullcache_requests_total", kind="blob", outcome="hit") >= 1
 
 
