@@ -173,8 +173,8 @@ class Metrics:
 
     def rate_limit(self, upstream: str, headers: Mapping[str, str]) -> float | None:
         """Record Docker Hub's ``ratelimit-*`` headers; returns remaining when it changed."""
-        remaining = _ratelimit_value(headers.get("ratelimit-remaining"))
-        limit = _ratelimit_value(headers.get("ratelimit-limit"))
+        remaining = ratelimit_count(headers.get("ratelimit-remaining"))
+        limit = ratelimit_count(headers.get("ratelimit-limit"))
         if limit is not None:
             self.ratelimit_limit.labels(upstream).set(limit)
         if remaining is None:
@@ -199,9 +199,8 @@ class Metrics:
             self.fill_passthroughs.inc()
 
 
-def _ratelimit_value(value: str | None) -> float | None:
-    """``100;w=21600`` → 100."""
-    if not value:
-        return None
-    m = _RATELIMIT.match(value)
-    return float(m.group(1)) if m else None
+def ratelimit_count(value: str | None) -> int | None:
+    """A Docker Hub ``ratelimit-limit``/``ratelimit-remaining`` value's count:
+    ``100;w=21600`` → 100 (docs/protocol.md §5); None when absent or malformed."""
+    m = _RATELIMIT.match(value or "")
+    return int(m.group(1)) if m else None

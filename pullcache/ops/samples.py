@@ -12,7 +12,8 @@ from collections import Counter, deque
 
 from ..metrics import Metrics
 
-HITS = ("hit", "revalidated", "stale", "joined")   # served without a download of their own
+HITS = ("hit", "revalidated", "stale", "swr", "joined")   # served without a download of their own
+UNCOUNTED = ("denied",)   # refused before the cache was asked: neither a hit nor a miss
 
 
 def counter_total(counter, **labels: str) -> float:
@@ -34,7 +35,7 @@ def request_counts(metrics: Metrics) -> tuple[float, float]:
     hits = misses = 0.0
     for family in metrics.requests.collect():
         for s in family.samples:
-            if s.name.endswith("_total"):
+            if s.name.endswith("_total") and s.labels.get("outcome") not in UNCOUNTED:
                 if s.labels.get("outcome") in HITS:
                     hits += s.value
                 else:

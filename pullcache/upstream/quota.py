@@ -13,9 +13,10 @@ import re
 import time
 from typing import Callable, Mapping
 
+from ..metrics import ratelimit_count
+
 LOW = 0.10            # "nearly spent": at or below this share of the limit
 DEFAULT_WAIT = 60.0   # spent, and the upstream named no window: ask again after this
-_COUNT = re.compile(r"^\s*(\d+)")
 _WINDOW = re.compile(r"[;,]\s*w\s*=\s*(\d+)")
 
 
@@ -31,9 +32,9 @@ class Quota:
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """Record one answer's headers (any status: a 429 carries them too)."""
-        remaining = _count(headers.get("ratelimit-remaining"))
+        remaining = ratelimit_count(headers.get("ratelimit-remaining"))
         limit_header = headers.get("ratelimit-limit")
-        if (limit := _count(limit_header)) is not None:
+        if (limit := ratelimit_count(limit_header)) is not None:
             self.limit = limit
             window = _WINDOW.search(limit_header or "")
             self.window = float(window.group(1)) if window else self.window
@@ -74,12 +75,6 @@ class Quota:
         if self.low:
             return f"{upstream}: pull quota low, {self.remaining} of {self.limit} left"
         return None
-
-
-def _count(value: str | None) -> int | None:
-    """``100;w=21600`` → 100."""
-    m = _COUNT.match(value or "")
-    return int(m.group(1)) if m else None
 
 
 def _seconds(value: str | None) -> float | None:

@@ -105,3 +105,30 @@ def test_human_sizes_and_ages():
         "12 B", "1.5 KiB", "5.0 MiB", "150 GiB"]
     assert [human_age(s) for s in (None, 5, 300, 7200, 3 * 86400)] == [
         "-", "5s", "5m", "2h", "3d"]
+
+
+def test_the_status_page_and_the_dashboard_count_the_same_hits() -> None:
+    """The status page's hit ratio (ops.samples) and the shipped dashboard's and alert's
+    queries name the same outcomes as hits, and leave out the same ones."""
+    import json
+    import re
+    from pathlib import Path
+
+    from pullcache.metrics import Metrics
+    from pullcache.ops import samples
+
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "deploy/grafana/pullcache.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    exprs.append((root / "deploy/prometheus/alerts.yml").read_text())
+    ratios = [e for e in exprs if 'outcome=~"' in e and "pullcache_requests_total" in e]
+    assert ratios, "no hit-ratio query found in the dashboard and alerts"
+    for expr in ratios:
+        for listed in re.findall(r'outcome=~"([^"]+)"', expr):
+            if "hit" in listed.split("|"):
+                assert set(listed.split("|")) == set(samples.HITS), listed
+    metrics = Metrics()
+    for outcome, n in (("hit", 3), ("swr", 1), ("miss", 2), ("denied", 5)):
+        for _ in range(n):
+            metrics.requests.inc("blob", outcome)
+    assert samples.request_counts(metrics) == (4, 2)
