@@ -187,7 +187,7 @@ class BlobStore:
             if body or key.startswith("manifest:"):
                 with contextlib.suppress(FileNotFoundError):
                     data = (self.root / entry.relpath).read_bytes()
-            self.hot.put(key, (entry, data), len(data) if data is not None else 0)
+            self.hot.put(key, (entry, data))
             kept.append((entry, data))
         entry = self.index.get(key, pin=pin, found=keep)
         if entry is None:

@@ -113,7 +113,7 @@ class TagStore:
             raise StorageError(f"tag records: {exc}") from as_oserror(exc)
 
     def _keep(self, key: str, record: TagRecord) -> None:
-        self._hot.put(_HOT + key, record, len(key) + len(record.digest) + len(record.media_type))
+        self._hot.put(_HOT + key, record)
 
     async def get_list(self, upstream: str, repo: str) -> list[str] | None:
         return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}#tags/list")
