@@ -27,6 +27,7 @@ import weakref
 import structlog
 
 from ..errors import StorageError
+from .descriptors import open_fd
 from .writer import Writer
 
 #: errnos that mean "the disk refused", not "the upstream failed": a fill meeting one carries
@@ -176,8 +177,7 @@ class PassThrough:
         # counted until committed, so concurrent fills cannot overshoot it together.
         try:
             self._reservation = await self.store.reserve(size or 0)
-            self._fd = await asyncio.to_thread(os.open, self.temp,
-                                               os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fd = await open_fd(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except (OSError, StorageError) as exc:
             cause = exc.__cause__ if isinstance(exc, StorageError) else exc
             if not self._disk_refused(cause):

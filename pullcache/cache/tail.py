@@ -13,6 +13,8 @@ import contextlib
 import os
 from typing import AsyncIterator
 
+from .descriptors import open_fd
+
 READ_CHUNK = 1 << 20
 
 
@@ -122,7 +124,7 @@ class Tail:
                     raise FillFailed("the pass-through ended before this reader started")
                 return self.window.open(), generation
             try:
-                fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
+                fd = await open_fd(self.temp)
             except FileNotFoundError:
                 if not self.result.done():
                     await progress.wait()  # the writer has not created it yet
@@ -133,8 +135,7 @@ class Tail:
                 if entry is None:
                     raise FillFailed("passed through, not cached")
                 try:
-                    return await asyncio.to_thread(os.open, self.store.path(entry),
-                                                   os.O_RDONLY), generation
+                    return await open_fd(self.store.path(entry)), generation
                 except FileNotFoundError:
                     # Evicted between its commit and this late reader (a budget smaller
                     # than the fills in flight): a cut the client retries, not a 500.
