@@ -68,6 +68,11 @@ class Sender:
             await self._send_copied(spans)
             return
         await self._flushed(writer)    # our headers go first, through the transport
+        if transport.is_closing():
+            # Closed while the headers drained: the number the transport's socket answers
+            # may be another client's connection by now. Nothing between this check and
+            # the dup awaits, so the dup is of this client's socket.
+            raise ConnectionResetError("client went away")
         out = os.dup(sock.fileno())
         if cork:
             _cork(out, True)
