@@ -83,9 +83,9 @@ class Tail:
                     length = available - offset if limit is None else \
                         min(available - offset, limit)
                     if window is not None and generation == self.generation:
-                        if not window.hold(token, offset):
-                            raise FillFailed("fell behind the pass-through window")
                         length = min(length, READ_CHUNK)   # spans stay short in memory
+                        if not window.hold(token, offset, length):
+                            raise FillFailed("fell behind the pass-through window")
                     yield fd, offset, length
                     offset += length
                 elif verified:

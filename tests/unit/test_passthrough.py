@@ -147,18 +147,45 @@ async def test_too_big_to_fit_passes_through_from_the_start(store, disk):
     await fills.close()
 
 
+def held(window: Window) -> int:
+    """The window's memory: the memfd's pages (punched pages are freed)."""
+    return os.fstat(window.fd).st_blocks * 512
+
+
 def test_window_releases_memory_but_not_a_span_in_flight():
     window = Window(limit=1 << 20)
     block = os.urandom(1 << 20)
     for i in range(4):
         window.put(i << 20, block)
-    assert window.hold(token=1, offset=1 << 20)          # a reader sending MiB 1
+    assert window.hold(token=1, offset=1 << 20, length=1 << 20)   # a reader sending MiB 1
     window.trim(4 << 20)                                 # floor at MiB 3
-    assert window.start == 1 << 20                       # MiB 1 onwards kept for it
-    assert not window.hold(token=1, offset=2 << 20)      # but it is cut at its next step
+    assert window.start == 3 << 20                       # the window moved on...
+    assert os.pread(window.fd, 1 << 20, 1 << 20) == block  # ...its span kept, whole
+    assert held(window) <= (2 << 20) + (64 << 10)        # MiB 0 and MiB 2 released
+    assert not window.hold(token=1, offset=2 << 20, length=1 << 20)  # cut at its next step
     window.release(1)
-    window.trim(4 << 20)
-    assert window.start == 3 << 20
-    assert os.fstat(window.fd).st_blocks * 512 <= (1 << 20) + (64 << 10)
+    window.trim(4 << 20)                                 # the span let go: released too
+    assert held(window) <= (1 << 20) + (64 << 10)
     assert os.pread(window.fd, 16, (3 << 20)) == block[:16]
+    window.close()
+
+
+def test_a_stalled_reader_costs_its_span_whatever_the_writer_puts():
+    """One reader stalls mid-span (its send never ends) while 256 MiB go through a 1 MiB
+    window: the window holds its limit and that one span, never what came after it."""
+    window = Window(limit=1 << 20)
+    block = os.urandom(1 << 20)
+    window.put(0, block)
+    assert window.hold(token=1, offset=4096, length=1 << 20)   # stalled from here on
+    peak = 0
+    for i in range(1, 256):
+        window.put(i << 20, block)
+        window.trim((i + 1) << 20)
+        peak = max(peak, held(window))
+    assert peak <= (1 << 20) + (1 << 20) + 2 * 4096 + (64 << 10), f"{peak} bytes held"
+    assert os.pread(window.fd, 1 << 20, 4096) == (block + block)[4096:(1 << 20) + 4096]
+    assert not window.hold(token=1, offset=4096 + (1 << 20), length=1 << 20)  # cut
+    window.release(1)
+    window.trim(256 << 20)
+    assert held(window) <= (1 << 20) + (64 << 10)
     window.close()
