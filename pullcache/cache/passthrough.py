@@ -42,6 +42,7 @@ from .writer import Writer
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT,
                          errno.EACCES, errno.EPERM})
 DEFAULT_LIMIT = 64 << 20
+GROW_STEP = 8 << 20    # a fill of unknown length reserves this far ahead of its bytes
 log = structlog.get_logger("pullcache.fill")
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -213,6 +214,17 @@ class PassThrough:
             self._writer = Writer(-1, self._hasher, progress, sink=self._window_sink)
             return
         self._writer = Writer(self._fd, self._hasher, progress, fallback=self._take_over)
+
+    async def _grow_reservation(self, received: int) -> None:
+        """A source that announced no length: count its bytes against the budget as they
+        come, ``GROW_STEP`` ahead (room made for each step)."""
+        reservation = self._reservation
+        if reservation is None or received <= reservation.nbytes:
+            return
+        try:
+            await self.store.grow(reservation, received - reservation.nbytes + GROW_STEP)
+        except StorageError as exc:     # the index cannot evict: counted all the same
+            log.warning("fill_room_not_made", digest=str(self.digest), error=str(exc))
 
     def _disk_refused(self, exc: BaseException | None) -> bool:
         """Pass through rather than fail: the disk refused, and a ``Disk`` is watching

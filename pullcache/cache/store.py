@@ -290,6 +290,17 @@ class BlobStore:
             log.info("cache_full_waited", bytes=nbytes, reserved=self._reserved)
             await released.wait()
 
+    async def grow(self, reservation: Reservation, nbytes: int) -> None:
+        """Count ``nbytes`` more for a fill whose source announced no length, having made
+        room for them. Never waits for other fills (they may be growing too, each waiting
+        for the other to end); the bytes are counted even if the index cannot evict now."""
+        async with self._budget_lock:
+            if reservation._release is None:
+                return                      # released meanwhile: nothing to count
+            self._reserved += nbytes
+            reservation.nbytes += nbytes
+            await self._make_room(0)
+
     def _unreserve(self, nbytes: int) -> None:
         self._reserved -= nbytes
         released, self._released = self._released, asyncio.Event()
