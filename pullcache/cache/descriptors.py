@@ -12,8 +12,8 @@ import os
 
 
 async def open_fd(path, flags: int = os.O_RDONLY, mode: int = 0o777) -> int:
-    """``os.open(path, flags, mode)`` in the default executor. Cancelled while the thread runs: the
-    descriptor it opens is closed as it lands, and ``CancelledError`` propagates."""
+    """``os.open(path, flags, mode)`` in the default executor. Cancelled while the thread
+    runs: the descriptor it opens is closed as it lands, and ``CancelledError`` propagates."""
     opening = asyncio.get_running_loop().run_in_executor(None, os.open, path, flags, mode)
     try:
         return await asyncio.shield(opening)

@@ -64,6 +64,10 @@ class Reservation:
         self._release: Callable[[int], None] | None = release
         self.nbytes = nbytes
 
+    @property
+    def held(self) -> bool:
+        return self._release is not None
+
     def release(self) -> None:
         if self._release is not None:
             self._release, release = None, self._release
@@ -295,7 +299,7 @@ class BlobStore:
         room for them. Never waits for other fills (they may be growing too, each waiting
         for the other to end); the bytes are counted even if the index cannot evict now."""
         async with self._budget_lock:
-            if reservation._release is None:
+            if not reservation.held:
                 return                      # released meanwhile: nothing to count
             self._reserved += nbytes
             reservation.nbytes += nbytes

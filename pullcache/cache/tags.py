@@ -119,7 +119,8 @@ class TagStore:
     def _keep(self, key: str, record: TagRecord) -> None:
         self._hot.put(_HOT + key, record)
 
-    def _keep_classes(self, upstream: str, repo: str, tag: str, classes: tuple[str, ...]):
+    def _keep_classes(self, upstream: str, repo: str, tag: str,
+                      classes: tuple[str, ...]) -> None:
         """Remember in memory which classes hold a record of the tag (for ``cached``)."""
         key = _HOT + _classes_key(upstream, repo, tag)
         known = self._hot.get(key) or ()

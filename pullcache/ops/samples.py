@@ -78,8 +78,8 @@ class Pulls:
     Bounded: at most ``capacity`` images are counted (Space-Saving, Metwally et al. 2005).
     An image not counted yet takes the place of the least-pulled one and inherits its count
     plus one, so a count may overstate by at most what it inherited; an image pulled more
-    often than ``pulls / capacity`` times is always in the list. A node
-    that serves many thousand repositories keeps ``capacity`` counters, not one each.
+    often than ``pulls / capacity`` times is always in the list. A node that serves many
+    thousand repositories keeps ``capacity`` counters, not one each.
     """
 
     def __init__(self, capacity: int = 200) -> None:

@@ -128,7 +128,8 @@ FLEET = {
     "containerd": ("HEAD", [("Accept", f"{DOCKER_MANIFEST}, {DOCKER_LIST}, {OCI_MANIFEST}, "
                                        f"{OCI_INDEX}, */*")]),
     "podman/skopeo": ("GET", [("Accept", t) for t in (
-        OCI_MANIFEST, DOCKER_MANIFEST, "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        OCI_MANIFEST, DOCKER_MANIFEST,
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
         "application/vnd.docker.distribution.manifest.v1+json", DOCKER_LIST, OCI_INDEX)]),
     "*/* (curl, requests)": ("GET", [("Accept", "*/*")]),
     "no index (platform only)": ("GET", [("Accept", DOCKER_MANIFEST), ("Accept", OCI_MANIFEST)]),
