@@ -28,9 +28,9 @@ names its type: the tag names that manifest itself. A platform manifest the upst
 for a client that does not take indexes never stands in for a client that does: the tag
 may name an index, which that client would get.
 
-dockerd, containerd and containers/image send different lists (docs/protocol.md, the
-appendix of requests observed), so without stand-ins a mixed fleet would revalidate (and,
-during an outage, wait) once per class for the same tag.
+dockerd, containerd and containers/image send different lists (docs/protocol.md §1.1-§1.3),
+so without stand-ins a mixed fleet would revalidate (and, during an outage, wait) once per
+class for the same tag.
 """
 
 from __future__ import annotations

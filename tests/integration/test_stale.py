@@ -120,7 +120,7 @@ def test_stale_answer_crosses_accept_classes(make_pullcache, registry, fault_pro
     fault_proxy.clear_fault()
 
 
-# The manifest requests each client class sends for a tag (docs/protocol.md, appendix).
+# The manifest requests each client class sends for a tag (docs/protocol.md §1.1-§1.3).
 FLEET = {
     "dockerd": ("HEAD", [("Accept", t) for t in (
         OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_LIST, OCI_INDEX,

@@ -1,5 +1,5 @@
 """pullcache.cache.negotiation: which clients one upstream answer of a tag is good for, with
-the Accept lists real clients send (docs/protocol.md, appendix) and the edge cases."""
+the Accept lists real clients send (docs/protocol.md §1.1-§1.3) and the edge cases."""
 
 from __future__ import annotations
 
