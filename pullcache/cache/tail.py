@@ -126,6 +126,8 @@ class Tail:
             try:
                 fd = await open_fd(self.temp)
             except FileNotFoundError:
+                if self.window is not None or generation != self.generation:
+                    continue   # the fill went pass-through while the open ran: the window
                 if not self.result.done():
                     await progress.wait()  # the writer has not created it yet
                     continue

@@ -3,6 +3,7 @@ a real memfd); its readers get the verified stream, nothing is cached."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 
@@ -11,6 +12,8 @@ import pytest
 from pullcache.cache.disk import Disk
 from pullcache.cache.fill import FillFailed, Fills
 from pullcache.cache import writer as writer_module
+from pullcache.cache import passthrough as passthrough_module
+from pullcache.cache import tail as tail_module
 from pullcache.cache.passthrough import Window
 from pullcache.errors import DigestMismatch
 from pullcache.oci import Digest
@@ -144,6 +147,35 @@ async def test_too_big_to_fit_passes_through_from_the_start(store, disk):
     assert await reader.result() == DATA
     assert (await wait(fill.result)).entry is None
     assert not fill.temp.exists() and disk.status() is None   # the disk refused nothing
+    await fills.close()
+
+
+async def test_a_reader_opening_the_temp_file_as_the_fill_passes_through_reads_the_window(
+        store, disk, monkeypatch):
+    """The reader's open of the temp file runs in a thread while the disk refuses the temp
+    file and the whole blob goes through the window: the reader gets the window's bytes,
+    not "passed through, not cached"."""
+    opening, landed = asyncio.Event(), asyncio.Event()
+    real_open = tail_module.open_fd
+
+    async def refused(path, flags=os.O_RDONLY, mode=0o777):
+        await opening.wait()                     # the reader is in its open by now
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    async def slow_open(path, *args):
+        opening.set()
+        await landed.wait()
+        return await real_open(path, *args)
+    monkeypatch.setattr(passthrough_module, "open_fd", refused)
+    monkeypatch.setattr(tail_module, "open_fd", slow_open)
+    fills = make_fills(store, disk)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    assert (await wait(fill.result)).entry is None       # passed through, and ended
+    landed.set()                                         # the reader's open lands: ENOENT
+    assert await reader.result() == DATA
     await fills.close()
 
 
