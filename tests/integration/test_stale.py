@@ -181,3 +181,28 @@ def test_no_client_class_waits_out_an_outage(make_pullcache, registry, fault_pro
         print(f"  {name:26} {seconds:6.3f} s")
     assert max(slowest.values()) <= revalidate + 0.5, slowest
     fault_proxy.clear_fault()
+
+
+def test_a_tag_cached_by_one_client_class_is_a_hit_for_the_others(make_pullcache, registry,
+                                                                   fault_proxy):
+    """Within tag_ttl, a tag skopeo cached answers dockerd and containerd from the cache:
+    the upstream sees no HEAD of theirs. A client that takes no index still asks upstream
+    (it would be answered a platform manifest, not the cached index)."""
+    linux = [build_image(f"standin-{arch}", arch=arch, docker=True)
+             for arch in ("amd64", "arm64")]
+    index = build_index(linux, docker=True)                          # a manifest list
+    push(registry, "standin/multi", "v1", index)
+    pc = make_pullcache(UpstreamSpec(fault_proxy.host, fault_proxy.url,
+                                     extra={"tag_ttl": "1h"}))
+    path = "/v2/standin/multi/manifests/v1"
+    assert request(pc.url, path, headers=FLEET["podman/skopeo"][1]).body == index.manifest
+    asked = fault_proxy.count(substring="/manifests/v1")
+    for name in ("dockerd", "containerd"):
+        method, headers = FLEET[name]
+        r = request(pc.url, path, method=method, headers=headers)
+        assert r.status == 200 and r.headers["docker-content-digest"] == index.digest, name
+    assert fault_proxy.count(substring="/manifests/v1") == asked
+    method, headers = FLEET["no index (platform only)"]
+    r = request(pc.url, path, method=method, headers=headers)
+    assert r.status == 200 and r.body == linux[0].manifest   # the registry's linux/amd64
+    assert fault_proxy.count(substring="/manifests/v1") > asked
