@@ -16,6 +16,7 @@ import os
 from typing import AsyncIterator, Protocol
 
 from ..errors import StorageError
+from .descriptors import open_fd
 from .fill import Fill
 from .index import Entry
 from .store import BlobStore
@@ -44,7 +45,10 @@ class FileBody:
         """Open ``entry``, which the caller pinned; None (and unpinned) if its file is gone
         (deleted behind the index's back), so the caller can fetch it again."""
         try:
-            fd = await asyncio.to_thread(os.open, store.path(entry), os.O_RDONLY)
+            fd = await open_fd(store.path(entry))
+        except asyncio.CancelledError:
+            store.unpin(entry)     # the descriptor, if it lands, is closed by open_fd
+            raise
         except FileNotFoundError:
             store.unpin(entry)
             return None

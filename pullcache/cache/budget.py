@@ -29,6 +29,10 @@ class Reservation:
         self._release: Callable[[int], None] | None = release
         self.nbytes = nbytes
 
+    @property
+    def held(self) -> bool:
+        return self._release is not None
+
     def release(self) -> None:
         if self._release is not None:
             self._release, release = None, self._release

@@ -195,7 +195,9 @@ class Fill(PassThrough, Tail):
                 received = 0
                 async for chunk in source.chunks():
                     received += len(chunk)
-                    if self.size is not None and received > self.size:
+                    if self.size is None:
+                        await self._grow_reservation(received)
+                    elif received > self.size:
                         raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
                     await self._writer.write(chunk)   # waits only when the queue is full
                 hexdigest = await self._writer.finish()

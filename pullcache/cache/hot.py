@@ -12,6 +12,11 @@ Recency: a hit records a *touch* (key → wall-clock time) here instead of writi
 order is the flushed recency plus the pending touches, and a crash loses at most one
 interval of recency, never an entry.
 
+Accounting: an item is charged what it really takes (``footprint``): ``sys.getsizeof`` of its
+key, of its value and the value's parts (tuple members, ``__slots__`` fields, strings, bytes),
+of the layer's own ``(value, cost)`` pair, and the map's amortized cost of one slot. So
+``capacity`` bounds the memory the layer holds, not a nominal count of bodies.
+
 Thread-safety: the event loop reads it and records touches; threads that read the index
 fill it, and the thread that evicts calls ``forget``. One ``threading.Lock`` guards the
 items, held for dictionary operations only. ``get(pin=…)`` runs
@@ -20,13 +25,47 @@ the pin under that lock, so a hit and its pin are atomic with an eviction's ``fo
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 FLUSH_INTERVAL = 2.0   # seconds of recency a crash may lose
-ITEM_OVERHEAD = 256    # bytes charged per item besides its body: key, tuple, dict slot
+
+
+def _slot_cost(n: int = 4096) -> int:
+    """What one more key costs an ``OrderedDict`` itself (hash table, order links),
+    amortized over its growth."""
+    od: OrderedDict[int, None] = OrderedDict.fromkeys(range(n))
+    return -(-(sys.getsizeof(od) - sys.getsizeof(OrderedDict())) // n)
+
+
+_SLOT = _slot_cost()
+_SHARED = (type(None), bool)    # singletons: nothing of theirs is held per item
+
+
+def _sizeof(obj: Any) -> int:
+    """``obj`` and what it holds, as far as an item's parts go: tuple and set members and
+    ``__slots__`` fields, one level of objects each (strings, bytes, numbers at the leaves)."""
+    if isinstance(obj, _SHARED):
+        return 0
+    size = sys.getsizeof(obj)
+    if isinstance(obj, (str, bytes, int, float)):
+        return size
+    if isinstance(obj, (tuple, frozenset, set)):
+        return size + sum(_sizeof(part) for part in obj)
+    for cls in type(obj).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            size += _sizeof(getattr(obj, name, None))
+    return size
+
+
+def footprint(key: str, value: Any) -> int:
+    """The bytes the layer holds for ``key`` → ``value``: key, value and its parts, the
+    ``(value, cost)`` pair (the cost an int object of its own), and the map's slot."""
+    parts = sys.getsizeof(key) + _sizeof(value) + sys.getsizeof((value, 0)) + _SLOT
+    return parts + sys.getsizeof(parts)
 
 
 class HotLayer:
@@ -58,9 +97,9 @@ class HotLayer:
                 pin(item[0])
             return item[0]
 
-    def put(self, key: str, value: Any, size: int = 0) -> None:
-        """Keep ``value`` (``size`` bytes of body) and push out the least recently used."""
-        cost = size + ITEM_OVERHEAD
+    def put(self, key: str, value: Any) -> None:
+        """Keep ``value``, charged its ``footprint``, and push out the least recently used."""
+        cost = footprint(key, value)
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:

@@ -65,7 +65,6 @@ class LinkTable:
 
 
 _HOT = "link:"   # the hot layer's namespace for link sets (index keys are blob:/manifest:)
-_WHERE_OVERHEAD = 64   # bytes charged per remembered (upstream, repository) in a set
 
 
 class KnownLinks:
@@ -88,8 +87,7 @@ class KnownLinks:
         if where in found:
             return
         grown = found | {where}
-        self._hot.put(_HOT + key, grown,
-                      sum(len(u) + len(r) + _WHERE_OVERHEAD for u, r in grown))
+        self._hot.put(_HOT + key, grown)
 
     def forget(self, keys: Iterable[str]) -> None:
         self._hot.forget([_HOT + key for key in keys])

@@ -6,13 +6,20 @@ to a ``Window``, an anonymous in-memory file (``memfd_create(2)``). Readers keep
 exactly as they tail a temp file (``pread``/``sendfile`` from an fd, same offsets), so a
 client mid-download never notices; nothing is cached.
 
-The window is bounded: bytes more than ``limit`` behind the writer are released, in whole pages
-(``fallocate(PUNCH_HOLE)``), except those a reader is sending at that moment (its span in
-flight, at most 1 MiB, whose start holds what follows it until the send ends: a client that
-stops reading holds it at most the sendfile stall timeout). A reader that fell further behind
-than ``limit`` is cut at its next step, the same broken transfer as any failed fill; it can
-resume with ``Range`` (a new fill). A released byte is never sent: a reader's span is
-registered before it is sent, and nothing at or after a registered offset is released.
+The window is bounded where the memory is spent: it holds at most ``limit`` bytes behind the
+writer, plus, for each reader sending at that moment, its span in flight (at most 1 MiB).
+Bytes further behind are released in whole pages (``fallocate(PUNCH_HOLE)``) as the writer
+goes on, all but the pages of spans in flight, which stay as islands below the window until
+their send ends. So a stalled client costs one span, however long it stalls and however much
+the writer puts meanwhile.
+
+A reader that falls out of the window is cut, at its next step: the same broken transfer as
+any failed fill, which the client resumes with ``Range`` (a new fill). The other choice, to
+pause the upstream read until the slowest reader catches up, would let one stalled client
+stall every other reader of the blob and the download itself (the upstream connection
+idling toward its timeout) for as long as the send timeout; a cut costs only the client
+that stalled. A released byte is never sent: a reader's span is registered before it is
+sent, and the pages of a registered span are not released until it is let go.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import weakref
 import structlog
 
 from ..errors import StorageError
+from .descriptors import open_fd
 from .writer import Writer
 
 #: errnos that mean "the disk refused", not "the upstream failed": a fill meeting one carries
@@ -34,6 +42,7 @@ from .writer import Writer
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT,
                          errno.EACCES, errno.EPERM})
 DEFAULT_LIMIT = 64 << 20
+GROW_STEP = 8 << 20    # a fill of unknown length reserves this far ahead of its bytes
 log = structlog.get_logger("pullcache.fill")
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -76,8 +85,9 @@ class Window:
         # window after the fill ended): closed when the fill object goes.
         self._closer = weakref.finalize(self, os.close, self.fd)
         self.limit = limit
-        self.start = 0                        # bytes below this offset are released
-        self._in_flight: dict[int, int] = {}  # reader token → offset of its span in flight
+        self.start = 0                        # bytes below this offset are released...
+        self._islands: list[tuple[int, int]] = []   # ...but these pages, for spans in flight
+        self._in_flight: dict[int, tuple[int, int]] = {}  # reader token → its span (from, to)
         self._cut: set[int] = set()
         self._lock = threading.Lock()
 
@@ -107,37 +117,47 @@ class Window:
             os.close(fd)
 
     def trim(self, written: int) -> None:
-        """Release what is more than ``limit`` behind ``written``; mark readers that far
-        behind as cut (their span in flight is kept until they take their next step)."""
+        """Release what is more than ``limit`` behind ``written``, but the pages of spans in
+        flight; mark readers that far behind as cut (at their next step)."""
         floor = written - self.limit
-        if floor <= self.start:
+        floor -= floor % _PAGE
+        if floor <= self.start and not self._islands:
             return
         with self._lock:
-            for token, offset in self._in_flight.items():
-                if offset < floor:
+            held = [(begin - begin % _PAGE, -(-end // _PAGE) * _PAGE)
+                    for begin, end in self._in_flight.values()]
+            for token, (begin, _) in self._in_flight.items():
+                if begin < floor:
                     self._cut.add(token)
-            keep = min([floor, *self._in_flight.values()])
-            # Whole pages only: punching part of a page zeroes the rest of it in place, and
-            # a page sendfile(2) handed to a socket may still be on its way out (the socket
-            # holds the page itself, not a copy). A page wholly punched keeps its content
-            # for whoever still holds it.
-            keep -= keep % _PAGE
-            if keep > self.start:
-                low = self.start - self.start % _PAGE
-                if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                                   low, keep - low) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-                self.start = keep
+            gone = self._islands
+            if floor > self.start:
+                # Whole pages only: punching part of a page zeroes the rest of it in place,
+                # and a page sendfile(2) handed to a socket may still be on its way out (the
+                # socket holds the page itself, not a copy). A page wholly punched keeps its
+                # content for whoever still holds it.
+                gone = [*gone, (self.start - self.start % _PAGE, floor)]
+                self.start = floor
+            self._islands = []
+            for begin, end in gone:
+                for low, high in _without(begin, end, held):
+                    self._punch(low, high)
+                self._islands += [(max(begin, low), min(end, high)) for low, high in held
+                                  if low < end and high > begin]
+
+    def _punch(self, begin: int, end: int) -> None:
+        if _libc.fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                           begin, end - begin) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
     # -- the readers (on the event loop) ----------------------------------------------------
 
-    def hold(self, token: int, offset: int) -> bool:
+    def hold(self, token: int, offset: int, length: int) -> bool:
         """Register the span a reader is about to send; False: it fell behind (cut it)."""
         with self._lock:
             if token in self._cut or offset < self.start:
                 return False
-            self._in_flight[token] = offset
+            self._in_flight[token] = (offset, offset + length)
             return True
 
     def release(self, token: int) -> None:
@@ -152,6 +172,15 @@ class Window:
     def close(self) -> None:
         self._closer()
         self.fd = -1
+
+
+def _without(begin: int, end: int, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``begin``..``end`` less the ranges in ``held``, as disjoint ranges."""
+    pieces = [(begin, end)]
+    for low, high in held:
+        pieces = [part for b, e in pieces
+                  for part in ((b, min(e, low)), (max(b, high), e)) if part[0] < part[1]]
+    return pieces
 
 
 class PassThrough:
@@ -176,8 +205,7 @@ class PassThrough:
         # counted until committed, so concurrent fills cannot overshoot it together.
         try:
             self._reservation = await self.store.reserve(size or 0)
-            self._fd = await asyncio.to_thread(os.open, self.temp,
-                                               os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fd = await open_fd(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except (OSError, StorageError) as exc:
             cause = exc.__cause__ if isinstance(exc, StorageError) else exc
             if not self._disk_refused(cause):
@@ -186,6 +214,17 @@ class PassThrough:
             self._writer = Writer(-1, self._hasher, progress, sink=self._window_sink)
             return
         self._writer = Writer(self._fd, self._hasher, progress, fallback=self._take_over)
+
+    async def _grow_reservation(self, received: int) -> None:
+        """A source that announced no length: count its bytes against the budget as they
+        come, ``GROW_STEP`` ahead (room made for each step)."""
+        reservation = self._reservation
+        if reservation is None or received <= reservation.nbytes:
+            return
+        try:
+            await self.store.grow(reservation, received - reservation.nbytes + GROW_STEP)
+        except StorageError as exc:     # the index cannot evict: counted all the same
+            log.warning("fill_room_not_made", digest=str(self.digest), error=str(exc))
 
     def _disk_refused(self, exc: BaseException | None) -> bool:
         """Pass through rather than fail: the disk refused, and a ``Disk`` is watching

@@ -185,7 +185,7 @@ class BlobStore:
             if body or key.startswith("manifest:"):
                 with contextlib.suppress(FileNotFoundError):
                     data = (self.root / entry.relpath).read_bytes()
-            self.hot.put(key, (entry, data), len(data) if data is not None else 0)
+            self.hot.put(key, (entry, data))
             kept.append((entry, data))
         entry = self.index.get(key, pin=pin, found=keep)
         if entry is None:
@@ -293,6 +293,17 @@ class BlobStore:
                     return Reservation(self._unreserve, nbytes)
             log.info("cache_full_waited", bytes=nbytes, reserved=self._reserved)
             await released.wait()
+
+    async def grow(self, reservation: Reservation, nbytes: int) -> None:
+        """Count ``nbytes`` more for a fill whose source announced no length, having made
+        room for them. Never waits for other fills (they may be growing too, each waiting
+        for the other to end); the bytes are counted even if the index cannot evict now."""
+        async with self._budget_lock:
+            if not reservation.held:
+                return                      # released meanwhile: nothing to count
+            self._reserved += nbytes
+            reservation.nbytes += nbytes
+            await self._make_room(0)
 
     def _unreserve(self, nbytes: int) -> None:
         self._reserved -= nbytes

@@ -2,9 +2,11 @@
 
 A tag belongs to its upstream and repository. Upstreams answer a tag differently by the
 client's ``Accept`` (a multi-arch tag is an index for a client that takes indexes and a
-platform manifest for one that does not), so a record is kept per *accept class*: the set
-of manifest media types the client takes (distribution-spec content negotiation;
-docs/protocol.md §3: never key on the raw Accept string).
+platform manifest for one that does not), so a record is kept per *accept class*: the
+manifest media types the client's Accept names (``negotiation.accept_class``; never the raw
+Accept string). A client is answered by its own class's record, or by another class's that
+the upstream would answer it with alike (``negotiation.stands_in``, where the rule is
+written down): the newest of them.
 
 Records are read from the hot layer (memory) first and written through to disk, so a fresh
 tag is answered without SQLite or a thread. The disk store is least-recently-*stored*: a
@@ -14,7 +16,6 @@ read never writes it, and a tag in use is re-stored at every revalidation anyway
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -23,11 +24,11 @@ from pathlib import Path
 import diskcache
 
 from ..errors import StorageError
-from ..oci import MANIFEST_TYPES, DOCKER_V1, DOCKER_V1_SIGNED, accepts
 from .hot import HotLayer
+from .negotiation import accept_class, stands_in
 from .passthrough import as_oserror
 
-_KNOWN = MANIFEST_TYPES + (DOCKER_V1_SIGNED, DOCKER_V1)
+__all__ = ["TagRecord", "TagStore", "accept_class"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +39,6 @@ class TagRecord:
 
     def age(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.checked_at
-
-
-@functools.lru_cache(maxsize=256)   # a handful of distinct Accept lists in practice
-def accept_class(accept: tuple[str, ...]) -> str:
-    """The manifest media types an Accept list admits, as a stable key."""
-    return ",".join(sorted(t for t in _KNOWN if accepts(accept, t))) or "none"
 
 
 class TagStore:
@@ -65,21 +60,21 @@ class TagStore:
             await asyncio.to_thread(self._cache.close)
 
     def cached(self, upstream: str, repo: str, tag: str, aclass: str) -> TagRecord | None:
-        """The record if memory has it: the hot path, no I/O."""
-        return self._hot.get(_HOT + _key(upstream, repo, tag, aclass))
+        """The record that answers ``aclass`` if memory has it (its own, or one standing in
+        for it): the hot path, no I/O."""
+        own = self._hot.get(_HOT + _key(upstream, repo, tag, aclass))
+        classes = self._hot.get(_HOT + _classes_key(upstream, repo, tag))
+        if not classes or classes == (aclass,):
+            return own
+        records = {c: self._hot.get(_HOT + _key(upstream, repo, tag, c)) for c in classes}
+        records[aclass] = own
+        return _answering(records, aclass)
 
     async def get(self, upstream: str, repo: str, tag: str, aclass: str) -> TagRecord | None:
-        key = _key(upstream, repo, tag, aclass)
-        record = self._hot.get(_HOT + key)
+        """The record that answers ``aclass``: from memory, else from disk."""
+        record = self.cached(upstream, repo, tag, aclass)
         if record is None:
-            try:
-                raw = await asyncio.to_thread(self._cache.get, key)
-            except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
-                raise StorageError(f"tag record: {exc}") from as_oserror(exc)
-            if not raw:
-                return None
-            record = TagRecord(**raw)
-            self._keep(key, record)
+            record = _answering(await self.records(upstream, repo, tag), aclass)
         return record
 
     async def put(self, upstream: str, repo: str, tag: str, aclass: str,
@@ -98,22 +93,40 @@ class TagStore:
         except (OSError, sqlite3.Error) as exc:   # a read-only or removed cache dir
             raise StorageError(f"tag record: {exc}") from as_oserror(exc)
         self._keep(key, record)
+        self._keep_classes(upstream, repo, tag, (aclass,))
+
+    async def records(self, upstream: str, repo: str, tag: str) -> dict[str, TagRecord]:
+        """Every accept class's record of the tag, from disk (and kept in memory)."""
+        def _all() -> dict[str, TagRecord]:
+            classes = self._cache.get(_classes_key(upstream, repo, tag), ())
+            raws = {c: self._cache.get(_key(upstream, repo, tag, c)) for c in classes}
+            return {c: TagRecord(**raw) for c, raw in raws.items() if raw}
+        try:
+            found = await asyncio.to_thread(_all)
+        except (OSError, sqlite3.Error) as exc:   # a removed or unreadable cache dir
+            raise StorageError(f"tag records: {exc}") from as_oserror(exc)
+        for aclass, record in found.items():
+            self._keep(_key(upstream, repo, tag, aclass), record)
+        self._keep_classes(upstream, repo, tag, tuple(found))
+        return found
 
     async def get_all(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
         """Every accept class's record of the tag, newest first (for stale answers: any
         cached manifest of the tag the client accepts beats an error)."""
-        def _all() -> list[TagRecord]:
-            classes = self._cache.get(_classes_key(upstream, repo, tag), ())
-            raws = (self._cache.get(_key(upstream, repo, tag, c)) for c in classes)
-            return sorted((TagRecord(**raw) for raw in raws if raw),
-                          key=lambda r: r.checked_at, reverse=True)
-        try:
-            return await asyncio.to_thread(_all)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"tag records: {exc}") from as_oserror(exc)
+        found = await self.records(upstream, repo, tag)
+        return sorted(found.values(), key=lambda r: r.checked_at, reverse=True)
 
     def _keep(self, key: str, record: TagRecord) -> None:
-        self._hot.put(_HOT + key, record, len(key) + len(record.digest) + len(record.media_type))
+        self._hot.put(_HOT + key, record)
+
+    def _keep_classes(self, upstream: str, repo: str, tag: str,
+                      classes: tuple[str, ...]) -> None:
+        """Remember in memory which classes hold a record of the tag (for ``cached``)."""
+        key = _HOT + _classes_key(upstream, repo, tag)
+        known = self._hot.get(key) or ()
+        merged = tuple(dict.fromkeys(known + classes))
+        if merged != known:
+            self._hot.put(key, merged)
 
     async def get_list(self, upstream: str, repo: str) -> list[str] | None:
         return await asyncio.to_thread(self._cache.get, f"{upstream}/{repo}#tags/list")
@@ -131,6 +144,13 @@ class TagStore:
 
 
 _HOT = "tag:"   # the hot layer's namespace for tag records (index keys are blob:/manifest:)
+
+
+def _answering(records: dict[str, TagRecord | None], aclass: str) -> TagRecord | None:
+    """The newest of ``aclass``'s own record and those standing in for it."""
+    fits = [r for c, r in records.items() if r is not None
+            and (c == aclass or stands_in(r.media_type, c, aclass))]
+    return max(fits, key=lambda r: r.checked_at, default=None)
 
 
 def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:

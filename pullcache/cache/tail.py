@@ -13,6 +13,8 @@ import contextlib
 import os
 from typing import AsyncIterator
 
+from .descriptors import open_fd
+
 READ_CHUNK = 1 << 20
 
 
@@ -81,9 +83,9 @@ class Tail:
                     length = available - offset if limit is None else \
                         min(available - offset, limit)
                     if window is not None and generation == self.generation:
-                        if not window.hold(token, offset):
-                            raise FillFailed("fell behind the pass-through window")
                         length = min(length, READ_CHUNK)   # spans stay short in memory
+                        if not window.hold(token, offset, length):
+                            raise FillFailed("fell behind the pass-through window")
                     yield fd, offset, length
                     offset += length
                 elif verified:
@@ -122,8 +124,10 @@ class Tail:
                     raise FillFailed("the pass-through ended before this reader started")
                 return self.window.open(), generation
             try:
-                fd = await asyncio.to_thread(os.open, self.temp, os.O_RDONLY)
+                fd = await open_fd(self.temp)
             except FileNotFoundError:
+                if self.window is not None or generation != self.generation:
+                    continue   # the fill went pass-through while the open ran: the window
                 if not self.result.done():
                     await progress.wait()  # the writer has not created it yet
                     continue
@@ -133,8 +137,7 @@ class Tail:
                 if entry is None:
                     raise FillFailed("passed through, not cached")
                 try:
-                    return await asyncio.to_thread(os.open, self.store.path(entry),
-                                                   os.O_RDONLY), generation
+                    return await open_fd(self.store.path(entry)), generation
                 except FileNotFoundError:
                     # Evicted between its commit and this late reader (a budget smaller
                     # than the fills in flight): a cut the client retries, not a 500.

@@ -8,7 +8,7 @@ starts (``server/admin/objects.py``).
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 
 from ..metrics import Metrics
 
@@ -74,14 +74,36 @@ class Samples:
 
 
 class Pulls:
-    """Manifest pulls by image (``upstream/repository``), for the page's top list."""
+    """Manifest pulls by image (``upstream/repository``), for the page's top list.
 
-    def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()   # (upstream, repo): pulls
+    Bounded: at most ``capacity`` images are counted (Space-Saving, Metwally et al. 2005).
+    An image not counted yet takes the place of the least-pulled one and inherits its count
+    plus one, so a count may overstate by at most what it inherited; an image pulled more
+    often than ``pulls / capacity`` times is always in the list. A node that serves many
+    thousand repositories keeps ``capacity`` counters, not one each.
+    """
+
+    def __init__(self, capacity: int = 200) -> None:
+        self.capacity = capacity
+        self._counts: dict[tuple[str, str], int] = {}   # (upstream, repo): pulls
+
+    def __len__(self) -> int:
+        return len(self._counts)
 
     def count(self, upstream: str, repo: str) -> None:
-        self._counts[upstream, repo] += 1
+        key = (upstream, repo)
+        counts = self._counts
+        if key in counts:
+            counts[key] += 1
+            return
+        if len(counts) < self.capacity:
+            counts[key] = 1
+            return
+        # A scan of ``capacity`` counters, only when an image not counted yet is pulled.
+        least = min(counts, key=counts.__getitem__)
+        counts[key] = counts.pop(least) + 1
 
     def top(self, n: int = 10) -> list[dict]:
+        ranked = sorted(self._counts.items(), key=lambda item: item[1], reverse=True)[:n]
         return [{"image": f"{upstream}/{repo}", "pulls": count}
-                for (upstream, repo), count in self._counts.most_common(n)]
+                for (upstream, repo), count in ranked]

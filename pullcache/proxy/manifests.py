@@ -4,11 +4,16 @@ by digest → cache, else the backing tier, else upstream GET by digest, verifie
             revalidated (the digest fixes the content).
 by tag    → fresh record? serve : HEAD upstream (HEADs are free on Docker Hub) → digest
             cached? serve : GET by digest; upstream down / 429 → serve stale with
-            ``Warning: 299`` (the client's own accept class first, else any cached record
-            of the tag whose media type the client accepts).
+            ``Warning: 299`` (the record that answers the client first, else any cached
+            record of the tag whose media type the client accepts).
+            The record that answers a client is its own accept class's, or another
+            class's that the upstream would answer it with alike (``cache.negotiation``):
+            a mixed fleet of clients shares one record per tag, fresh or stale.
             Stale-while-revalidate (RFC 5861's idea): up to ``stale_while_revalidate`` past
             the TTL, serve the record at once and revalidate in the background, one flight
             per tag; a moved tag is seen one request later.
+            With anything cached to fall back on, a revalidation waits for the upstream
+            only ``revalidate_timeout``: no client waits out an outage.
 
 Every cached answer obeys ``links``: by digest, cached content answers only a repository
 it is linked to (else a HEAD to its upstream confirms it first); a tag's record names
@@ -159,8 +164,13 @@ class Manifests:
     async def _resolve_or_stale(self, upstream: Upstream, route: Route, tag: str,
                                 accept: tuple[str, ...], aclass: str,
                                 record: TagRecord | None) -> ManifestAnswer:
+        # The tag is cached (for this client or another class): the upstream answered it
+        # lately, so it gets ``revalidate_timeout``, not the full wait, before the stale
+        # answer (or, with nothing this client takes, the error it falls back on).
+        cached = record is not None or bool(await self._records(route, tag))
         try:
-            return await self._resolve_tag(upstream, route, tag, accept, aclass, record)
+            return await self._resolve_tag(upstream, route, tag, accept, aclass, record,
+                                           revalidating=cached)
         except errors.UPSTREAM_FAILURES as exc:
             stale = await self._stale(upstream, route, tag, accept, record)
             if stale is None:
@@ -175,11 +185,10 @@ class Manifests:
         self.metrics.coalesced.labels("manifest").inc()
 
     async def _resolve_tag(self, upstream: Upstream, route: Route, tag: str,
-                           accept: tuple[str, ...], aclass: str,
-                           record: TagRecord | None) -> ManifestAnswer:
+                           accept: tuple[str, ...], aclass: str, record: TagRecord | None,
+                           *, revalidating: bool) -> ManifestAnswer:
         client = upstream.client
-        head = await client.head_manifest(route.repo, tag, accept,
-                                          revalidating=record is not None)
+        head = await client.head_manifest(route.repo, tag, accept, revalidating=revalidating)
         digest = parse_digest(head.digest)
         if digest is not None:
             cached = await self.cached(digest)
@@ -233,15 +242,12 @@ class Manifests:
     async def _stale(self, upstream: Upstream, route: Route, tag: str,
                      accept: tuple[str, ...], record: TagRecord | None,
                      ) -> tuple[ManifestAnswer, TagRecord] | None:
-        """A cached manifest of the tag to serve while upstream cannot answer: the client's
-        own accept class first, else the newest record of another class whose media type
-        the client accepts (a mixed fleet of clients shares one outage)."""
+        """A cached manifest of the tag to serve while upstream cannot answer: the record
+        that answers the client first, else the newest record of another class whose media
+        type the client accepts (a mixed fleet of clients shares one outage)."""
         if not upstream.serve_stale:
             return None
-        try:
-            others = await self.tags.get_all(route.upstream, route.repo, tag)
-        except errors.StorageError:
-            others = []
+        others = await self._records(route, tag)
         candidates = ([record] if record is not None else []) + [
             r for r in others if r != record and accepts(accept, r.media_type)]
         for candidate in candidates:
@@ -250,6 +256,13 @@ class Manifests:
                 return ManifestAnswer(cached.body, cached.media_type, cached.digest, "stale",
                                       STALE_WARNING), candidate
         return None
+
+    async def _records(self, route: Route, tag: str) -> list[TagRecord]:
+        """Every accept class's record of the tag, newest first ([]: the disk refused)."""
+        try:
+            return await self.tags.get_all(route.upstream, route.repo, tag)
+        except errors.StorageError:
+            return []
 
     def _remembered(self, digest: Digest) -> ManifestAnswer | None:
         found = self.store.cached_manifest(digest)

@@ -87,7 +87,13 @@ def front(access: AccessControl, metrics: Metrics):
                 resp = await handler(request)
             except Exception as exc:  # noqa: BLE001 - answer_error re-raises what it must
                 resp = answer_error(request, exc)
+                if exchange.outcome == "ok" and isinstance(exc, PullcacheError) \
+                        and not isinstance(exc, StorageError):
+                    exchange.outcome = exc.code.lower()    # unavailable, manifest_unknown…
             status = resp.status
+            if status >= 400 and exchange.outcome == "ok":
+                # The access line's outcome never contradicts its status.
+                exchange.outcome = "failed" if status >= 500 else "refused"
             resp.headers.setdefault("X-Request-Id", request_id)
             return resp
         finally:

@@ -10,8 +10,9 @@ the sender back on writability (``add_writer`` on its dup, kept for the whole sp
 client that takes nothing for ``stall_timeout`` is dropped. The body goes out corked
 (``TCP_CORK``): full segments only, until its end.
 
-A TLS transport (or a loop without ``sendfile``) gets the same spans through ``pread`` in
-the default executor and ``StreamResponse.write``.
+A TLS transport, a chunked body (a blob whose length is not known yet), or a loop without
+``sendfile`` gets the same spans through ``pread`` in the default executor and
+``StreamResponse.write``.
 """
 
 from __future__ import annotations
@@ -64,10 +65,15 @@ class Sender:
             raise ConnectionResetError("client went away")
         sock = transport.get_extra_info("socket")
         if (sock is None or transport.get_extra_info("ssl_object") is not None
-                or not hasattr(os, "sendfile")):
+                or not hasattr(os, "sendfile") or self._chunked()):
             await self._send_copied(spans)
             return
         await self._flushed(writer)    # our headers go first, through the transport
+        if transport.is_closing():
+            # Closed while the headers drained: the number the transport's socket answers
+            # may be another client's connection by now. Nothing between this check and
+            # the dup awaits, so the dup is of this client's socket.
+            raise ConnectionResetError("client went away")
         out = os.dup(sock.fileno())
         if cork:
             _cork(out, True)
@@ -82,6 +88,13 @@ class Sender:
             if cork:
                 _cork(out, False)   # what is left goes out now, not 200 ms later
             os.close(out)
+
+    def _chunked(self) -> bool:
+        """The body goes out in chunked framing (no length known, HTTP/1.1): its bytes must
+        pass through ``StreamResponse.write``, which frames them; raw ``sendfile`` bytes
+        would be read as chunk sizes (RFC 9112 §7.1)."""
+        return self.resp is not None and \
+            self.resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
 
     async def _sendfile(self, out: int, src: int, offset: int, length: int) -> None:
         if length <= 0:

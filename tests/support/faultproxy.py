@@ -87,6 +87,9 @@ class FaultProxy(ThreadedApp):
         self.cdn_authorization: str | None = None
         #: random faults for a soak (see tests/support/chaos.py); None: only armed faults
         self.chaos: Chaos | None = None
+        #: responses to paths containing this go out with no Content-Length, in chunked
+        #: framing (an upstream that streams a body of unknown length); None: as upstream
+        self.unknown_length: str | None = None
 
     # -- counting -----------------------------------------------------------------
     @property
@@ -284,7 +287,8 @@ class FaultProxy(ThreadedApp):
                 response.headers.add(name, self._rewrite_location(value) if lname == "location" else value)
             for name, value in self.extra_headers.items():
                 response.headers[name] = value
-            if upstream.content_length is not None:
+            if upstream.content_length is not None and not (
+                    self.unknown_length and self.unknown_length in request.path):
                 response.content_length = upstream.content_length
             await response.prepare(request)
             if request.method == "HEAD":

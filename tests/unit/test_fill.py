@@ -234,6 +234,28 @@ async def test_unknown_size_streams_everything_and_ends_when_verified(fills, sto
     assert (await wait(fill.result)).size == len(DATA)
 
 
+async def test_unknown_size_is_counted_against_the_budget_as_it_arrives(fills, store):
+    """No Content-Length: the reservation grows with the bytes, and makes room as it grows
+    (a full cache evicts for it while it is still downloading)."""
+    store.budget = Budget(16 << 20)
+    for n in range(3):
+        body = bytes([n]) * (4 << 20)
+        await store.put_bytes("blob", Digest.of(body), body)
+    volume = store.index.volume()
+    assert volume >= 12 << 20
+    source = FakeSource(CHUNKS, size=None)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    source.release()                                   # all its bytes; no end yet
+    await eventually(lambda: fill.written == len(DATA), what="bytes written")
+    usage = await store.usage()
+    assert usage["reserved"] >= len(DATA)              # counted while in flight ...
+    assert usage["bytes"] + usage["reserved"] <= store.budget.high   # ... with room made
+    assert usage["bytes"] < volume                     # (by evicting the oldest)
+    source.end.set()
+    assert (await wait(fill.result)).size == len(DATA)
+    assert (await store.usage())["reserved"] == 0      # released once the index counts it
+
+
 # --- late readers and ranges -------------------------------------------------------------------------
 
 async def test_a_late_reader_starts_from_byte_zero(fills):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import tracemalloc
 
 import pytest
 
-from pullcache.cache.hot import ITEM_OVERHEAD, HotLayer
+from pullcache.cache.hot import HotLayer, footprint
+from pullcache.cache.index import Entry
 from pullcache.cache.store import BlobStore, Budget
 from pullcache.cache.tags import TagRecord, TagStore
 from pullcache.oci import Digest
@@ -43,15 +45,51 @@ def access_times(store: BlobStore) -> dict[str, float]:
 # --- the layer --------------------------------------------------------------------------------
 
 def test_bounded_by_bytes_least_recently_used_out_first():
-    hot = HotLayer(3 * (100 + ITEM_OVERHEAD))
+    cost = footprint("a", "A" * 100)
+    hot = HotLayer(3 * cost)
     for key in "abc":
-        hot.put(key, key.upper(), 100)
-    assert hot.get("a") == "A"                # a is now the most recently used
-    hot.put("d", "D", 100)
-    assert hot.get("b") is None and [hot.get(k) for k in "acd"] == ["A", "C", "D"]
-    assert hot.nbytes == 3 * (100 + ITEM_OVERHEAD)
-    hot.put("big", "X", 10 * KiB)             # bigger than the whole layer: not kept
+        hot.put(key, key.upper() * 100)
+    assert hot.get("a") == "A" * 100          # a is now the most recently used
+    hot.put("d", "D" * 100)
+    assert hot.get("b") is None and [hot.get(k)[0] for k in "acd"] == ["A", "C", "D"]
+    assert hot.nbytes == 3 * cost
+    hot.put("big", "X" * 10 * KiB)            # bigger than the whole layer: not kept
     assert hot.get("big") is None and len(hot) == 3
+
+
+def index_item(n: int, *, manifest: bool = False) -> tuple[str, tuple[Entry, bytes | None]]:
+    """An item as the store keeps it: an index entry, with its body for a manifest."""
+    hex_ = f"{n:064x}"
+    entry = Entry(f"blobs/sha256/{hex_[-2:]}/{hex_}", 1000 + n,
+                  "application/vnd.oci.image.manifest.v1+json" if manifest else None)
+    return (f"{'manifest' if manifest else 'blob'}:sha256:{hex_}",
+            (entry, b"%064d" % n * 10 if manifest else None))
+
+
+@pytest.mark.parametrize("kind, count", [("entries", 100_000), ("manifests", 30_000),
+                                         ("tag records", 50_000)])
+def test_the_layer_holds_what_it_charges(kind, count):
+    """Filled far past its capacity, the layer's real memory (tracemalloc) is its budget."""
+    budget = 8 << 20
+
+    def item(n: int):
+        if kind == "tag records":
+            record = TagRecord(f"sha256:{n:064x}",
+                               "application/vnd.oci.image.index.v1+json", 1.7e9 + n)
+            return f"tag:docker.io/library/r{n}:v{n}#{kind}", record
+        return index_item(n, manifest=kind == "manifests")
+
+    tracemalloc.start()
+    try:
+        hot = HotLayer(budget)
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(count):
+            hot.put(*item(n))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(hot) < count and hot.nbytes <= budget       # it did push items out
+    assert abs(held - budget) <= 0.15 * budget, f"{held} bytes held for a {budget} budget"
 
 
 def test_forget_drops_the_item_and_its_pending_touch():

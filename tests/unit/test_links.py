@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from pullcache.cache.fill import Fills
-from pullcache.cache.hot import ITEM_OVERHEAD, HotLayer
+from pullcache.cache.hot import HotLayer, footprint
 from pullcache.cache.store import BlobStore, Budget
 from pullcache.oci import Digest
 from tests.support.spies import Spy
@@ -121,7 +121,7 @@ async def test_reconcile_drops_the_links_of_entries_whose_file_is_gone(tmp_path)
 
 
 async def test_memory_of_links_is_bounded_and_the_index_answers_beyond_it(tmp_path):
-    hot = HotLayer(4 * ITEM_OVERHEAD)
+    hot = HotLayer(4 * footprint("link:blob:x", frozenset({("up.example", "team/0")})))
     store = await open_store(tmp_path / "c", hot)
     try:
         digest = await put(store, 1)

@@ -6,17 +6,18 @@ import io
 import json
 
 import pytest
+import structlog
 from aiohttp import web
 from prometheus_client import generate_latest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pullcache import logs
-from pullcache.errors import StorageError
+from pullcache.errors import ManifestUnknown, StorageError, UpstreamTimeout, UpstreamUnavailable
 from pullcache.metrics import Metrics
 from pullcache.config import loads
 from pullcache.gate.identity import AccessControl
 from pullcache.server.keys import EXCHANGE, METRICS
-from pullcache.server.middleware import front, new_request_id
+from pullcache.server.middleware import AccessLogger, front, new_request_id
 from tests.support.ports import eventually
 
 SECRET_PATH = "/var/cache/pullcache/blobs/sha256/ab/abcdef"
@@ -120,3 +121,32 @@ async def test_access_lines_of_one_loop_iteration_go_out_together_at_its_end():
     lines = out.getvalue().splitlines()
     assert [json.loads(x)["request_id"] for x in lines] == ["r0", "r1", "r2"]
     assert File.writes == 1
+
+
+@pytest.mark.parametrize("raised, status, outcome", [
+    (None, 200, "ok"),
+    (UpstreamUnavailable("docker.io: ClientConnectorError"), 503, "unavailable"),
+    (UpstreamTimeout("docker.io: no answer within 15s"), 504, "unavailable"),
+    (ManifestUnknown("v9"), 404, "manifest_unknown"),
+    (StorageError("disk"), 500, "failed"),
+    (web.HTTPRequestEntityTooLarge(max_size=1, actual_size=2), 413, "refused"),
+])
+async def test_the_access_line_outcome_matches_the_status(monkeypatch, raised, status, outcome):
+    lines: list[dict] = []
+    monkeypatch.setattr(logs, "access", lambda **line: lines.append(line))
+
+    async def handler(request):
+        if raised is not None:
+            raise raised
+        return web.Response(text="fine")
+    app = web.Application(middlewares=[front(AccessControl(loads("", env={}).access),
+                                             Metrics())])
+    app.router.add_get("/x", handler)
+    server = TestServer(app)
+    await server.start_server(access_log_class=AccessLogger,
+                              access_log=structlog.get_logger("test"))
+    async with TestClient(server) as c:
+        async with c.get("/x") as r:
+            assert r.status == status
+        await eventually(lambda: lines, what="the access line")
+    assert (lines[0]["status"], lines[0]["outcome"]) == (status, outcome)

@@ -3,6 +3,7 @@ a real memfd); its readers get the verified stream, nothing is cached."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 
@@ -11,6 +12,8 @@ import pytest
 from pullcache.cache.disk import Disk
 from pullcache.cache.fill import FillFailed, Fills
 from pullcache.cache import writer as writer_module
+from pullcache.cache import passthrough as passthrough_module
+from pullcache.cache import tail as tail_module
 from pullcache.cache.passthrough import Window
 from pullcache.errors import DigestMismatch
 from pullcache.oci import Digest
@@ -147,18 +150,74 @@ async def test_too_big_to_fit_passes_through_from_the_start(store, disk):
     await fills.close()
 
 
+async def test_a_reader_opening_the_temp_file_as_the_fill_passes_through_reads_the_window(
+        store, disk, monkeypatch):
+    """The reader's open of the temp file runs in a thread while the disk refuses the temp
+    file and the whole blob goes through the window: the reader gets the window's bytes,
+    not "passed through, not cached"."""
+    opening, landed = asyncio.Event(), asyncio.Event()
+    real_open = tail_module.open_fd
+
+    async def refused(path, flags=os.O_RDONLY, mode=0o777):
+        await opening.wait()                     # the reader is in its open by now
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    async def slow_open(path, *args):
+        opening.set()
+        await landed.wait()
+        return await real_open(path, *args)
+    monkeypatch.setattr(passthrough_module, "open_fd", refused)
+    monkeypatch.setattr(tail_module, "open_fd", slow_open)
+    fills = make_fills(store, disk)
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, origin(source))
+    reader = Reader(fill)
+    source.release_all()
+    assert (await wait(fill.result)).entry is None       # passed through, and ended
+    landed.set()                                         # the reader's open lands: ENOENT
+    assert await reader.result() == DATA
+    await fills.close()
+
+
+def held(window: Window) -> int:
+    """The window's memory: the memfd's pages (punched pages are freed)."""
+    return os.fstat(window.fd).st_blocks * 512
+
+
 def test_window_releases_memory_but_not_a_span_in_flight():
     window = Window(limit=1 << 20)
     block = os.urandom(1 << 20)
     for i in range(4):
         window.put(i << 20, block)
-    assert window.hold(token=1, offset=1 << 20)          # a reader sending MiB 1
+    assert window.hold(token=1, offset=1 << 20, length=1 << 20)   # a reader sending MiB 1
     window.trim(4 << 20)                                 # floor at MiB 3
-    assert window.start == 1 << 20                       # MiB 1 onwards kept for it
-    assert not window.hold(token=1, offset=2 << 20)      # but it is cut at its next step
+    assert window.start == 3 << 20                       # the window moved on...
+    assert os.pread(window.fd, 1 << 20, 1 << 20) == block  # ...its span kept, whole
+    assert held(window) <= (2 << 20) + (64 << 10)        # MiB 0 and MiB 2 released
+    assert not window.hold(token=1, offset=2 << 20, length=1 << 20)  # cut at its next step
     window.release(1)
-    window.trim(4 << 20)
-    assert window.start == 3 << 20
-    assert os.fstat(window.fd).st_blocks * 512 <= (1 << 20) + (64 << 10)
+    window.trim(4 << 20)                                 # the span let go: released too
+    assert held(window) <= (1 << 20) + (64 << 10)
     assert os.pread(window.fd, 16, (3 << 20)) == block[:16]
+    window.close()
+
+
+def test_a_stalled_reader_costs_its_span_whatever_the_writer_puts():
+    """One reader stalls mid-span (its send never ends) while 256 MiB go through a 1 MiB
+    window: the window holds its limit and that one span, never what came after it."""
+    window = Window(limit=1 << 20)
+    block = os.urandom(1 << 20)
+    window.put(0, block)
+    assert window.hold(token=1, offset=4096, length=1 << 20)   # stalled from here on
+    peak = 0
+    for i in range(1, 256):
+        window.put(i << 20, block)
+        window.trim((i + 1) << 20)
+        peak = max(peak, held(window))
+    assert peak <= (1 << 20) + (1 << 20) + 2 * 4096 + (64 << 10), f"{peak} bytes held"
+    assert os.pread(window.fd, 1 << 20, 4096) == (block + block)[4096:(1 << 20) + 4096]
+    assert not window.hold(token=1, offset=4096 + (1 << 20), length=1 << 20)  # cut
+    window.release(1)
+    window.trim(256 << 20)
+    assert held(window) <= (1 << 20) + (64 << 10)
     window.close()

@@ -258,3 +258,68 @@ async def test_a_tls_connection_gets_the_spans_copied_through_the_response(files
         os.close(fb)
         server.close()
         client.close()
+
+
+class PseudoSocket:
+    """What uvloop's transport gives as its socket: the descriptor *number* it had, still
+    answered by ``fileno()`` after the transport closed it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.number = sock.fileno()
+
+    def fileno(self) -> int:
+        return self.number
+
+
+class HeadersPending(FakeTransport):
+    """A transport still holding the response's headers: the sender waits for them to go
+    out (``drain``) before it sends from its own dup of the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(PseudoSocket(sock))
+        self.drained = asyncio.Event()
+
+    def get_write_buffer_size(self) -> int:
+        return 0 if self.drained.is_set() else 100
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return 16 * 1024, 64 * 1024
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    async def drain(self) -> None:     # the response's writer
+        await self.drained.wait()
+
+
+async def test_a_socket_closed_while_the_headers_drain_is_never_dupped(files):
+    """The number is another client's TCP connection by the time the drain ends, corked by
+    its own sender: this sender must not touch it (a dup would uncork it at the end, and
+    any byte would land in the wrong body)."""
+    tmp, a, _ = files
+    server, client = pair()
+    transport = HeadersPending(server)
+    sender = Sender(transport, None, stall_timeout=10)
+    fd = os.open(tmp / "a", os.O_RDONLY)
+    listener = socket.create_server(("127.0.0.1", 0))
+    task = asyncio.create_task(sender.send(transport, one_span(fd, 0, len(a))))
+    await eventually(lambda: transport.drained._waiters, what="sender waiting for headers")
+    number = server.fileno()
+    server.close()                                     # the client reset: the loop closes
+    transport.closing = True
+    other = socket.create_connection(listener.getsockname())   # the next client's socket
+    peer, _ = listener.accept()
+    try:
+        assert other.fileno() == number
+        other.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)   # its sender corked it
+        transport.drained.set()                        # the drain ends (the close woke it)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(task, 10)
+        assert other.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 1
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(1)                               # not one byte of the blob
+    finally:
+        os.close(fd)
+        for s in (client, other, peer, listener):
+            s.close()
