@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.binaries import require
 from tests.support.clients import DEAD, Dockerd, tail
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.http import basic_auth
@@ -107,8 +108,7 @@ def auth_json(path: Path, host: str, user: str, password: str) -> Path:
 # -- skopeo ------------------------------------------------------------------------------------
 
 def skopeo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed (make test installs it)")
+    require("skopeo")
     empty = tmp_path / "no-auth.json"
     empty.write_text('{"auths": {}}')
     return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120,

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+
 from pullcache.cache.lock import CacheLock
+from tests.support.binaries import require
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.http import basic_auth, request
 from tests.support.images import build_image, build_raw_blob_image, push
@@ -318,9 +320,7 @@ def test_a_lost_accept_loop_exits_non_zero_and_releases_the_cache_lock(tmp_path,
 
 
 def test_hardened_unit_rates_ok(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (make test installs the systemd package)")
+    analyze = require("systemd-analyze")
     unit = ROOT / "systemd" / "pullcache.service"
     proc = subprocess.run([analyze, "security", "--offline=true", str(unit)],
                           capture_output=True, text=True, timeout=60)

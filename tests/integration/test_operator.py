@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 
 from pullcache.cache.lock import CacheLock
 from tests.integration.test_cache_engine import Download
+from tests.support.binaries import require
 from tests.support.daemon import ROOT, UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_index, build_raw_blob_image, push
@@ -64,10 +64,7 @@ def test_warm_one_platform_then_all_then_skopeo_needs_no_upstream_blob(counted, 
     assert both["fetched_bytes"] == sum(b.size for b in amd.blobs())
 
     fault_proxy.reset_counts()
-    skopeo = shutil.which("skopeo")
-    if skopeo is None:
-        pytest.skip("skopeo is not installed (make test installs it)")
-    subprocess.run([skopeo, "--insecure-policy", "copy", "--all", "--src-tls-verify=false",
+    subprocess.run([require("skopeo"), "--insecure-policy", "copy", "--all", "--src-tls-verify=false",
                     f"docker://{counted.host}/ops/multi:v1", f"oci:{tmp_path / 'out'}:v1"],
                    check=True, capture_output=True, timeout=120)
     assert fault_proxy.count("GET", "/blobs/") == 0, fault_proxy.requests
