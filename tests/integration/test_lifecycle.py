@@ -12,6 +12,8 @@ import socket
 import ssl
 import subprocess
 import threading
+from datetime import datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -26,15 +28,29 @@ from tests.support.ports import free_port, wait_until
 from tests.support.tls import CA, write_htpasswd
 
 MiB = 1024 * 1024
+WATCHDOG_USEC = 1_000_000
 
 
 def _messages(sock: socket.socket, until: str, timeout: float = 20.0) -> list[str]:
-    """Datagrams (split into assignments) until one carries ``until``."""
+    """Datagrams (split into assignments) until one carries ``until``; fails naming what
+    did arrive when none does within ``timeout``."""
     sock.settimeout(timeout)
     seen: list[str] = []
     while until not in seen:
-        seen += sock.recv(4096).decode().split("\n")
+        try:
+            seen += sock.recv(4096).decode().split("\n")
+        except socket.timeout:
+            raise AssertionError(f"no {until} within {timeout}s; got {seen}") from None
     return seen
+
+
+def _watchdog_gaps(sock: socket.socket, pings: int) -> list[float]:
+    """Seconds between ``pings`` consecutive ``WATCHDOG=1`` datagrams."""
+    times = []
+    while len(times) < pings:
+        _messages(sock, "WATCHDOG=1")
+        times.append(time.monotonic())
+    return [b - a for a, b in zip(times, times[1:])]
 
 
 def test_notify_ready_watchdog_and_stopping(tmp_path, registry):
@@ -42,19 +58,23 @@ def test_notify_ready_watchdog_and_stopping(tmp_path, registry):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
         pc = Pullcache(tmp_path / "pc", [UpstreamSpec(registry.host, registry.url, default=True)],
-                       env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+                       env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": str(WATCHDOG_USEC)})
         pc.workdir.mkdir()
         pc.start()
         try:
-            seen = _messages(sock, "READY=1")
+            _messages(sock, "READY=1")
             # READY only once the public port listens (and the cache was reconciled first).
             assert request(pc.url, "/v2/").status == 200
-            assert "WATCHDOG=1" in _messages(sock, "WATCHDOG=1")
+            # The manager restarts a service silent for WATCHDOG_USEC: the pings keep
+            # coming, each well inside it (at about half).
+            gaps = _watchdog_gaps(sock, 4)
+            assert max(gaps) < WATCHDOG_USEC / 1e6, gaps
             pc.proc.send_signal(signal.SIGHUP)
             seen = _messages(sock, "READY=1")
-            assert "RELOADING=1" in seen and any(s.startswith("MONOTONIC_USEC=") for s in seen)
+            reloading = seen.index("RELOADING=1")   # (ValueError if absent) before READY
+            assert seen[reloading + 1].startswith("MONOTONIC_USEC="), seen
             pc.proc.send_signal(signal.SIGTERM)
-            assert "STOPPING=1" in _messages(sock, "STOPPING=1")
+            _messages(sock, "STOPPING=1")
             assert pc.proc.wait(20) == 0
         finally:
             pc.stop()
@@ -111,7 +131,11 @@ def test_drain_timeout_cuts_a_stalled_client_and_exits_cleanly(tmp_path, registr
         resp = conn.getresponse()
         assert resp.status == 200 and resp.read(64 * 1024)   # then it never reads again
         pc.proc.send_signal(signal.SIGTERM)
-        assert pc.proc.wait(30) == 0   # the drain gave up on it after drain_timeout
+        assert pc.proc.wait(30) == 0
+        # The drain waited drain_timeout for the stalled client, then gave up on it (the
+        # daemon's own clock: from its "draining" line to its "stopping" line).
+        waited = _at(pc.events("stopping")[-1]) - _at(pc.events("draining")[-1])
+        assert 1.0 <= waited < 10.0, waited
         got = 64 * 1024
         try:   # what the socket buffers held, then the cut
             while chunk := resp.read(MiB):
@@ -122,6 +146,11 @@ def test_drain_timeout_cuts_a_stalled_client_and_exits_cleanly(tmp_path, registr
         assert got < image.layers[0].size
     finally:
         pc.stop()
+
+
+def _at(record: dict) -> float:
+    """A log record's ISO-8601 timestamp, in seconds."""
+    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def _served_fingerprint(port: int, ctx: ssl.SSLContext) -> bytes:
@@ -159,7 +188,10 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
     # One keep-alive connection opened before the rotation, used after it.
     kept = http.client.HTTPSConnection("127.0.0.1", pc.port, context=ctx, timeout=30)
     kept.request("GET", "/v2/", headers=ci)
-    assert kept.getresponse().read() is not None
+    first_answer = kept.getresponse()
+    first_answer.read()
+    assert first_answer.status == 200 and not first_answer.will_close
+    kept_socket = kept.sock
     threads = [threading.Thread(target=load) for _ in range(4)]
     try:
         for t in threads:
@@ -188,6 +220,7 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
             t.join(60)
     kept.request("GET", "/v2/", headers=ci)   # the connection from before still works
     assert kept.getresponse().status == 200
+    assert kept.sock is kept_socket, "http.client had to reconnect: the connection was closed"
     kept.close()
     pc.stop()
     assert not errors, errors[:3]
