@@ -8,7 +8,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from pullcache.cache.verify import VerifyReport, verify
 
