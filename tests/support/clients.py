@@ -101,11 +101,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
             timeout=10).returncode == 0
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 180) -> str:
-        proc = subprocess.run(["ctr", "--address", str(self.socket), "-n", "pullcache-e2e",
-                               *args], capture_output=True, text=True, timeout=timeout)
+        proc = self.attempt(*args, timeout=timeout)
         if check:
             assert proc.returncode == 0, f"ctr {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout + proc.stderr
+
+    def attempt(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """Run ctr; the caller judges the outcome (its status and output)."""
+        return subprocess.run(["ctr", "--address", str(self.socket), "-n", "pullcache-e2e",
+                               *args], capture_output=True, text=True, timeout=timeout)
 
     def hosts_dir(self, name: str, mirror: str, *, registry: str = "_default") -> Path:
         """A ``--hosts-dir`` whose ``registry`` entry mirrors through ``mirror`` only."""
