@@ -54,11 +54,11 @@ def statuses_in_access_log(pc: Pullcache) -> Counter:
     return Counter(r.get("status") for r in pc.events("request"))
 
 
-# The soak's daemon holds little by design: 20 small manifests and their tag records in the
-# hot layer (far below its 64 MiB budget), fills streamed through fixed small buffers, and
-# 50 connections. About 70 MiB measured; 150 MiB leaves room for the allocator's slack and
-# catches what would not be bounded: a buffer per client (50 x 1 MiB), a pass-through
-# window held whole (64 MiB), a 64 MiB layer read into memory.
+# What the soak's daemon may hold: the interpreter and its libraries, 20 small manifests
+# and their tag records in the hot layer (far below its budget), fills streamed through small
+# fixed buffers, 50 connections. 150 MiB is about twice that, so an allocator's slack passes
+# and an unbounded holding fails: a buffer per client, a pass-through window held whole, a
+# 64 MiB layer read into memory (docs/benchmarks.md gives the measured peak).
 RSS_BOUND_MIB = 150
 
 
