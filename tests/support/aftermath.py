@@ -90,14 +90,16 @@ class Aftermath:
 
 
 def aftermath(pc: Pullcache, soak: Soak, base: Vitals, *, settle: float = 40.0,
-              rss_bound_mib: int = RSS_BOUND_MIB) -> Aftermath:
+              rss_bound_mib: int = RSS_BOUND_MIB,
+              killed_peaks_kib: list[int] | None = None) -> Aftermath:
     """After the storm (chaos off): pull every image once more, verify the cache, and wait
     (up to ``settle`` s) for fds, tasks and temp files to return to ``base``.
 
     Threads may stay above ``base`` up to the peak concurrency (idle pool threads live on,
     by design), and SQLite fds up to two per pool thread and database (diskcache opens one
-    connection per thread); the peak RSS of every daemon process of the soak (the ones it
-    SIGKILLed included) must stay under ``rss_bound_mib``.
+    connection per thread); the peak RSS of every daemon process (the running one and those
+    SIGKILLed: ``killed_peaks_kib``, by default ``soak``'s) must stay under
+    ``rss_bound_mib``.
     """
     after = Soak(pc, soak.images, clients=1, skopeo_clients=0, seconds=0)
     failed = []
@@ -141,7 +143,9 @@ def aftermath(pc: Pullcache, soak: Soak, base: Vitals, *, settle: float = 40.0,
         leaks.append(f"threads {base.threads} -> {now.threads}")
     if now.sqlite_fds > 2 * 3 * (executor + 2):
         leaks.append(f"sqlite fds {base.sqlite_fds} -> {now.sqlite_fds}")
-    for n, peak in enumerate([*soak.result.killed_rss_peaks_kib, now.rss_peak_kib]):
+    if killed_peaks_kib is None:
+        killed_peaks_kib = soak.result.killed_rss_peaks_kib
+    for n, peak in enumerate([*killed_peaks_kib, now.rss_peak_kib]):
         if peak > rss_bound_mib * 1024:
             leaks.append(f"peak RSS of daemon process {n + 1} {peak // 1024} MiB > "
                          f"{rss_bound_mib} MiB")
