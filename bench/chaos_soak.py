@@ -8,7 +8,8 @@ clients are skopeo processes and Python clients making the requests of every cli
 Prints: pulls completed (and failed, which clients retry) per client class, faults injected
 by kind, wrong bytes (must be 0), 500s (must be 0), leaks (must be 0, the peak RSS of every
 daemon process under its bound included), peak RSS. Exit status 1 when any of the
-must-be-zero figures is not, or a client class completed no pull. Only 127.0.0.1 is contacted; everything is torn down.
+must-be-zero figures is not, or a client class completed no pull. Only 127.0.0.1 is
+contacted; everything is torn down.
 """
 
 from __future__ import annotations

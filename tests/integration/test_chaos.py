@@ -4,8 +4,8 @@ real skopeo processes, and Python clients making the requests of every client cl
 containerd, containers/image, OCI-only), each with its own Accept list. Nothing wrong is ever
 served, no client sees a 500, nothing is left behind.
 
-Bounded for ``make test`` by ``CHAOS_SECONDS`` (default 30; about a minute with the checks); ``bench/chaos_soak.py`` runs
-the same soak longer and prints its figures.
+Bounded for ``make test`` by ``CHAOS_SECONDS`` (default 30; about a minute with the
+checks); ``bench/chaos_soak.py`` runs the same soak longer and prints its figures.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The chaos soak, shared by ``tests/integration/test_chaos.py`` and ``bench/chaos_soak.py``.
 
 Many clients (Python threads and skopeo processes) pull a set of images through pullcache
-for a fixed time; the Python threads make the requests of every client class a mirror meets
-(``CLIENT_CLASSES``: dockerd, containerd, containers/image, an OCI-only client), each with
-its own manifest Accept list, while the fault proxy in front of the registry injects random faults and,
-optionally, the daemon is SIGKILLed and restarted midway. A client counts a pull as good
+for a fixed time (the Python threads make the requests of every client class a mirror meets,
+``CLIENT_CLASSES``, each with its own manifest Accept list), while the fault proxy in front
+of the registry injects random faults and, optionally, the daemon is SIGKILLed and restarted
+midway. A client counts a pull as good
 only when every byte it received hashed to the digest it asked for; a response that looked
 complete (status 200, full Content-Length) but hashed wrong is a *wrong* pull, the one
 thing that must never happen. Transfers cut short are retried (with ``Range`` once, the way
@@ -29,16 +29,12 @@ from urllib.parse import urlsplit
 
 from .binaries import require
 from .daemon import Pullcache
-from .images import MANIFEST_TYPES, Image, build_image, build_raw_blob_image, push, \
-    read_oci_layout_digests
+from .images import DOCKER_MANIFEST as DOCKER_V2, DOCKER_MANIFEST_LIST as DOCKER_LIST, \
+    MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, Blob, Image, build_image, build_raw_blob_image, \
+    push, read_oci_layout_digests
 
 MiB = 1 << 20
 REPO = "soak/app"
-ACCEPT = ", ".join(MANIFEST_TYPES)
-OCI_MANIFEST, OCI_INDEX = "application/vnd.oci.image.manifest.v1+json", \
-    "application/vnd.oci.image.index.v1+json"
-DOCKER_V2, DOCKER_LIST = "application/vnd.docker.distribution.manifest.v2+json", \
-    "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_V1S, DOCKER_V1 = "application/vnd.docker.distribution.manifest.v1+prettyjws", \
     "application/vnd.docker.distribution.manifest.v1+json"
 
@@ -46,7 +42,8 @@ DOCKER_V1S, DOCKER_V1 = "application/vnd.docker.distribution.manifest.v1+prettyj
 @dataclass(frozen=True)
 class ClientClass:
     """How one kind of client asks a mirror for an image: its manifest Accept list and the
-    shape of its requests, as Debian 12's clients send them through a mirror."""
+    shape of its requests, as Debian 12's clients send them through a mirror
+    (docs/protocol.md §1)."""
     name: str
     accept: tuple[str, ...]
     one_line: bool = False        # one comma-separated Accept line, else one line per type
@@ -79,6 +76,8 @@ CLIENT_CLASSES = (
     # A client that speaks OCI only (an oras-like tool): one line, no Docker types.
     ClientClass("oci", (OCI_MANIFEST, OCI_INDEX), one_line=True, blob_accept="*/*"),
 )
+# The shape a benchmark times: one GET of the tag with every manifest type on one line.
+PLAIN = ClientClass("plain", MANIFEST_TYPES, one_line=True)
 # Timeouts short enough that stalls and drips trip them inside the soak.
 SOAK_UPSTREAM = {"read_timeout": "1s", "header_timeout": "2s", "revalidate_timeout": "1s",
                  "tag_ttl": "2s", "breaker_cooldown": "1s"}
@@ -210,7 +209,7 @@ class Soak:
             if verdict != "ok":
                 self._stop.wait(0.2 * rng.random())
 
-    def _pull(self, image: Image, klass: ClientClass = CLIENT_CLASSES[2],
+    def _pull(self, image: Image, klass: ClientClass = PLAIN,
               rng: random.Random | None = None) -> tuple[str, str]:
         """``(verdict, detail)``: ok, failed (an error or a cut), wrong (bad bytes), with
         the requests ``klass`` makes."""
@@ -241,7 +240,7 @@ class Soak:
                 return verdict, f"blob {blob.digest} ({blob.size} bytes) {detail}"
         return "ok", ""
 
-    def _blob(self, blob, klass: ClientClass, query: str) -> tuple[str, str]:
+    def _blob(self, blob: Blob, klass: ClientClass, query: str) -> tuple[str, str]:
         digest, size = blob.digest, blob.size
         hasher = hashlib.sha256()
         got = 0
