@@ -88,8 +88,9 @@ def handshake_refused(text: str, host: str) -> bool:
     the request to pullcache's own URL ends in an EOF, a reset, or the certificate_required
     alert. A trust failure (x509: …), a refused connection or the fallback's error do not
     match."""
-    return re.search(rf'"https://{re.escape(host)}/[^"]*": (EOF|read: connection reset by peer'
-                     r'|remote error: tls: certificate required)', text) is not None
+    return re.search(rf'"https://{re.escape(host)}/[^"]*": (EOF|read tcp \S+->\S+: read: '
+                     r'connection reset by peer|remote error: tls: certificate required)',
+                     text) is not None
 
 
 def no_request_since(world, pc: Pullcache, since: int, agent: str) -> list[int]:
