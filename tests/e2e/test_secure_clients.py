@@ -18,9 +18,9 @@ import base64
 import contextlib
 import json
 import re
-import uuid
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -239,7 +239,8 @@ def hosts_toml(world, base: Path, *, password: str | None = PASSWORD,
 def test_ctr_hosts_toml_with_ca_client_and_authorization(world, containerd, tmp_path):
     pc = world["pc"]
 
-    def pull(hosts: Path, ref: str = "docker.io/library/tiny:v1") -> str:
+    def pull(hosts: Path, ref: str = "docker.io/library/tiny:v1"
+             ) -> subprocess.CompletedProcess:
         return containerd.attempt("images", "pull", "--hosts-dir", str(hosts), "--snapshotter",
                                   "native", ref, timeout=120)
 
