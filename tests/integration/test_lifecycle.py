@@ -12,12 +12,11 @@ import socket
 import ssl
 import subprocess
 import threading
-from datetime import datetime
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 
 from pullcache.cache.lock import CacheLock
 from tests.support.binaries import require
@@ -148,6 +147,15 @@ def test_drain_timeout_cuts_a_stalled_client_and_exits_cleanly(tmp_path, registr
         pc.stop()
 
 
+def _kept_alive(conn: http.client.HTTPConnection):
+    """Read ``conn``'s answer, a 200 that keeps the connection open; its socket, to show
+    later that the same connection served again (http.client reconnects silently)."""
+    answer = conn.getresponse()
+    answer.read()
+    assert answer.status == 200 and not answer.will_close
+    return conn.sock
+
+
 def _at(record: dict) -> float:
     """A log record's ISO-8601 timestamp, in seconds."""
     return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -188,10 +196,7 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
     # One keep-alive connection opened before the rotation, used after it.
     kept = http.client.HTTPSConnection("127.0.0.1", pc.port, context=ctx, timeout=30)
     kept.request("GET", "/v2/", headers=ci)
-    first_answer = kept.getresponse()
-    first_answer.read()
-    assert first_answer.status == 200 and not first_answer.will_close
-    kept_socket = kept.sock
+    kept_socket = _kept_alive(kept)
     threads = [threading.Thread(target=load) for _ in range(4)]
     try:
         for t in threads:
@@ -280,7 +285,7 @@ def test_sighup_turns_mtls_on_rotates_its_ca_and_turns_it_off(tmp_path, registry
         assert request(pc.url, "/v2/", context=bare).status == 200
         kept = http.client.HTTPSConnection("127.0.0.1", pc.port, context=bare, timeout=10)
         kept.request("GET", "/v2/")
-        assert kept.getresponse().read() is not None
+        kept_socket = _kept_alive(kept)
         # mTLS turned on: a client without a certificate is refused from now on.
         shutil.copy(old_ca.cert, clients_ca)
         pc.server["tls_client_ca"] = clients_ca
@@ -290,6 +295,7 @@ def test_sighup_turns_mtls_on_rotates_its_ca_and_turns_it_off(tmp_path, registry
         assert pc.events("reloaded")[-1]["tls"] == ["client_ca added"]
         kept.request("GET", "/v2/")   # a connection from before keeps what it was accepted with
         assert kept.getresponse().status == 200
+        assert kept.sock is kept_socket, "http.client had to reconnect: the connection was closed"
         kept.close()
         # The CA rotated: only the new one is trusted.
         shutil.copy(new_ca.cert, clients_ca)
