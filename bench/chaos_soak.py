@@ -1,11 +1,15 @@
 """The chaos soak, longer: N clients pull 20 images through pullcache for a fixed time while
-a fault proxy injects random upstream faults and the daemon is SIGKILLed every so often.
+a fault proxy injects random upstream faults and the daemon is SIGKILLed every so often. The
+clients are skopeo processes and Python clients making the requests of every client class
+(dockerd, containerd, containers/image, OCI-only), each with its own Accept list.
 
     python -m bench.chaos_soak [--seconds 300] [--clients 50] [--kill-every 120] [--rate 0.15]
 
-Prints: pulls completed (and failed, which clients retry), faults injected by kind, wrong
-bytes (must be 0), 500s (must be 0), leaks (must be 0), peak RSS. Exit status 1 when any of
-the must-be-zero figures is not. Only 127.0.0.1 is contacted; everything is torn down.
+Prints: pulls completed (and failed, which clients retry) per client class, faults injected
+by kind, wrong bytes (must be 0), 500s (must be 0), leaks (must be 0, the peak RSS of every
+daemon process under its bound included), peak RSS. Exit status 1 when any of the
+must-be-zero figures is not, or a client class completed no pull. Only 127.0.0.1 is
+contacted; everything is torn down.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from tests.support.chaos import Chaos
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.registry import start_registry
-from tests.support.soak import SOAK_MAX_SIZE, SOAK_UPSTREAM, Soak, build_soak_images, \
-    push_soak_images
+from tests.support.soak import CLIENT_CLASSES, SOAK_MAX_SIZE, SOAK_UPSTREAM, Soak, \
+    build_soak_images, push_soak_images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         base = vitals(pc)
         proxy.chaos = chaos = Chaos(seed=args.seed, rate=args.rate)
         pulls, statuses, wrong, restarts, elapsed = {}, {}, 0, 0, 0.0
+        killed_peaks: list[int] = []
         # One soak per kill interval: each ends with a SIGKILL and restart mid-load.
         slices = max(1, int(args.seconds // args.kill_every)) if args.kill_every else 1
         for i in range(slices):
@@ -71,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                 statuses[k] = statuses.get(k, 0) + v
             wrong += len(result.wrong)
             restarts += result.restarts
+            killed_peaks += result.killed_rss_peaks_kib
             elapsed += result.seconds
         proxy.chaos = None
         note("aftermath: pull everything once more, verify the cache, wait for baseline")
-        after = aftermath(pc, soak, base)
-        ok = pulls.get("python_ok", 0) + pulls.get("skopeo_ok", 0)
+        after = aftermath(pc, soak, base, killed_peaks_kib=killed_peaks)
+        ok = sum(v for k, v in pulls.items() if k.endswith("_ok"))
         failed = sum(v for k, v in pulls.items() if not k.endswith("_ok"))
         faults = chaos.snapshot()
         out(f"soak        {elapsed:.0f} s   clients {args.clients} ({args.skopeo} skopeo)   "
@@ -84,15 +90,21 @@ def main(argv: list[str] | None = None) -> int:
             f"({', '.join(f'{k} {v}' for k, v in sorted(pulls.items()))})")
         out(f"faults      {sum(faults.values())} injected: "
             + ", ".join(f"{k} {v}" for k, v in faults.items()))
+        classes = [k.name for k in CLIENT_CLASSES] + (["skopeo"] if args.skopeo else [])
+        out("classes     " + ", ".join(
+            f"{name} {pulls.get(name + '_ok', 0)} ok / "
+            f"{sum(v for k, v in pulls.items() if k.startswith(name + '_'))}" for name in classes))
         out("statuses    " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
         out(f"wrong bytes {wrong + after.wrong}   (must be 0)")
         out(f"500s        {after.access_500}   (must be 0; access log of every run)")
         out(f"leaks       {len(after.leaks)}   (must be 0) {'; '.join(after.leaks)}")
         out(f"verify      {after.verify.checked} files, {after.verify.bytes >> 20} MiB, "
             f"bad {len(after.verify.bad)}")
-        out(f"peak RSS    {after.vitals.rss_peak_kib / 1024:.0f} MiB (since the last restart)   "
+        peaks = [kib // 1024 for kib in [*killed_peaks, after.vitals.rss_peak_kib]]
+        out(f"peak RSS    {max(peaks)} MiB (each process: {', '.join(map(str, peaks))} MiB)   "
             f"threads {after.vitals.threads}   fds {after.vitals.fds}")
-        return 1 if (wrong or after.problems) else 0
+        idle = [name for name in classes if not pulls.get(name + "_ok")]
+        return 1 if (wrong or after.problems or idle) else 0
 
 
 if __name__ == "__main__":

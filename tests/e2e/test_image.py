@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.binaries import require
 from tests.support.clients import Dockerd
 from tests.support.http import request
 from tests.support.images import build_image, push, read_oci_layout_digests
@@ -30,12 +31,6 @@ pytestmark = pytest.mark.skipif(
 MiB = 1024 * 1024
 # This machine's container may not raise rlimits; podman's defaults would.
 LIMITS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024")
-
-
-def require(binary: str) -> str:
-    path = shutil.which(binary)
-    assert path, f"{binary} is not installed (make test installs it)"
-    return path
 
 
 def oci_index(archive: Path) -> tuple[dict, dict, dict]:

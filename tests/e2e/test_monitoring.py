@@ -6,11 +6,11 @@ where every dashboard query and every metric selector of every alert must return
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import yaml
 
+from tests.support.binaries import require
 from tests.support.prometheus import ALERTS, dashboard_queries, monitored
 from tests.support.ports import wait_until
 
@@ -19,9 +19,7 @@ SELECTOR = re.compile(r"\b(pullcache_[a-z_]+|up(?=\{))(\{[^}]*\})?")
 
 
 def promtool() -> str:
-    binary = shutil.which("promtool")
-    assert binary, "promtool is not installed (make test installs Debian's prometheus)"
-    return binary
+    return require("promtool")   # Debian's prometheus package
 
 
 def test_promtool_checks_the_rules_and_passes_every_alert_fixture():

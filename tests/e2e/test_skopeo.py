@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
+from tests.support.binaries import require
 from tests.support.images import build_image, build_index, push, read_oci_layout_digests
 
-pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None,
-                                reason="skopeo is not installed (make test installs it)")
 
 
 def skopeo(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True,
+    proc = subprocess.run([require("skopeo"), "--insecure-policy", *args], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc

@@ -6,26 +6,22 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 import subprocess
 
-import pytest
 
 from pullcache.build import build_info
 from tests.integration.test_cache_engine import Download
+from tests.support.binaries import require
 from tests.support.daemon import UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_raw_blob_image, push
 
 MiB = 1024 * 1024
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="chromium is not installed (make test installs it)")
 
 
 def browse(url: str, profile, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+        [require("chromium", "chromium-browser"), "--headless", "--no-sandbox", "--disable-gpu",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
          "--virtual-time-budget=5000", *extra, url],

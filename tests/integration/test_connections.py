@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.http import request
+from tests.support.ports import wait_until
 from tests.support.tls import CA
 
 PING = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -48,6 +50,18 @@ def closed_by_server(sock: socket.socket, timeout: float = 30) -> bool:
     except socket.timeout:
         return False
     return True
+
+
+def accept_queue(port: int) -> int:
+    """Connections the kernel holds for the listening socket on ``port`` that the daemon has
+    not accepted (a listening socket's rx_queue in /proc/net/tcp, what ``ss -lt`` shows
+    as Recv-Q)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if state == "0A" and int(local.split(":")[1], 16) == port:   # 0A: LISTEN
+            return int(queues.split(":")[1], 16)
+    raise AssertionError(f"nothing listens on port {port}")
 
 
 def answered(sock: socket.socket) -> bytes:
@@ -100,14 +114,18 @@ def test_connections_beyond_the_cap_wait_for_a_free_slot(daemon):
     try:
         assert answered(first).startswith(b"HTTP/1.1 200")
         assert answered(second).startswith(b"HTTP/1.1 200")
-        # The third connects (the kernel's backlog holds it) but is not served ...
+        assert accept_queue(pc.port) == 0
+        # The third connects (the kernel's backlog holds it) but is not accepted: after it
+        # arrived the daemon answered another request, so its loop has seen the listening
+        # socket readable, and still the connection waits in the backlog ...
         third = connect(pc)
         third.sendall(PING)
-        third.settimeout(1.0)
-        with pytest.raises(socket.timeout):
-            third.recv(65536)
-        # ... until a slot frees.
+        wait_until(lambda: accept_queue(pc.port) == 1, 10, "the third in the backlog")
+        assert answered(second).startswith(b"HTTP/1.1 200")
+        assert accept_queue(pc.port) == 1, "the third was accepted beyond the cap"
+        # ... until a slot frees: then it is accepted, and answered.
         first.close()
+        wait_until(lambda: accept_queue(pc.port) == 0, 10, "the third accepted")
         third.settimeout(30)
         assert third.recv(65536).startswith(b"HTTP/1.1 200")
         third.close()

@@ -2,7 +2,8 @@
 directory removed under the running daemon, a read-only filesystem. Pulls succeed
 byte-exact through all of them (pass-through), and never answer 500.
 
-Disk-full and read-only mount a small tmpfs (root only; skipped otherwise).
+Disk-full, read-only and the budget larger than the disk mount a small tmpfs: they need
+root, and skip without it (CI runs ``make test`` as root, so there they always run).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from tests.support.images import build_image, build_raw_blob_image, push
 from tests.support.ports import wait_until
 
 MiB = 1 << 20
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
-                                reason="mounting a tmpfs needs root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="mounting a tmpfs needs root (CI runs make test as root)")
 
 
 @contextlib.contextmanager
@@ -130,7 +131,9 @@ def test_budget_knows_the_disk(registry, big, tmp_path):
     with tmpfs(tmp_path / "cache", "100m"):
         pc = started(tmp_path, registry, max_size="8GiB", min_free="10MiB")
         try:
-            assert pc.metric("pullcache_cache_budget_bytes") <= 90 * MiB
+            # 100 MB less min_free; not 0 (the gauge is on /metrics, and not empty).
+            budget = pc.metric("pullcache_cache_budget_bytes", required=True)
+            assert 50 * MiB < budget <= 90 * MiB, budget
             layer = big.layers[0]
             status, size, digest = stream_sha256(pc, f"/v2/disk/big/blobs/{layer.digest}")
             assert (status, size, digest) == (200, layer.size, layer.digest)

@@ -3,7 +3,6 @@ SQLite, no thread), recency reaches the index at a clean stop, a SIGKILL loses n
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 
@@ -18,7 +17,7 @@ from tests.support.daemon import UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, push
 from tests.support.ports import eventually
-from tests.support.spies import Spy
+from tests.support.spies import count_submissions, trace_sqlite
 
 OCI_M = "application/vnd.oci.image.manifest.v1+json"
 
@@ -31,7 +30,13 @@ def image(registry):
 
 
 @pytest.fixture
-async def client(registry, tmp_path):
+def sql(monkeypatch):
+    """Traces every SQLite connection the app opens (installed before the app starts)."""
+    return trace_sqlite(monkeypatch)
+
+
+@pytest.fixture
+async def client(sql, registry, tmp_path):
     config = loads(f'''
 [cache]
 dir = "{tmp_path / "cache"}"
@@ -47,7 +52,7 @@ tag_ttl = "1h"
         yield c
 
 
-async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, image,
+async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, sql, image,
                                                                       monkeypatch):
     app = client.server.app
     layer = image.layers[0].digest
@@ -60,22 +65,17 @@ async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, im
             assert r.status == 200
             await r.read()
     store = app[STORE]
-    hops: list[object] = []
-    real_to_thread = asyncio.to_thread
-
-    async def to_thread(func, *args, **kwargs):
-        hops.append(func)
-        return await real_to_thread(func, *args, **kwargs)
-    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    # The trace reaches the connections of both databases (the index, the tag records).
+    assert {str(store.root / "index" / "cache.db"), str(store.root / "tags" / "cache.db")} \
+        <= {db for db, _ in sql.seen}, {db for db, _ in sql.seen}
+    jobs = count_submissions(monkeypatch)
     # The warm-up's blob fill and its reader finish in the background (close, commit): wait
     # until nothing holds a blob or temp file open, then start counting.
     await eventually(lambda: not (len(app[PROXY].fills) or open_content(store.root)),
                      what="the warm-up's fill closed")
     await store.flush_recency()
-    hops.clear()
-    index = store.index._cache = Spy(store.index._cache)
-    tags = app[PROXY].manifests.tags
-    tag_disk = tags._cache = Spy(tags._cache)
+    sql.seen.clear()
+    jobs.seen.clear()
 
     for _ in range(3):
         for method, path in paths:
@@ -85,12 +85,13 @@ async def test_a_manifest_hit_writes_no_sqlite_and_waits_on_no_thread(client, im
                 body = await r.read()
                 if method == "GET":
                     assert body == image.manifest
-    assert index.used == [] and tag_disk.used == [], "a hit touched SQLite"
-    assert hops == [], "a hit waited on a thread"
+    assert sql.seen == [], f"a hit ran SQL: {sql.seen[:5]}"
+    assert jobs.seen == [], f"a hit waited on a thread: {jobs.seen[:5]}"
     assert store.hot.pending() == 2          # the manifest and the blob, in memory
-    assert await store.flush_recency() == 2  # and the spy does see a flush
-    assert "transact" in index.used
-    store.index._cache, tags._cache = index.target, tag_disk.target
+    assert await store.flush_recency() == 2  # and the recorders do see a flush:
+    assert any(s.startswith("UPDATE Cache SET access_time") for _, s in sql.seen), sql.seen
+    assert jobs.seen, "the flush ran in no thread"
+    sql.on = jobs.on = False
     exposed = generate_latest(app[METRICS].registry).decode()
     samples = dict(line.rsplit(" ", 1) for line in exposed.splitlines()
                    if line and not line.startswith("#"))

@@ -12,11 +12,14 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from pullcache.cache.lock import CacheLock
+from tests.support.binaries import require
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.http import basic_auth, request
 from tests.support.images import build_image, build_raw_blob_image, push
@@ -24,15 +27,29 @@ from tests.support.ports import free_port, wait_until
 from tests.support.tls import CA, write_htpasswd
 
 MiB = 1024 * 1024
+WATCHDOG_USEC = 1_000_000
 
 
 def _messages(sock: socket.socket, until: str, timeout: float = 20.0) -> list[str]:
-    """Datagrams (split into assignments) until one carries ``until``."""
+    """Datagrams (split into assignments) until one carries ``until``; fails naming what
+    did arrive when none does within ``timeout``."""
     sock.settimeout(timeout)
     seen: list[str] = []
     while until not in seen:
-        seen += sock.recv(4096).decode().split("\n")
+        try:
+            seen += sock.recv(4096).decode().split("\n")
+        except socket.timeout:
+            raise AssertionError(f"no {until} within {timeout}s; got {seen}") from None
     return seen
+
+
+def _watchdog_gaps(sock: socket.socket, pings: int) -> list[float]:
+    """Seconds between ``pings`` consecutive ``WATCHDOG=1`` datagrams."""
+    times = []
+    while len(times) < pings:
+        _messages(sock, "WATCHDOG=1")
+        times.append(time.monotonic())
+    return [b - a for a, b in zip(times, times[1:])]
 
 
 def test_notify_ready_watchdog_and_stopping(tmp_path, registry):
@@ -40,19 +57,23 @@ def test_notify_ready_watchdog_and_stopping(tmp_path, registry):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
         pc = Pullcache(tmp_path / "pc", [UpstreamSpec(registry.host, registry.url, default=True)],
-                       env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+                       env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": str(WATCHDOG_USEC)})
         pc.workdir.mkdir()
         pc.start()
         try:
-            seen = _messages(sock, "READY=1")
+            _messages(sock, "READY=1")
             # READY only once the public port listens (and the cache was reconciled first).
             assert request(pc.url, "/v2/").status == 200
-            assert "WATCHDOG=1" in _messages(sock, "WATCHDOG=1")
+            # The manager restarts a service silent for WATCHDOG_USEC: the pings keep
+            # coming, each well inside it (at about half).
+            gaps = _watchdog_gaps(sock, 4)
+            assert max(gaps) < WATCHDOG_USEC / 1e6, gaps
             pc.proc.send_signal(signal.SIGHUP)
             seen = _messages(sock, "READY=1")
-            assert "RELOADING=1" in seen and any(s.startswith("MONOTONIC_USEC=") for s in seen)
+            reloading = seen.index("RELOADING=1")   # (ValueError if absent) before READY
+            assert seen[reloading + 1].startswith("MONOTONIC_USEC="), seen
             pc.proc.send_signal(signal.SIGTERM)
-            assert "STOPPING=1" in _messages(sock, "STOPPING=1")
+            _messages(sock, "STOPPING=1")
             assert pc.proc.wait(20) == 0
         finally:
             pc.stop()
@@ -109,7 +130,11 @@ def test_drain_timeout_cuts_a_stalled_client_and_exits_cleanly(tmp_path, registr
         resp = conn.getresponse()
         assert resp.status == 200 and resp.read(64 * 1024)   # then it never reads again
         pc.proc.send_signal(signal.SIGTERM)
-        assert pc.proc.wait(30) == 0   # the drain gave up on it after drain_timeout
+        assert pc.proc.wait(30) == 0
+        # The drain waited drain_timeout for the stalled client, then gave up on it (the
+        # daemon's own clock: from its "draining" line to its "stopping" line).
+        waited = _at(pc.events("stopping")[-1]) - _at(pc.events("draining")[-1])
+        assert 1.0 <= waited < 10.0, waited
         got = 64 * 1024
         try:   # what the socket buffers held, then the cut
             while chunk := resp.read(MiB):
@@ -120,6 +145,20 @@ def test_drain_timeout_cuts_a_stalled_client_and_exits_cleanly(tmp_path, registr
         assert got < image.layers[0].size
     finally:
         pc.stop()
+
+
+def _kept_alive(conn: http.client.HTTPConnection):
+    """Read ``conn``'s answer, a 200 that keeps the connection open; its socket, to show
+    later that the same connection served again (http.client reconnects silently)."""
+    answer = conn.getresponse()
+    answer.read()
+    assert answer.status == 200 and not answer.will_close
+    return conn.sock
+
+
+def _at(record: dict) -> float:
+    """A log record's ISO-8601 timestamp, in seconds."""
+    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def _served_fingerprint(port: int, ctx: ssl.SSLContext) -> bytes:
@@ -157,7 +196,7 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
     # One keep-alive connection opened before the rotation, used after it.
     kept = http.client.HTTPSConnection("127.0.0.1", pc.port, context=ctx, timeout=30)
     kept.request("GET", "/v2/", headers=ci)
-    assert kept.getresponse().read() is not None
+    kept_socket = _kept_alive(kept)
     threads = [threading.Thread(target=load) for _ in range(4)]
     try:
         for t in threads:
@@ -186,6 +225,7 @@ def test_sighup_rotates_certificate_and_htpasswd_under_load(tmp_path, registry):
             t.join(60)
     kept.request("GET", "/v2/", headers=ci)   # the connection from before still works
     assert kept.getresponse().status == 200
+    assert kept.sock is kept_socket, "http.client had to reconnect: the connection was closed"
     kept.close()
     pc.stop()
     assert not errors, errors[:3]
@@ -245,7 +285,7 @@ def test_sighup_turns_mtls_on_rotates_its_ca_and_turns_it_off(tmp_path, registry
         assert request(pc.url, "/v2/", context=bare).status == 200
         kept = http.client.HTTPSConnection("127.0.0.1", pc.port, context=bare, timeout=10)
         kept.request("GET", "/v2/")
-        assert kept.getresponse().read() is not None
+        kept_socket = _kept_alive(kept)
         # mTLS turned on: a client without a certificate is refused from now on.
         shutil.copy(old_ca.cert, clients_ca)
         pc.server["tls_client_ca"] = clients_ca
@@ -255,6 +295,7 @@ def test_sighup_turns_mtls_on_rotates_its_ca_and_turns_it_off(tmp_path, registry
         assert pc.events("reloaded")[-1]["tls"] == ["client_ca added"]
         kept.request("GET", "/v2/")   # a connection from before keeps what it was accepted with
         assert kept.getresponse().status == 200
+        assert kept.sock is kept_socket, "http.client had to reconnect: the connection was closed"
         kept.close()
         # The CA rotated: only the new one is trusted.
         shutil.copy(new_ca.cert, clients_ca)
@@ -318,9 +359,7 @@ def test_a_lost_accept_loop_exits_non_zero_and_releases_the_cache_lock(tmp_path,
 
 
 def test_hardened_unit_rates_ok(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (make test installs the systemd package)")
+    analyze = require("systemd-analyze")
     unit = ROOT / "systemd" / "pullcache.service"
     proc = subprocess.run([analyze, "security", "--offline=true", str(unit)],
                           capture_output=True, text=True, timeout=60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import shutil
 import subprocess
 import threading
 import urllib.parse
@@ -14,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.binaries import require
 from tests.support.faultproxy import FaultProxy
 from tests.support.http import basic_auth
 from tests.support.images import (
@@ -173,7 +173,7 @@ def test_rsa_token_realm_is_accepted(tmp_path: Path) -> None:
 
 def skopeo(*args: str) -> None:
     """Run skopeo (insecure policy: no signature checks, http registries)."""
-    proc = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([require("skopeo"), "--insecure-policy", *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, f"skopeo {' '.join(args)} failed:\n{proc.stderr}"
 
 
@@ -181,10 +181,6 @@ def skopeo_creds(reg: Registry, flag: str) -> list[str]:
     return [f"{flag}={reg.username}:{reg.password}"] if reg.username else []
 
 
-needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
-
-
-@needs_skopeo
 @pytest.mark.parametrize("any_registry", FLAVOURS, indirect=True)
 def test_skopeo_copies_written_oci_layout(any_registry: Registry, tmp_path: Path) -> None:
     obj = make("oci-index", "skopeo-index")

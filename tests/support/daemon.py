@@ -143,6 +143,12 @@ class Pullcache:
         self.stop()
         return self.start()
 
+    def rss_peak_kib(self) -> int:
+        """The running process's peak resident set (VmHWM), in KiB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("VmHWM:"))
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -165,12 +171,13 @@ class Pullcache:
             return set(digests) <= committed
         wait_until(done, timeout, f"the commit of {', '.join(digests)}")
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample on /metrics (0 when absent)."""
+    def metric(self, name: str, *, required: bool = False, **labels: str) -> float:
+        """The value of one sample on /metrics (summed over matching label sets); 0 when
+        absent, or, with ``required``, an AssertionError naming the missing sample."""
         with urllib.request.urlopen(self.admin_url + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        total = 0.0
+        total, found = 0.0, False
         for line in text.splitlines():
             if line.startswith("#") or " " not in line:
                 continue
@@ -179,6 +186,8 @@ class Pullcache:
             got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
             if metric == name and (not labels or all(p in got.split(",") for p in want.split(","))):
                 total += float(value)
+                found = True
+        assert found or not required, f"{name}{{{want}}} is not on /metrics"
         return total
 
     def __enter__(self) -> "Pullcache":

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from tests.support.binaries import require
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.faultproxy import FaultProxy
 from tests.support.http import request
@@ -31,8 +32,7 @@ JOB = "pullcache"   # the alerts' PullcacheDown matches on it
 
 class Prometheus:
     def __init__(self, workdir: Path, target: str, *, interval: str = "1s") -> None:
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus is not installed (make test installs Debian's prometheus)"
+        binary = require("prometheus")
         self.binary, self.workdir, self.target, self.interval = binary, workdir, target, interval
         self.port = free_port()
         self.proc: subprocess.Popen | None = None

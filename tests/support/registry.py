@@ -11,13 +11,13 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import shutil
 import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tests.support.binaries import require
 from tests.support.ports import LOOPBACK, free_port, wait_http
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Registry:
             return
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                [REGISTRY_BIN, "serve", str(self.config_path)],
+                [require(REGISTRY_BIN), "serve", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )
         with _live_lock:
@@ -143,10 +143,7 @@ def _auth_section(workdir: Path, flavour: str, username: str, password: str,
     if flavour == "anonymous":
         return {}
     if flavour == "basic":
-        htpasswd = shutil.which("htpasswd")
-        if htpasswd is None:
-            raise RuntimeError("htpasswd (apache2-utils) is required for the basic flavour")
-        line = subprocess.run([htpasswd, "-Bbn", username, password], check=True,
+        line = subprocess.run([require("htpasswd"), "-Bbn", username, password], check=True,
                               capture_output=True, text=True).stdout.strip()
         path = workdir / "htpasswd"
         path.write_text(line + "\n")

@@ -1,8 +1,10 @@
 """The chaos soak, shared by ``tests/integration/test_chaos.py`` and ``bench/chaos_soak.py``.
 
 Many clients (Python threads and skopeo processes) pull a set of images through pullcache
-for a fixed time, while the fault proxy in front of the registry injects random faults and,
-optionally, the daemon is SIGKILLed and restarted midway. A client counts a pull as good
+for a fixed time (the Python threads make the requests of every client class a mirror meets,
+``CLIENT_CLASSES``, each with its own manifest Accept list), while the fault proxy in front
+of the registry injects random faults and, optionally, the daemon is SIGKILLed and restarted
+midway. A client counts a pull as good
 only when every byte it received hashed to the digest it asked for; a response that looked
 complete (status 200, full Content-Length) but hashed wrong is a *wrong* pull, the one
 thing that must never happen. Transfers cut short are retried (with ``Range`` once, the way
@@ -25,13 +27,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .binaries import require
 from .daemon import Pullcache
-from .images import MANIFEST_TYPES, Image, build_image, build_raw_blob_image, push, \
-    read_oci_layout_digests
+from .images import DOCKER_MANIFEST as DOCKER_V2, DOCKER_MANIFEST_LIST as DOCKER_LIST, \
+    MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, Blob, Image, build_image, build_raw_blob_image, \
+    push, read_oci_layout_digests
 
 MiB = 1 << 20
 REPO = "soak/app"
-ACCEPT = ", ".join(MANIFEST_TYPES)
+DOCKER_V1S, DOCKER_V1 = "application/vnd.docker.distribution.manifest.v1+prettyjws", \
+    "application/vnd.docker.distribution.manifest.v1+json"
+
+
+@dataclass(frozen=True)
+class ClientClass:
+    """How one kind of client asks a mirror for an image: its manifest Accept list and the
+    shape of its requests, as Debian 12's clients send them through a mirror
+    (docs/protocol.md §1)."""
+    name: str
+    accept: tuple[str, ...]
+    one_line: bool = False        # one comma-separated Accept line, else one line per type
+    shuffled: bool = False        # the order changes from request to request (a Go map)
+    ping: bool = False            # GET /v2/ before each image
+    head_first: bool = False      # HEAD the tag, then GET the manifest by digest
+    ns: bool = False              # ``?ns=<upstream host>`` on every request
+    blob_accept: str | None = None   # "layer": the descriptor's media type and */*
+
+    def accept_lines(self, rng: random.Random) -> list[tuple[str, str]]:
+        types = list(self.accept)
+        if self.shuffled:
+            rng.shuffle(types)
+        if self.one_line:
+            return [("Accept", ", ".join(types))]
+        return [("Accept", t) for t in types]
+
+
+CLIENT_CLASSES = (
+    # dockerd 20.10: ping, HEAD by tag, GET by digest; six Accept lines in Go map order.
+    ClientClass("dockerd", (OCI_MANIFEST, DOCKER_V2, DOCKER_LIST, OCI_INDEX, DOCKER_V1S,
+                            "application/json"), shuffled=True, ping=True, head_first=True),
+    # containerd 1.6: no ping; HEAD by tag with one line ending in */*; GET by digest with
+    # "<descriptor media type>, */*"; ?ns= on every request; blobs with their media type.
+    ClientClass("containerd", (DOCKER_V2, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"),
+                one_line=True, head_first=True, ns=True, blob_accept="layer"),
+    # containers/image 5.23 (skopeo, podman, buildah): ping, GET by tag, six fixed lines.
+    ClientClass("containers", (OCI_MANIFEST, DOCKER_V2, DOCKER_V1S, DOCKER_V1, DOCKER_LIST,
+                               OCI_INDEX), ping=True),
+    # A client that speaks OCI only (an oras-like tool): one line, no Docker types.
+    ClientClass("oci", (OCI_MANIFEST, OCI_INDEX), one_line=True, blob_accept="*/*"),
+)
+# The shape a benchmark times: one GET of the tag with every manifest type on one line.
+PLAIN = ClientClass("plain", MANIFEST_TYPES, one_line=True)
 # Timeouts short enough that stalls and drips trip them inside the soak.
 SOAK_UPSTREAM = {"read_timeout": "1s", "header_timeout": "2s", "revalidate_timeout": "1s",
                  "tag_ttl": "2s", "breaker_cooldown": "1s"}
@@ -69,10 +115,13 @@ class SoakResult:
     restarts: int = 0
     drain_seconds: float = 0.0    # from the stop signal until the last client finished
     errors: list[str] = field(default_factory=list)       # a sample of client failures
+    # VmHWM of each daemon process the soak SIGKILLed, read just before the kill (the
+    # process that serves afterwards is read by ``aftermath``).
+    killed_rss_peaks_kib: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
-        return self.pulls["python_ok"] + self.pulls["skopeo_ok"]
+        return sum(n for key, n in self.pulls.items() if key.endswith("_ok"))
 
 
 class _Cut(Exception):
@@ -93,7 +142,9 @@ class Soak:
         self.pc = pc
         self.images = images
         self.clients = clients
-        self.skopeo_clients = skopeo_clients if shutil.which("skopeo") else 0
+        if skopeo_clients:
+            require("skopeo")
+        self.skopeo_clients = skopeo_clients
         self.seconds = seconds
         self.kill_at = kill_at
         self.seed = seed
@@ -114,6 +165,7 @@ class Soak:
         for t in threads:
             t.start()
         if self.kill_at is not None and self._stop.wait(self.kill_at) is False:
+            self.result.killed_rss_peaks_kib.append(self.pc.rss_peak_kib())
             self.pc.kill()        # SIGKILL under load: no cleanup runs
             self.pc.start()       # same ports, same cache dir: reconcile, then serve
             self.result.restarts += 1
@@ -137,45 +189,69 @@ class Soak:
         with self._lock:
             self.result.statuses[status] += 1
 
-    # -- the Python client ----------------------------------------------------------------------
+    # -- the Python clients, one class each -----------------------------------------------------
 
     def _python_client(self, n: int) -> None:
         rng = random.Random(self.seed * 1000 + n)
+        klass = CLIENT_CLASSES[n % len(CLIENT_CLASSES)]
         while not self._stop.is_set():
             # Mostly small images, now and then a big one (64 MiB each).
             image = rng.choice(self.images[2:] if rng.random() < 0.85 else self.images[:2])
             tag = f"t{self.images.index(image)}"
             try:
-                verdict, detail = self._pull(image)
+                verdict, detail = self._pull(image, klass, rng)
             except _Stopped:
                 return
             except (_Cut, OSError, http.client.HTTPException):
                 verdict, detail = "failed", ""
-            self._count(f"python_{verdict}", f"{tag}: {detail}" if verdict == "wrong" else None)
+            self._count(f"{klass.name}_{verdict}",
+                        f"{klass.name} {tag}: {detail}" if verdict == "wrong" else None)
             if verdict != "ok":
                 self._stop.wait(0.2 * rng.random())
 
-    def _pull(self, image: Image) -> tuple[str, str]:
-        """``(verdict, detail)``: ok, failed (an error or a cut), wrong (bad bytes)."""
+    def _pull(self, image: Image, klass: ClientClass = PLAIN,
+              rng: random.Random | None = None) -> tuple[str, str]:
+        """``(verdict, detail)``: ok, failed (an error or a cut), wrong (bad bytes), with
+        the requests ``klass`` makes."""
+        rng = rng or random.Random(0)
         tag = f"t{self.images.index(image)}"
-        body = self._get(f"/v2/{REPO}/manifests/{tag}", {"Accept": ACCEPT})
-        if body is None:
+        query = f"?ns={self.pc.upstreams[0].host}" if klass.ns else ""
+        if klass.ping and self._get("GET", "/v2/" + query, [])[0] != 200:
+            return "failed", "ping"
+        accept = klass.accept_lines(rng)
+        reference = tag
+        if klass.head_first:
+            status, headers, _ = self._get("HEAD", f"/v2/{REPO}/manifests/{tag}{query}", accept)
+            if status != 200:
+                return "failed", ""
+            if headers.get("docker-content-digest") != image.digest:
+                return "wrong", f"HEAD digest {headers.get('docker-content-digest')}"
+            reference = image.digest
+            if klass.ns:   # containerd asks for the media type the descriptor named
+                accept = [("Accept", f"{headers.get('content-type')}, */*")]
+        status, _, body = self._get("GET", f"/v2/{REPO}/manifests/{reference}{query}", accept)
+        if status != 200:
             return "failed", ""
         if hashlib.sha256(body).hexdigest() != image.digest.split(":")[1]:
             return "wrong", "manifest bytes"
         for blob in image.blobs():
-            verdict, detail = self._blob(blob.digest, blob.size)
+            verdict, detail = self._blob(blob, klass, query)
             if verdict != "ok":
                 return verdict, f"blob {blob.digest} ({blob.size} bytes) {detail}"
         return "ok", ""
 
-    def _blob(self, digest: str, size: int) -> tuple[str, str]:
+    def _blob(self, blob: Blob, klass: ClientClass, query: str) -> tuple[str, str]:
+        digest, size = blob.digest, blob.size
         hasher = hashlib.sha256()
         got = 0
+        accept = [] if klass.blob_accept is None else [
+            ("Accept", f"{blob.media_type}, */*" if klass.blob_accept == "layer"
+             else klass.blob_accept)]
         for attempt in range(2):   # a cut transfer is resumed once with Range
-            headers = {"Range": f"bytes={got}-"} if got else {}
+            headers = accept + ([("Range", f"bytes={got}-")] if got else [])
             try:
-                got = self._stream(f"/v2/{REPO}/blobs/{digest}", headers, hasher, got, size)
+                got = self._stream(f"/v2/{REPO}/blobs/{digest}{query}", headers, hasher, got,
+                                   size)
             except _Cut as cut:
                 got = cut.got
                 continue
@@ -194,27 +270,38 @@ class Soak:
         parts = urlsplit(self.pc.url)
         return http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
 
-    def _get(self, path: str, headers: dict) -> bytes | None:
+    @staticmethod
+    def _send(conn: http.client.HTTPConnection, method: str, path: str,
+              headers: list[tuple[str, str]]) -> http.client.HTTPResponse:
+        """One request, each header its own line (clients repeat ``Accept``)."""
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        return conn.getresponse()
+
+    def _get(self, method: str, path: str, headers: list[tuple[str, str]]
+             ) -> tuple[int | None, dict[str, str], bytes]:
+        """(status, lower-cased headers, body); status None when the request failed."""
         conn = self._connection()
         try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
+            resp = self._send(conn, method, path, headers)
             self._status(resp.status)
             body = resp.read()
-            return body if resp.status == 200 else None
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
         except (OSError, http.client.HTTPException):
-            return None
+            return None, {}, b""
         finally:
             conn.close()
 
-    def _stream(self, path: str, headers: dict, hasher, offset: int, size: int) -> int:
+    def _stream(self, path: str, headers: list[tuple[str, str]], hasher, offset: int,
+                size: int) -> int:
         """Bytes from ``offset`` into ``hasher``; the new offset, -1 on an error status.
         Raises _Cut (with the offset reached) when the body ends early."""
         conn = self._connection()
         got = offset
         try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
+            resp = self._send(conn, "GET", path, headers)
             self._status(resp.status)
             if resp.status not in (200, 206) or (offset and resp.status != 206):
                 resp.read()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pullcache import config as configuration
+from tests.support.binaries import require
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBE = DEPLOY / "kubernetes"
@@ -114,9 +115,7 @@ def deserialize(doc: dict, kind: str):
 # -- the tests ------------------------------------------------------------------------
 
 def test_yamllint_passes():
-    binary = shutil.which("yamllint")
-    assert binary, "yamllint is not installed (make test installs Debian's yamllint)"
-    done = subprocess.run([binary, "--strict", "-c", str(DEPLOY / ".yamllint"), str(KUBE)],
+    done = subprocess.run([require("yamllint"), "--strict", "-c", str(DEPLOY / ".yamllint"), str(KUBE)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -178,7 +178,7 @@ async def test_a_request_after_a_failure_starts_afresh_while_the_failed_fill_cle
     bad = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("reset mid-blob"))
     fill, _ = fills.get_or_start("blob", DIGEST, origin(bad))
     bad.release_all()
-    with pytest.raises(Exception):
+    with pytest.raises(UpstreamError, match="reset mid-blob"):   # the source's own error
         await wait(fill.result)
     assert fill.failed
     good = FakeSource(CHUNKS)

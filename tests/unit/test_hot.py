@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -160,12 +161,22 @@ async def test_a_tag_record_is_served_from_memory_and_written_through(tmp_path):
         await cold.close()
 
 
-async def test_an_evicted_entry_leaves_memory_before_its_file_goes(tmp_path):
+async def test_an_evicted_entry_leaves_memory_before_its_file_goes(tmp_path, monkeypatch):
     store = await open_store(tmp_path / "c")
     try:
         a = await put(store, 1, "manifest")
         assert store.cached_manifest(a) is not None
+        # At the moment each file is unlinked: is its manifest still served from memory?
+        in_memory_at_unlink: dict[str, bool] = {}
+        real_unlink = Path.unlink
+
+        def unlink(path, *args, **kwargs):
+            in_memory_at_unlink[path.name] = store.cached_manifest(a) is not None
+            return real_unlink(path, *args, **kwargs)
+        monkeypatch.setattr(Path, "unlink", unlink)
         store.index.evict_to(0)
+        monkeypatch.undo()
+        assert in_memory_at_unlink == {a.hex: False}, in_memory_at_unlink
         assert store.cached_manifest(a) is None and await store.manifest(a) is None
     finally:
         await store.close()

@@ -154,31 +154,56 @@ async def test_a_client_that_disconnects_mid_send_ends_the_send(files):
         server.close()
 
 
+def paced(sock: socket.socket, n: int, turn: threading.Event) -> bytes:
+    """Read ``n`` bytes, 64 KiB each time the loop's other task has turned, so the sender
+    can only move a socket buffer's worth ahead of that task. A loop that stops turning for
+    2 s (a sender holding it) is drained without pacing, so the test ends and says so."""
+    sock.settimeout(10)
+    buf = bytearray()
+    pacing = True
+    while len(buf) < n:
+        if pacing and not turn.wait(2):
+            pacing = False
+        turn.clear()
+        chunk = sock.recv(min(n - len(buf), 64 * 1024 if pacing else MiB))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
 async def test_a_fast_client_gets_every_span_and_the_loop_stays_responsive(files):
+    """Responsive: the sender gives the loop back whenever the socket is full, so another
+    task runs between every two socket buffers' worth of body, inside a span as well."""
     tmp, a, b = files
     server, client = pair()
     sender = Sender(FakeTransport(server), None, stall_timeout=10)
     fa, fb = os.open(tmp / "a", os.O_RDONLY), os.open(tmp / "b", os.O_RDONLY)
-    ticks = 0
-    stop = threading.Event()
+    seen: list[int] = []          # sender.sent at each turn of the other task
+    turn, stop = threading.Event(), threading.Event()
 
     async def ticker():
-        nonlocal ticks
         while not stop.is_set():
-            ticks += 1
+            seen.append(sender.sent)
+            turn.set()
             await asyncio.sleep(0)
 
     async def spans():
         yield fa, 10, MiB
         yield fb, 0, len(b)
 
+    total = MiB + len(b)
     tick_task = asyncio.create_task(ticker())
     try:
-        reader = asyncio.create_task(asyncio.to_thread(drain, client, MiB + len(b)))
+        reader = asyncio.create_task(asyncio.to_thread(paced, client, total, turn))
         await asyncio.wait_for(sender.send(None, spans()), 10)
         got = await reader
         assert got == a[10:10 + MiB] + b
-        assert ticks > 1                                 # other tasks ran meanwhile
+        # Between two turns: what the socket holds (64 KiB asked, the kernel doubles it)
+        # plus the reads that ran meanwhile; far less than a span.
+        steps = [after - before for before, after in zip(seen, seen[1:])]
+        assert seen[-1] == total and max(steps) <= 512 * 1024, \
+            f"{max(steps)} bytes went out while the loop did not turn"
     finally:
         stop.set()
         await tick_task
