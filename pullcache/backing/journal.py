@@ -28,6 +28,7 @@ class Job:
     repo: str
     digest: str
     tag: str | None = None
+    seen: float = 0.0          # wall clock: when the node saw the tag at this digest
 
     @property
     def key(self) -> str:
@@ -37,7 +38,7 @@ class Job:
     @classmethod
     def of(cls, record: dict) -> "Job":
         """The job of a pending or failed record (which add their own keys)."""
-        return cls(**{f.name: record[f.name] for f in fields(cls)})
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
 def failure(job: Job, error: str) -> dict:

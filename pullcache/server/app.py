@@ -141,19 +141,28 @@ def build_app(config: Config) -> web.Application:
                 api = await stack.enter_async_context(EcrApi(
                     ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
                     endpoint_url=ecr.endpoint_url))
-                client = RegistryClient(
-                    UpstreamSettings.from_config(UpstreamConfig(
-                        host="ecr-tier", url=ecr.data_plane,
-                        connect_timeout=ecr.connect_timeout,
-                        header_timeout=ecr.header_timeout, read_timeout=ecr.read_timeout)),
-                    app[SESSION], observer=metrics, basic_first=True,
-                    credentials=EcrCredentials(api.token, min_refresh=ecr.token_min_refresh))
-                tier = EcrTier(api, client, ecr.repository_prefix, settings)
-                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS]),
+                credentials = EcrCredentials(api.token, min_refresh=ecr.token_min_refresh)
+
+                def tier_client(host: str, **rate) -> RegistryClient:
+                    # Reads and writes each have a client, and so a breaker, of their own.
+                    return RegistryClient(
+                        UpstreamSettings.from_config(UpstreamConfig(
+                            host=host, url=ecr.data_plane, connect_timeout=ecr.connect_timeout,
+                            header_timeout=ecr.header_timeout, read_timeout=ecr.read_timeout,
+                            breaker_failures=ecr.breaker_failures,
+                            breaker_cooldown=ecr.breaker_cooldown)),
+                        app[SESSION], observer=metrics, basic_first=True,
+                        credentials=credentials, **rate)
+                tier = EcrTier(api, tier_client("ecr-tier"), ecr.repository_prefix, settings,
+                               writer=tier_client("ecr-tier-writes",
+                                                  upload_rate=ecr.upload_rate),
+                               metrics=metrics)
+                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS], tags),
                                      Journal(config.cache.dir / JOURNAL_DIR),
                                      concurrency=ecr.write_concurrency,
                                      retries=ecr.write_retries,
-                                     drain_timeout=ecr.drain_timeout, metrics=metrics)
+                                     drain_timeout=ecr.drain_timeout,
+                                     resync_interval=ecr.resync_interval, metrics=metrics)
                 await writes.open()   # resumes what a crash left queued
                 stack.push_async_callback(writes.close)
                 app[TIER] = writes

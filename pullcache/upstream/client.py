@@ -88,8 +88,12 @@ class RegistryClient:
 
     def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession, *,
                  observer: "UpstreamObserver | None" = None,
-                 credentials: Credentials | None = None, basic_first: bool = False) -> None:
+                 credentials: Credentials | None = None, basic_first: bool = False,
+                 upload_rate: float | None = None) -> None:
         self.settings = settings
+        # A request with a body (an upload) may take header_timeout plus its body at this
+        # rate (bytes/s): an 8 MiB PATCH is not held to a manifest GET's timeout.
+        self._upload_rate = upload_rate
         self.name = settings.name
         self._base = settings.url.rstrip("/")
         self._session = session
@@ -239,6 +243,8 @@ class RegistryClient:
         verdict: Callable[[], None] = lambda: self.breaker.release(ticket)
         timeout = self.settings.revalidate_timeout if revalidating \
             else self.settings.header_timeout
+        if data and self._upload_rate:
+            timeout += len(data) / self._upload_rate
         url = urljoin(self._base + "/", url) if url else f"{self._base}/v2/{repo}/{tail}"
         scope = scope_for(repo) + (",push" if push else "")
         headers = {"User-Agent": USER_AGENT, **headers}

@@ -126,7 +126,8 @@ def origin_counts(origin: FaultProxy) -> dict[str, int]:
 
 
 def ecr_repo(origin: FaultProxy, repo: str) -> str:
-    return f"pullcache/{origin.host.replace(':', '-')}/{repo}"
+    from pullcache.backing.ecr import repository_name
+    return repository_name("pullcache", origin.host, repo)
 
 
 def completed_uploads(ecr_front: FaultProxy) -> Counter:

@@ -46,7 +46,9 @@ class MemoryRegistry:
         refs = [d["digest"] for d in [doc.get("config", {}), *doc.get("layers", [])]
                 if d.get("digest")]
         if self.validate and any((repo, r) not in self.blobs for r in refs):
-            raise errors.UpstreamError("MANIFEST_BLOB_UNKNOWN: blob unknown to registry")
+            refused = errors.UpstreamError("MANIFEST_BLOB_UNKNOWN: blob unknown to registry")
+            refused.remote_code = "MANIFEST_BLOB_UNKNOWN"   # as failures.error_for sets it
+            raise refused
         self.manifests[(repo, reference)] = body
         self.manifests[(repo, str(Digest.of(body)))] = body
 
@@ -81,6 +83,9 @@ class Local:
     async def origin_manifest(self, upstream, repo, digest):
         return None
 
+    async def tag_digests(self, upstream, repo, tag):
+        return set()
+
 
 def image(local: Local, *payloads: bytes) -> tuple[Digest, bytes, list[Digest]]:
     blobs = [local.add_blob(p) for p in payloads]
@@ -92,7 +97,7 @@ def image(local: Local, *payloads: bytes) -> tuple[Digest, bytes, list[Digest]]:
 
 
 def writer(registry, local, journal=None, metrics=None, **kw) -> WriteBehind:
-    tier = EcrTier(Api(), registry, "pc", RepositorySettings())
+    tier = EcrTier(Api(), registry, "pc", RepositorySettings(), metrics=metrics)
     return WriteBehind(tier, local, journal, metrics=metrics, drain_timeout=kw.pop("drain", 5),
                        sleep=lambda _: asyncio.sleep(0), **kw)
 
