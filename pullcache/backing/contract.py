@@ -89,16 +89,25 @@ _MISSING = (errors.NameUnknown, errors.ManifestUnknown, errors.BlobUnknown)
 
 
 def verdict_of(exc: errors.PullcacheError, *, writing: bool = False) -> TierError:
-    """The typed tier error for a domain error a registry-shaped tier's client raised."""
+    """The typed tier error for a domain error a registry-shaped tier's client raised (its
+    HTTP status and the registry's own error code kept)."""
     if isinstance(exc, TierError):
         return exc
+    error = _verdict(exc, writing)
+    error.status, error.remote_code = exc.status, exc.remote_code
+    return error
+
+
+def _verdict(exc: errors.PullcacheError, writing: bool) -> TierError:
     text = str(exc)
     if isinstance(exc, (errors.Denied, errors.Unauthorized)):
         return TierError(Verdict.DENIED, text, action=getattr(exc, "action", None))
     if isinstance(exc, errors.CircuitOpen):
         return TierError(Verdict.RETRY, text, sent=False, retry_after=_seconds(exc.headers))
     if isinstance(exc, errors.TooManyRequests):
-        return TierError(Verdict.RETRY, text, retry_after=_seconds(exc.headers))
+        # Its Retry-After may be the client's default, not the registry's: the backoff and
+        # the write breaker pace the retries.
+        return TierError(Verdict.RETRY, text)
     if isinstance(exc, errors.NameInvalid):
         return TierError(Verdict.SKIP, text)
     if writing and exc.remote_code in _REFUSED:

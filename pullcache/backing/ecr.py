@@ -145,10 +145,16 @@ class EcrApi:
         self._exit = None
 
     async def open(self) -> "EcrApi":
+        from aiobotocore.config import AioConfig
         from aiobotocore.session import AioSession
         session = AioSession(profile=self._profile)
+        # One retry at most inside botocore: throttling is backed off above it (the token's
+        # refresh, the repositories' next try), and a call that sleeps through botocore's
+        # own backoff holds up every caller waiting for it.
         ctx = session.create_client("ecr", region_name=self.region,
-                                    endpoint_url=self._endpoint_url)
+                                    endpoint_url=self._endpoint_url,
+                                    config=AioConfig(retries={"mode": "standard",
+                                                              "max_attempts": 2}))
         self._client = await ctx.__aenter__()
         self._exit = ctx.__aexit__
         return self

@@ -161,9 +161,7 @@ class Uploads:
             if isinstance(exc, errors.NameUnknown):
                 self.repositories.forget(repo)
                 raise TierError(Verdict.RETRY, f"{repo}: {exc}") from exc
-            error = verdict_of(exc, writing=True)
-            error.remote_code = exc.remote_code
-            raise error from exc
+            raise verdict_of(exc, writing=True) from exc
 
     async def _once(self, key: tuple[str, str, str], fn: Callable[[], Awaitable[str]]) -> str:
         if self._known(*key):
