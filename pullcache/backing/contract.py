@@ -26,7 +26,8 @@ hold a manifest as itself: keep it as an artifact).
 
 **Breakers.** A tier has its own ``read_breaker`` and ``write_breaker``: a throttled or
 failing upload never makes reads fail fast, and the write-behind waits out an open write
-breaker without spending a job's attempts (``TierError.sent`` is False when no request left).
+breaker, and throttling, without spending a job's attempts (``TierError.sent`` is False
+when no request left, ``TierError.throttled`` True for a 429).
 
 **Pass-through.** ``passthrough`` says whether the tier's bytes may reach readers before they
 are verified. A tier's copy is held back (False) so a corrupt copy is dropped unseen; a
@@ -73,12 +74,14 @@ class TierError(errors.PullcacheError):
     status, code, message = 502, "UPSTREAM_ERROR", "backing tier failed"
 
     def __init__(self, verdict: Verdict, detail: str, *, action: str | None = None,
-                 retry_after: float | None = None, sent: bool = True) -> None:
+                 retry_after: float | None = None, sent: bool = True,
+                 throttled: bool = False) -> None:
         super().__init__(detail)
         self.verdict = verdict
         self.action = action              # DENIED: the IAM action that is missing, if known
         self.retry_after = retry_after    # RETRY: not before this many seconds
         self.sent = sent                  # False: refused before any request left the node
+        self.throttled = throttled        # RETRY: the tier asked to slow down (429)
 
 
 # The registry's own error codes (distribution-spec "Error Codes") that say a manifest is
@@ -107,7 +110,7 @@ def _verdict(exc: errors.PullcacheError, writing: bool) -> TierError:
     if isinstance(exc, errors.TooManyRequests):
         # Its Retry-After may be the client's default, not the registry's: the backoff and
         # the write breaker pace the retries.
-        return TierError(Verdict.RETRY, text)
+        return TierError(Verdict.RETRY, text, throttled=True)
     if isinstance(exc, errors.NameInvalid):
         return TierError(Verdict.SKIP, text)
     if writing and exc.remote_code in _REFUSED:
@@ -115,7 +118,7 @@ def _verdict(exc: errors.PullcacheError, writing: bool) -> TierError:
     if isinstance(exc, _MISSING):
         return TierError(Verdict.MISSING, text)
     if isinstance(exc, errors.UPSTREAM_FAILURES):
-        return TierError(Verdict.RETRY, text)
+        return TierError(Verdict.RETRY, text, throttled=True)
     return TierError(Verdict.SKIP, text)
 
 

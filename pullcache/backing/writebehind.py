@@ -62,6 +62,7 @@ class _Entry:
     job: Job
     state: str = "queued"      # admitting | queued | waiting | running
     attempt: int = 0
+    waits: int = 0             # backoffs that spent no attempt (breaker open, throttled)
     error: str | None = None
 
 
@@ -179,9 +180,10 @@ class WriteBehind:
         """What the verdict says: wait and retry, skip for good, or end denied/failed."""
         job = entry.job
         where = f"{job.upstream}/{job.repo}"
-        if exc.verdict == Verdict.RETRY and not exc.sent:
-            # The write breaker is open: nothing was tried, no attempt is spent.
-            self._later(entry, str(exc), at_least=exc.retry_after or 1.0, attempt=False)
+        if exc.verdict == Verdict.RETRY and (not exc.sent or exc.throttled):
+            # The write breaker is open (nothing was tried), or the tier asks to slow down:
+            # back off, but spend no attempt: both pass, and the job must outlast them.
+            self._later(entry, str(exc), at_least=exc.retry_after or 0.0, attempt=False)
         elif exc.verdict in (Verdict.RETRY, Verdict.MISSING) and entry.attempt < self.retries:
             self._later(entry, str(exc), at_least=exc.retry_after or 0.0)
         elif exc.verdict == Verdict.SKIP:
@@ -286,9 +288,12 @@ class WriteBehind:
     def _later(self, entry: _Entry, reason: str, *, at_least: float = 0.0,
                attempt: bool = True) -> None:
         entry.state, entry.error = "waiting", reason
-        delay = max(min(0.5 * 2 ** entry.attempt, 30.0) * random.uniform(0.5, 1.5), at_least)
+        step = entry.attempt + entry.waits
+        delay = max(min(0.5 * 2 ** step, 30.0) * random.uniform(0.5, 1.5), at_least)
         if attempt:
             entry.attempt += 1
+        else:
+            entry.waits += 1
 
         async def requeue() -> None:
             await self._sleep(delay)
