@@ -194,6 +194,7 @@ class Repositories:
         if name in self._unsettled:   # created here: its settings are part of the same step
             await self._put_lifecycle(name)
             self._unsettled.discard(name)
+            created = True
         self._ready[name] = ("created" if created else "existing", self._clock())
 
     async def _exists(self, name: str) -> bool:
