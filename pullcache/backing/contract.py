@@ -157,6 +157,9 @@ class TierWrites(Protocol):
     def status(self) -> dict[str, str]:
         """Per tier repository: "created" | "existing" | "denied" | "skipped"."""
 
+    def forgive(self) -> None:
+        """Forget the denials remembered: the operator says their cause cleared."""
+
     async def close(self) -> None: ...
 
 

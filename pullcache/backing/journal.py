@@ -78,6 +78,15 @@ class Journal:
         while len(self._failed) > MAX_FAILED:
             self._failed.popitem(last=False)
 
+    def requeue(self) -> int:
+        """Every job that failed for good, pending again (for the next start): how many."""
+        moved = 0
+        for key, item in list(self._failed.items()):
+            self.add(Job.of(item))
+            self._failed.pop(key, None)
+            moved += 1
+        return moved
+
     def pending(self) -> list[Job]:
         return [Job.of(item) for item in self._pending.values()]
 

@@ -148,6 +148,10 @@ class Repositories:
         if not self._is_ready(name):
             await self._flights.do(name, lambda: self._ensure(name))
 
+    def forgive(self) -> None:
+        """Ask again for every denied repository (the operator fixed IAM)."""
+        self._denied.clear()
+
     def forget(self, name: str) -> None:
         """The tier answered NAME_UNKNOWN: the repository is gone; create it again."""
         self._ready.pop(name, None)

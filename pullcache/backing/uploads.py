@@ -147,6 +147,9 @@ class Uploads:
     def status(self) -> dict[str, str]:
         return self.repositories.status()
 
+    def forgive(self) -> None:
+        self.repositories.forgive()
+
     async def close(self) -> None:
         await self._flights.close()
         await self.repositories.close()

@@ -345,13 +345,16 @@ class WriteBehind:
             except Exception:  # noqa: BLE001 - the periodic pass's supervisor: log, go on
                 log.exception("tier_resync_crashed")
 
-    async def resync(self) -> int:
+    async def resync(self, *, now: bool = False) -> int:
         """Retry the journal operations that failed, and queue the jobs that failed for good
-        again (not while the write breaker is open: their cause has not cleared). Returns
-        the number of jobs queued."""
+        again (not while the write breaker is open: their cause has not cleared). ``now``:
+        the operator asked (``pullcache tier sync``), and says the cause cleared: denials
+        are forgotten and the breaker is not waited for. Returns the jobs queued."""
         for op, args in list(self._journal_backlog.values()):
             await self._journal(op, *args)
-        if self.tier.write_breaker.is_open:
+        if now:
+            self.uploads.forgive()
+        elif self.tier.write_breaker.is_open:
             return 0
         again = [item for key, item in self._failed_jobs.items() if key not in self._jobs]
         for item in again:

@@ -127,3 +127,32 @@ def test_a_name_ecr_refuses_is_skipped_once_never_retried(node, origin, registry
     [line] = a.events("ecr_repository_skipped")
     assert "InvalidParameterException" in line["error"] and "regular expression" in line["error"]
     assert ecr_front.count("POST") == 0
+
+
+def test_tier_sync_queues_failed_jobs_again(node, origin, registry, ecr_front):
+    """Jobs that failed for good (an IAM mistake: uploads denied) reach the tier after
+    ``pullcache tier sync`` (the periodic pass does the same on its own, once the write
+    breaker is closed; an outage keeps jobs waiting, not failed)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.daemon import ROOT
+    from tests.support.ecr import AWS_ENV
+    image = build_image("tier-sync", layer_sizes=(7_000, 8_000))
+    push(registry, "tier/sync", "v1", image)
+    a = node("a")
+    ecr_front.set_fault("status", status=403, match="/blobs/uploads/")
+    pull(a, "tier/sync", "v1", image)
+    wait_written(a, len(image.blobs()) + 1)
+    assert a.metric("pullcache_tier_writes_total", outcome="denied") == len(image.blobs()) + 1
+    ecr_front.clear_fault()
+    out = subprocess.run([sys.executable, "-m", "pullcache", "tier", "sync", "--config",
+                          str(a.workdir / "pullcache.toml")], capture_output=True, text=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                        **AWS_ENV}, timeout=60, check=True)
+    assert json.loads(out.stdout) == {"source": "daemon", "queued": len(image.blobs()) + 1}
+    wait_written(a, 2 * (len(image.blobs()) + 1))
+    done = completed_uploads(ecr_front)
+    name = ecr_repo(origin, "tier/sync")
+    assert all(done[(name, blob.digest)] == 1 for blob in image.blobs()), done
