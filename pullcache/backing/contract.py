@@ -89,6 +89,8 @@ class TierError(errors.PullcacheError):
 _REFUSED = frozenset({"MANIFEST_BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "MANIFEST_INVALID",
                       "BLOB_UNKNOWN"})
 _MISSING = (errors.NameUnknown, errors.ManifestUnknown, errors.BlobUnknown)
+# Codes after which the same request can never succeed: the name or the tag is not valid there.
+_NEVER = frozenset({"NAME_INVALID", "TAG_INVALID"})
 
 
 def verdict_of(exc: errors.PullcacheError, *, writing: bool = False) -> TierError:
@@ -111,15 +113,15 @@ def _verdict(exc: errors.PullcacheError, writing: bool) -> TierError:
         # Its Retry-After may be the client's default, not the registry's: the backoff and
         # the write breaker pace the retries.
         return TierError(Verdict.RETRY, text, throttled=True)
-    if isinstance(exc, errors.NameInvalid):
+    if isinstance(exc, errors.NameInvalid) or exc.remote_code in _NEVER:
         return TierError(Verdict.SKIP, text)
     if writing and exc.remote_code in _REFUSED:
         return TierError(Verdict.REFUSED, text)
     if isinstance(exc, _MISSING):
         return TierError(Verdict.MISSING, text)
-    if isinstance(exc, errors.UPSTREAM_FAILURES):
-        return TierError(Verdict.RETRY, text, throttled=True)
-    return TierError(Verdict.SKIP, text)
+    # 5xx, timeouts, and any answer nobody foresaw: retried, then kept as failed (visible in
+    # ``tier status``, queued again by the next resync).
+    return TierError(Verdict.RETRY, text)
 
 
 def _seconds(headers: dict[str, str]) -> float | None:

@@ -38,6 +38,9 @@ def registry_error(status: int, code: str) -> errors.PullcacheError:
      Verdict.SKIP),
     (IamDenied("ECR create_repository: AccessDeniedException", "ecr:CreateRepository"), True,
      Verdict.DENIED),
+    (registry_error(400, "NAME_INVALID"), True, Verdict.SKIP),
+    (registry_error(400, "BLOB_UPLOAD_INVALID"), True, Verdict.RETRY),
+    (registry_error(502, "UPSTREAM_ERROR"), True, Verdict.RETRY),
 ])
 def test_verdicts_are_typed(exc, writing, verdict):
     got = verdict_of(exc, writing=writing)
@@ -49,6 +52,7 @@ def test_verdict_details():
     opened = verdict_of(errors.CircuitOpen("open", headers={"Retry-After": "7"}))
     assert opened.sent is False and opened.retry_after == 7.0
     assert verdict_of(registry_error(429, "TOOMANYREQUESTS")).throttled is True
+    assert verdict_of(registry_error(503, "UNAVAILABLE")).throttled is False
     assert verdict_of(IamDenied("d", "kms:CreateGrant")).action == "kms:CreateGrant"
     assert verdict_of(registry_error(400, "TAG_INVALID")).remote_code == "TAG_INVALID"
 
