@@ -14,9 +14,10 @@
   exponential backoff (an open write breaker is waited out without spending an attempt),
   SKIP ends the job for good (a name ECR never takes: logged once), DENIED ends it until the
   next resync. ``close`` drains for ``drain_timeout`` and leaves the rest in the journal.
-- **Failed jobs come back.** Every ``resync_interval`` (and on ``resync()``: ``pullcache
-  tier sync``) the jobs that failed for good are queued again, once the write breaker is
-  closed: content cached during an outage or an IAM mistake still reaches the tier.
+- **Failed jobs come back.** ``resync()``, run periodically by the app (``resync_interval``)
+  and on demand (``pullcache tier sync``), queues the jobs that failed for good again once
+  the write breaker is closed: content cached during an outage or an IAM mistake still
+  reaches the tier.
 - **The journal's failures never stop the queue.** A journal write that fails (a full
   disk) is logged, counted (``pullcache_tier_journal_failures``), and retried by the next
   resync; the job runs all the same, only not durably.
@@ -40,7 +41,6 @@ from .content import Source, file_source, references
 from .journal import MAX_FAILED, Job, Journal, failure
 
 log = structlog.get_logger("pullcache.tier")
-RESYNC_INTERVAL = 600.0   # seconds between passes that queue failed jobs again
 
 
 class LocalContent(Protocol):
@@ -69,14 +69,13 @@ class _Entry:
 class WriteBehind:
     def __init__(self, tier: Tier, local: LocalContent, journal: Journal | None = None,
                  *, concurrency: int = 4, retries: int = 5, drain_timeout: float = 30.0,
-                 resync_interval: float = RESYNC_INTERVAL, metrics=None,
+                 metrics=None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.tier = tier
         self.local = local
         self.journal = journal
         self.retries = retries
         self.drain_timeout = drain_timeout
-        self.resync_interval = resync_interval
         self._concurrency = concurrency
         self._metrics = metrics
         self._sleep = sleep
@@ -106,7 +105,6 @@ class WriteBehind:
                 log.info("tier_queue_resumed", jobs=len(pending))
         self._workers = [asyncio.create_task(self._work(), name=f"write-behind-{i}")
                          for i in range(self._concurrency)]
-        self._workers.append(asyncio.create_task(self._resyncing(), name="write-behind-resync"))
         return self
 
     # -- what the proxy calls ---------------------------------------------------------------------
@@ -336,14 +334,6 @@ class WriteBehind:
         return True
 
     # -- resync -----------------------------------------------------------------------------------
-
-    async def _resyncing(self) -> None:
-        while True:
-            await asyncio.sleep(self.resync_interval)
-            try:
-                await self.resync()
-            except Exception:  # noqa: BLE001 - the periodic pass's supervisor: log, go on
-                log.exception("tier_resync_crashed")
 
     async def resync(self, *, now: bool = False) -> int:
         """Retry the journal operations that failed, and queue the jobs that failed for good

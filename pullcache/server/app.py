@@ -161,10 +161,13 @@ def build_app(config: Config) -> web.Application:
                                      Journal(config.cache.dir / JOURNAL_DIR),
                                      concurrency=ecr.write_concurrency,
                                      retries=ecr.write_retries,
-                                     drain_timeout=ecr.drain_timeout,
-                                     resync_interval=ecr.resync_interval, metrics=metrics)
+                                     drain_timeout=ecr.drain_timeout, metrics=metrics)
                 await writes.open()   # resumes what a crash left queued
                 stack.push_async_callback(writes.close)
+                # Jobs that failed for good, queued again once their cause cleared.
+                resync = app[LOOPS].every("tier-resync", ecr.resync_interval, writes.resync,
+                                          wait_first=True)
+                stack.push_async_callback(_cancelled, resync)
                 app[TIER] = writes
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
                                tier=tier, writes=writes, disk=disk)
@@ -209,3 +212,8 @@ def build_app(config: Config) -> web.Application:
 async def _housekeep(store: BlobStore) -> None:
     await store.release()
     await store.make_room()
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
