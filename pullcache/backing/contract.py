@@ -5,7 +5,8 @@ A tier is a second cache that a fleet shares. The proxy reads it before the orig
 write-behind writes into it what the origin gave (docs/architecture.md, "The backing tier").
 
 **Reads** (``Tier``, used by the proxy): ``head_blob`` and ``open_blob`` by digest (the blob
-is a fill's source: verified by the fill before any client sees it), ``get_manifest`` by
+is a fill's source: verified by the fill before any client sees it; a transfer cut midway is
+resumed from where it was cut, ``open_blob(…, offset)``), ``get_manifest`` by
 digest with the media type it was stored with (a manifest kept as a stored object, not as
 itself, comes back as a ``StoredManifest`` with that type), and ``tag_record``: what the
 tier remembers of a tag, or None for a tier that keeps no tag records (ECR's tags are
@@ -35,10 +36,11 @@ held-back source that cannot be kept whole (on disk, or in the pass-through wind
 over to the origin instead of being cut (``cache.fill``).
 
 **Implementing it for S3**: ``head_blob``/``open_blob`` are HEAD/GetObject on
-``blobs/<alg>/<hex>``; ``get_manifest`` reads the manifest object and its stored media type;
-``tag_record`` reads the tag's JSON record; ``prepare`` is a no-op; ``keep`` is ``manifest``
-(an object store holds any manifest as itself); map NoSuchKey to ``MISSING``, SlowDown and
-5xx to ``RETRY``, AccessDenied to ``DENIED``.
+``blobs/<alg>/<hex>`` (``offset``: GetObject with ``Range``); ``get_manifest`` reads the
+manifest object and its stored media type; ``tag_record`` reads the tag's JSON record;
+``prepare`` is a no-op; ``keep`` is ``manifest`` (an object store holds any manifest as
+itself); map NoSuchKey to ``MISSING``, SlowDown to ``RETRY`` (throttled), 5xx to ``RETRY``,
+AccessDenied to ``DENIED``.
 """
 
 from __future__ import annotations
@@ -178,7 +180,10 @@ class Tier(Protocol):
 
     async def head_blob(self, upstream: str, repo: str, digest: Digest) -> int | None: ...
 
-    async def open_blob(self, upstream: str, repo: str, digest: Digest) -> BlobStream: ...
+    async def open_blob(self, upstream: str, repo: str, digest: Digest,
+                        offset: int = 0) -> BlobStream:
+        """From ``offset`` on when not 0 (a cut transfer resumed with ``Range``); a
+        ``TierError`` if the tier cannot answer from there."""
 
     async def get_manifest(self, upstream: str, repo: str, digest: Digest) -> Manifest:
         """By digest; ``content_type`` is the media type it was stored with."""

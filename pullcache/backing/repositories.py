@@ -4,9 +4,9 @@ Settings (``[backing.ecr]``) go into CreateRepository itself (encryption, scanni
 mutability, resource tags), then PutLifecyclePolicy: an organisation whose SCP demands
 "KMS, with our key" on every repository can then use the tier at all. A repository that
 already exists with other settings is reported once (a warning), never changed: someone
-chose them. A denied CreateRepository is followed by DescribeRepositories: a repository made beforehand is
-used as it is; otherwise it is read-only for the tier for a while, with one log line naming
-the IAM actions that are missing. Creating and settling a repository (its lifecycle policy)
+chose them. A denied CreateRepository is followed by DescribeRepositories (AWS checks IAM
+before existence): a repository made beforehand is used as it is; otherwise it is read-only
+for the tier for a while, with one log line naming the IAM actions that are missing. Creating and settling a repository (its lifecycle policy)
 is one step, repeated until both are done.
 """
 

@@ -69,10 +69,11 @@ class EcrTier:
         except errors.NameInvalid as exc:
             raise TierError(Verdict.SKIP, str(exc)) from exc
 
-    async def open_blob(self, upstream: str, repo: str, digest: Digest) -> BlobStream:
+    async def open_blob(self, upstream: str, repo: str, digest: Digest,
+                        offset: int = 0) -> BlobStream:
         name = self.repository(upstream, repo)
         with self._reading(name, "blob", str(digest)):
-            return await self.client.open_blob(name, digest)
+            return await self.client.open_blob(name, digest, offset)
 
     async def head_blob(self, upstream: str, repo: str, digest: Digest) -> int | None:
         name = self.repository(upstream, repo)

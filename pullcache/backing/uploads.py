@@ -41,7 +41,8 @@ class Uploads:
         self._clock = clock
         self._flights: SingleFlight[str] = SingleFlight()
         self._present: dict[tuple[str, str, str], float] = {}   # known in the tier, since
-        self._tags: dict[tuple[str, str], float] = {}   # (repo, tag) -> when the pushed view was seen
+        # (repo, tag) -> when the view of the tag this node pushed last was seen (wall clock)
+        self._tags: dict[tuple[str, str], float] = {}
 
     async def prepare(self, repo: str) -> None:
         await self.repositories.ensure(repo)

@@ -44,8 +44,10 @@ def _tier(tier: Tier) -> Remote:
     def remote(upstream: Upstream, route: Route, digest: Digest) -> Candidate:
         # Held back (the tier says so): a corrupt copy is dropped and the next remote asked,
         # without any reader having seen a byte of it.
-        return Candidate(tier.name, lambda: tier.open_blob(route.upstream, route.repo, digest),
-                         stream=tier.passthrough)
+        return Candidate(
+            tier.name, lambda: tier.open_blob(route.upstream, route.repo, digest),
+            stream=tier.passthrough,
+            resume=lambda offset: tier.open_blob(route.upstream, route.repo, digest, offset))
     return remote
 
 

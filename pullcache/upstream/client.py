@@ -144,9 +144,18 @@ class RegistryClient:
         resp.release()
         return resp.content_length
 
-    async def open_blob(self, repo: str, digest: Digest) -> BlobStream:
-        resp = await self._send("GET", repo, f"blobs/{digest}", {"Accept-Encoding": "identity"},
+    async def open_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
+        """The blob's body; from ``offset`` on with a ``Range`` request (RFC 9110 §14.2),
+        ``errors.UpstreamError`` if the registry does not answer with that range."""
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        resp = await self._send("GET", repo, f"blobs/{digest}", headers,
                                 not_found=errors.BlobUnknown)
+        if offset and (resp.status != 206 or _range_start(resp) != offset):
+            resp.release()
+            raise errors.UpstreamError(f"{self.name}: no range from byte {offset} "
+                                       f"(answered {resp.status})")
         return BlobStream(resp, lambda n: self._observer.fetched(self.name, n),
                           self.settings.read_timeout)
 
@@ -350,6 +359,13 @@ def _next_link(resp: aiohttp.ClientResponse) -> str | None:
     except ValueError:
         return None
     return str(link["url"]) if link is not None and link.get("url") else None
+
+
+def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+    """The first byte of a 206's ``Content-Range: bytes <first>-<last>/<length>``."""
+    unit, _, spec = resp.headers.get("Content-Range", "").partition(" ")
+    first = spec.partition("-")[0]
+    return int(first) if unit == "bytes" and first.isdigit() else None
 
 
 def _location(resp: aiohttp.ClientResponse) -> str:

@@ -156,3 +156,23 @@ def test_tier_sync_queues_failed_jobs_again(node, origin, registry, ecr_front):
     done = completed_uploads(ecr_front)
     name = ecr_repo(origin, "tier/sync")
     assert all(done[(name, blob.digest)] == 1 for blob in image.blobs()), done
+
+
+def test_a_cut_tier_transfer_resumes_with_range(node, origin, registry, ecr_front):
+    """Node B's download from the tier is cut midway: it goes on from where it was cut (a
+    Range request), verified as one blob; the origin is not asked."""
+    image = build_image("tier-resume", layer_sizes=(6 * MiB,))
+    push(registry, "tier/resume", "v1", image)
+    a = node("a")
+    pull(a, "tier/resume", "v1", image)
+    wait_written(a, len(image.blobs()) + 1)
+    layer = image.blobs()[-1]
+    b = node("b")
+    ecr_front.set_fault("truncate", match=f"/blobs/{layer.digest}", method="GET",
+                        at_byte=2 * MiB, times=1)
+    r = request(b.url, f"/v2/tier/resume/blobs/{layer.digest}")
+    assert r.status == 200 and r.sha256 == layer.digest
+    assert ecr_front.fault_hits == 1
+    assert origin_gets(origin, layer.digest) == 1                # A's fill only
+    [resumed] = b.events("fill_resumed")
+    assert resumed["source"] == "ecr" and resumed["offset"] >= 1
