@@ -333,7 +333,7 @@ async def test_a_tag_is_pushed_only_while_it_is_the_nodes_view(tmp_path):
     """A replayed job for an older digest neither moves the tag back after a newer push,
     nor pushes a tag the node no longer holds at that digest."""
     registry, local = MemoryRegistry(), Local(tmp_path)
-    old, old_body, _ = image(local, b"cfg-old", b"layer-old")
+    old, _, _ = image(local, b"cfg-old", b"layer-old")
     new, new_body, _ = image(local, b"cfg-new", b"layer-new")
     views: dict[str, set[str]] = {"v1": {str(new)}}
 
