@@ -51,15 +51,17 @@ class Journal:
         self.directory = directory
         self._pending: diskcache.Index | None = None
         self._failed: diskcache.Index | None = None
+        self._settling: diskcache.Index | None = None
 
     def open(self) -> "Journal":
         self.directory.mkdir(parents=True, exist_ok=True)
         self._pending = diskcache.Index(str(self.directory / "pending"))
         self._failed = diskcache.Index(str(self.directory / "failed"))
+        self._settling = diskcache.Index(str(self.directory / "settling"))
         return self
 
     def close(self) -> None:
-        for index in (self._pending, self._failed):
+        for index in (self._pending, self._failed, self._settling):
             if index is not None:
                 index.cache.close()
 
@@ -86,6 +88,17 @@ class Journal:
             self._failed.pop(key, None)
             moved += 1
         return moved
+
+    def settling(self, name: str, pending: bool) -> None:
+        """A tier repository whose settings are being applied (``pending``), or are done."""
+        if pending:
+            self._settling[name] = time.time()
+        else:
+            self._settling.pop(name, None)
+
+    def unsettled(self) -> set[str]:
+        """The repositories created whose settings a crash may have left unfinished."""
+        return set(self._settling.keys())
 
     def pending(self) -> list[Job]:
         return [Job.of(item) for item in self._pending.values()]

@@ -12,11 +12,12 @@ is one step, repeated until both are done.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import structlog
 
@@ -121,6 +122,14 @@ def expire_untagged(seconds: float) -> str:
         "action": {"type": "expire"}}]})
 
 
+class SettingsRecord(Protocol):
+    """Where the repositories whose settings are unfinished are kept across restarts
+    (``journal.Journal``); blocking, called through ``asyncio.to_thread``."""
+
+    def unsettled(self) -> set[str]: ...
+    def settling(self, name: str, pending: bool) -> None: ...
+
+
 class Repositories:
     """CreateRepository once per name, with the settings; state per repository for status.
 
@@ -130,9 +139,12 @@ class Repositories:
     """
 
     def __init__(self, api: EcrApi, settings: RepositorySettings, *, ttl: float = READY_TTL,
+                 record: "SettingsRecord | None" = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.settings = settings
+        self.record = record                 # durable: whose settings are unfinished
+        self._loaded = False
         self.ttl = ttl
         self._clock = clock
         self._ready: dict[str, tuple[str, float]] = {}   # name -> ("created" | "existing", when)
@@ -169,8 +181,37 @@ class Repositories:
         if denied is not None and self._clock() - denied[1] < DENIED_RETRY:
             raise TierError(Verdict.DENIED, f"{name}: read-only (CreateRepository denied)",
                             action=denied[0])
+        await self._load()
+        resumed = name in self._unsettled      # created here earlier, its settings unfinished
+        if not resumed:
+            await self._note(name, pending=True)   # so a crash after the create resumes
         try:
-            created = await self.api.create_repository(name, self.settings.create_arguments())
+            created = await self._create(name)
+        except TierError:
+            if not resumed:
+                await self._note(name, pending=False)
+            raise
+        self._denied.pop(name, None)
+        if created:
+            self._unsettled.add(name)
+            log.info("ecr_repository_created", repository=name,
+                     encryption=self.settings.encryption, scan_on_push=self.settings.scan_on_push,
+                     tag_mutability=self.settings.tag_mutability)
+        elif not resumed:
+            await self._note(name, pending=False)
+            await self._check_drift(name)
+        if name in self._unsettled:   # created here: its settings are part of the same step
+            await self._put_lifecycle(name)   # TierError RETRY: the next ensure repeats it
+            self._unsettled.discard(name)
+            await self._note(name, pending=False)
+            created = True
+        self._ready[name] = ("created" if created else "existing", self._clock())
+
+    async def _create(self, name: str) -> bool:
+        """CreateRepository; False if it exists already (or was made beforehand and the
+        create was denied); ``TierError`` otherwise."""
+        try:
+            return await self.api.create_repository(name, self.settings.create_arguments())
         except errors.NameInvalid as exc:
             self._skipped[name] = str(exc)
             log.error("ecr_repository_skipped", repository=name, error=str(exc),
@@ -182,24 +223,31 @@ class Repositories:
             if not await self._exists(name):
                 self._deny(name, exc)
                 raise verdict_of(exc, writing=True) from exc
-            created = False
             log.info("ecr_repository_used_as_is", repository=name,
                      reason="CreateRepository denied, the repository exists")
+            return False
         except errors.PullcacheError as exc:
             raise verdict_of(exc, writing=True) from exc
-        self._denied.pop(name, None)
-        if created:
-            self._unsettled.add(name)
-            log.info("ecr_repository_created", repository=name,
-                     encryption=self.settings.encryption, scan_on_push=self.settings.scan_on_push,
-                     tag_mutability=self.settings.tag_mutability)
-        elif name not in self._unsettled:
-            await self._check_drift(name)
-        if name in self._unsettled:   # created here: its settings are part of the same step
-            await self._put_lifecycle(name)
-            self._unsettled.discard(name)
-            created = True
-        self._ready[name] = ("created" if created else "existing", self._clock())
+
+    async def _load(self) -> None:
+        """Once: the repositories created before a restart whose settings were unfinished."""
+        if self._loaded or self.record is None:
+            return
+        self._loaded = True
+        try:
+            self._unsettled |= await asyncio.to_thread(self.record.unsettled)
+        except Exception as exc:  # noqa: BLE001 - the journal's disk: settings not resumed
+            log.warning("tier_journal_failed", op="unsettled", error=repr(exc))
+
+    async def _note(self, name: str, *, pending: bool) -> None:
+        """Record (durably) that ``name``'s settings are being applied, or are done."""
+        if self.record is None or not self.settings.lifecycle_policy:
+            return
+        try:
+            await asyncio.to_thread(self.record.settling, name, pending)
+        except Exception as exc:  # noqa: BLE001 - the journal's disk: the step goes on
+            log.warning("tier_journal_failed", op="settling", repository=name,
+                        error=repr(exc))
 
     async def _exists(self, name: str) -> bool:
         try:

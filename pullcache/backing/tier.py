@@ -29,7 +29,7 @@ from ..upstream.failures import gather
 from .content import artifact_media_type, artifact_tag, stored_media_type
 from .contract import StoredManifest, TierError, Verdict, verdict_of
 from .ecr import EcrApi, repository_name
-from .repositories import Repositories, RepositorySettings
+from .repositories import Repositories, RepositorySettings, SettingsRecord
 from .uploads import Uploads
 
 __all__ = ["EcrTier"]
@@ -46,12 +46,13 @@ class EcrTier:
 
     def __init__(self, api: EcrApi, client: RegistryClient, prefix: str,
                  settings: RepositorySettings | None = None, *,
-                 writer: RegistryClient | None = None, metrics=None) -> None:
+                 writer: RegistryClient | None = None, metrics=None,
+                 record: SettingsRecord | None = None) -> None:
         self.api = api
         self.client = client
         self.writer = writer or client
         self.prefix = prefix
-        self.repositories = Repositories(api, settings or RepositorySettings())
+        self.repositories = Repositories(api, settings or RepositorySettings(), record=record)
         self.manifest_store = f"{prefix}/manifests"
         self.writes = Uploads(self.writer, self.repositories, self.manifest_store, metrics)
 

@@ -153,12 +153,12 @@ def build_app(config: Config) -> web.Application:
                             breaker_cooldown=ecr.breaker_cooldown)),
                         app[SESSION], observer=metrics, basic_first=True,
                         credentials=credentials, **rate)
+                journal = Journal(config.cache.dir / JOURNAL_DIR)
                 tier = EcrTier(api, tier_client("ecr-tier"), ecr.repository_prefix, settings,
                                writer=tier_client("ecr-tier-writes",
                                                   upload_rate=ecr.upload_rate),
-                               metrics=metrics)
-                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS], tags),
-                                     Journal(config.cache.dir / JOURNAL_DIR),
+                               metrics=metrics, record=journal)
+                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS], tags), journal,
                                      concurrency=ecr.write_concurrency,
                                      retries=ecr.write_retries,
                                      drain_timeout=ecr.drain_timeout, metrics=metrics)

@@ -223,3 +223,25 @@ async def test_a_manifest_kept_as_an_artifact_keeps_its_media_type():
     tier = EcrTier(Api(), Registry(), "pc")
     got = await tier.get_manifest("up", "team/app", digest)
     assert got.body == body and got.content_type == DOCKER_V1_SIGNED
+
+
+async def test_settings_a_crash_left_unfinished_are_applied_after_the_restart(tmp_path):
+    """CreateRepository done, then the process died before PutLifecyclePolicy: the next
+    process applies the policy (the repository is its own, recorded in the journal), where
+    a repository made by someone else is never altered."""
+    from pullcache.backing.journal import Journal
+    api = Api()
+    journal = Journal(tmp_path / "q").open()
+    api.fail["PutLifecyclePolicy"] = [RuntimeError("the process died here")]
+    first = Repositories(api, RepositorySettings(lifecycle_policy=POLICY), record=journal)
+    with pytest.raises(RuntimeError):
+        await first.ensure("pc/up/app")
+    assert "pc/up/app" in api.repos and api.policies == {}
+    api.repos.add("pc/up/theirs")                            # made by Terraform, no policy
+    again = Repositories(api, RepositorySettings(lifecycle_policy=POLICY), record=journal)
+    await again.ensure("pc/up/app")
+    await again.ensure("pc/up/theirs")
+    assert api.policies == {"pc/up/app": POLICY}
+    assert again.status() == {"pc/up/app": "created", "pc/up/theirs": "existing"}
+    assert journal.unsettled() == set()
+    journal.close()
