@@ -6,16 +6,21 @@ resumes every pending job. Jobs that failed for good are kept (bounded) with the
 error, for ``pullcache tier status`` and the admin API.
 
 diskcache (SQLite) is safe across processes, so the CLI reads it while the daemon runs.
-Every method blocks; the write-behind calls them through ``asyncio.to_thread``.
+Every ``Journal`` method blocks; the write-behind calls them through ``JournalWrites``, off
+the event loop, which survives their failures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import diskcache
+import structlog
+
+log = structlog.get_logger("pullcache.tier")
 
 MAX_FAILED = 1000
 JOURNAL_DIR = "tier-queue"   # under the cache root
@@ -105,3 +110,33 @@ class Journal:
 
     def failed(self) -> list[dict]:
         return list(self._failed.values())
+
+
+class JournalWrites:
+    """The write-behind's journal operations, off the event loop. One that fails (a full
+    disk) is logged, counted (``pullcache_tier_journal_failures``) and kept, the latest per
+    job, for ``retry``; it is never raised: the queue goes on, only not durably."""
+
+    def __init__(self, journal: Journal | None, metrics=None) -> None:
+        self.journal = journal
+        self._metrics = metrics
+        self.backlog: dict[str, tuple[str, tuple]] = {}   # job key → (operation, arguments)
+
+    async def __call__(self, op: str, job: Job, *args) -> None:
+        if self.journal is None:
+            return
+        try:
+            await asyncio.to_thread(getattr(self.journal, op), job, *args)
+        except Exception as exc:  # noqa: BLE001 - diskcache/SQLite/OSError: the disk's trouble
+            self.backlog[job.key] = (op, (job, *args))
+            log.warning("tier_journal_failed", op=op, kind=job.kind, digest=job.digest,
+                        error=repr(exc), retried="at the next resync")
+            if self._metrics is not None:
+                self._metrics.tier_journal_failures.labels(op).inc()
+            return
+        self.backlog.pop(job.key, None)
+
+    async def retry(self) -> None:
+        """Each operation that failed, once more."""
+        for op, args in list(self.backlog.values()):
+            await self(op, *args)

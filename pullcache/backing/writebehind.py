@@ -38,7 +38,7 @@ from .. import errors
 from ..oci import INDEX_TYPES, Digest
 from .contract import Tier, TierError, Verdict
 from .content import Source, file_source, references
-from .journal import MAX_FAILED, Job, Journal, failure
+from .journal import MAX_FAILED, Job, Journal, JournalWrites, failure
 
 log = structlog.get_logger("pullcache.tier")
 
@@ -87,8 +87,7 @@ class WriteBehind:
         self.uploads = tier.writes
         self._denied_logged: set[str] = set()
         self._skipped_logged: set[str] = set()
-        # Journal operations that failed, retried by the next resync: job key → (op, args).
-        self._journal_backlog: dict[str, tuple[str, tuple]] = {}
+        self._record = JournalWrites(journal, metrics)
         self._workers: list[asyncio.Task] = []
         self._tasks: set[asyncio.Task] = set()
 
@@ -126,7 +125,7 @@ class WriteBehind:
 
     async def _admit(self, entry: _Entry) -> None:
         try:
-            await self._journal("add", entry.job)   # on disk before any worker may take it
+            await self._record("add", entry.job)   # on disk before any worker may take it
         finally:
             self._enqueue(entry)
 
@@ -303,35 +302,18 @@ class WriteBehind:
         job = entry.job
         if error is None:
             self._failed_jobs.pop(job.key, None)
-            await self._journal("ack", job)
+            await self._record("ack", job)
         else:
             self._failed_jobs[job.key] = failure(job, error)
             while len(self._failed_jobs) > MAX_FAILED:   # the oldest first, as in the journal
                 self._failed_jobs.pop(next(iter(self._failed_jobs)))
-            await self._journal("fail", job, error)
+            await self._record("fail", job, error)
         self._jobs.pop(job.key, None)
         if not self._jobs:
             self._empty.set()
         if self._metrics is not None:
             self._metrics.tier_writes.labels(job.kind, outcome).inc()
         self._gauge()
-
-    async def _journal(self, op: str, job: Job, *args) -> bool:
-        """One journal operation; a failure is logged, counted and kept for the next resync
-        (the latest operation per job), never raised: the queue goes on without it."""
-        if self.journal is None:
-            return True
-        try:
-            await asyncio.to_thread(getattr(self.journal, op), job, *args)
-        except Exception as exc:  # noqa: BLE001 - diskcache/SQLite/OSError: the disk's trouble
-            self._journal_backlog[job.key] = (op, (job, *args))
-            log.warning("tier_journal_failed", op=op, kind=job.kind, digest=job.digest,
-                        error=repr(exc), retried="at the next resync")
-            if self._metrics is not None:
-                self._metrics.tier_journal_failures.labels(op).inc()
-            return False
-        self._journal_backlog.pop(job.key, None)
-        return True
 
     # -- resync -----------------------------------------------------------------------------------
 
@@ -340,8 +322,7 @@ class WriteBehind:
         again (not while the write breaker is open: their cause has not cleared). ``now``:
         the operator asked (``pullcache tier sync``), and says the cause cleared: denials
         are forgotten and the breaker is not waited for. Returns the jobs queued."""
-        for op, args in list(self._journal_backlog.values()):
-            await self._journal(op, *args)
+        await self._record.retry()
         if now:
             self.uploads.forgive()
         elif self.tier.write_breaker.is_open:
@@ -403,8 +384,7 @@ class WriteBehind:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for op, args in list(self._journal_backlog.values()):   # one last try
-            await self._journal(op, *args)
+        await self._record.retry()   # one last try
         await self.uploads.close()
         if self.journal is not None:
             await asyncio.to_thread(self.journal.close)

@@ -303,7 +303,7 @@ async def test_journal_failures_are_counted_retried_and_leave_the_workers_alive(
     assert failures.labels("add")._value.get() == 4 and failures.labels("ack")._value.get() == 4
     journal.failing.clear()
     await writes.resync()
-    assert journal.pending() == [] and writes._journal_backlog == {}
+    assert journal.pending() == [] and writes._record.backlog == {}
     await asyncio.wait_for(writes.close(), 2)
 
 
