@@ -50,10 +50,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .. import errors
+from ..cache.fill import Source as FillSource
 from ..oci import Digest
 from ..upstream.breaker import Breaker
 from ..upstream.client import Manifest
-from ..upstream.receiver import BlobStream
 from .content import Source
 
 
@@ -64,11 +64,12 @@ class StoredManifest(Manifest):
 
 
 class Verdict(enum.StrEnum):
-    MISSING = "missing"
-    RETRY = "retry"
-    SKIP = "skip"
-    DENIED = "denied"
-    REFUSED = "refused"
+    """What a caller does after a tier operation failed."""
+    MISSING = "missing"   # the tier does not hold it: a miss, what was remembered is dropped
+    RETRY = "retry"       # later: throttled, 5xx, a timeout, the breaker open
+    SKIP = "skip"         # never: the name or the content cannot be mirrored (logged once)
+    DENIED = "denied"     # read-only for a while: IAM or credentials (``action``: what)
+    REFUSED = "refused"   # not as itself: keep the manifest as a stored object instead
 
 
 class TierError(errors.PullcacheError):
@@ -168,7 +169,7 @@ class TierWrites(Protocol):
 
 
 class Tier(Protocol):
-    name: str                  # the fill's source name, and the metrics' label
+    name: str                  # the fill's source name (``fill.source``, logs)
     passthrough: bool          # may its bytes reach readers before they are verified
     read_breaker: Breaker
     write_breaker: Breaker
@@ -181,7 +182,7 @@ class Tier(Protocol):
     async def head_blob(self, upstream: str, repo: str, digest: Digest) -> int | None: ...
 
     async def open_blob(self, upstream: str, repo: str, digest: Digest,
-                        offset: int = 0) -> BlobStream:
+                        offset: int = 0) -> FillSource:
         """From ``offset`` on when not 0 (a cut transfer resumed with ``Range``); a
         ``TierError`` if the tier cannot answer from there."""
 
