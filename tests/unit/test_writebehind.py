@@ -377,3 +377,18 @@ async def test_failed_jobs_are_queued_again_once_their_cause_cleared(tmp_path):
     await writes.close()
     assert (REPO, str(blob)) in registry.blobs and writes.status()["failed"] == 0
     assert Journal(tmp_path / "q").open().failed() == []
+
+
+def test_offline_tier_sync_makes_failed_jobs_pending_for_the_next_start(tmp_path):
+    from pullcache.backing.journal import JOURNAL_DIR
+    from pullcache.backing.report import requeue_failed
+    journal = Journal(tmp_path / JOURNAL_DIR).open()
+    job = Job("blob", "docker.io", "library/alpine", "sha256:" + "b" * 64)
+    journal.add(job)
+    journal.fail(job, "ECR down")
+    journal.close()
+    assert requeue_failed(tmp_path) == 1
+    again = Journal(tmp_path / JOURNAL_DIR).open()
+    assert again.pending() == [job] and again.failed() == []
+    again.close()
+    assert requeue_failed(tmp_path / "nothing-here") == 0
