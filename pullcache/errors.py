@@ -17,6 +17,7 @@ class PullcacheError(Exception):
     status: int = 500
     code: str = "UNKNOWN"
     message: str = "unknown error"
+    remote_code: str | None = None   # the upstream's own OCI error code, when it sent one
 
     def __init__(self, detail: Any = None, *, message: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -109,6 +110,10 @@ class UpstreamError(PullcacheError):
 class UpstreamUnavailable(PullcacheError):
     """Upstream could not be reached, or the circuit breaker is open."""
     status, code, message = 503, "UNAVAILABLE", "upstream registry unavailable"
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """The breaker is failing fast: no request was sent (``Retry-After``: when it may be)."""
 
 
 class UpstreamTimeout(PullcacheError):

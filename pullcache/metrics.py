@@ -124,6 +124,10 @@ class Metrics:
         self.tier_uploads = Counter("pullcache_tier_uploads",
                                     "Uploads to the backing tier (completed PUTs, not jobs)",
                                     ["kind", "outcome"], registry=r)
+        self.tier_journal_failures = Counter(
+            "pullcache_tier_journal_failures",
+            "Write-behind journal operations that failed (retried at the next resync)",
+            ["op"], registry=r)
         self.pinned_bytes = Gauge("pullcache_pinned_bytes",
                                   "Bytes held by pinned images (cache.pin)", registry=r)
         self.fill_passthroughs = Counter(

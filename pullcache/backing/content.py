@@ -14,6 +14,7 @@ PUSH_CHUNK = 8 * 1024 * 1024   # ECR wants upload parts of 5 MiB or more (but th
 ARTIFACT_TYPE = "application/vnd.pullcache.manifest.v1"
 EMPTY = b"{}"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"   # image-spec 1.1 "empty descriptor"
+MAX_TAG = 128
 
 Source = Callable[[], Awaitable["AsyncIterator[bytes] | None"]]
 
@@ -28,8 +29,23 @@ def artifact(body: bytes, media_type: str, digest: Digest) -> bytes:
 
 
 def artifact_tag(digest: Digest) -> str:
-    """The tag an artifact carries (an untagged-expiry lifecycle rule must not drop it)."""
-    return f"{digest.algorithm}-{digest.hex}"
+    """The tag an artifact carries (an untagged-expiry lifecycle rule must not drop it),
+    within the 128 characters a tag may have (distribution-spec: a sha512 digest's would
+    be 135; 120 hex digits still name one digest among any that will ever be stored)."""
+    return f"{digest.algorithm}-{digest.hex}"[:MAX_TAG]
+
+
+def artifact_media_type(held: bytes, digest: Digest) -> str | None:
+    """The media type an artifact recorded for the manifest it holds (its one layer)."""
+    try:
+        layers = json.loads(held).get("layers") or []
+    except (ValueError, AttributeError):
+        return None
+    for layer in layers:
+        if isinstance(layer, dict) and layer.get("digest") == str(digest):
+            media_type = layer.get("mediaType")
+            return media_type if isinstance(media_type, str) and media_type else None
+    return None
 
 
 def stored_media_type(body: bytes) -> str:

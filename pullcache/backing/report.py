@@ -33,6 +33,19 @@ async def tier_status(cache_dir, ecr) -> dict:
     return out
 
 
+def requeue_failed(cache_dir) -> int:
+    """Offline ``tier sync``: the failed jobs pending again in the journal (the daemon runs
+    them at its next start); how many."""
+    directory = cache_dir / JOURNAL_DIR
+    if not directory.is_dir():
+        return 0
+    journal = Journal(directory).open()
+    try:
+        return journal.requeue()
+    finally:
+        journal.close()
+
+
 def _journal(directory) -> tuple[list, list[dict]]:
     if not directory.is_dir():   # never created: nothing was ever queued (and none made here)
         return [], []

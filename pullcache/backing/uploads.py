@@ -1,12 +1,17 @@
-"""Uploads into the tier: one flight per (repository, digest) that every job awaits, what is
-known to be there remembered, and every completed PUT counted (``pullcache_tier_uploads``).
+"""Uploads into the ECR tier (``contract.TierWrites``): one flight per (repository, digest)
+that every job awaits, what is known to be there remembered for a while, and every completed
+PUT counted (``pullcache_tier_uploads``).
 
 Before this, a manifest job pushed the blobs it referenced while the blobs' own jobs were
 uploading them: the existence check said "missing", so the same blob went up twice.
+
+Every registry error leaves here as a ``contract.TierError``. NAME_UNKNOWN on a push means
+the repository went away (deleted outside pullcache): it is forgotten, so the retry creates it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Awaitable, Callable
 
 import structlog
@@ -14,35 +19,48 @@ import structlog
 from .. import errors
 from ..oci import OCI_MANIFEST, Digest
 from ..singleflight import SingleFlight
-from .contract import WritableTier
-from .content import EMPTY, Source, artifact, artifact_tag, bytes_source
+from ..upstream.client import RegistryClient
+from .contract import Source, TierError, Verdict, verdict_of
+from .content import EMPTY, artifact, artifact_tag, bytes_source
+from .repositories import Repositories
 
 log = structlog.get_logger("pullcache.tier")
 MAX_REMEMBERED = 100_000
-TAG_REFUSED = ("TAG_INVALID", "ImageTagAlreadyExists", "already exists")
+PRESENT_TTL = 3600.0   # seconds content is known to be in the tier (a lifecycle rule expires it)
 
 
 class Uploads:
-    def __init__(self, tier: WritableTier, metrics=None) -> None:
-        self.tier = tier
+    def __init__(self, client: RegistryClient, repositories: Repositories, manifest_store: str,
+                 metrics=None, *, ttl: float = PRESENT_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.repositories = repositories
+        self.manifest_store = manifest_store
         self._metrics = metrics
+        self.ttl = ttl
+        self._clock = clock
         self._flights: SingleFlight[str] = SingleFlight()
-        self._present: dict[tuple[str, str, str], None] = {}   # known to be in the tier
+        self._present: dict[tuple[str, str, str], float] = {}   # known in the tier, since
+        # (repo, tag) -> when the view of the tag this node pushed last was seen (wall clock)
+        self._tags: dict[tuple[str, str], float] = {}
+
+    async def prepare(self, repo: str) -> None:
+        await self.repositories.ensure(repo)
 
     async def blob(self, repo: str, digest: Digest, source: Source) -> str:
         """"pushed" or "present": the blob is in ``repo``; "gone": the source lost it."""
         async def once() -> str:
-            if await self.tier.client.exists(repo, "blobs", digest):
+            if await self._exists(repo, "blobs", digest):
                 self._remember(repo, "blob", str(digest))
                 return "present"
             chunks = await source()
             if chunks is None:
                 return "gone"
             try:
-                await self.tier.client.push_blob(repo, digest, chunks)
+                await self._call(repo, self.client.push_blob(repo, digest, chunks))
             except FileNotFoundError:   # evicted while it was being read
                 return "gone"
-            except errors.PullcacheError:
+            except TierError:
                 self._count("blob", "failed")
                 raise
             self._count("blob")
@@ -52,9 +70,10 @@ class Uploads:
         return await self._once((repo, "blob", str(digest)), once)
 
     async def manifest(self, repo: str, digest: Digest, body: bytes, media_type: str) -> str:
-        """PUT the manifest by digest ("pushed"); ECR's refusal is raised to the caller."""
+        """PUT the manifest by digest ("pushed"); ``Verdict.REFUSED`` if ECR will not."""
         async def put() -> str:
-            await self.tier.client.push_manifest(repo, str(digest), body, media_type)
+            await self._call(repo, self.client.push_manifest(repo, str(digest), body,
+                                                             media_type))
             self._count("manifest")
             self._remember(repo, "manifest", str(digest))
             log.info("tier_manifest_pushed", repository=repo, digest=str(digest))
@@ -62,18 +81,19 @@ class Uploads:
         return await self._once((repo, "manifest", str(digest)), put)
 
     async def keep(self, digest: Digest, body: bytes, media_type: str) -> str:
-        """Store a manifest as an artifact in the manifest store, readable by digest."""
-        store, tag = self.tier.manifest_store, artifact_tag(digest)
+        """Store a manifest as an artifact in the manifest store, readable by digest, its
+        media type in the artifact's layer descriptor."""
+        store, tag = self.manifest_store, artifact_tag(digest)
 
         async def keep() -> str:
-            await self.tier.repositories.ensure(store)
-            if await self.tier.client.exists(store, "manifests", tag):
+            await self.repositories.ensure(store)
+            if await self._exists(store, "manifests", tag):
                 self._remember(store, "manifest", tag)
                 return "artifact"
             await self.blob(store, Digest.of(EMPTY), bytes_source(EMPTY))
             await self.blob(store, digest, bytes_source(body))
-            await self.tier.client.push_manifest(store, tag, artifact(body, media_type, digest),
-                                                 OCI_MANIFEST)
+            await self._call(store, self.client.push_manifest(
+                store, tag, artifact(body, media_type, digest), OCI_MANIFEST))
             self._count("manifest")
             self._remember(store, "manifest", tag)
             log.info("tier_manifest_stored", repository=store, digest=str(digest),
@@ -83,46 +103,89 @@ class Uploads:
         return "artifact"
 
     async def has_manifest(self, repo: str, reference: Digest | str) -> bool:
-        if (repo, "manifest", str(reference)) in self._present:
+        if self._known(repo, "manifest", str(reference)):
             return True
-        if await self.tier.client.exists(repo, "manifests", reference):
+        if await self._exists(repo, "manifests", reference):
             self._remember(repo, "manifest", str(reference))
             return True
         return False
 
     async def has_artifact(self, digest: Digest) -> bool:
-        return await self.has_manifest(self.tier.manifest_store, artifact_tag(digest))
+        return await self.has_manifest(self.manifest_store, artifact_tag(digest))
 
-    async def tag(self, repo: str, tag: str, body: bytes, media_type: str) -> None:
-        """The tag, pointing at the digest this node saw. IMMUTABLE: a tag that exists is
-        left as it is (skipped cleanly: the digest is in the tier anyway)."""
-        immutable = self.tier.repositories.settings.immutable
-        if immutable and await self.tier.client.exists(repo, "manifests", tag):
+    async def tag(self, repo: str, tag: str, digest: Digest, body: bytes, media_type: str,
+                  seen: float) -> str:
+        """The tag, pointing at the digest this node saw at ``seen``: "pushed", or "skipped"
+        when this node already pushed a view of the tag seen later (a retried or replayed
+        job never moves it back), or IMMUTABLE and the tag exists (the digest is in the
+        tier anyway)."""
+        key = (repo, tag)
+        if self._tags.get(key, 0.0) > seen:
+            log.info("tier_tag_skipped", repository=repo, tag=tag, reason="newer view pushed")
+            return "skipped"
+        immutable = self.repositories.settings.immutable
+        if immutable and await self._exists(repo, "manifests", tag):
             log.info("tier_tag_skipped", repository=repo, tag=tag, reason="immutable")
-            return
+            return "skipped"
         try:
-            await self.tier.client.push_manifest(repo, tag, body, media_type)
-        except errors.PullcacheError as exc:
-            if not (immutable and any(code in str(exc) for code in TAG_REFUSED)):
+            await self._call(repo, self.client.push_manifest(repo, tag, body, media_type))
+        except TierError as exc:
+            if not (immutable and exc.remote_code == "TAG_INVALID"):
                 raise
             log.info("tier_tag_skipped", repository=repo, tag=tag, reason="immutable")
-            return
+            return "skipped"
+        self._tags[key] = max(self._tags.get(key, 0.0), seen)
+        if len(self._tags) > MAX_REMEMBERED:
+            self._tags.pop(next(iter(self._tags)))
         self._count("manifest")
-        log.info("tier_tag_pushed", repository=repo, tag=tag)
+        log.info("tier_tag_pushed", repository=repo, tag=tag, digest=str(digest), seen=seen)
+        return "pushed"
+
+    def forget(self, repo: str, kind: str, ref: str) -> None:
+        """The tier answered that it lacks this (lifecycle expired it): push it again."""
+        self._present.pop((repo, kind, ref), None)
+
+    def status(self) -> dict[str, str]:
+        return self.repositories.status()
+
+    def forgive(self) -> None:
+        self.repositories.forgive()
 
     async def close(self) -> None:
         await self._flights.close()
+        await self.repositories.close()
+
+    async def _exists(self, repo: str, kind: str, ref: Digest | str) -> bool:
+        return await self._call(repo, self.client.exists(repo, kind, ref))
+
+    async def _call(self, repo: str, request: Awaitable):
+        try:
+            return await request
+        except errors.PullcacheError as exc:
+            if isinstance(exc, errors.NameUnknown):
+                self.repositories.forget(repo)
+                raise TierError(Verdict.RETRY, f"{repo}: {exc}") from exc
+            raise verdict_of(exc, writing=True) from exc
 
     async def _once(self, key: tuple[str, str, str], fn: Callable[[], Awaitable[str]]) -> str:
-        if key in self._present:
+        if self._known(*key):
             return "present"
         result, _ = await self._flights.do(key, fn)
         return result
 
+    def _known(self, repo: str, kind: str, ref: str) -> bool:
+        at = self._present.get((repo, kind, ref))
+        if at is None:
+            return False
+        if self._clock() - at >= self.ttl:
+            del self._present[(repo, kind, ref)]
+            return False
+        return True
+
     def _remember(self, repo: str, kind: str, ref: str) -> None:
         if len(self._present) >= MAX_REMEMBERED:
-            self._present.clear()
-        self._present[(repo, kind, ref)] = None
+            self._present.pop(next(iter(self._present)))
+        self._present[(repo, kind, ref)] = self._clock()
 
     def _count(self, kind: str, outcome: str = "completed") -> None:
         if self._metrics is not None:

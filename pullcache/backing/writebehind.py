@@ -10,14 +10,24 @@
   pulled fetched from the origin once (manifests, never layers). What ECR cannot hold as
   itself (layers or children not in the tier) is kept as an artifact (``Uploads.keep``); a
   node that reads such a manifest queues it again, and pushes it as itself once it can.
-- Throttling and 5xx are retried with jittered exponential backoff; ``close`` drains for
-  ``drain_timeout`` and leaves the rest in the journal.
+- What to do after a failure is the error's ``contract.Verdict``: RETRY with jittered
+  exponential backoff (an open write breaker is waited out without spending an attempt),
+  SKIP ends the job for good (a name ECR never takes: logged once), DENIED ends it until the
+  next resync. ``close`` drains for ``drain_timeout`` and leaves the rest in the journal.
+- **Failed jobs come back.** ``resync()``, run periodically by the app (``resync_interval``)
+  and on demand (``pullcache tier sync``), queues the jobs that failed for good again once
+  the write breaker is closed: content cached during an outage or an IAM mistake still
+  reaches the tier.
+- **The journal's failures never stop the queue.** A journal write that fails (a full
+  disk) is logged, counted (``pullcache_tier_journal_failures``), and retried by the next
+  resync; the job runs all the same, only not durably.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
@@ -26,13 +36,11 @@ import structlog
 
 from .. import errors
 from ..oci import INDEX_TYPES, Digest
-from .contract import WritableTier
+from .contract import Tier, TierError, Verdict
 from .content import Source, file_source, references
-from .journal import MAX_FAILED, Job, Journal, failure
-from .uploads import Uploads
+from .journal import MAX_FAILED, Job, Journal, JournalWrites, failure
 
 log = structlog.get_logger("pullcache.tier")
-REFUSED = ("MANIFEST_BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "MANIFEST_INVALID", "BLOB_UNKNOWN")
 
 
 class LocalContent(Protocol):
@@ -45,19 +53,24 @@ class LocalContent(Protocol):
                               digest: Digest) -> tuple[bytes, str] | None:
         """Fetched from the origin by digest, verified and kept locally; None if it failed."""
 
+    async def tag_digests(self, upstream: str, repo: str, tag: str) -> set[str]:
+        """The digests this node's records of the tag hold now (empty: none yet)."""
+
 
 @dataclass(slots=True)
 class _Entry:
     job: Job
     state: str = "queued"      # admitting | queued | waiting | running
     attempt: int = 0
+    waits: int = 0             # backoffs that spent no attempt (breaker open, throttled)
     error: str | None = None
 
 
 class WriteBehind:
-    def __init__(self, tier: WritableTier, local: LocalContent, journal: Journal | None = None,
+    def __init__(self, tier: Tier, local: LocalContent, journal: Journal | None = None,
                  *, concurrency: int = 4, retries: int = 5, drain_timeout: float = 30.0,
-                 metrics=None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 metrics=None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.tier = tier
         self.local = local
         self.journal = journal
@@ -68,11 +81,13 @@ class WriteBehind:
         self._sleep = sleep
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         self._jobs: dict[str, _Entry] = {}
-        self._failed: dict[str, dict] = {}
+        self._failed_jobs: dict[str, dict] = {}
         self._empty = asyncio.Event()
         self._empty.set()
-        self.uploads = Uploads(tier, metrics)
+        self.uploads = tier.writes
         self._denied_logged: set[str] = set()
+        self._skipped_logged: set[str] = set()
+        self._record = JournalWrites(journal, metrics)
         self._workers: list[asyncio.Task] = []
         self._tasks: set[asyncio.Task] = set()
 
@@ -82,7 +97,7 @@ class WriteBehind:
             await asyncio.to_thread(self.journal.open)
             pending = await asyncio.to_thread(self.journal.pending)
             for item in await asyncio.to_thread(self.journal.failed):
-                self._failed[Job.of(item).key] = item
+                self._failed_jobs[Job.of(item).key] = item
             for job in pending:
                 self._enqueue(_Entry(job))
             if pending:
@@ -97,7 +112,7 @@ class WriteBehind:
         self._submit(Job("blob", upstream, repo, str(digest)))
 
     def manifest(self, upstream: str, repo: str, digest: Digest, tag: str | None) -> None:
-        self._submit(Job("manifest", upstream, repo, str(digest), tag))
+        self._submit(Job("manifest", upstream, repo, str(digest), tag, time.time()))
 
     def _submit(self, job: Job) -> None:
         if job.key in self._jobs:
@@ -109,9 +124,10 @@ class WriteBehind:
         self._spawn(self._admit(entry))
 
     async def _admit(self, entry: _Entry) -> None:
-        if self.journal is not None:   # on disk before any worker may take it
-            await asyncio.to_thread(self.journal.add, entry.job)
-        self._enqueue(entry)
+        try:
+            await self._record("add", entry.job)   # on disk before any worker may take it
+        finally:
+            self._enqueue(entry)
 
     def _enqueue(self, entry: _Entry) -> None:
         entry.state = "queued"
@@ -136,37 +152,56 @@ class WriteBehind:
 
     async def _run(self, entry: _Entry) -> None:
         job = entry.job
-        repo = self.tier.repository(job.upstream, job.repo)
         try:
-            await self.tier.repositories.ensure(repo)
+            repo = self.tier.repository(job.upstream, job.repo)
+            await self.uploads.prepare(repo)
             if job.kind == "blob":
                 outcome = await self.uploads.blob(repo, Digest.parse(job.digest),
-                                             self._local_file(Digest.parse(job.digest)))
+                                                  self._local_file(Digest.parse(job.digest)))
                 # "gone": evicted locally before its turn; a later origin fill queues it again.
                 outcome = "skipped" if outcome == "gone" else outcome
             else:
                 outcome = await self._manifest_job(repo, entry)
-        except errors.Denied as exc:   # CreateRepository denied (logged there) or a push denied
-            if self.tier.repositories.status().get(repo) != "denied" and \
-                    repo not in self._denied_logged:   # one line per repository
-                self._denied_logged.add(repo)
-                log.error("tier_write_denied", repository=repo, kind=job.kind, error=str(exc),
-                          needs=["ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
-                                 "ecr:CompleteLayerUpload", "ecr:PutImage"])
-            await self._end(entry, "denied", error=str(exc))
+        except TierError as exc:
+            await self._failed(entry, exc)
             return
-        except errors.PullcacheError as exc:
-            if isinstance(exc, errors.UPSTREAM_FAILURES) and entry.attempt < self.retries:
-                self._later(entry, str(exc))
-            else:
-                log.warning("tier_write_failed", kind=job.kind, repository=repo,
-                            digest=job.digest, error=str(exc), attempts=entry.attempt + 1)
-                await self._end(entry, "failed", error=str(exc))
+        except errors.PullcacheError as exc:   # this node's side (reading its cache)
+            await self._failed(entry, TierError(Verdict.RETRY, str(exc)))
             return
         if outcome == "wait":
             self._later(entry, "references not in the tier yet")
         else:
             await self._end(entry, outcome)
+
+    async def _failed(self, entry: _Entry, exc: TierError) -> None:
+        """What the verdict says: wait and retry, skip for good, or end denied/failed."""
+        job = entry.job
+        where = f"{job.upstream}/{job.repo}"
+        if exc.verdict == Verdict.RETRY and (not exc.sent or exc.throttled):
+            # The write breaker is open (nothing was tried), or the tier asks to slow down:
+            # back off, but spend no attempt: both pass, and the job must outlast them.
+            self._later(entry, str(exc), at_least=exc.retry_after or 0.0, attempt=False)
+        elif exc.verdict in (Verdict.RETRY, Verdict.MISSING) and entry.attempt < self.retries:
+            self._later(entry, str(exc), at_least=exc.retry_after or 0.0)
+        elif exc.verdict == Verdict.SKIP:
+            if where not in self._skipped_logged:    # one line per repository
+                self._skipped_logged.add(where)
+                log.error("tier_write_skipped", upstream=job.upstream, repo=job.repo,
+                          kind=job.kind, error=str(exc), retried=False)
+            await self._end(entry, "skipped")
+        elif exc.verdict == Verdict.DENIED:
+            if where not in self._denied_logged and exc.action != "ecr:CreateRepository":
+                self._denied_logged.add(where)   # (a denied CreateRepository is logged there)
+                log.error("tier_write_denied", upstream=job.upstream, repo=job.repo,
+                          kind=job.kind, error=str(exc), action=exc.action,
+                          needs=["ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+                                 "ecr:CompleteLayerUpload", "ecr:PutImage"])
+            await self._end(entry, "denied", error=str(exc))
+        else:
+            log.warning("tier_write_failed", kind=job.kind, upstream=job.upstream,
+                        repo=job.repo, digest=job.digest, error=str(exc),
+                        verdict=str(exc.verdict), attempts=entry.attempt + 1)
+            await self._end(entry, "failed", error=str(exc))
 
     # -- blobs ------------------------------------------------------------------------------------
 
@@ -187,7 +222,13 @@ class WriteBehind:
         outcome = await self._put_manifest(job.upstream, job.repo, repo, digest, *found,
                                            patient=patient)
         if job.tag and outcome in ("pushed", "present"):
-            await self.uploads.tag(repo, job.tag, *found)
+            current = await self.local.tag_digests(job.upstream, job.repo, job.tag)
+            if current and job.digest not in current:   # the node moved on since this job
+                log.info("tier_tag_skipped", repository=repo, tag=job.tag,
+                         reason="the node's view moved", digest=job.digest,
+                         current=sorted(current))
+            else:
+                await self.uploads.tag(repo, job.tag, digest, *found, seen=job.seen)
         elif job.tag and outcome == "artifact":
             log.info("tier_tag_skipped", repository=repo, tag=job.tag,
                      reason="the manifest is kept as an artifact")
@@ -217,8 +258,8 @@ class WriteBehind:
 
         try:
             return await self.uploads.manifest(repo, digest, body, media_type)
-        except errors.UpstreamError as exc:
-            if not any(code in str(exc) for code in REFUSED):
+        except TierError as exc:
+            if exc.verdict != Verdict.REFUSED:
                 raise
             log.info("tier_manifest_refused", repository=repo, digest=str(digest),
                      error=str(exc))
@@ -241,10 +282,15 @@ class WriteBehind:
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
-    def _later(self, entry: _Entry, reason: str) -> None:
+    def _later(self, entry: _Entry, reason: str, *, at_least: float = 0.0,
+               attempt: bool = True) -> None:
         entry.state, entry.error = "waiting", reason
-        delay = min(0.5 * 2 ** entry.attempt, 30.0) * random.uniform(0.5, 1.5)
-        entry.attempt += 1
+        step = entry.attempt + entry.waits
+        delay = max(min(0.5 * 2 ** step, 30.0) * random.uniform(0.5, 1.5), at_least)
+        if attempt:
+            entry.attempt += 1
+        else:
+            entry.waits += 1
 
         async def requeue() -> None:
             await self._sleep(delay)
@@ -255,21 +301,39 @@ class WriteBehind:
         """Acknowledge (the journal forgets it) or record the failure; then count it."""
         job = entry.job
         if error is None:
-            self._failed.pop(job.key, None)
-            if self.journal is not None:
-                await asyncio.to_thread(self.journal.ack, job)
+            self._failed_jobs.pop(job.key, None)
+            await self._record("ack", job)
         else:
-            self._failed[job.key] = failure(job, error)
-            while len(self._failed) > MAX_FAILED:   # the oldest first, as in the journal
-                self._failed.pop(next(iter(self._failed)))
-            if self.journal is not None:
-                await asyncio.to_thread(self.journal.fail, job, error)
+            self._failed_jobs[job.key] = failure(job, error)
+            while len(self._failed_jobs) > MAX_FAILED:   # the oldest first, as in the journal
+                self._failed_jobs.pop(next(iter(self._failed_jobs)))
+            await self._record("fail", job, error)
         self._jobs.pop(job.key, None)
         if not self._jobs:
             self._empty.set()
         if self._metrics is not None:
             self._metrics.tier_writes.labels(job.kind, outcome).inc()
         self._gauge()
+
+    # -- resync -----------------------------------------------------------------------------------
+
+    async def resync(self, *, now: bool = False) -> int:
+        """Retry the journal operations that failed, and queue the jobs that failed for good
+        again (not while the write breaker is open: their cause has not cleared). ``now``:
+        the operator asked (``pullcache tier sync``), and says the cause cleared: denials
+        are forgotten and the breaker is not waited for. Returns the jobs queued."""
+        await self._record.retry()
+        if now:
+            self.uploads.forgive()
+        elif self.tier.write_breaker.is_open:
+            return 0
+        again = [item for key, item in self._failed_jobs.items() if key not in self._jobs]
+        for item in again:
+            self._failed_jobs.pop(Job.of(item).key, None)
+            self._submit(Job.of(item))
+        if again:
+            log.info("tier_failed_requeued", jobs=len(again))
+        return len(again)
 
     def _gauge(self) -> None:
         if self._metrics is not None:
@@ -285,19 +349,23 @@ class WriteBehind:
         repos: dict[str, dict] = {}
 
         def of(upstream: str, repo: str) -> dict:
-            return repos.setdefault(self.tier.repository(upstream, repo),
+            try:
+                name = self.tier.repository(upstream, repo)
+            except TierError:   # a name that cannot be mirrored: listed as the client's
+                name = f"{upstream}/{repo}"
+            return repos.setdefault(name,
                                     {"pending": 0, "in_flight": 0, "failed": []})
         for entry in self._jobs.values():
             slot = of(entry.job.upstream, entry.job.repo)
             slot["in_flight" if entry.state == "running" else "pending"] += 1
-        for item in self._failed.values():
+        for item in self._failed_jobs.values():
             of(item["upstream"], item["repo"])["failed"].append(
                 {k: item[k] for k in ("kind", "digest", "tag", "error", "at")})
         return {"pending": sum(r["pending"] for r in repos.values()),
                 "in_flight": sum(r["in_flight"] for r in repos.values()),
-                "failed": len(self._failed), "queue": repos,
+                "failed": len(self._failed_jobs), "queue": repos,
                 # The same keys as ``backing.status.tier_status`` (offline): one CLI output.
-                "repositories": self.tier.repositories.status()}
+                "repositories": self.uploads.status()}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -316,8 +384,8 @@ class WriteBehind:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._record.retry()   # one last try
         await self.uploads.close()
-        await self.tier.repositories.close()
         if self.journal is not None:
             await asyncio.to_thread(self.journal.close)
 

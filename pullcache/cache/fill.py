@@ -29,7 +29,8 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import structlog
 
-from ..errors import DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamTimeout
+from ..errors import (DigestMismatch, PullcacheError, SizeInvalid, StorageError, UpstreamError,
+                      UpstreamTimeout)
 from ..oci import Digest
 from .index import Entry
 from .links import Where
@@ -43,6 +44,7 @@ log = structlog.get_logger("pullcache.fill")
 # the source (a stalled upstream): not once per chunk.
 WAKE_STEP = 2 << 20
 COMMIT_GRACE = 30.0     # seconds a verified fill may take to commit at shutdown
+MAX_RESUMES = 2         # times a cut source is resumed from where it was cut
 
 
 class Source(Protocol):
@@ -68,6 +70,9 @@ class Candidate:
     name: str
     open: Opener
     stream: bool = True
+    # Opens the same bytes from an offset (a ``Range`` request): a transfer cut midway goes
+    # on from where it was cut, up to ``MAX_RESUMES`` times, rather than starting over.
+    resume: "Callable[[int], Awaitable[Source]] | None" = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,7 @@ class Fill(PassThrough, Tail):
         self.temp = store.temp_path()
         self.size: int | None = None
         self.written = 0    # bytes in the temp file
+        self._received = 0  # bytes the source gave (ahead of ``written`` by the writer's queue)
         self.visible = 0    # bytes readers may see (a held-back source shows none unverified)
         self.verified = False  # every byte is in the temp file and matched the digest
         self._began = time.monotonic()
@@ -192,14 +198,17 @@ class Fill(PassThrough, Tail):
             self._stream = candidate.stream
             await self._open_temp(source.size)
             try:
-                received = 0
-                async for chunk in source.chunks():
-                    received += len(chunk)
-                    if self.size is None:
-                        await self._grow_reservation(received)
-                    elif received > self.size:
-                        raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
-                    await self._writer.write(chunk)   # waits only when the queue is full
+                self._received = resumes = 0
+                while True:
+                    try:
+                        await self._receive(source)
+                        break
+                    except (UpstreamError, UpstreamTimeout) as exc:
+                        if isinstance(exc, SizeInvalid) or not self._resumable(
+                                candidate, self._received, resumes):
+                            raise
+                        resumes += 1
+                        source = await self._resume(candidate, source, self._received, exc)
                 hexdigest = await self._writer.finish()
                 if self.size is not None and self.written != self.size:
                     raise SizeInvalid(f"{self.digest}: {self.written} of {self.size} bytes")
@@ -228,6 +237,34 @@ class Fill(PassThrough, Tail):
             return None     # passed through, or the disk refused the fsync: not cached
         with self._reservation:   # released once the index counts the bytes
             return await self._commit()
+
+    async def _receive(self, source: Source) -> None:
+        """The source's chunks into the writer; ``_received`` counts them as they come, so
+        a cut leaves it where the source was cut."""
+        async for chunk in source.chunks():
+            self._received += len(chunk)
+            if self.size is None:
+                await self._grow_reservation(self._received)
+            elif self._received > self.size:
+                raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
+            await self._writer.write(chunk)   # waits only when the queue is full
+
+    def _resumable(self, candidate: "Candidate", received: int, resumes: int) -> bool:
+        return candidate.resume is not None and resumes < MAX_RESUMES and \
+            self.size is not None and 0 < received < self.size
+
+    async def _resume(self, candidate: "Candidate", cut: Source, received: int,
+                      exc: PullcacheError) -> Source:
+        """The source again from byte ``received``, announcing exactly the bytes left."""
+        await cut.close()
+        source = await candidate.resume(received)
+        if source.size is not None and source.size != self.size - received:
+            await source.close()
+            raise SizeInvalid(f"{self.digest}: {candidate.name} resumed at {received} with "
+                              f"{source.size} bytes, {self.size - received} were left")
+        log.info("fill_resumed", digest=str(self.digest), source=candidate.name,
+                 offset=received, error=str(exc))
+        return source
 
     def _progressed(self, written: int, stream: bool) -> None:
         """The writer thread's report (at most once per loop iteration)."""

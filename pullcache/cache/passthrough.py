@@ -20,6 +20,10 @@ stall every other reader of the blob and the download itself (the upstream conne
 idling toward its timeout) for as long as the send timeout; a cut costs only the client
 that stalled. A released byte is never sent: a reader's span is registered before it is
 sent, and the pages of a registered span are not released until it is let go.
+
+A source whose bytes are held back until verified (the backing tier's) passes through only
+if it fits the window whole: its readers start at byte 0 once it is verified. Otherwise the
+fill hands over to the next source (the origin), which streams.
 """
 
 from __future__ import annotations
@@ -198,6 +202,7 @@ class PassThrough:
         progress = lambda n: self._progressed(n, self._stream)   # noqa: E731
         if size and self.disk is not None and not self.disk.fits(size):
             why = f"{size} bytes cannot fit the cache ({self.store.budget.max_size} bytes)"
+            self._check_window(why)
             self._switched(Window(self._window_limit), why, None)
             self._writer = Writer(-1, self._hasher, progress, sink=self._window_sink)
             return
@@ -210,6 +215,7 @@ class PassThrough:
             cause = exc.__cause__ if isinstance(exc, StorageError) else exc
             if not self._disk_refused(cause):
                 raise
+            self._check_window(f"creating the temp file: {cause}")
             self._switched(Window(self._window_limit), "creating the temp file", cause)
             self._writer = Writer(-1, self._hasher, progress, sink=self._window_sink)
             return
@@ -225,6 +231,18 @@ class PassThrough:
             await self.store.grow(reservation, received - reservation.nbytes + GROW_STEP)
         except StorageError as exc:     # the index cannot evict: counted all the same
             log.warning("fill_room_not_made", digest=str(self.digest), error=str(exc))
+
+    def _fits_window(self) -> bool:
+        """Whether this source may pass through: a streamed one always (readers follow the
+        writer); a held-back one only if its whole body fits the window, since its readers
+        start at offset 0 once it is verified, and a window that freed the start would cut
+        every one of them after the whole download."""
+        return self._stream or (self.size is not None and self.size <= self._window_limit)
+
+    def _check_window(self, why: str) -> None:
+        if not self._fits_window():
+            raise StorageError(f"{self.digest}: held back, {self.size} bytes cannot pass "
+                               f"through a {self._window_limit}-byte window ({why})")
 
     def _disk_refused(self, exc: BaseException | None) -> bool:
         """Pass through rather than fail: the disk refused, and a ``Disk`` is watching
@@ -251,8 +269,8 @@ class PassThrough:
     def _take_over(self, exc: OSError, written: int):
         """(the writer thread) The disk refused a write at ``written``: seed a window, hand
         it to the loop, and return where the thread writes from now on."""
-        if not self._disk_refused(exc):
-            raise exc
+        if not self._disk_refused(exc) or not self._fits_window():
+            raise exc   # a held-back source that cannot pass through: the next source
         window = Window(self._window_limit)
         begin = max(0, written - window.limit)
         try:

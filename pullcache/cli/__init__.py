@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "at a time)")
     node_setup_parser(sub)
     tier = sub.add_parser("tier", help="the ECR tier: write-behind queue and repositories")
-    tier.add_argument("action", choices=("status",))
+    tier.add_argument("action", choices=("status", "sync"))
     tier.add_argument("--config", type=Path)
     return parser
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "warm":
         return _warm(cfg, args)
     if args.command == "tier":
-        return tier_command(cfg)
+        return tier_command(cfg, args.action)
     return cache_command(cfg, args)
 
 

@@ -17,12 +17,16 @@ from .fields import (
     _choice,
     _field,
     _at_least,
+    _positive,
     _secret,
     _str,
     _timeout,
     _url,
+    MiB,
     format_duration,
+    format_size,
     parse_duration,
+    parse_size,
     show,
 )
 
@@ -58,6 +62,12 @@ class EcrBackingConfig:
     connect_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
     header_timeout: float = _field(_timeout, 10 * SECONDS, fmt=format_duration)
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
+    # The tier's breakers (one for reads, one for writes): open after this many failures
+    # in a row, for the cool-down. An upload's timeout grows with its body at upload_rate.
+    breaker_failures: int = _field(_at_least(1), 5)
+    breaker_cooldown: float = _field(parse_duration, 15 * SECONDS, fmt=format_duration)
+    upload_rate: int = _field(_positive(parse_size), 1 * MiB, fmt=format_size)
+    resync_interval: float = _field(parse_duration, 10 * MINUTES, fmt=format_duration)
     # Repository settings, applied when pullcache creates a repository (never altered after).
     encryption: str = _field(_choice("AES256", "KMS"), "AES256")
     kms_key: str | None = _field(_secret, None)       # ARN, id or alias/...; KMS only

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ..backing.tier import EcrTier
+from ..backing.contract import Tier
 from ..backing.writebehind import WriteBehind
 from ..cache.disk import Disk
 from ..cache.fill import Fills
@@ -37,7 +37,7 @@ from .referrers import Referrers, ReferrersAnswer
 class Proxy:
     def __init__(self, store: BlobStore, fills: Fills, tags: TagStore,
                  upstreams: Mapping[str, Upstream], metrics: Metrics, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 tier: Tier | None = None, writes: WriteBehind | None = None,
                  disk: Disk | None = None) -> None:
         self.store = store
         self.fills = fills

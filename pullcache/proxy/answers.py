@@ -7,6 +7,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import errors
+from ..backing.contract import TierError, Verdict
 from ..cache.body import Body
 from ..cache.fill import Fill
 from ..oci import Digest
@@ -66,8 +67,8 @@ class Prefetched(NamedTuple):
 
 
 def tier_outcome(exc: errors.PullcacheError) -> str:
-    return "miss" if isinstance(exc, (errors.ManifestUnknown, errors.BlobUnknown,
-                                      errors.NameUnknown)) else "error"
+    missing = isinstance(exc, TierError) and exc.verdict == Verdict.MISSING
+    return "miss" if missing else "error"
 
 
 def parse_digest(text: str | None) -> Digest | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import errors
-from ..backing.tier import EcrTier
+from ..backing.contract import Tier
 from ..backing.writebehind import WriteBehind
 from ..cache.body import FileBody, FillBody
 from ..cache.disk import Disk
@@ -40,18 +40,20 @@ def _origin(upstream: Upstream, route: Route, digest: Digest) -> Candidate:
     return Candidate(route.upstream, lambda: client.open_blob(route.repo, digest))
 
 
-def _tier(tier: EcrTier) -> Remote:
+def _tier(tier: Tier) -> Remote:
     def remote(upstream: Upstream, route: Route, digest: Digest) -> Candidate:
-        # Held back (stream=False): a corrupt copy is dropped and the next remote asked,
+        # Held back (the tier says so): a corrupt copy is dropped and the next remote asked,
         # without any reader having seen a byte of it.
-        return Candidate("ecr", lambda: tier.open_blob(route.upstream, route.repo, digest),
-                         stream=False)
+        return Candidate(
+            tier.name, lambda: tier.open_blob(route.upstream, route.repo, digest),
+            stream=tier.passthrough,
+            resume=lambda offset: tier.open_blob(route.upstream, route.repo, digest, offset))
     return remote
 
 
 class Blobs:
     def __init__(self, store: BlobStore, fills: Fills, metrics: Metrics, links: Links, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 tier: Tier | None = None, writes: WriteBehind | None = None,
                  disk: Disk | None = None) -> None:
         self.store = store
         self.links = links
@@ -116,8 +118,9 @@ class Blobs:
     def _write_back(self, route: Route, digest: Digest, fill: Fill, done) -> None:
         if done.cancelled() or done.exception() is not None or done.result().entry is None:
             return      # failed, or passed through (nothing on disk to write back)
-        self.metrics.tier_reads.labels("blob", "hit" if fill.source == "ecr" else "miss").inc()
-        if fill.source != "ecr":
+        from_tier = self.tier is not None and fill.source == self.tier.name
+        self.metrics.tier_reads.labels("blob", "hit" if from_tier else "miss").inc()
+        if not from_tier:
             self.writes.blob(route.upstream, route.repo, digest)
 
     async def size(self, upstream: Upstream, route: Route,

@@ -9,6 +9,7 @@ import structlog
 
 from .. import errors
 from ..cache.store import BlobStore
+from ..cache.tags import TagStore
 from ..oci import DEFAULT_ACCEPT, Digest, manifest_media_type
 from .answers import Upstream
 from .blobs import StoreContent
@@ -20,9 +21,21 @@ class FleetContent(StoreContent):
     """The local cache and the upstreams, as the write-behind reads them
     (``backing.writebehind.LocalContent``)."""
 
-    def __init__(self, store: BlobStore, upstreams: Mapping[str, Upstream]) -> None:
+    def __init__(self, store: BlobStore, upstreams: Mapping[str, Upstream],
+                 tags: TagStore | None = None) -> None:
         super().__init__(store)
         self.upstreams = upstreams
+        self.tags = tags
+
+    async def tag_digests(self, upstream: str, repo: str, tag: str) -> set[str]:
+        """The digests this node's records of the tag hold now (one per accept class)."""
+        if self.tags is None:
+            return set()
+        try:
+            records = await self.tags.get_all(upstream, repo, tag)
+        except errors.StorageError:
+            return set()
+        return {record.digest for record in records}
 
     async def origin_manifest(self, upstream: str, repo: str,
                               digest: Digest) -> tuple[bytes, str] | None:

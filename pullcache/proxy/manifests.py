@@ -28,7 +28,7 @@ import time
 import structlog
 
 from .. import errors
-from ..backing.tier import EcrTier, StoredManifest
+from ..backing.contract import StoredManifest, Tier
 from ..backing.writebehind import WriteBehind
 from ..cache.disk import Disk
 from ..cache.store import BlobStore
@@ -45,7 +45,7 @@ log = structlog.get_logger("pullcache.proxy")
 
 class Manifests:
     def __init__(self, store: BlobStore, tags: TagStore, metrics: Metrics, links: Links, *,
-                 tier: EcrTier | None = None, writes: WriteBehind | None = None,
+                 tier: Tier | None = None, writes: WriteBehind | None = None,
                  disk: Disk | None = None) -> None:
         self.store = store
         self.links = links

@@ -141,21 +141,33 @@ def build_app(config: Config) -> web.Application:
                 api = await stack.enter_async_context(EcrApi(
                     ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
                     endpoint_url=ecr.endpoint_url))
-                client = RegistryClient(
-                    UpstreamSettings.from_config(UpstreamConfig(
-                        host="ecr-tier", url=ecr.data_plane,
-                        connect_timeout=ecr.connect_timeout,
-                        header_timeout=ecr.header_timeout, read_timeout=ecr.read_timeout)),
-                    app[SESSION], observer=metrics, basic_first=True,
-                    credentials=EcrCredentials(api.token, min_refresh=ecr.token_min_refresh))
-                tier = EcrTier(api, client, ecr.repository_prefix, settings)
-                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS]),
-                                     Journal(config.cache.dir / JOURNAL_DIR),
+                credentials = EcrCredentials(api.token, min_refresh=ecr.token_min_refresh)
+
+                def tier_client(host: str, **rate) -> RegistryClient:
+                    # Reads and writes each have a client, and so a breaker, of their own.
+                    return RegistryClient(
+                        UpstreamSettings.from_config(UpstreamConfig(
+                            host=host, url=ecr.data_plane, connect_timeout=ecr.connect_timeout,
+                            header_timeout=ecr.header_timeout, read_timeout=ecr.read_timeout,
+                            breaker_failures=ecr.breaker_failures,
+                            breaker_cooldown=ecr.breaker_cooldown)),
+                        app[SESSION], observer=metrics, basic_first=True,
+                        credentials=credentials, **rate)
+                journal = Journal(config.cache.dir / JOURNAL_DIR)
+                tier = EcrTier(api, tier_client("ecr-tier"), ecr.repository_prefix, settings,
+                               writer=tier_client("ecr-tier-writes",
+                                                  upload_rate=ecr.upload_rate),
+                               metrics=metrics, record=journal)
+                writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS], tags), journal,
                                      concurrency=ecr.write_concurrency,
                                      retries=ecr.write_retries,
                                      drain_timeout=ecr.drain_timeout, metrics=metrics)
                 await writes.open()   # resumes what a crash left queued
                 stack.push_async_callback(writes.close)
+                # Jobs that failed for good, queued again once their cause cleared.
+                resync = app[LOOPS].every("tier-resync", ecr.resync_interval, writes.resync,
+                                          wait_first=True)
+                stack.push_async_callback(_cancelled, resync)
                 app[TIER] = writes
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
                                tier=tier, writes=writes, disk=disk)
@@ -200,3 +212,8 @@ def build_app(config: Config) -> web.Application:
 async def _housekeep(store: BlobStore) -> None:
     await store.release()
     await store.make_room()
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import structlog
 
-from ..errors import UpstreamUnavailable
+from ..errors import CircuitOpen
 
 log = structlog.get_logger("pullcache.breaker")
 
@@ -60,13 +60,13 @@ class Breaker:
         """Raise while open; else return a ticket for ``release`` (non-zero for the probe)."""
         if self._probe:
             # Half-open: one request is already finding out; the rest fail fast meanwhile.
-            raise UpstreamUnavailable(f"{self.name}: circuit half-open, probing",
+            raise CircuitOpen(f"{self.name}: circuit half-open, probing",
                                       headers={"Retry-After": "1"})
         if self._open_until is None:
             return 0
         remaining = self._open_until - self._clock()
         if remaining > 0:
-            raise UpstreamUnavailable(f"{self.name}: circuit open for {remaining:.0f}s more",
+            raise CircuitOpen(f"{self.name}: circuit open for {remaining:.0f}s more",
                                       headers={"Retry-After": str(max(int(remaining), 1))})
         # Half-open: let this one through; another failure re-opens at once.
         self._open_until = None

@@ -88,8 +88,12 @@ class RegistryClient:
 
     def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession, *,
                  observer: "UpstreamObserver | None" = None,
-                 credentials: Credentials | None = None, basic_first: bool = False) -> None:
+                 credentials: Credentials | None = None, basic_first: bool = False,
+                 upload_rate: float | None = None) -> None:
         self.settings = settings
+        # A request with a body (an upload) may take header_timeout plus its body at this
+        # rate (bytes/s): an 8 MiB PATCH is not held to a manifest GET's timeout.
+        self._upload_rate = upload_rate
         self.name = settings.name
         self._base = settings.url.rstrip("/")
         self._session = session
@@ -140,9 +144,18 @@ class RegistryClient:
         resp.release()
         return resp.content_length
 
-    async def open_blob(self, repo: str, digest: Digest) -> BlobStream:
-        resp = await self._send("GET", repo, f"blobs/{digest}", {"Accept-Encoding": "identity"},
+    async def open_blob(self, repo: str, digest: Digest, offset: int = 0) -> BlobStream:
+        """The blob's body; from ``offset`` on with a ``Range`` request (RFC 9110 §14.2),
+        ``errors.UpstreamError`` if the registry does not answer with that range."""
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        resp = await self._send("GET", repo, f"blobs/{digest}", headers,
                                 not_found=errors.BlobUnknown)
+        if offset and (resp.status != 206 or _range_start(resp) != offset):
+            resp.release()
+            raise errors.UpstreamError(f"{self.name}: no range from byte {offset} "
+                                       f"(answered {resp.status})")
         return BlobStream(resp, lambda n: self._observer.fetched(self.name, n),
                           self.settings.read_timeout)
 
@@ -239,6 +252,8 @@ class RegistryClient:
         verdict: Callable[[], None] = lambda: self.breaker.release(ticket)
         timeout = self.settings.revalidate_timeout if revalidating \
             else self.settings.header_timeout
+        if data and self._upload_rate:
+            timeout += len(data) / self._upload_rate
         url = urljoin(self._base + "/", url) if url else f"{self._base}/v2/{repo}/{tail}"
         scope = scope_for(repo) + (",push" if push else "")
         headers = {"User-Agent": USER_AGENT, **headers}
@@ -344,6 +359,13 @@ def _next_link(resp: aiohttp.ClientResponse) -> str | None:
     except ValueError:
         return None
     return str(link["url"]) if link is not None and link.get("url") else None
+
+
+def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+    """The first byte of a 206's ``Content-Range: bytes <first>-<last>/<length>``."""
+    unit, _, spec = resp.headers.get("Content-Range", "").partition(" ")
+    first = spec.partition("-")[0]
+    return int(first) if unit == "bytes" and first.isdigit() else None
 
 
 def _location(resp: aiohttp.ClientResponse) -> str:

@@ -14,6 +14,13 @@ from .. import errors
 def error_for(status: int, headers: Mapping[str, str], body: bytes,
               not_found: type[errors.PullcacheError], upstream: str) -> errors.PullcacheError:
     """The domain error for an upstream's 4xx/5xx answer (its OCI error body kept as detail)."""
+    error = _error_for(status, headers, body, not_found, upstream)
+    error.remote_code = upstream_code(body)
+    return error
+
+
+def _error_for(status: int, headers: Mapping[str, str], body: bytes,
+               not_found: type[errors.PullcacheError], upstream: str) -> errors.PullcacheError:
     detail = upstream_detail(body) or f"{upstream} answered {status}"
     if status == 404:
         code = upstream_code(body)

@@ -54,7 +54,8 @@ def backing_config(moto: MotoEcr, registry_url: str, **extra) -> dict:
 
 class AwsFront:
     """A proxy in front of moto's ECR API that counts operations (``X-Amz-Target``) and
-    answers the ones in ``deny`` with AccessDeniedException, worded as AWS words it.
+    answers the ones in ``deny`` with AccessDeniedException, worded as AWS words it, and the
+    ones in ``fail`` with the error given (ThrottlingException, InvalidParameterException).
 
     moto enforces no IAM unless ``MOTO_ENABLE_IAM_AUTH`` is set for the whole process (and
     every other test would then need IAM users); a denial injected here is per test.
@@ -75,6 +76,8 @@ class AwsFront:
                 return app
         self.moto = moto
         self.deny: set[str] = set()
+        #: operation → (AWS error type, message): answered with that error (HTTP 400)
+        self.fail: dict[str, tuple[str, str]] = {}
         self.operations: list[str] = []
         self._app = _App()
 
@@ -97,6 +100,10 @@ class AwsFront:
         from aiohttp import web
         operation = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
         self.operations.append(operation)
+        if operation in self.fail:
+            kind, message = self.fail[operation]
+            return web.json_response({"__type": kind, "message": message}, status=400,
+                                     content_type="application/x-amz-json-1.1")
         if operation in self.deny:
             action = f"ecr:{operation}"
             return web.json_response({

@@ -42,9 +42,11 @@ def aws_front(moto):
 def aws(aws_front):
     """The ECR API as the nodes see it: no denial armed, operations counted from here."""
     aws_front.deny.clear()
+    aws_front.fail.clear()
     aws_front.operations.clear()
     yield aws_front
     aws_front.deny.clear()
+    aws_front.fail.clear()
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +75,14 @@ def node(tmp_path, origin, aws, ecr_front):
     """Factory: a pullcache node (own cache dir) with the ECR tier in front of the origin."""
     nodes: list[Pullcache] = []
 
-    def make(name: str, **backing) -> Pullcache:
+    def make(name: str, cache: dict | None = None, **backing) -> Pullcache:
         workdir = tmp_path / name
         workdir.mkdir()
         # Few retries: a manifest that waits for its layers or children gives up sooner.
         backing = {"write_retries": 3, **backing}
         pc = Pullcache(workdir, [UpstreamSpec(origin.host, origin.url, default=True)],
-                       backing=backing_config(aws, ecr_front.url, **backing), env=AWS_ENV)
+                       backing=backing_config(aws, ecr_front.url, **backing), env=AWS_ENV,
+                       cache=cache or {})
         nodes.append(pc)
         return pc.start()
     yield make
@@ -126,7 +129,8 @@ def origin_counts(origin: FaultProxy) -> dict[str, int]:
 
 
 def ecr_repo(origin: FaultProxy, repo: str) -> str:
-    return f"pullcache/{origin.host.replace(':', '-')}/{repo}"
+    from pullcache.backing.ecr import repository_name
+    return repository_name("pullcache", origin.host, repo)
 
 
 def completed_uploads(ecr_front: FaultProxy) -> Counter:

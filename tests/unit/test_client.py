@@ -371,3 +371,30 @@ def test_client_settings_have_one_set_of_defaults():
     s = UpstreamSettings.from_config(config)
     for f in dataclasses.fields(UpstreamSettings):
         assert getattr(s, f.name) == getattr(config, "host" if f.name == "name" else f.name)
+
+
+@pytest.mark.parametrize("honours_range", [True, False])
+async def test_a_blob_from_an_offset_is_a_range_request(registry, session, honours_range):
+    """``open_blob(…, offset)`` asks ``Range: bytes=<offset>-`` and takes only a 206 that
+    starts there: a registry that ignores Range (a 200 with the whole blob) is an error,
+    never bytes spliced at the wrong place."""
+    body = bytes(range(256)) * 4
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Range"))
+        if not honours_range:
+            return web.Response(body=body)
+        return web.Response(status=206, body=body[100:], headers={
+            "Content-Range": f"bytes 100-{len(body) - 1}/{len(body)}"})
+    registry.handler = handler
+    client = RegistryClient(settings(registry.url), session)
+    if honours_range:
+        stream = await client.open_blob("r", DIGEST, 100)
+        got = b"".join([bytes(c) async for c in stream.chunks()])
+        await stream.close()
+        assert (got, stream.size) == (body[100:], len(body) - 100)
+    else:
+        with pytest.raises(errors.UpstreamError, match="no range from byte 100"):
+            await client.open_blob("r", DIGEST, 100)
+    assert seen == ["bytes=100-"]

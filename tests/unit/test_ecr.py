@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -16,12 +17,29 @@ HOUR = 3600.0
 @pytest.mark.parametrize("upstream, repo, expected", [
     ("docker.io", "library/alpine", "pullcache/docker.io/library/alpine"),
     ("ghcr.io", "o/app", "pullcache/ghcr.io/o/app"),
-    ("127.0.0.1:5000", "team/x", "pullcache/127.0.0.1-5000/team/x"),
+    ("127.0.0.1:5000", "team/x", "pullcache/127.0.0.1_5000/team/x"),
+    ("127.0.0.1-5000", "team/x", "pullcache/127.0.0.1-5000/team/x"),
     ("Registry.K8S.io", "pause", "pullcache/registry.k8s.io/pause"),
-    ("localhost:5000", "a__b/c-d", "pullcache/localhost-5000/a__b/c-d"),
+    ("[::1]:5000", "a", "pullcache/ipv6_0000.0000.0000.0000.0000.0000.0000.0001_5000/a"),
 ])
 def test_repository_name(upstream, repo, expected):
     assert repository_name("pullcache", upstream, repo) == expected
+
+
+ECR_NAME = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
+
+
+def test_repository_name_is_one_to_one_and_valid_for_ecr():
+    """Distribution allows ``__`` and runs of ``-``; ECR does not. Hosts with and without a
+    port separator, and repositories that differ only in their separators, stay apart."""
+    pairs = [(u, r) for u in ("127.0.0.1:5000", "127.0.0.1-5000", "localhost:5000",
+                              "localhost", "xn--bcher-kva.example", "[::1]:5000")
+             for r in ("my__app", "my_app", "my-app", "a--b", "a-b", "a---b", "a/b__c",
+                       "a/b_c", "a.b", "team/x")]
+    names = [repository_name("pullcache", u, r) for u, r in pairs]
+    assert len(set(names)) == len(pairs)
+    assert all(ECR_NAME.fullmatch(n) and len(n) <= 256 for n in names), names
+    assert repository_name("pullcache", "docker.io", "my-app") == "pullcache/docker.io/my-app"
 
 
 def test_repository_name_respects_ecr_length_limit():
@@ -131,6 +149,52 @@ async def test_a_failed_fetch_propagates_and_the_next_call_retries():
     with pytest.raises(RuntimeError):
         await c.get()
     assert await c.get() == ("AWS", "ok")
+
+
+async def test_a_failed_refresh_keeps_the_valid_token_and_one_caller_fetches():
+    """At half-life with GetAuthorizationToken throttled, 20 concurrent callers get the
+    token they had (6 h left); one fetch was tried, and the next waits a backoff."""
+    from pullcache.errors import TooManyRequests
+    clock = Clock()
+    fetch = Fetcher(clock)
+    c = creds(clock, fetch, min_refresh=60)
+    assert await c.get() == ("AWS", "pw1")
+    clock.advance(6 * HOUR + 1)
+    throttled = asyncio.Event()
+
+    async def refuse() -> EcrToken:
+        fetch.calls += 1
+        await throttled.wait()
+        raise TooManyRequests("ECR get_authorization_token: ThrottlingException")
+    c._fetch = refuse
+    callers = [asyncio.create_task(c.get()) for _ in range(20)]
+    await eventually(lambda: fetch.calls >= 2, what="the refresh in flight")
+    throttled.set()
+    assert set(await asyncio.gather(*callers)) == {("AWS", "pw1")}
+    assert fetch.calls == 2 and isinstance(c.error, TooManyRequests)
+    clock.advance(30)                    # within the backoff: no fetch, the token still used
+    assert await c.get() == ("AWS", "pw1") and fetch.calls == 2
+    clock.advance(31)
+    assert await c.get() == ("AWS", "pw1") and fetch.calls == 3    # tried again, failed
+    clock.advance(121)                   # the backoff doubled (120 s)
+    c._fetch = fetch
+    assert await c.get() == ("AWS", "pw4") and c.error is None
+
+
+async def test_a_failed_refresh_raises_once_the_token_really_expired():
+    from pullcache.errors import TooManyRequests
+    clock = Clock()
+    c = creds(clock, Fetcher(clock, ttl=HOUR), min_refresh=60)
+    await c.get()
+
+    async def refuse() -> EcrToken:
+        raise TooManyRequests("throttled")
+    c._fetch = refuse
+    clock.advance(HOUR + 1)
+    with pytest.raises(TooManyRequests):
+        await c.get()
+    with pytest.raises(TooManyRequests):    # within the backoff: the same error, no fetch
+        await c.get()
 
 
 # -- repository settings ([backing.ecr]) ----------------------------------------------------

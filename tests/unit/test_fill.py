@@ -544,6 +544,53 @@ async def test_a_tier_copy_of_the_wrong_length_still_falls_back_to_the_origin(fi
     assert await wait(fill.started()) == len(DATA)
 
 
+def resumable_tier(first: FakeSource, rest: list[FakeSource | Exception],
+                   offsets: list[int]) -> Candidate:
+    """The tier's candidate, held back, whose resume(offset) opens the next of ``rest``."""
+    async def resume(offset: int):
+        offsets.append(offset)
+        nxt = rest.pop(0)
+        if isinstance(nxt, Exception):
+            raise nxt
+        nxt.opened += 1
+        return nxt
+    base = candidate(first, "ecr", stream=False)
+    return Candidate(base.name, base.open, False, resume)
+
+
+async def test_a_cut_tier_transfer_resumes_where_it_was_cut(fills, store):
+    """The tier's copy cut after 8 bytes: reopened from byte 8 (a Range request), hashed on
+    as one stream, verified; the origin is never asked."""
+    cut = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("connection reset"))
+    rest = FakeSource([DATA[8:]])
+    never = FakeSource(CHUNKS)
+    for source in (cut, rest):
+        source.release_all()
+    offsets: list[int] = []
+    fill, _ = fills.get_or_start("blob", DIGEST, [resumable_tier(cut, [rest], offsets),
+                                                   candidate(never, "origin")])
+    assert await Reader(fill).result() == DATA
+    result = await wait(fill.result)
+    assert (result.size, fill.source, offsets) == (len(DATA), "ecr", [8])
+    assert never.opened == 0 and cut.closed and rest.closed
+    assert store.path(result.entry).read_bytes() == DATA
+
+
+async def test_a_resume_that_cannot_continue_falls_back_to_the_origin(fills):
+    """A resumed source announcing the wrong length, or failing again past the limit,
+    hands over to the origin like any other tier failure."""
+    cut = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("reset"))
+    wrong = FakeSource([DATA[8:] + b"x"])
+    source = FakeSource(CHUNKS)
+    for each in (cut, wrong, source):
+        each.release_all()
+    offsets: list[int] = []
+    fill, _ = fills.get_or_start("blob", DIGEST, [resumable_tier(cut, [wrong], offsets),
+                                                   candidate(source, "origin")])
+    assert await Reader(fill).result() == DATA
+    assert fill.source == "origin" and offsets == [8]
+
+
 # --- storage trouble ---------------------------------------------------------------------------------
 
 async def test_a_failing_make_room_fails_the_fill_instead_of_hanging(tmp_path):

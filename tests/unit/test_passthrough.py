@@ -17,8 +17,8 @@ from pullcache.cache import tail as tail_module
 from pullcache.cache.passthrough import Window
 from pullcache.errors import DigestMismatch
 from pullcache.oci import Digest
-from tests.unit.test_fill import (CHUNKS, DATA, DIGEST, FakeSource, Reader, eventually, origin,
-                                  settled, temp_files, wait)
+from tests.unit.test_fill import (CHUNKS, DATA, DIGEST, FakeSource, Reader, candidate,
+                                  eventually, origin, settled, temp_files, wait)
 
 
 @pytest.fixture
@@ -182,6 +182,65 @@ async def test_a_reader_opening_the_temp_file_as_the_fill_passes_through_reads_t
 def held(window: Window) -> int:
     """The window's memory: the memfd's pages (punched pages are freed)."""
     return os.fstat(window.fd).st_blocks * 512
+
+
+def pages(n: int) -> tuple[bytes, list[bytes]]:
+    page = os.sysconf("SC_PAGE_SIZE")
+    data = bytes(range(256)) * (n * page // 256)
+    return data, [data[i:i + page] for i in range(0, len(data), page)]
+
+
+async def follow(reader: Reader, source: FakeSource, chunks: list[bytes]) -> None:
+    """The origin's chunks one by one, each once the reader has it (a client keeping up)."""
+    for i in range(len(chunks)):
+        source.gates[i].set()
+        await reader.until(sum(map(len, chunks[:i + 1])) - (i == len(chunks) - 1))
+    source.end.set()
+
+
+def held_back_then_origin(tier: FakeSource, source: FakeSource):
+    return [candidate(tier, "ecr", stream=False), candidate(source, "origin")]
+
+
+async def test_a_held_back_source_too_big_for_the_cache_and_the_window_yields(store, disk):
+    """The budget cannot hold the blob and the window cannot hold it whole: the tier's copy
+    (held back until verified) is not taken, the origin streams it through the window."""
+    data, chunks = pages(4)
+    store.budget = type(store.budget)(10)
+    fills = make_fills(store, disk, window=os.sysconf("SC_PAGE_SIZE") + 100)
+    tier, source = FakeSource(chunks), FakeSource(chunks)
+    tier.release_all()
+    fill, _ = fills.get_or_start("blob", Digest.of(data), held_back_then_origin(tier, source))
+    reader = Reader(fill)                       # from byte 0, following the origin's writer
+    await follow(reader, source, chunks)
+    assert await reader.result() == data
+    assert fill.source == "origin" and (await wait(fill.result)).entry is None
+    await fills.close()
+
+
+async def test_a_held_back_source_the_disk_refuses_midway_yields_to_the_origin(store, disk):
+    data, chunks = pages(4)
+    fills = make_fills(store, disk, window=os.sysconf("SC_PAGE_SIZE") + 100)
+    tier, source = FakeSource(chunks), FakeSource(chunks)
+    fill, _ = fills.get_or_start("blob", Digest.of(data), held_back_then_origin(tier, source))
+    disk_full_after(fill, 1)
+    reader = Reader(fill)
+    tier.release_all()
+    await follow(reader, source, chunks)
+    assert await reader.result() == data
+    assert fill.source == "origin"
+    await fills.close()
+
+
+async def test_a_held_back_source_that_fits_the_window_passes_through(store, disk):
+    store.budget = type(store.budget)(10)
+    fills = make_fills(store, disk)             # a window far bigger than the blob
+    tier, never = FakeSource(CHUNKS), FakeSource(CHUNKS)
+    tier.release_all()
+    fill, _ = fills.get_or_start("blob", DIGEST, held_back_then_origin(tier, never))
+    assert await Reader(fill).result() == DATA
+    assert fill.source == "ecr" and never.opened == 0
+    await fills.close()
 
 
 def test_window_releases_memory_but_not_a_span_in_flight():

@@ -18,6 +18,7 @@ from pullcache.backing.tier import EcrTier
 from pullcache.backing.writebehind import WriteBehind
 from pullcache.metrics import Metrics
 from pullcache.oci import OCI_INDEX, OCI_MANIFEST, Digest
+from pullcache.upstream.breaker import Breaker
 from tests.support.ports import eventually
 
 
@@ -25,6 +26,7 @@ class MemoryRegistry:
     """The registry API the write-behind uses, in memory; ``gate`` holds every blob PUT."""
 
     def __init__(self, *, validate: bool = True) -> None:
+        self.breaker = Breaker(5, 15.0, name="memory")
         self.blobs: dict[tuple[str, str], bytes] = {}
         self.manifests: dict[tuple[str, str], bytes] = {}
         self.completed: Counter = Counter()
@@ -46,7 +48,9 @@ class MemoryRegistry:
         refs = [d["digest"] for d in [doc.get("config", {}), *doc.get("layers", [])]
                 if d.get("digest")]
         if self.validate and any((repo, r) not in self.blobs for r in refs):
-            raise errors.UpstreamError("MANIFEST_BLOB_UNKNOWN: blob unknown to registry")
+            refused = errors.UpstreamError("MANIFEST_BLOB_UNKNOWN: blob unknown to registry")
+            refused.remote_code = "MANIFEST_BLOB_UNKNOWN"   # as failures.error_for sets it
+            raise refused
         self.manifests[(repo, reference)] = body
         self.manifests[(repo, str(Digest.of(body)))] = body
 
@@ -81,6 +85,9 @@ class Local:
     async def origin_manifest(self, upstream, repo, digest):
         return None
 
+    async def tag_digests(self, upstream, repo, tag):
+        return set()
+
 
 def image(local: Local, *payloads: bytes) -> tuple[Digest, bytes, list[Digest]]:
     blobs = [local.add_blob(p) for p in payloads]
@@ -92,7 +99,7 @@ def image(local: Local, *payloads: bytes) -> tuple[Digest, bytes, list[Digest]]:
 
 
 def writer(registry, local, journal=None, metrics=None, **kw) -> WriteBehind:
-    tier = EcrTier(Api(), registry, "pc", RepositorySettings())
+    tier = EcrTier(Api(), registry, "pc", RepositorySettings(), metrics=metrics)
     return WriteBehind(tier, local, journal, metrics=metrics, drain_timeout=kw.pop("drain", 5),
                        sleep=lambda _: asyncio.sleep(0), **kw)
 
@@ -253,3 +260,135 @@ async def test_a_blob_evicted_between_lookup_and_read_is_skipped_not_pushed(tmp_
     assert metrics.tier_writes.labels("blob", "skipped")._value.get() == 1
     assert metrics.tier_uploads.labels("blob", "completed")._value.get() == 0
     assert writes.status()["failed"] == 0
+
+
+class FlakyJournal(Journal):
+    """A journal on a full disk: each operation named in ``failing`` raises, until cleared."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.failing: set[str] = set()
+
+    def _maybe(self, op: str) -> None:
+        if op in self.failing:
+            raise OSError(28, "No space left on device")
+
+    def add(self, job):
+        self._maybe("add")
+        super().add(job)
+
+    def ack(self, job):
+        self._maybe("ack")
+        super().ack(job)
+
+    def fail(self, job, error):
+        self._maybe("fail")
+        super().fail(job, error)
+
+
+async def test_journal_failures_are_counted_retried_and_leave_the_workers_alive(tmp_path):
+    """A full disk under the journal: the jobs run all the same, every worker survives, the
+    failures are counted, and the next resync writes what the journal missed."""
+    registry, local, metrics = MemoryRegistry(), Local(tmp_path), Metrics()
+    journal = FlakyJournal(tmp_path / "q")
+    journal.failing = {"add", "ack", "fail"}
+    writes = await writer(registry, local, journal, metrics=metrics, concurrency=2).open()
+    blobs = [local.add_blob(b"blob %d" % i) for i in range(4)]
+    for blob in blobs:
+        writes.blob("up", "team/app", blob)
+    await asyncio.wait_for(writes.idle(), 5)      # no job stuck "admitting"
+    assert all((REPO, str(b)) in registry.blobs for b in blobs)
+    assert all(not w.done() for w in writes._workers)
+    failures = metrics.tier_journal_failures
+    assert failures.labels("add")._value.get() == 4 and failures.labels("ack")._value.get() == 4
+    journal.failing.clear()
+    await writes.resync()
+    assert journal.pending() == [] and writes._record.backlog == {}
+    await asyncio.wait_for(writes.close(), 2)
+
+
+async def test_an_open_write_breaker_spends_no_attempt(tmp_path):
+    """Every push refused by an open breaker (no request sent) for longer than the retries'
+    backoff would last: the job waits it out and lands."""
+    class Tripped(MemoryRegistry):
+        refusals = 0
+
+        async def push_blob(self, repo, digest, chunks):
+            if self.refusals < 12:
+                self.refusals += 1
+                raise errors.CircuitOpen("ecr-tier-writes: circuit open for 1s more",
+                                         headers={"Retry-After": "1"})
+            await super().push_blob(repo, digest, chunks)
+    registry, local, metrics = Tripped(), Local(tmp_path), Metrics()
+    blob = local.add_blob(b"data")
+    writes = await writer(registry, local, metrics=metrics, retries=2).open()
+    writes.blob("up", "team/app", blob)
+    await asyncio.wait_for(writes.idle(), 5)
+    await writes.close()
+    assert (REPO, str(blob)) in registry.blobs and registry.refusals == 12
+    assert metrics.tier_writes.labels("blob", "pushed")._value.get() == 1
+
+
+async def test_a_tag_is_pushed_only_while_it_is_the_nodes_view(tmp_path):
+    """A replayed job for an older digest neither moves the tag back after a newer push,
+    nor pushes a tag the node no longer holds at that digest."""
+    registry, local = MemoryRegistry(), Local(tmp_path)
+    old, _, _ = image(local, b"cfg-old", b"layer-old")
+    new, new_body, _ = image(local, b"cfg-new", b"layer-new")
+    views: dict[str, set[str]] = {"v1": {str(new)}}
+
+    async def tag_digests(upstream, repo, tag):
+        return views.get(tag, set())
+    local.tag_digests = tag_digests
+    writes = await writer(registry, local).open()
+    writes.manifest("up", "team/app", old, "v1")      # the node moved on to ``new`` since
+    await writes.idle()
+    assert (REPO, "v1") not in registry.manifests and (REPO, str(old)) in registry.manifests
+    writes.manifest("up", "team/app", new, "v1")
+    await writes.idle()
+    assert registry.manifests[(REPO, "v1")] == new_body
+    # The same tag seen earlier, replayed (the journal after a restart): left alone.
+    views["v1"] = {str(old), str(new)}
+    stale = Job("manifest", "up", "team/app", str(old), "v1", seen=1.0)
+    writes._submit(stale)
+    await writes.idle()
+    await writes.close()
+    assert registry.manifests[(REPO, "v1")] == new_body
+
+
+async def test_failed_jobs_are_queued_again_once_their_cause_cleared(tmp_path):
+    class Down(MemoryRegistry):
+        down = True
+
+        async def push_blob(self, repo, digest, chunks):
+            if self.down:
+                raise errors.UpstreamUnavailable("ECR down")
+            await super().push_blob(repo, digest, chunks)
+    registry, local = Down(), Local(tmp_path)
+    blob = local.add_blob(b"cached during an outage")
+    journal = Journal(tmp_path / "q")
+    writes = await writer(registry, local, journal, retries=1).open()
+    writes.blob("up", "team/app", blob)
+    await writes.idle()
+    assert writes.status()["failed"] == 1
+    registry.down = False
+    assert await writes.resync() == 1
+    await writes.idle()
+    await writes.close()
+    assert (REPO, str(blob)) in registry.blobs and writes.status()["failed"] == 0
+    assert Journal(tmp_path / "q").open().failed() == []
+
+
+def test_offline_tier_sync_makes_failed_jobs_pending_for_the_next_start(tmp_path):
+    from pullcache.backing.journal import JOURNAL_DIR
+    from pullcache.backing.report import requeue_failed
+    journal = Journal(tmp_path / JOURNAL_DIR).open()
+    job = Job("blob", "docker.io", "library/alpine", "sha256:" + "b" * 64)
+    journal.add(job)
+    journal.fail(job, "ECR down")
+    journal.close()
+    assert requeue_failed(tmp_path) == 1
+    again = Journal(tmp_path / JOURNAL_DIR).open()
+    assert again.pending() == [job] and again.failed() == []
+    again.close()
+    assert requeue_failed(tmp_path / "nothing-here") == 0

@@ -12,6 +12,7 @@
     GET  /admin/status             everything the status page shows
     GET  /admin/tier               the ECR tier's write-behind: pending, in flight, failed
                                    (with the last error) per repository; repositories created
+    POST /admin/tier/sync          queue the jobs that failed for good again → {"queued": n}
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def setup_api(app: web.Application) -> None:
     r.add_get("/admin/pins", pins)
     r.add_get("/admin/status", status)
     r.add_get("/admin/tier", tier)
+    r.add_post("/admin/tier/sync", tier_sync)
 
 
 async def _body(request: web.Request) -> dict:
@@ -214,3 +216,10 @@ async def tier(request: web.Request) -> web.Response:
     if writes is None:
         return web.json_response({"enabled": False})
     return web.json_response({"enabled": True, **writes.status()})
+
+
+async def tier_sync(request: web.Request) -> web.Response:
+    writes = core_of(request).get(TIER)
+    if writes is None:
+        raise AdminRequestInvalid("the backing tier is not enabled")
+    return web.json_response({"queued": await writes.resync(now=True)})
