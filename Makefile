@@ -41,7 +41,7 @@ system-deps:
 # The image is built first (about 45 s, again only when pullcache/ or deploy/image/ changed):
 # tests/e2e/test_image.py runs it.
 test: $(STAMP) system-deps $(IMAGE)
-	PULLCACHE_IMAGE=$(IMAGE) $(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench-deps: system-deps
 	scripts/ensure-debian-packages $(BENCH_PACKAGES)
@@ -81,7 +81,7 @@ $(IMAGE): $(STAMP) pyproject.toml $(wildcard deploy/image/*) \
 image: $(IMAGE)
 
 image-test: $(IMAGE) system-deps
-	PULLCACHE_IMAGE=$(IMAGE) $(BIN)/pytest tests/e2e/test_image.py $(PYTEST_ARGS)
+	$(BIN)/pytest tests/e2e/test_image.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build

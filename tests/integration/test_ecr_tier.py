@@ -16,9 +16,9 @@ from tests.support.images import build_image, push
 from tests.support.ports import wait_until
 
 MiB = 1 << 20
-# PULLCACHE_TEST_BIG=1: the figures of the issue (a 150 MB blob, a 100 MB budget, the
+# TEST_BIG_TIER_BLOB=1: the figures of the issue (a 150 MB blob, a 100 MB budget, the
 # default 64 MiB window); else the same shape, smaller.
-BIG = os.environ.get("PULLCACHE_TEST_BIG") == "1"
+BIG = os.environ.get("TEST_BIG_TIER_BLOB") == "1"
 
 
 def origin_gets(origin, digest: str) -> int:

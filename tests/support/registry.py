@@ -23,7 +23,7 @@ from tests.support.ports import LOOPBACK, free_port, wait_http
 if TYPE_CHECKING:
     from tests.support.tokenrealm import TokenRealm
 
-REGISTRY_BIN = os.environ.get("PULLCACHE_TEST_REGISTRY_BIN", "docker-registry")
+REGISTRY_BIN = os.environ.get("TEST_REGISTRY_BIN", "docker-registry")
 FLAVOURS = ("anonymous", "basic", "token")
 START_TIMEOUT = 20.0
 
