@@ -11,6 +11,7 @@ import platform as _platform
 from dataclasses import dataclass
 
 from ..errors import NameInvalid
+from ..oci import TAG_RE, Digest
 from ..gate.routing import DOCKER_HUB, Route, UpstreamTable, looks_like_host, resolve
 
 
@@ -29,14 +30,24 @@ class ImageRef:
 
 
 def parse_image(table: UpstreamTable, text: str) -> ImageRef:
+    """``[host/]name[:tag][@digest]``, the docker reference grammar; the name, tag and digest
+    are checked by the pull path's own grammar (``oci.py``), so what parses here can be
+    pulled. With both a tag and a digest (``alpine:3.19@sha256:…``, as Renovate writes
+    pins), the digest is the reference and the tag is only checked, as docker does."""
     text = text.strip()
     if not text or any(c.isspace() for c in text):
         raise NameInvalid(text, message=f"not an image reference: {text!r}")
     name, at, digest = text.partition("@")
-    reference = digest if at else "latest"
+    tag = "latest"
     last = name.rsplit("/", 1)[-1]
-    if not at and ":" in last:
-        name, _, reference = name.rpartition(":")
+    if ":" in last:
+        name, _, tag = name.rpartition(":")
+    if not name:
+        raise NameInvalid(text, message=f"not an image reference (no name): {text!r}")
+    if not TAG_RE.fullmatch(tag):
+        raise NameInvalid(text, message=f"not an image reference (invalid tag {tag!r}): "
+                                        f"{text!r}")
+    reference = str(Digest.parse(digest)) if at else tag   # DigestInvalid (400) if bad
     first = name.split("/", 1)[0]
     if not ("/" in name and looks_like_host(first)) and table.lookup(DOCKER_HUB):
         name = f"{DOCKER_HUB}/{name}"   # docker's rule: a name without a host is Docker Hub's

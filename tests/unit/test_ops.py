@@ -10,7 +10,7 @@ import pytest
 from pullcache.cache.lock import CacheLock, CacheLocked
 from pullcache.cache.pins import Pin, PinSet
 from pullcache.cache.store import BlobStore, Budget
-from pullcache.errors import NameInvalid, NameUnknown
+from pullcache.errors import DigestInvalid, NameInvalid, NameUnknown
 from pullcache.oci import Digest
 from pullcache.ops.graph import references
 from pullcache.ops.refs import Platform, parse_image
@@ -30,17 +30,34 @@ D = "sha256:" + "a" * 64
     (f"ghcr.io/org/app@{D}", "ghcr.io", "org/app", D),
     ("127.0.0.1:5000/team/app", "127.0.0.1:5000", "team/app", "latest"),
     ("127.0.0.1:5000/team/app:v1", "127.0.0.1:5000", "team/app", "v1"),
+    # Renovate's pin form: the digest is the reference, the tag is checked and dropped.
+    (f"python:3.12-slim@{D}", "docker.io", "library/python", D),
+    (f"127.0.0.1:5000/team/app:v1@{D}", "127.0.0.1:5000", "team/app", D),
+    ("alpine:3.19_rc.1-x", "docker.io", "library/alpine", "3.19_rc.1-x"),
 ])
 def test_image_references_as_people_type_them(text, upstream, repo, reference):
     ref = parse_image(TABLE, text)
     assert (ref.route.upstream, ref.route.repo, ref.reference) == (upstream, repo, reference)
 
 
-def test_image_references_refused():
-    with pytest.raises(NameUnknown):
-        parse_image(TABLE, "quay.io/org/app:1")     # no such upstream configured
-    with pytest.raises(NameInvalid):
-        parse_image(TABLE, "Bad Name")
+@pytest.mark.parametrize("text, error", [
+    ("quay.io/org/app:1", NameUnknown),            # no such upstream configured
+    ("Bad Name", NameInvalid),
+    ("alpine:tag!!", NameInvalid),                 # the pull path's tag grammar
+    ("alpine:" + "t" * 129, NameInvalid),          # tags are at most 128 characters
+    ("alpine:.hidden", NameInvalid),
+    ("alpine:", NameInvalid),
+    ("Alpine:3", NameInvalid),                     # names are lower case
+    (f"@{D}", NameInvalid),                        # a digest without a name
+    (":3.19", NameInvalid),
+    ("alpine@sha256:abc", DigestInvalid),          # not 64 hex digits
+    ("alpine@md5:" + "a" * 32, DigestInvalid),     # an algorithm the cache cannot verify
+    (f"alpine:bad!tag@{D}", NameInvalid),          # the tag of tag@digest is checked too
+    ("alpine@", DigestInvalid),
+])
+def test_image_references_refused(text, error):
+    with pytest.raises(error):
+        parse_image(TABLE, text)
 
 
 def test_platforms_match_index_entries():
