@@ -153,6 +153,12 @@ def _answering(records: dict[str, TagRecord | None], aclass: str) -> TagRecord |
     return max(fits, key=lambda r: r.checked_at, default=None)
 
 
+def hot_key(key: str) -> str:
+    """The hot layer's key for the tag record stored under ``key`` on disk: whoever deletes
+    a record on disk (``cache rm``) forgets this one too, or memory keeps answering it."""
+    return _HOT + key
+
+
 def _key(upstream: str, repo: str, tag: str, aclass: str) -> str:
     return f"{upstream}/{repo}:{tag}#{aclass}"
 

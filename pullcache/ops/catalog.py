@@ -5,7 +5,9 @@ Images are found through the tag records (``cache/tags.py``: keys
 cached manifest and blob it references, each counted once. Nothing here refreshes recency:
 looking is not using.
 
-``rm`` is safe while serving: it only drops index keys, and the index unlinks a file only
+``rm`` removes the named tag records (on disk and in the hot layer) and then only the content
+that nothing else names: no other manifest, no tag record left standing, no pin.
+It is safe while serving: it only drops index keys, and the index unlinks a file only
 once no response is serving it (the pins of ``Index.get(pin=True)``); a fill in flight is not
 in the index yet, so its download completes (and commits) untouched.
 """
@@ -22,6 +24,7 @@ from .. import errors
 from ..cache.index import relpath_of
 from ..cache.pins import PinSet
 from ..cache.store import BlobStore
+from ..cache.tags import hot_key
 from ..gate.routing import UpstreamTable
 from .graph import references
 from .refs import parse_image
@@ -125,12 +128,12 @@ class Catalog:
         tag_keys: list[str] = []
         roots: set[str] = set()
         missing = []
+        records = [(key, name, self._record_digest(key)) for key, name in self._tag_keys()]
         for ref in refs:
             found = False
-            for key, (upstream, repo, tag) in self._tag_keys():
+            for key, (upstream, repo, tag), digest in records:
                 if (upstream, repo) != (ref.route.upstream, ref.route.repo):
                     continue
-                digest = self._record_digest(key)
                 if (tag == ref.reference) or (ref.is_digest and digest == ref.reference):
                     tag_keys.append(key)
                     if digest:
@@ -148,7 +151,12 @@ class Catalog:
         if pinned:
             raise errors.Denied(f"{len(pinned)} files are pinned by cache.pin",
                                 message="image is pinned by cache.pin; unpin it first")
+        # Content stays while anything else names it: a manifest outside ``doomed``, or a
+        # tag record that is not being removed (alpine:latest on the digest of alpine:3.19).
+        gone = set(tag_keys)
         shared = self._referenced_elsewhere(set(doomed))
+        shared.update(f"manifest:{digest}" for key, _, digest in records
+                      if digest and key not in gone and f"manifest:{digest}" in doomed)
         for key in [k for k in shared if k.startswith("manifest:")]:
             shared.update(k for k in self._closure(key.partition(":")[2]) if k in doomed)
         removed = {k: s for k, s in doomed.items() if k not in shared}
@@ -156,6 +164,8 @@ class Catalog:
             self.store.index.drop(key)
         for key in tag_keys:
             self._tags.delete(key)
+        # The tag store answers fresh records from memory: they go with the disk's.
+        self.store.hot.forget(hot_key(key) for key in tag_keys)
         return {"removed_files": len(removed), "removed_bytes": sum(removed.values()),
                 "kept_shared": len(doomed) - len(removed), "tags_removed": len(tag_keys),
                 "not_cached": missing}

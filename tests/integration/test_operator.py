@@ -276,3 +276,47 @@ def test_stats_and_readyz_report_the_daemons_figures(pullcache, registry):
                   headers={"Content-Type": "application/json", "Content-Length": "2"})
     assert bad.status == 400 and bad.error_codes == ["INVALID_REQUEST"]
     assert request(pullcache.admin_url, "/admin/jobs/nope").status == 404
+
+
+def test_cache_rm_of_one_tag_keeps_the_content_another_tag_names(counted, registry,
+                                                                 fault_proxy):
+    """Issue 26 #19: alpine:3.19 and alpine:latest on one digest; rm 3.19 drops its tag
+    record only, and latest is still a full cache hit."""
+    image = build_image("rm-shared", layer_sizes=(20_000, 30_000))
+    for tag in ("3.19", "latest"):
+        push(registry, "ops/shared", tag, image)
+        assert request(counted.url, f"/v2/ops/shared/manifests/{tag}").status == 200
+    for blob in image.blobs():
+        assert request(counted.url, f"/v2/ops/shared/blobs/{blob.digest}").status == 200
+    counted.wait_committed(*(blob.digest for blob in image.blobs()))
+    removed = cli_json(counted, "cache", "rm", f"{fault_proxy.host}/ops/shared:3.19")
+    assert removed["tags_removed"] >= 1 and removed["removed_files"] == 0, removed
+    assert removed["kept_shared"] == 1 + len(image.blobs())
+    rows = [(r["tag"], r["digest"], r["files"]) for r in cli_json(counted, "cache", "ls")["images"]]
+    assert rows == [("latest", image.digest, 1 + len(image.blobs()))]
+    for blob in image.blobs():
+        assert blob_file(counted, blob.digest).exists()
+    fault_proxy.reset_counts()
+    assert request(counted.url, "/v2/ops/shared/manifests/latest").sha256 == image.digest
+    for blob in image.blobs():
+        assert request(counted.url, f"/v2/ops/shared/blobs/{blob.digest}").sha256 == blob.digest
+    assert fault_proxy.count("GET") == 0, fault_proxy.requests
+
+
+def test_cache_rm_forgets_the_tag_record_held_in_memory(counted, registry, fault_proxy):
+    """Issue 21 #6: a removed tag is asked upstream again (within tag_ttl), so a tag that
+    moved meanwhile is answered with its new digest, not memory's old record. The tag's
+    manifest stays cached (a cached index names it), so only the record can answer."""
+    amd, arm = (build_image(f"rm-hot-{a}", arch=a, layer_sizes=(10_000,))
+                for a in ("amd64", "arm64"))
+    index = build_index([amd, arm])
+    push(registry, "ops/hot", "multi", index)
+    push(registry, "ops/hot", "v", amd)
+    assert request(counted.url, "/v2/ops/hot/manifests/multi").sha256 == index.digest
+    assert request(counted.url, f"/v2/ops/hot/manifests/{amd.digest}").sha256 == amd.digest
+    assert request(counted.url, "/v2/ops/hot/manifests/v").sha256 == amd.digest
+    push(registry, "ops/hot", "v", arm)     # the tag moves upstream
+    assert request(counted.url, "/v2/ops/hot/manifests/v").sha256 == amd.digest  # fresh: a hit
+    removed = cli_json(counted, "cache", "rm", "ops/hot:v")
+    assert removed["tags_removed"] >= 1 and removed["removed_files"] == 0, removed
+    assert request(counted.url, "/v2/ops/hot/manifests/v").sha256 == arm.digest
