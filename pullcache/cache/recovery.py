@@ -1,21 +1,26 @@
 """Recovery: make the index and the files on disk agree after a crash (or a hand-edit).
 
-Temp files are unfinished fills: deleted. Entries whose file is gone: dropped, with their
-links. Files without an entry (a crash between rename and index): hashed, adopted when the
-content matches the name, deleted otherwise (a manifest's media type died with the crash: it
-is fetched again). An adopted file has no links: its first request from each repository is
-confirmed with the upstream (``proxy/links.py``).
+Temp files are unfinished fills: deleted (directories too; symlinks are not followed).
+Entries whose file is gone: dropped, with their links. Files without an entry (a crash
+between rename and index): hashed, adopted when the content matches the name, deleted
+otherwise (a manifest's media type died with the crash: it is fetched again). An adopted file
+has no links: its first request from each repository is confirmed with the upstream
+(``proxy/links.py``).
 Blocking; ``BlobStore.reconcile`` runs it in a thread.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 from .index import Entry, Index, key_for, relpath_for, relpath_of
 from .verify import file_matches
 
+log = structlog.get_logger("pullcache.cache")
 KINDS = ("blob", "manifest")
 
 
@@ -28,10 +33,7 @@ class Reconciled:
 
 
 def reconcile(root: Path, tmp: Path, index: Index) -> Reconciled:
-    temps = 0
-    for temp in tmp.iterdir():
-        temp.unlink(missing_ok=True)
-        temps += 1
+    temps = _clear(tmp)
     dropped = 0
     for key in list(index.keys()):
         try:
@@ -61,4 +63,23 @@ def reconcile(root: Path, tmp: Path, index: Index) -> Reconciled:
                 path.unlink(missing_ok=True)
                 rejected += 1
     return Reconciled(temps, dropped, adopted, rejected)
+
+
+def _clear(tmp: Path) -> int:
+    """Empty ``tmp``: fills write files there, but anything else (a directory someone made,
+    a symlink) must not stop the start. A symlink is unlinked, never followed, so nothing
+    outside the cache root is touched; ``shutil.rmtree`` does not follow links inside a
+    directory either. What cannot be removed is logged and left."""
+    removed = 0
+    for temp in tmp.iterdir():
+        try:
+            if temp.is_dir() and not temp.is_symlink():
+                shutil.rmtree(temp)
+            else:
+                temp.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cache_temp_not_removed", path=str(temp), error=str(exc))
+            continue
+        removed += 1
+    return removed
 

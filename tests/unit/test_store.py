@@ -281,6 +281,24 @@ async def test_reconcile_deletes_temp_files(store):
     assert list(store.tmp.iterdir()) == []
 
 
+async def test_reconcile_clears_directories_and_links_in_tmp_and_nothing_outside(store,
+                                                                                  tmp_path):
+    """Issue 26 #21: a directory in tmp/ crashed the start-up reconcile (IsADirectoryError)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"not the cache's")
+    nested = store.tmp / "stray" / "deeper"
+    nested.mkdir(parents=True)
+    (nested / "x.part").write_bytes(b"partial")
+    (store.tmp / "stray" / "link-out").symlink_to(outside)
+    (store.tmp / "dir-link").symlink_to(outside, target_is_directory=True)
+    (store.tmp / "a.part").write_bytes(b"partial")
+    result = await store.reconcile()
+    assert result.temp_files_removed == 3
+    assert list(store.tmp.iterdir()) == []
+    assert (outside / "precious").read_bytes() == b"not the cache's"
+
+
 async def test_reconcile_drops_entries_whose_file_is_gone(store):
     (_gone, egone), (kept, _) = await put(store, 1), await put(store, 2)
     store.path(egone).unlink()
