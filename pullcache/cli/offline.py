@@ -10,6 +10,7 @@ from rich.console import Console
 from ..cache.pins import PinSet
 from ..cache.store import BlobStore, Budget
 from ..ops.catalog import Catalog
+from ..ops.jobs import describe
 from ..ops.verify import Verifier, VerifyProgress
 from . import render
 
@@ -65,8 +66,12 @@ async def _verify(cfg, args, console, store, pins) -> int:
         while not task.done():
             display.update({**progress.snapshot(), "state": "running"})
             await asyncio.wait([task], timeout=0.25)
-        await task
-        job = {**progress.snapshot(), "state": "done", "kind": "verify"}
+        # The same job shape as the daemon's (``ops/jobs.py``): a crash is a failed job
+        # with its error, which ``render.verified`` reports.
+        error = task.exception()
+        state = "failed" if error is not None or not task.result() else "done"
+        job = {**progress.snapshot(), "state": state, "kind": "verify",
+               "error": describe(error) if error else None}
         display.update(job)
     return render.verified(job, args.json, console)
 

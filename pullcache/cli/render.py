@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from rich.console import Console
@@ -136,15 +137,22 @@ class VerifyDisplay:
 
 
 def verified(job: dict, as_json: bool, console: Console) -> int:
+    """Exit 0 when every file was good or repaired; 1 when a bad file stays, or when the
+    verify job itself did not finish (its error on stderr: an unfinished run proves
+    nothing about the files it did not reach)."""
     if as_json:
         _json(job)
     else:
         for bad in job["bad"]:
-            action = "removed" if bad["removed"] else "BAD"
+            action = "removed" if bad["removed"] else (
+                "BAD" if bad.get("repairable", True) else "UNCHECKED")
             console.print(f"[red]{action}[/] {bad['key']}: {bad['problem']}")
         console.print(f"verified {job['files_done']} files ({human_size(job['bytes_done'])}) "
                       f"in {job['seconds']:.1f}s: {len(job['bad'])} bad", highlight=False)
-    if job.get("state") not in (None, "done", "failed"):
+    if job.get("error") or job.get("state") not in (None, "done", "failed"):
+        print(f"pullcache: cache verify did not finish ({job.get('state')}): "
+              f"{job.get('error') or 'no reason given'}; checked {job['files_done']} of "
+              f"{job['files_total']} files", file=sys.stderr)
         return 1
     return 1 if any(not b["removed"] for b in job["bad"]) else 0
 

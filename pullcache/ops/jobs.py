@@ -17,6 +17,11 @@ log = structlog.get_logger("pullcache.jobs")
 KEEP_FINISHED = 50
 
 
+def describe(exc: BaseException) -> str:
+    """A crashed job's ``error``: what an operator reads, never empty."""
+    return str(exc) or exc.__class__.__name__
+
+
 class Job:
     def __init__(self, id_: str, kind: str, describe: Callable[[], dict]) -> None:
         self.id = id_
@@ -58,7 +63,7 @@ class Jobs:
             raise
         except Exception as exc:  # noqa: BLE001 - the job's supervisor: report, not crash
             log.exception("job_crashed", job=job.id)
-            job.state, job.error = "failed", str(exc)
+            job.state, job.error = "failed", describe(exc)
         finally:
             job.ended = time.time()
             log.info("job_ended", job=job.id, state=job.state)

@@ -4,6 +4,11 @@ One file at a time, in one worker thread, optionally throttled to ``rate`` bytes
 verify run beside live traffic costs one disk stream. A file whose content no longer hashes
 to its name is reported; with ``repair`` its index key is dropped (the index unlinks the file
 once no response is serving it), and the next pull fetches it again. Recency is untouched.
+
+Only what says something about the content is repaired: bytes that hash to another digest,
+or an indexed file that is gone. Any other error reading it (EMFILE, EACCES, EIO) says
+nothing about the bytes: it is reported (``removed: false, repairable: false``) and the file
+is kept, since dropping good content because of a full fd table is worse than leaving it.
 """
 
 from __future__ import annotations
@@ -52,13 +57,16 @@ class Verifier:
             progress.files_total = len(files)
             progress.bytes_total = sum(size for _, _, size in files)
             for key, path, _ in files:
-                problem = await asyncio.to_thread(self._check, key, path, progress)
+                found = await asyncio.to_thread(self._check, key, path, progress)
                 progress.files_done += 1
-                if problem is None:
+                if found is None:
                     continue
-                log.warning("verify_found_bad", key=key, problem=problem)
-                bad = {"key": key, "problem": problem, "removed": False}
-                if progress.repair:
+                problem, repairable = found
+                log.warning("verify_found_bad", key=key, problem=problem,
+                            repairable=repairable)
+                bad = {"key": key, "problem": problem, "removed": False,
+                       "repairable": repairable}
+                if progress.repair and repairable:
                     await asyncio.to_thread(self.store.index.drop, key)
                     bad["removed"] = True
                 progress.bad.append(bad)
@@ -73,13 +81,19 @@ class Verifier:
         for key in list(self.store.index.keys()):
             try:
                 path = self.store.root / relpath_of(key)
-                size = path.stat().st_size
-            except Exception:  # noqa: BLE001 - a foreign or vanished key is skipped
+            except Exception:  # noqa: BLE001 - a foreign key is skipped
                 continue
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                size = 0        # indexed but gone: ``_check`` reports it unless evicted
+            except OSError:
+                size = 0        # ``_check`` reports why it cannot be read
             files.append((key, path, size))
         return files
 
-    def _check(self, key: str, path, progress: VerifyProgress) -> str | None:
+    def _check(self, key: str, path, progress: VerifyProgress) -> tuple[str, bool] | None:
+        """None when good, else (the problem, whether it is the content's own)."""
         expected = Digest.parse(key.partition(":")[2])
         began, read = time.monotonic(), 0
 
@@ -93,10 +107,12 @@ class Verifier:
                     time.sleep(ahead)   # in the worker thread, never on the loop
         try:
             hexdigest = file_hexdigest(path, expected, step)
-        except FileNotFoundError:
-            return None   # evicted while we were getting to it: nothing to verify
+        except (FileNotFoundError, NotADirectoryError):
+            if key not in self.store.index:
+                return None   # evicted while we were getting to it: nothing to verify
+            return "file missing", True
         except OSError as exc:
-            return f"unreadable: {exc.strerror}"
+            return f"not verified, kept: {exc.strerror or exc}", False
         if hexdigest != expected.hex:
-            return f"content hashes to {expected.algorithm}:{hexdigest}"
+            return f"content hashes to {expected.algorithm}:{hexdigest}", True
         return None

@@ -1,11 +1,20 @@
-"""pullcache.cache.verify: every committed file re-hashed against its name."""
+"""pullcache.cache.verify and ops.verify: every committed file re-hashed against its name;
+repair removes only content that is wrong."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import os
+import resource
 from pathlib import Path
 
+from pullcache.cache.index import relpath_of
+from pullcache.cache.store import BlobStore, Budget
 from pullcache.cache.verify import verify
+from pullcache.oci import Digest
+from pullcache.ops.verify import Verifier, VerifyProgress
 
 
 def put(root: Path, tree: str, data: bytes, *, name: str | None = None) -> str:
@@ -32,3 +41,57 @@ def test_verify_finds_only_the_files_whose_bytes_differ_from_their_name(tmp_path
 def test_an_empty_or_missing_cache_verifies_clean(tmp_path):
     report = verify(tmp_path / "nothing-here")
     assert report.ok and report.checked == 0
+
+
+async def test_repair_deletes_only_content_that_is_wrong_never_on_emfile(tmp_path):
+    """Issue 26 #18: with every fd taken (EMFILE), verify --repair called each file
+    unreadable and dropped it. Now such files are reported as unchecked and kept; a real
+    mismatch and a vanished file are still repaired."""
+    store = BlobStore(tmp_path, Budget(1 << 30))
+    await store.open()
+    try:
+        good, bad, gone = (Digest.of(bytes([n]) * 5000) for n in (1, 2, 3))
+        for n, digest in enumerate((good, bad, gone), 1):
+            await store.put_bytes("blob", digest, bytes([n]) * 5000)
+        (tmp_path / relpath_of(f"blob:{bad}")).write_bytes(b"rotten" * 100)
+        (tmp_path / relpath_of(f"blob:{gone}")).unlink()
+        keys = {f"blob:{d}" for d in (good, bad, gone)}
+
+        with no_free_fds():
+            progress = VerifyProgress(repair=True)
+            assert await Verifier(store).run(progress) is False
+        starved = {b["key"]: b for b in progress.bad}
+        assert starved[f"blob:{good}"]["removed"] is False
+        assert starved[f"blob:{good}"]["repairable"] is False
+        assert starved[f"blob:{bad}"]["removed"] is False
+        assert set(store.index.keys()) >= {f"blob:{good}", f"blob:{bad}"}
+        assert (tmp_path / relpath_of(f"blob:{good}")).exists()
+
+        progress = VerifyProgress(repair=True)
+        assert await Verifier(store).run(progress) is False
+        assert {b["key"]: (b["removed"], b["repairable"]) for b in progress.bad} == {
+            f"blob:{bad}": (True, True), f"blob:{gone}": (True, True)}
+        assert set(store.index.keys()) & keys == {f"blob:{good}"}
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def no_free_fds():
+    """Every file descriptor this process may open is taken (EMFILE) for the block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 64, hard))
+    held = []
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
