@@ -7,6 +7,7 @@ import asyncio
 
 from rich.console import Console
 
+from ..cache.disk import Disk
 from ..cache.pins import PinSet
 from ..cache.store import BlobStore, Budget
 from ..ops.catalog import Catalog
@@ -24,6 +25,8 @@ async def _run(cfg, args, console: Console) -> int:
                                             cfg.cache.low_watermark))
     # No reconcile: that is the daemon's start-up work, and the lock is all this needs.
     await store.open(reconcile=False)
+    # The budget the daemon would have: max_size, less what min_free keeps free on the disk.
+    await Disk(store, None, max_size=cfg.cache.max_size, min_free=cfg.cache.min_free).refresh()
     pins = await asyncio.to_thread(PinSet(cfg.cache.dir).load)
     store.index.keeps = pins.keeps   # offline gc keeps what the daemon pinned
     try:

@@ -320,3 +320,19 @@ def test_cache_rm_forgets_the_tag_record_held_in_memory(counted, registry, fault
     removed = cli_json(counted, "cache", "rm", "ops/hot:v")
     assert removed["tags_removed"] >= 1 and removed["removed_files"] == 0, removed
     assert request(counted.url, "/v2/ops/hot/manifests/v").sha256 == arm.digest
+
+
+def test_offline_gc_honours_min_free(pullcache, registry):
+    """Issue 26 #20: without a daemon, gc evicted to max_size alone and ignored min_free."""
+    image = build_image("gc-min-free", layer_sizes=(40_000, 50_000))
+    push(registry, "ops/gcfree", "v1", image)
+    for blob in image.blobs():
+        assert request(pullcache.url, f"/v2/ops/gcfree/blobs/{blob.digest}").status == 200
+    pullcache.wait_committed(*(blob.digest for blob in image.blobs()))
+    pullcache.stop()
+    pullcache.cache["min_free"] = "1000TiB"   # more than any disk: the budget is 0
+    pullcache.write_config()
+    gc = cli_json(pullcache, "cache", "gc")
+    assert gc["max_size"] == 0 and gc["entries"] == 0
+    assert gc["freed_bytes"] == sum(b.size for b in image.blobs())
+    assert not any(blob_file(pullcache, b.digest).exists() for b in image.blobs())
