@@ -2,7 +2,9 @@
 tier status | node-setup``.
 
 Commands that need the daemon talk to it through its admin API (``client.py``).
-Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+Exit codes: 0 success, 1 runtime failure (``serve``: another process holds the cache dir,
+or a listen address is taken), 2 bad configuration or usage, 3 ``serve`` could not start on
+its cache dir (an OSError opening the dir, its lock or its index; the cause on stderr).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ drain and stop (``server.lifecycle``)."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..server.middleware import AccessLogger
 log = structlog.get_logger("pullcache")
 # The operator's listener serves a handful of people and scripts.
 ADMIN_CONNECTIONS = 256
+START_FAILED = 3   # exit status: the cache dir (or its lock) cannot be used
 
 
 def serve(cfg, path: Path | None = None) -> int:
@@ -39,9 +41,14 @@ def serve(cfg, path: Path | None = None) -> int:
     except lifecycle.ServingLost as exc:   # the service manager starts a fresh process
         log.error("serving_lost", error=str(exc))
         return 1
-    except OSError as exc:   # the listen address is taken or not ours
+    except ListenFailed as exc:   # the listen address is taken or not ours
         log.error("listen_failed", error=str(exc))
+        print(f"pullcache: cannot listen on {exc.strerror}", file=sys.stderr)
         return 1
+    except OSError as exc:   # the cache dir, its lock or its index: unusable at start-up
+        log.error("start_failed", error=str(exc), errno=exc.errno)
+        print(f"pullcache: cannot start: {_cause(exc)}", file=sys.stderr)
+        return START_FAILED
     except KeyboardInterrupt:
         pass
     return 0
@@ -93,11 +100,22 @@ async def _run_sites(cfg, path: Path | None = None) -> None:
             await r.cleanup()
 
 
+class ListenFailed(OSError):
+    """A listener could not bind: told apart from the cache dir's start-up errors."""
+
+
+def _cause(exc: OSError) -> str:
+    """``Permission denied: '/var/cache/pullcache/lock'``, with the errno's name."""
+    name = errno.errorcode.get(exc.errno or 0)
+    where = f": {exc.filename!r}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}" + (f" ({name})" if name else "")
+
+
 async def _start(site: web.BaseSite, listen: str, event: str, *, tls: bool = False) -> None:
     try:
         await site.start()
     except OSError as exc:
-        raise OSError(exc.errno, f"{listen}: {exc.strerror}") from exc
+        raise ListenFailed(exc.errno, f"{listen}: {exc.strerror}") from exc
     log.info(event, listen=listen, tls=tls)
 
 

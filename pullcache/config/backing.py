@@ -45,6 +45,25 @@ def _tags(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(value.items()))
 
 
+def _policy_file(value: Any) -> str | None:
+    """A path to an ECR lifecycle policy (a JSON object), read now: ``check-config`` then
+    refuses what ``serve`` would refuse, with the key path."""
+    path = _secret(value)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            policy = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {json.dumps(path)}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{json.dumps(path)} is not JSON: {exc}") from None
+    if not isinstance(policy, dict):
+        raise ConfigError(f"{json.dumps(path)}: expected a JSON object (an ECR lifecycle "
+                          f"policy), got {show(policy, type_only=True)}")
+    return path
+
+
 @dataclass(frozen=True, slots=True)
 class EcrBackingConfig:
     """``[backing.ecr]``: an ECR registry shared by a fleet as the second cache tier."""
@@ -73,7 +92,7 @@ class EcrBackingConfig:
     kms_key: str | None = _field(_secret, None)       # ARN, id or alias/...; KMS only
     scan_on_push: bool = _field(_bool, False)
     tag_mutability: str = _field(_choice("MUTABLE", "IMMUTABLE"), "MUTABLE")
-    lifecycle_policy: str | None = _field(_secret, None)        # a path to ECR lifecycle JSON
+    lifecycle_policy: str | None = _field(_policy_file, None)   # a path to ECR lifecycle JSON
     expire_untagged_after: float | None = _field(parse_duration, None, fmt=format_duration)
     repository_tags: tuple[tuple[str, str], ...] = _field(_tags, (), fmt=dict)
 
