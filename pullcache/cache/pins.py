@@ -55,11 +55,13 @@ class PinSet:
             del self._pins[ref]
         self._rebuild()
 
-    def pinned_bytes(self) -> int:
-        """Bytes the pins hold, each blob counted once (images share base layers)."""
+    def pinned_bytes(self, extra: dict[str, int] | None = None) -> int:
+        """Bytes the pins hold, each blob counted once (images share base layers); with
+        ``extra`` (the keys and sizes of a warm in progress), the bytes they will hold."""
         sizes: dict[str, int] = {}
         for pin in self._pins.values():
             sizes.update(pin.sizes)
+        sizes.update(extra or {})
         return sum(sizes.values())
 
     def _rebuild(self) -> None:

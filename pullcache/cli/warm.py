@@ -3,7 +3,9 @@
 Starts a warm job on the daemon and renders its progress: a ``rich`` progress display on a
 terminal (per image: layers done/total, bytes, rate, ETA), plain log lines otherwise, one
 JSON document with ``--json``. Ends with a summary table. Exit 0 when every image warmed,
-1 when any failed (the reason is in the table and on stderr).
+1 when any failed (the reason is in the table and on stderr). A platform an index names but
+the upstream does not have (404) is skipped: the other platforms warm, the image counts as
+warmed, and the gap is in ``missing``, in the table and on stderr.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ def warm(client: AdminClient, images: list[str], *, platforms: list[str],
     for image in failed:
         print(f"pullcache: warm {image['ref']}: {image['error'] or image['state']}",
               file=sys.stderr)
+    for image in job["images"]:
+        for gap in image.get("missing") or ():
+            print(f"pullcache: warm {image['ref']}: {gap['platform']} ({gap['digest']}) is "
+                  f"missing upstream, skipped: {gap['error']}", file=sys.stderr)
     return 1 if failed or job["state"] != "done" else 0
 
 
@@ -129,6 +135,9 @@ def summary_table(images: list[dict]) -> Table:
     for i in images:
         digest = (i["digest"] or "-")[:19]
         result = "[green]ok[/]" if i["state"] == "done" else f"[red]{i['error'] or i['state']}[/]"
+        if i.get("missing"):
+            gaps = len(i["missing"])
+            result += f" [yellow]({gaps} platform{'s' if gaps > 1 else ''} missing)[/]"
         table.add_row(i["ref"], digest, human_size(i["bytes_total"]),
                       human_size(i["cached_bytes"]), human_size(i["fetched_bytes"]),
                       f"{i['seconds']:.1f}s", result)

@@ -72,7 +72,9 @@ class Pinning:
         self._check_budget()
 
     def _check_budget(self, extra: dict[str, int] | None = None) -> None:
-        pinned = self.pins.pinned_bytes()
+        """``extra``: a warm's planned keys, held from the plan on, so counted from then:
+        a pin too big for the budget is reported before its blobs are fetched."""
+        pinned = self.pins.pinned_bytes(extra)
         self._on_bytes(pinned)
         if pinned > self.max_size:
             message = (f"pinned images need {human_size(pinned)}, more than cache.max_size "

@@ -31,6 +31,8 @@ class ImageProgress:
     state: str = "queued"          # queued | resolving | fetching | done | failed
     digest: str | None = None
     platforms: list[str] = field(default_factory=list)
+    # Platforms the index names whose manifest the upstream does not have (404): skipped.
+    missing: list[dict] = field(default_factory=list)
     layers_total: int = 0
     layers_done: int = 0
     bytes_total: int = 0
@@ -46,7 +48,8 @@ class ImageProgress:
         now = time.monotonic()
         seconds = ((self.ended or now) - self.started) if self.started else 0.0
         return {"ref": self.ref, "state": self.state, "digest": self.digest,
-                "platforms": self.platforms, "layers_total": self.layers_total,
+                "platforms": self.platforms, "missing": list(self.missing),
+                "layers_total": self.layers_total,
                 "layers_done": self.layers_done, "bytes_total": self.bytes_total,
                 "bytes_done": self.cached_bytes + self.fetched_bytes + in_flight,
                 "cached_bytes": self.cached_bytes, "fetched_bytes": self.fetched_bytes,
@@ -116,9 +119,21 @@ class Warmer:
                 raise errors.ManifestUnknown(
                     str(ref), message=f"{ref}: no manifest for "
                     f"{', '.join(map(str, platforms))} (index offers {offered})")
-            progress.platforms = [str(_platform(p)) for _, p in picked]
-            chosen = [await self.proxy.manifest(ref.route, d, DEFAULT_ACCEPT)
-                      for d, _ in picked]
+            chosen = []
+            for digest, platform in picked:
+                try:
+                    chosen.append(await self.proxy.manifest(ref.route, digest, DEFAULT_ACCEPT))
+                except errors.ManifestUnknown as exc:
+                    # The index names a manifest the upstream no longer has: the other
+                    # platforms still warm, and the image reports what is missing.
+                    progress.missing.append({"platform": str(_platform(platform)),
+                                             "digest": digest, "error": str(exc)})
+                    continue
+                progress.platforms.append(str(_platform(platform)))
+            if not chosen:
+                raise errors.ManifestUnknown(
+                    str(ref), message=f"{ref}: the upstream has none of the index's "
+                    f"manifests for {', '.join(m['platform'] for m in progress.missing)}")
             keys.update({f"manifest:{m.digest}": len(m.body) for m in chosen})
         blobs: dict[str, int] = {}
         for manifest in chosen:

@@ -336,3 +336,32 @@ def test_offline_gc_honours_min_free(pullcache, registry):
     assert gc["max_size"] == 0 and gc["entries"] == 0
     assert gc["freed_bytes"] == sum(b.size for b in image.blobs())
     assert not any(blob_file(pullcache, b.digest).exists() for b in image.blobs())
+
+
+def test_warm_all_platforms_warms_what_exists_and_reports_a_missing_child(counted, registry,
+                                                                          fault_proxy):
+    """Issue 26 #13: one child manifest the upstream does not have (404) failed the whole
+    image and warmed no layer."""
+    amd, arm = (build_image(f"warm-gap-{a}", arch=a, layer_sizes=(20_000,))
+                for a in ("amd64", "arm64"))
+    index = build_index([amd, arm])
+    push(registry, "ops/gap", "v1", index)
+    fault_proxy.set_fault("status", match=f"/manifests/{amd.digest}", status=404)
+    proc = cli(counted, "warm", "ops/gap:v1", "--all-platforms", "--json", check=False)
+    assert proc.returncode == 0, proc.stderr
+    [image] = json.loads(proc.stdout)["images"]
+    assert image["state"] == "done" and image["platforms"] == ["linux/arm64"]
+    assert [(m["platform"], m["digest"]) for m in image["missing"]] == [
+        ("linux/amd64", amd.digest)]
+    assert "MANIFEST_UNKNOWN" in image["missing"][0]["error"]
+    assert f"warm ops/gap:v1: linux/amd64 ({amd.digest}) is missing upstream" in proc.stderr
+    assert image["layers_done"] == len(arm.blobs())
+    assert all(blob_file(counted, b.digest).exists() for b in arm.blobs())
+    human = cli(counted, "warm", "ops/gap:v1", "--all-platforms", check=False)
+    assert human.returncode == 0 and "1 platform missing" in human.stdout, human.stdout
+
+    # None of the index's manifests there at all: the image fails, as before.
+    push(registry, "ops/gone", "v1", build_index([build_image("warm-gone", arch="s390x")]))
+    fault_proxy.set_fault("status", match="/ops/gone/manifests/sha256:", status=404)
+    gone = cli(counted, "warm", "ops/gone:v1", "--all-platforms", "--json", check=False)
+    assert gone.returncode == 1 and json.loads(gone.stdout)["images"][0]["state"] == "failed"

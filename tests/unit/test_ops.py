@@ -13,6 +13,7 @@ from pullcache.cache.store import BlobStore, Budget
 from pullcache.errors import DigestInvalid, NameInvalid, NameUnknown
 from pullcache.oci import Digest
 from pullcache.ops.graph import references
+from pullcache.ops.pinning import Pinning
 from pullcache.ops.refs import Platform, parse_image
 from pullcache.gate.routing import UpstreamTable
 from pullcache.units import human_age, human_size
@@ -149,3 +150,25 @@ def test_the_status_page_and_the_dashboard_count_the_same_hits() -> None:
         for _ in range(n):
             metrics.requests.inc("blob", outcome)
     assert samples.request_counts(metrics) == (4, 2)
+
+
+async def test_a_pin_over_the_budget_is_reported_from_its_plan_on(tmp_path):
+    """Issue 26 #13: ``_check_budget(extra=…)`` ignored the planned keys, so a pin bigger
+    than the budget went unreported while it warmed."""
+    seen = []
+
+    class Planner:   # a warm that plans 2 KiB of keys, then fails (the cache is too small)
+        async def warm(self, ref, progress, *, platforms, all_platforms, on_plan):
+            on_plan({"manifest:m": 48, "blob:a": 1024, "blob:b": 1000})
+            seen.append(pinning.over_budget)
+            raise NameUnknown(ref)
+
+    pins = PinSet(tmp_path)
+    pins.put(Pin("other:1", "sha256:o", {"blob:a": 1024}))   # shared keys count once
+    gauge = []
+    pinning = Pinning(pins, Planner(), ("big:1",), platforms=None, all_platforms=False,
+                      interval=60, max_size=1500, on_bytes=gauge.append)
+    await pinning.refresh("big:1")
+    assert seen == ["pinned images need 2.0 KiB, more than cache.max_size (1.5 KiB)"]
+    assert gauge[0] == 2072
+    assert pinning.over_budget is None and gauge[-1] == 1024   # the failed plan is let go
