@@ -37,6 +37,12 @@ class Job:
                 "created": self.created, "ended": self.ended, **self._describe()}
 
 
+def _never_ran(job: Job) -> None:
+    """A task cancelled before its first step never enters ``_supervise``: it ends too."""
+    if job.state == "running":
+        job.state, job.ended = "cancelled", time.time()
+
+
 class Jobs:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
@@ -51,6 +57,7 @@ class Jobs:
         task = asyncio.create_task(self._supervise(job, run), name=f"job {job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: _never_ran(job))
         self._trim()
         return job
 

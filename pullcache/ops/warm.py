@@ -13,15 +13,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import structlog
+
 from .. import errors
 from ..cache.fill import Fill, FillFailed
 from ..cache.store import BlobStore
 from ..oci import DEFAULT_ACCEPT, INDEX_TYPES, Digest
 from ..gate.routing import UpstreamTable
 from .graph import references
+from .jobs import Job, Jobs, describe
 from .refs import ImageRef, Platform, parse_image
 
+log = structlog.get_logger("pullcache.warm")
 BLOB_CONCURRENCY = 4
+IMAGE_CONCURRENCY = 2   # images of one job at a time; each fetches BLOB_CONCURRENCY blobs
+MAX_WARM_JOBS = 4       # warm jobs at once; another is refused (429), not queued
 
 
 @dataclass
@@ -96,7 +102,12 @@ class Warmer:
             if failed:
                 raise failed[0]
         except (errors.PullcacheError, FillFailed) as exc:
-            progress.state, progress.error = "failed", str(exc) or exc.__class__.__name__
+            progress.state, progress.error = "failed", describe(exc)
+            raise
+        except Exception as exc:
+            # Not a domain error: a defect. The image still ends failed, saying why.
+            log.exception("warm_crashed", ref=text)
+            progress.state, progress.error = "failed", describe(exc)
             raise
         finally:
             progress.ended = time.monotonic()
@@ -160,3 +171,40 @@ class Warmer:
 
 def _platform(spec: dict) -> Platform:
     return Platform(spec.get("os", "?"), spec.get("architecture", "?"), spec.get("variant"))
+
+
+def start_warm(jobs: Jobs, warmer: Warmer, images: list[str], *,
+               platforms: list[Platform] | None, all_platforms: bool) -> Job:
+    """Start a job on ``jobs`` that warms ``images``; raise ``TooManyRequests`` when
+    ``MAX_WARM_JOBS`` already run. One image's failure, whatever the exception, is that
+    image's (its progress says why); the image tasks belong to the job's task group, so
+    they end with it, and ``Jobs.close`` cancelling the job cancels them."""
+    running = len(jobs.running("warm"))
+    if running >= MAX_WARM_JOBS:
+        raise errors.TooManyRequests(
+            f"{running} warm jobs running",
+            message=f"{MAX_WARM_JOBS} warm jobs are running already; try again when one ends")
+    progress = [ImageProgress(ref) for ref in images]
+    limit = asyncio.Semaphore(IMAGE_CONCURRENCY)
+    stopped: list[str] = []   # why the images not yet begun are not tried
+
+    async def one(p: ImageProgress) -> bool:
+        async with limit:
+            if stopped:
+                p.state, p.error = "failed", f"not tried: {stopped[0]}"
+                return False
+            try:
+                await warmer.warm(p.ref, p, platforms=platforms, all_platforms=all_platforms)
+                return True
+            except errors.TooManyRequests as exc:
+                # The quota is spent: every further image would be refused the same way.
+                stopped.append(str(exc))
+                return False
+            except Exception:  # noqa: BLE001 - the image failed; its progress says why
+                return False
+
+    async def run() -> bool:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(p), name=f"warm {p.ref}") for p in progress]
+        return all(task.result() for task in tasks)
+    return jobs.start("warm", run, lambda: {"images": [p.snapshot() for p in progress]})

@@ -7,10 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 
 from pullcache.cache.lock import CacheLock
+from pullcache.cli.client import AdminClient
+from pullcache.ops.warm import MAX_WARM_JOBS
 from tests.integration.test_cache_engine import Download
 from tests.support.binaries import require
 from tests.support.daemon import ROOT, UpstreamSpec
@@ -365,3 +369,28 @@ def test_warm_all_platforms_warms_what_exists_and_reports_a_missing_child(counte
     fault_proxy.set_fault("status", match="/ops/gone/manifests/sha256:", status=404)
     gone = cli(counted, "warm", "ops/gone:v1", "--all-platforms", "--json", check=False)
     assert gone.returncode == 1 and json.loads(gone.stdout)["images"][0]["state"] == "failed"
+
+
+def test_warm_jobs_beyond_the_cap_get_429_with_an_oci_error(counted, registry, fault_proxy):
+    """Issue 26 #14: warm jobs were not capped; now MAX_WARM_JOBS run and one more is
+    refused with 429 TOOMANYREQUESTS (in the OCI envelope) until one ends."""
+    image = build_image("warm-cap", layer_sizes=(10_000,))
+    push(registry, "ops/cap", "v1", image)
+    admin = AdminClient(counted.admin_url)
+    fault_proxy.set_fault("stall", match="/ops/cap/manifests/")
+    try:
+        jobs = [admin.post("/admin/warm", {"images": ["ops/cap:v1"]})
+                for _ in range(MAX_WARM_JOBS)]
+        assert fault_proxy.stalled.wait(30)
+        over = urllib.request.Request(counted.admin_url + "/admin/warm", method="POST",
+                                      data=b'{"images": ["ops/cap:v1"]}')
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(over, timeout=30)
+        assert refused.value.code == 429
+        [error] = json.loads(refused.value.read())["errors"]
+        assert error["code"] == "TOOMANYREQUESTS" and "warm jobs are running" in error["message"]
+    finally:
+        fault_proxy.clear_fault()
+    for job in jobs:
+        assert admin.follow(job, lambda j: None)["state"] == "done"
+    assert admin.post("/admin/warm", {"images": ["ops/cap:v1"]})["state"] == "running"

@@ -3,6 +3,7 @@ the pin set (and the evictor keeping it), human sizes and ages, the cache-dir lo
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -10,13 +11,16 @@ import pytest
 from pullcache.cache.lock import CacheLock, CacheLocked
 from pullcache.cache.pins import Pin, PinSet
 from pullcache.cache.store import BlobStore, Budget
-from pullcache.errors import DigestInvalid, NameInvalid, NameUnknown
+from pullcache.errors import DigestInvalid, NameInvalid, NameUnknown, TooManyRequests
 from pullcache.oci import Digest
 from pullcache.ops.graph import references
+from pullcache.ops.jobs import Jobs
 from pullcache.ops.pinning import Pinning
 from pullcache.ops.refs import Platform, parse_image
+from pullcache.ops.warm import MAX_WARM_JOBS, Warmer, start_warm
 from pullcache.gate.routing import UpstreamTable
 from pullcache.units import human_age, human_size
+from tests.support.ports import eventually
 
 TABLE = UpstreamTable([("docker.io", ["index.docker.io"]), ("ghcr.io", []),
                        ("127.0.0.1:5000", [])], "docker.io")
@@ -172,3 +176,49 @@ async def test_a_pin_over_the_budget_is_reported_from_its_plan_on(tmp_path):
     assert seen == ["pinned images need 2.0 KiB, more than cache.max_size (1.5 KiB)"]
     assert gauge[0] == 2072
     assert pinning.over_budget is None and gauge[-1] == 1024   # the failed plan is let go
+
+
+async def test_a_warm_job_owns_its_image_tasks_whatever_they_raise(tmp_path):
+    """Issue 26 #14: an image whose warm raised something other than a domain error failed
+    the job at once and left the other images running, owned by no job: ``Jobs.close``
+    never cancelled them."""
+    hanging, cancelled = asyncio.Event(), []
+
+    class Proxy:   # the upstream side of a warm: one image hits a defect, one never answers
+        async def manifest(self, route, reference, accept):
+            if route.repo == "team/crash":
+                raise RuntimeError("a defect, not a domain error")
+            hanging.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(route.repo)
+                raise
+
+    jobs = Jobs()
+    warmer = Warmer(Proxy(), TABLE, None, host_platform=Platform("linux", "amd64"))
+    job = start_warm(jobs, warmer, ["127.0.0.1:5000/team/crash", "127.0.0.1:5000/team/hang"],
+                     platforms=None, all_platforms=False)
+    await eventually(lambda: hanging.is_set() and job.snapshot()["images"][0]["state"]
+                     == "failed", what="one image failed, the other in flight")
+    crash, hang = job.snapshot()["images"]
+    assert crash["error"] == "a defect, not a domain error" and hang["state"] == "resolving"
+    assert job.state == "running"     # the job waits for every image it started
+    await jobs.close()
+    assert cancelled == ["team/hang"] and job.state == "cancelled"
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("warm ")]
+
+
+async def test_warm_jobs_beyond_the_cap_are_refused():
+    class Proxy:
+        async def manifest(self, route, reference, accept):
+            await asyncio.Event().wait()
+    jobs = Jobs()
+    warmer = Warmer(Proxy(), TABLE, None, host_platform=Platform("linux", "amd64"))
+    for _ in range(MAX_WARM_JOBS):
+        start_warm(jobs, warmer, ["python"], platforms=None, all_platforms=False)
+    with pytest.raises(TooManyRequests, match="4 warm jobs are running already"):
+        start_warm(jobs, warmer, ["python"], platforms=None, all_platforms=False)
+    await jobs.close()
+    start_warm(jobs, warmer, ["python"], platforms=None, all_platforms=False)  # room again
+    await jobs.close()

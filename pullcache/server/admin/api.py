@@ -6,6 +6,7 @@
     POST /admin/rm    {"refs": […]}
     POST /admin/gc
     POST /admin/warm  {"images": […], "platforms": […], "all_platforms": bool} → 202 job
+                      (429 TOOMANYREQUESTS while ops.warm.MAX_WARM_JOBS run)
     POST /admin/verify {"repair": bool, "rate": bytes/s}                       → 202 job
     GET  /admin/jobs, /admin/jobs/{id}
     GET  /admin/pins
@@ -17,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiohttp import web
@@ -27,7 +27,7 @@ from ...build import build_info
 from ...ops.refs import Platform
 from ...ops.samples import counter_total, gauge_value, hit_ratio, request_counts
 from ...ops.verify import Verifier, VerifyProgress
-from ...ops.warm import ImageProgress
+from ...ops.warm import start_warm
 from ..keys import core_of, METRICS, PROXY, ROUTES, STORE, TIER, UPSTREAMS
 from .objects import OPS
 
@@ -123,31 +123,8 @@ async def warm(request: web.Request) -> web.Response:
         platforms = [Platform.parse(p) for p in _strings(body, "platforms")] or None
     except errors.PullcacheError as exc:
         raise AdminRequestInvalid(str(exc)) from None
-    all_platforms = bool(body.get("all_platforms"))
-    progress = [ImageProgress(ref) for ref in images]
-    limit = asyncio.Semaphore(2)   # images at a time; each fetches 4 blobs at a time
-
-    stopped: list[str] = []   # why the images not yet begun are not tried
-
-    async def one(p: ImageProgress) -> bool:
-        async with limit:
-            if stopped:
-                p.state, p.error = "failed", f"not tried: {stopped[0]}"
-                return False
-            try:
-                await ops.warmer.warm(p.ref, p, platforms=platforms,
-                                      all_platforms=all_platforms)
-                return True
-            except errors.TooManyRequests as exc:
-                # The quota is spent: every further image would be refused the same way.
-                stopped.append(str(exc))
-                return False
-            except errors.PullcacheError:
-                return False   # the image's progress says why
-
-    async def run() -> bool:
-        return all(await asyncio.gather(*(one(p) for p in progress)))
-    job = ops.jobs.start("warm", run, lambda: {"images": [p.snapshot() for p in progress]})
+    job = start_warm(ops.jobs, ops.warmer, images, platforms=platforms,
+                     all_platforms=bool(body.get("all_platforms")))
     return web.json_response(job.snapshot(), status=202)
 
 
