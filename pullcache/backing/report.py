@@ -1,36 +1,73 @@
-"""``pullcache tier status``, offline: the durable queue in the cache dir plus the tier's
-repositories as DescribeRepositories tells them (the daemon need not run).
+"""``pullcache tier status``: one JSON shape, from the daemon or offline.
 
-Offline, a job being pushed right now counts as pending: only the daemon's own
-``WriteBehind.status()`` tells in-flight jobs apart.
+``report`` builds it for both: ``WriteBehind.status()`` (the daemon's queue, what the node
+knows of each repository) and ``tier_status`` here (no daemon: the durable queue in the cache
+dir, and the repositories as DescribeRepositories tells them)::
+
+    {"enabled": bool,                      # [backing.ecr] enabled
+     "pending": int, "in_flight": int, "failed": int,
+     "queue": {REPOSITORY: {"pending": int, "in_flight": int,
+                            "failed": [{"kind", "digest", "tag", "error", "at"}]}},
+     "repositories": {REPOSITORY: {"state": "created" | "existing" | "denied",
+                                   "encryption", "kms_key", "scan_on_push",
+                                   "tag_mutability", "created_at"}},
+     "repositories_error": str | null}     # why the repositories could not be listed
+
+Offline, nothing is in flight (no daemon pushes), and every repository DescribeRepositories
+lists is ``existing`` with its settings; the daemon knows the state of the repositories it
+has used, not their settings (null).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Callable, Iterable
 
 from .. import errors
 from .ecr import EcrApi, repository_name
 from .journal import JOURNAL_DIR, Journal
 
+SETTINGS = ("encryption", "kms_key", "scan_on_push", "tag_mutability", "created_at")
+
+
+def report(*, enabled: bool, name: Callable[[str, str], str],
+           jobs: Iterable[tuple[str, str, bool]], failed: Iterable[dict],
+           repositories: dict[str, dict], repositories_error: str | None = None) -> dict:
+    """The tier status. ``name``: the tier repository of (upstream, repository); ``jobs``:
+    (upstream, repository, in flight) per queued job; ``failed``: failure records (with
+    ``upstream`` and ``repo``); ``repositories``: name → ``{"state": …}`` and, where known,
+    the settings."""
+    queue: dict[str, dict] = {}
+
+    def of(upstream: str, repo: str) -> dict:
+        try:
+            mirrored = name(upstream, repo)
+        except errors.PullcacheError:   # a name that cannot be mirrored: the client's
+            mirrored = f"{upstream}/{repo}"
+        return queue.setdefault(mirrored, {"pending": 0, "in_flight": 0, "failed": []})
+    for upstream, repo, in_flight in jobs:
+        of(upstream, repo)["in_flight" if in_flight else "pending"] += 1
+    for item in failed:
+        of(item["upstream"], item["repo"])["failed"].append(
+            {k: item.get(k) for k in ("kind", "digest", "tag", "error", "at")})
+    return {"enabled": enabled,
+            "pending": sum(r["pending"] for r in queue.values()),
+            "in_flight": sum(r["in_flight"] for r in queue.values()),
+            "failed": sum(len(r["failed"]) for r in queue.values()), "queue": queue,
+            "repositories": {n: {"state": r.get("state"), **{k: r.get(k) for k in SETTINGS}}
+                             for n, r in sorted(repositories.items())},
+            "repositories_error": repositories_error}
+
 
 async def tier_status(cache_dir, ecr) -> dict:
     """``ecr`` is the ``[backing.ecr]`` section."""
     pending, failed = await asyncio.to_thread(_journal, cache_dir / JOURNAL_DIR)
-    queue: dict[str, dict] = {}
-
-    def of(upstream: str, repo: str) -> dict:
-        name = repository_name(ecr.repository_prefix, upstream, repo)
-        return queue.setdefault(name, {"pending": 0, "failed": []})
-    for job in pending:
-        of(job.upstream, job.repo)["pending"] += 1
-    for item in failed:
-        of(item["upstream"], item["repo"])["failed"].append(
-            {k: item.get(k) for k in ("kind", "digest", "tag", "error", "at")})
-    out = {"pending": len(pending), "failed": len(failed), "queue": queue}
-    if ecr.enabled:
-        out["repositories"] = await _described(ecr)
-    return out
+    repositories, error = await _described(ecr) if ecr.enabled else ({}, None)
+    return report(enabled=ecr.enabled,
+                  name=lambda upstream, repo: repository_name(ecr.repository_prefix,
+                                                              upstream, repo),
+                  jobs=((job.upstream, job.repo, False) for job in pending), failed=failed,
+                  repositories=repositories, repositories_error=error)
 
 
 def requeue_failed(cache_dir) -> int:
@@ -56,17 +93,18 @@ def _journal(directory) -> tuple[list, list[dict]]:
         journal.close()
 
 
-async def _described(ecr) -> dict | str:
+async def _described(ecr) -> tuple[dict[str, dict], str | None]:
     async with EcrApi(ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
                       endpoint_url=ecr.endpoint_url) as api:
         try:
             found = await api.repositories(ecr.repository_prefix + "/")
         except errors.PullcacheError as exc:
-            return f"DescribeRepositories failed: {exc}"
+            return {}, f"DescribeRepositories failed: {exc}"
     return {r["repositoryName"]: {
+        "state": "existing",
         "encryption": (r.get("encryptionConfiguration") or {}).get("encryptionType"),
         "kms_key": (r.get("encryptionConfiguration") or {}).get("kmsKey"),
         "scan_on_push": (r.get("imageScanningConfiguration") or {}).get("scanOnPush"),
         "tag_mutability": r.get("imageTagMutability"),
         "created_at": r["createdAt"].isoformat() if r.get("createdAt") else None,
-    } for r in found}
+    } for r in found}, None

@@ -39,6 +39,7 @@ from ..oci import INDEX_TYPES, Digest
 from .contract import Tier, TierError, Verdict
 from .content import Source, file_source, references
 from .journal import MAX_FAILED, Job, Journal, JournalWrites, failure
+from .report import report
 
 log = structlog.get_logger("pullcache.tier")
 
@@ -345,27 +346,14 @@ class WriteBehind:
         task.add_done_callback(self._tasks.discard)
 
     def status(self) -> dict:
-        """The queue per repository, JSON-able: pending, in flight, failed with the error."""
-        repos: dict[str, dict] = {}
-
-        def of(upstream: str, repo: str) -> dict:
-            try:
-                name = self.tier.repository(upstream, repo)
-            except TierError:   # a name that cannot be mirrored: listed as the client's
-                name = f"{upstream}/{repo}"
-            return repos.setdefault(name,
-                                    {"pending": 0, "in_flight": 0, "failed": []})
-        for entry in self._jobs.values():
-            slot = of(entry.job.upstream, entry.job.repo)
-            slot["in_flight" if entry.state == "running" else "pending"] += 1
-        for item in self._failed_jobs.values():
-            of(item["upstream"], item["repo"])["failed"].append(
-                {k: item[k] for k in ("kind", "digest", "tag", "error", "at")})
-        return {"pending": sum(r["pending"] for r in repos.values()),
-                "in_flight": sum(r["in_flight"] for r in repos.values()),
-                "failed": len(self._failed_jobs), "queue": repos,
-                # The same keys as ``backing.status.tier_status`` (offline): one CLI output.
-                "repositories": self.uploads.status()}
+        """The queue per repository, JSON-able: pending, in flight, failed with the error;
+        the shape ``report.report`` gives both this and the offline ``tier status``."""
+        return report(
+            enabled=True, name=self.tier.repository,
+            jobs=((e.job.upstream, e.job.repo, e.state == "running")
+                  for e in self._jobs.values()),
+            failed=self._failed_jobs.values(),
+            repositories={n: {"state": state} for n, state in self.uploads.status().items()})
 
     # -- lifecycle --------------------------------------------------------------------------------
 

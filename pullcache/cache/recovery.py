@@ -5,8 +5,7 @@ Entries whose file is gone: dropped, with their links. Files without an entry (a
 between rename and index): hashed, adopted when the content matches the name, deleted
 otherwise (a manifest's media type died with the crash: it is fetched again). An adopted file
 has no links: its first request from each repository is confirmed with the upstream
-(``proxy/links.py``).
-Blocking; ``BlobStore.reconcile`` runs it in a thread.
+(``proxy/links.py``). Blocking; ``BlobStore.reconcile`` runs it in a thread.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The cache commands without a daemon: on the cache dir directly, under its lock (the
-caller holds it). Same result shapes as the admin API, with ``daemon: false``."""
+caller holds it). Same result shapes as the admin API (``ops/summary.py``), with
+``daemon: false`` and null for the daemon's traffic figures."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from rich.console import Console
 
@@ -12,6 +14,7 @@ from ..cache.pins import PinSet
 from ..cache.store import BlobStore, Budget
 from ..ops.catalog import Catalog
 from ..ops.jobs import describe
+from ..ops.summary import summary
 from ..ops.verify import Verifier, VerifyProgress
 from . import render
 
@@ -36,8 +39,7 @@ async def _run(cfg, args, console: Console) -> int:
 
 
 async def _summary(cfg, store: BlobStore, pins: PinSet) -> dict:
-    return {"dir": str(cfg.cache.dir), **await store.usage(), "daemon": False,
-            "pinned_bytes": pins.pinned_bytes(), "hit_ratio": None}
+    return summary(cfg.cache.dir, await store.usage(), pins.pinned_bytes(), None)
 
 
 async def _stats(cfg, args, console, store, pins) -> int:
@@ -64,6 +66,7 @@ async def _gc(cfg, args, console, store, pins) -> int:
 async def _verify(cfg, args, console, store, pins) -> int:
     progress = VerifyProgress(repair=args.repair)
     verifier = Verifier(store, rate=args.rate)
+    created = time.time()
     with render.VerifyDisplay(console, enabled=not args.json) as display:
         task = asyncio.create_task(verifier.run(progress))
         while not task.done():
@@ -73,8 +76,9 @@ async def _verify(cfg, args, console, store, pins) -> int:
         # with its error, which ``render.verified`` reports.
         error = task.exception()
         state = "failed" if error is not None or not task.result() else "done"
-        job = {**progress.snapshot(), "state": state, "kind": "verify",
-               "error": describe(error) if error else None}
+        job = {"id": None, "kind": "verify", "state": state,
+               "error": describe(error) if error else None, "created": created,
+               "ended": time.time(), **progress.snapshot()}
         display.update(job)
     return render.verified(job, args.json, console)
 

@@ -45,12 +45,9 @@ def _tags(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(value.items()))
 
 
-def _policy_file(value: Any) -> str | None:
-    """A path to an ECR lifecycle policy (a JSON object), read now: ``check-config`` then
-    refuses what ``serve`` would refuse, with the key path."""
-    path = _secret(value)
-    if path is None:
-        return None
+def _check_policy_file(path: str) -> None:
+    """A path to an ECR lifecycle policy (a JSON object), read at load: ``check-config``
+    then refuses what ``serve`` would refuse, with the key path."""
     try:
         with open(path, encoding="utf-8") as f:
             policy = json.load(f)
@@ -61,7 +58,6 @@ def _policy_file(value: Any) -> str | None:
     if not isinstance(policy, dict):
         raise ConfigError(f"{json.dumps(path)}: expected a JSON object (an ECR lifecycle "
                           f"policy), got {show(policy, type_only=True)}")
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +88,7 @@ class EcrBackingConfig:
     kms_key: str | None = _field(_secret, None)       # ARN, id or alias/...; KMS only
     scan_on_push: bool = _field(_bool, False)
     tag_mutability: str = _field(_choice("MUTABLE", "IMMUTABLE"), "MUTABLE")
-    lifecycle_policy: str | None = _field(_policy_file, None)   # a path to ECR lifecycle JSON
+    lifecycle_policy: str | None = _field(_secret, None)        # a path to ECR lifecycle JSON
     expire_untagged_after: float | None = _field(parse_duration, None, fmt=format_duration)
     repository_tags: tuple[tuple[str, str], ...] = _field(_tags, (), fmt=dict)
 
@@ -101,6 +97,11 @@ class EcrBackingConfig:
             raise ConfigError('kms_key: only with encryption = "KMS"')
         if self.lifecycle_policy and self.expire_untagged_after is not None:
             raise ConfigError("expire_untagged_after: give either it or lifecycle_policy")
+        if self.lifecycle_policy:
+            try:
+                _check_policy_file(self.lifecycle_policy)
+            except ConfigError as exc:
+                raise ConfigError(f"lifecycle_policy: {exc}") from None
         if self.expire_untagged_after is not None and self.expire_untagged_after < DAYS:
             raise ConfigError("expire_untagged_after: ECR counts in days; at least 1d")
         if not self.enabled:

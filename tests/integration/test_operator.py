@@ -394,3 +394,44 @@ def test_warm_jobs_beyond_the_cap_get_429_with_an_oci_error(counted, registry, f
     for job in jobs:
         assert admin.follow(job, lambda j: None)["state"] == "done"
     assert admin.post("/admin/warm", {"images": ["ops/cap:v1"]})["state"] == "running"
+
+
+def keys(value):
+    """The key structure of a JSON document: what must not depend on the daemon running."""
+    if isinstance(value, dict):
+        return {k: keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [keys(value[0])] if value else []
+    return None
+
+
+def test_json_output_has_one_schema_whether_the_daemon_runs_or_not(pullcache, registry):
+    """Issue 26 #16: stats and the ls totals had only some keys offline; tier status had
+    ``enabled`` only online, ``in_flight`` only online, ``repositories`` in two shapes."""
+    image = build_image("schema", layer_sizes=(10_000,))
+    push(registry, "ops/schema", "v1", image)
+    assert request(pullcache.url, "/v2/ops/schema/manifests/v1").status == 200
+    for blob in image.blobs():
+        assert request(pullcache.url, f"/v2/ops/schema/blobs/{blob.digest}").status == 200
+    pullcache.wait_committed(*(blob.digest for blob in image.blobs()))
+
+    def outputs() -> dict:
+        out = {what: cli_json(pullcache, "cache", what) for what in ("stats", "ls", "pins",
+                                                                     "verify", "gc")}
+        out["tier"] = json.loads(cli(pullcache, "tier", "status").stdout)
+        return out
+    online = outputs()
+    pullcache.stop()
+    offline = outputs()
+    assert online["stats"]["daemon"] is True and offline["stats"]["daemon"] is False
+    assert (online["tier"]["source"], offline["tier"]["source"]) == ("daemon", "offline")
+    for what in online:
+        assert keys(online[what]) == keys(offline[what]), what
+    for key in ("dir", "bytes", "entries", "pinned_bytes"):
+        assert online["stats"][key] == offline["stats"][key] == offline["ls"]["totals"][key]
+    assert offline["stats"]["hits"] is None and online["stats"]["hits"] == 0
+    assert online["ls"]["images"] == offline["ls"]["images"]
+    assert {k: v for k, v in online["tier"].items() if k != "source"} == {
+        k: v for k, v in offline["tier"].items() if k != "source"} == {
+        "enabled": False, "pending": 0, "in_flight": 0, "failed": 0, "queue": {},
+        "repositories": {}, "repositories_error": None}

@@ -12,7 +12,8 @@
     GET  /admin/pins
     GET  /admin/status             everything the status page shows
     GET  /admin/tier               the ECR tier's write-behind: pending, in flight, failed
-                                   (with the last error) per repository; repositories created
+                                   (with the last error) per repository; repositories
+                                   (the shape: ``backing/report.py``)
     POST /admin/tier/sync          queue the jobs that failed for good again → {"queued": n}
 """
 
@@ -23,9 +24,11 @@ import time
 from aiohttp import web
 
 from ... import errors
+from ...backing.report import report
 from ...build import build_info
 from ...ops.refs import Platform
 from ...ops.samples import counter_total, gauge_value, hit_ratio, request_counts
+from ...ops.summary import summary as summary_of
 from ...ops.verify import Verifier, VerifyProgress
 from ...ops.warm import start_warm
 from ..keys import core_of, METRICS, PROXY, ROUTES, STORE, TIER, UPSTREAMS
@@ -72,18 +75,18 @@ def _strings(body: dict, key: str) -> list[str]:
 
 
 async def summary(core: web.Application) -> dict:
-    """The figures ``cache stats`` prints and ``cache ls`` totals."""
+    """The figures ``cache stats`` prints and ``cache ls`` totals (``ops/summary.py``)."""
     m = core[METRICS]
-    usage = await core[STORE].usage()
     hits, misses = request_counts(m)
     ops = core[OPS]
-    return {"dir": str(ops.config.cache.dir), **usage, "daemon": True,
-            "pinned_bytes": ops.pins.pinned_bytes(), "hits": hits, "misses": misses,
-            "hit_ratio": hit_ratio(m), "evicted_files": counter_total(m.evictions),
-            "evicted_bytes": counter_total(m.evicted_bytes),
-            "served_from_cache_bytes": counter_total(m.bytes_served, source="cache"),
-            "fetched_upstream_bytes": counter_total(m.bytes_fetched),
-            "fills_in_flight": len(core[PROXY].fills)}
+    usage = await core[STORE].usage()
+    return summary_of(ops.config.cache.dir, usage, ops.pins.pinned_bytes(), {
+        "hits": hits, "misses": misses, "hit_ratio": hit_ratio(m),
+        "evicted_files": counter_total(m.evictions),
+        "evicted_bytes": counter_total(m.evicted_bytes),
+        "served_from_cache_bytes": counter_total(m.bytes_served, source="cache"),
+        "fetched_upstream_bytes": counter_total(m.bytes_fetched),
+        "fills_in_flight": len(core[PROXY].fills)})
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -191,8 +194,9 @@ async def status(request: web.Request) -> web.Response:
 async def tier(request: web.Request) -> web.Response:
     writes = core_of(request).get(TIER)
     if writes is None:
-        return web.json_response({"enabled": False})
-    return web.json_response({"enabled": True, **writes.status()})
+        return web.json_response(report(enabled=False, name=lambda u, r: f"{u}/{r}",
+                                        jobs=(), failed=(), repositories={}))
+    return web.json_response(writes.status())
 
 
 async def tier_sync(request: web.Request) -> web.Response:
