@@ -174,3 +174,39 @@ def test_queued_pushes_survive_sigkill(node, origin, registry, ecr_front, ecr_re
     uploads = completed_uploads(ecr_front)
     assert {digest for (_, digest) in uploads} == {b.digest for b in image.blobs()}
     assert max(uploads.values()) == 1
+
+
+def test_tier_status_has_one_schema_from_the_daemon_and_offline(node, origin, registry,
+                                                                 ecr_front):
+    """Issue 26 #16: ``enabled`` and ``in_flight`` were only in the daemon's answer, and
+    ``repositories`` had two shapes (states online, settings offline)."""
+    image = build_image("fleet-schema", layer_sizes=(20_000,))
+    push(registry, "fleet/schema", "v1", image)
+    ecr_front.set_fault("blackhole", match="/blobs/uploads/")   # the pushes stay queued
+    a = node("a", drain_timeout="1s")
+    pull(a, "fleet/schema", "v1", image)
+    mirrored = ecr_repo(origin, "fleet/schema")
+    jobs = len(image.blobs()) + 1
+
+    def queued(status: dict) -> int:
+        return status["queue"].get(mirrored, {}).get("pending", 0) + \
+            status["queue"].get(mirrored, {}).get("in_flight", 0)
+    wait_until(lambda: queued(tier_status(a)) == jobs, 30, "every job queued")
+    online = tier_status(a)
+    a.stop()
+    ecr_front.clear_fault()
+    offline = tier_status(a)
+    assert (online["source"], offline["source"]) == ("daemon", "offline")
+    assert online["enabled"] is offline["enabled"] is True
+    assert offline["pending"] == jobs and offline["in_flight"] == 0
+
+    def shape(status: dict) -> dict:
+        return {k: (sorted(v) if isinstance(v, dict) else type(v).__name__)
+                for k, v in status.items()}
+    assert shape(online) == shape(offline)
+    assert set(online["queue"][mirrored]) == set(offline["queue"][mirrored]) == {
+        "pending", "in_flight", "failed"}
+    assert set(online["repositories"][mirrored]) == set(offline["repositories"][mirrored])
+    assert online["repositories"][mirrored]["state"] == "created"
+    assert offline["repositories"][mirrored]["state"] == "existing"
+    assert offline["repositories"][mirrored]["encryption"] == "AES256"
