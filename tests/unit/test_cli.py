@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pullcache import logs
 from pullcache.cli import main, render
 from pullcache.ops.verify import Verifier
 from tests.support.daemon import ROOT
@@ -43,6 +44,9 @@ def test_cache_verify_exits_1_with_the_error_when_the_verify_job_itself_fails(
     """Issue 26 #15: a verify run that crashed (here: the index cannot be read, injected at
     the inventory) said nothing and exited 0, offline and through the daemon alike."""
     monkeypatch.delenv("PULLCACHE_CONFIG", raising=False)
+    # The CLI points structlog at this test's captured stderr, which later tests' loggers
+    # would keep writing to once it is closed: the session's logging stays as it is.
+    monkeypatch.setattr(logs, "setup", lambda *args: None)
     conf = tmp_path / "pc.toml"
     conf.write_text(f'[server]\nadmin_listen = ""\n[cache]\ndir = "{tmp_path / "c"}"\n')
 
