@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         ("stats", "usage, budget, hit ratio"), ("pins", "pinned images")):
         a = actions.add_parser(name, help=help_)
         a.add_argument("--config", type=Path)
-        a.add_argument("--json", action="store_true", help="print JSON")
+        a.add_argument("--json", action="store_true",
+                       help="print JSON (the same shape with or without a running daemon)")
         if name == "ls":
             a.add_argument("--repo", metavar="GLOB", help="only repositories matching GLOB")
         if name == "rm":

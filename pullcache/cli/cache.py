@@ -2,6 +2,11 @@
 runs, so pins, the index and the metrics are the daemon's own; ``ls``, ``gc``, ``verify``,
 ``stats`` and ``pins`` also work without a daemon, directly on the cache dir, holding its lock
 (``cache/lock.py``) so that no daemon starts meanwhile.
+
+``--json`` prints the same shape either way: ``stats`` and the ``totals`` of ``ls`` are
+``ops/summary.py``'s (the daemon's traffic figures are null offline, never absent);
+``verify`` prints its job (``id`` null offline); in the figures, ``daemon`` says which
+answered.
 """
 
 from __future__ import annotations

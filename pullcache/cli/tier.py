@@ -3,7 +3,13 @@ with the last error, per repository) and the repositories pullcache created.
 ``pullcache tier sync``: the jobs that failed for good, queued again.
 
 From the running daemon's admin API when one answers (its in-flight jobs included); else from
-the durable queue on disk (``backing/journal.py``) and DescribeRepositories.
+the durable queue on disk (``backing/journal.py``) and DescribeRepositories. Either way the
+JSON has one shape (``backing/report.py``), plus ``source`` (``daemon`` | ``offline``):
+``enabled``, ``pending``, ``in_flight``, ``failed``, ``queue`` (per repository: ``pending``,
+``in_flight``, ``failed`` records), ``repositories`` (per name: ``state`` and the settings,
+null where unknown) and ``repositories_error``. Offline nothing is in flight, and the
+settings come from DescribeRepositories; the daemon knows the state of the repositories it
+used.
 """
 
 from __future__ import annotations

@@ -383,7 +383,8 @@ def test_warm_jobs_beyond_the_cap_get_429_with_an_oci_error(counted, registry, f
                 for _ in range(MAX_WARM_JOBS)]
         assert fault_proxy.stalled.wait(30)
         over = urllib.request.Request(counted.admin_url + "/admin/warm", method="POST",
-                                      data=b'{"images": ["ops/cap:v1"]}')
+                                      data=b'{"images": ["ops/cap:v1"]}',
+                                      headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(over, timeout=30)
         assert refused.value.code == 429
