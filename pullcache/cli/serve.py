@@ -45,10 +45,14 @@ def serve(cfg, path: Path | None = None) -> int:
         log.error("listen_failed", error=str(exc))
         print(f"pullcache: cannot listen on {exc.strerror}", file=sys.stderr)
         return 1
-    except OSError as exc:   # the cache dir, its lock or its index: unusable at start-up
+    except StartFailed as exc:   # the cache dir, its lock or its index: unusable
         log.error("start_failed", error=str(exc), errno=exc.errno)
         print(f"pullcache: cannot start: {_cause(exc)}", file=sys.stderr)
         return START_FAILED
+    except OSError as exc:   # after the start: nothing was meant to raise it this far
+        log.error("serve_failed", error=str(exc), errno=exc.errno)
+        print(f"pullcache: stopped: {_cause(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0
@@ -65,7 +69,10 @@ async def _run_sites(cfg, path: Path | None = None) -> None:
     runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False,
                            access_log=access, shutdown_timeout=cfg.server.drain_timeout,
                            keepalive_timeout=cfg.server.keepalive_timeout)
-    await runner.setup()   # runs the cleanup_ctx: every object the admin app reports on
+    try:
+        await runner.setup()   # runs the cleanup_ctx: every object the admin app reports on
+    except OSError as exc:   # the cache dir's lock, tree or index
+        raise StartFailed(exc.errno, exc.strerror or str(exc), exc.filename) from exc
     runners = [runner]
     try:
         server = cfg.server
@@ -102,6 +109,10 @@ async def _run_sites(cfg, path: Path | None = None) -> None:
 
 class ListenFailed(OSError):
     """A listener could not bind: told apart from the cache dir's start-up errors."""
+
+
+class StartFailed(OSError):
+    """The app could not be set up: the cache dir, its lock or its index refused."""
 
 
 def _cause(exc: OSError) -> str:
