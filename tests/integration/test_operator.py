@@ -17,7 +17,7 @@ from pullcache.cli.client import AdminClient
 from pullcache.ops.warm import MAX_WARM_JOBS
 from tests.integration.test_cache_engine import Download
 from tests.support.binaries import require
-from tests.support.daemon import ROOT, UpstreamSpec
+from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_index, build_raw_blob_image, push
 from tests.support.ports import wait_until
@@ -436,3 +436,38 @@ def test_json_output_has_one_schema_whether_the_daemon_runs_or_not(pullcache, re
         k: v for k, v in offline["tier"].items() if k != "source"} == {
         "enabled": False, "pending": 0, "in_flight": 0, "failed": 0, "queue": {},
         "repositories": {}, "repositories_error": None}
+
+
+BROKEN_INDEX = """
+import sqlite3
+from pullcache.ops.verify import Verifier
+
+
+def _broken(self):
+    raise sqlite3.DatabaseError("injected: database disk image is malformed")
+
+
+Verifier._inventory = _broken
+"""
+
+
+def test_cache_verify_through_the_daemon_exits_1_when_the_job_itself_failed(tmp_path,
+                                                                          registry):
+    """Issue 26 #15: the daemon's verify job failed (its index unreadable, injected in the
+    daemon only), and ``cache verify`` printed no error and exited 0."""
+    fault = tmp_path / "fault"
+    fault.mkdir()
+    (fault / "sitecustomize.py").write_text(BROKEN_INDEX)
+    pc = Pullcache(tmp_path / "pc", [UpstreamSpec(registry.host, registry.url, default=True)])
+    pc.env = {"PYTHONPATH": f"{fault}:{ROOT}"}
+    pc.workdir.mkdir()
+    pc.start()
+    try:
+        proc = cli(pc, "cache", "verify", check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert ("cache verify did not finish (failed): injected: database disk image is "
+                "malformed") in proc.stderr
+        job = json.loads(cli(pc, "cache", "verify", "--json", check=False).stdout)
+        assert job["state"] == "failed" and "malformed" in job["error"]
+    finally:
+        pc.stop()
