@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily
 from .build import build_info
 
 _RATELIMIT = re.compile(r"^\s*(\d+)")
+SOURCES = ("local", "peer", "tier", "origin")
 
 
 class _Children:
@@ -27,6 +28,11 @@ class _Children:
         if child is None:
             child = self._children[values] = self.collector.labels(*values)
         return child
+
+    def forget(self, *values) -> None:
+        """Drop a child (a label set that no longer exists, such as a peer that left)."""
+        if self._children.pop(values, None) is not None:
+            self.collector.remove(*values)
 
     def __getattr__(self, name: str):
         return getattr(self.collector, name)
@@ -139,6 +145,15 @@ class Metrics:
         self.disk_degraded = Gauge("pullcache_cache_disk_degraded",
                                    "1 while the disk refuses writes: fills pass through "
                                    "memory and nothing is cached", registry=r)
+        self.source_requests = Counter(
+            "pullcache_source_requests", "Blob answers and fills by where the bytes came "
+            "from: local (a hit), peer (cluster mode), tier, origin", ["source"], registry=r)
+        self.source_bytes = Counter(
+            "pullcache_source_bytes", "Blob bytes by where they came from (as "
+            "pullcache_source_requests)", ["source"], registry=r)
+        self.peer_breaker_state = Gauge(
+            "pullcache_peer_breaker_state", "Circuit breaker per cluster peer: 0 closed, "
+            "1 open, 2 half-open", ["peer"], registry=r)
         info = build_info()
         self.build_info = Gauge("pullcache_build_info", "Always 1; the labels name the build",
                                 list(info), registry=r)
@@ -158,6 +173,9 @@ class Metrics:
         for kind in ("manifest", "blob", "blob_head"):
             for outcome in ("hit", "miss", "error"):
                 self.tier_reads.labels(kind, outcome)
+        for source in SOURCES:
+            self.source_requests.labels(source)
+            self.source_bytes.labels(source)
         for kind in ("manifest", "blob"):
             for outcome in ("pushed", "failed", "denied"):
                 self.tier_writes.labels(kind, outcome)
@@ -193,6 +211,18 @@ class Metrics:
 
     def breaker_watched(self, upstream: str, state: Callable[[], int]) -> None:
         self.breaker_state.labels(upstream).set_function(lambda: float(state()))
+
+    def source(self, source: str, nbytes: int) -> None:
+        """A blob answered from ``source`` (one of ``SOURCES``)."""
+        self.source_requests.labels(source).inc()
+        self.source_bytes.labels(source).inc(nbytes)
+
+    def peer_watched(self, address: str, state: Callable[[], int] | None) -> None:
+        """A cluster peer's breaker to report (``state``), or a peer that left (None)."""
+        if state is None:
+            self.peer_breaker_state.forget(address)
+            return
+        self.peer_breaker_state.labels(address).set_function(lambda: float(state()))
 
     def fill_event(self, event: str, **_: object) -> None:
         if event in ("committed", "failed"):

@@ -73,6 +73,8 @@ class Candidate:
     # Opens the same bytes from an offset (a ``Range`` request): a transfer cut midway goes
     # on from where it was cut, up to ``MAX_RESUMES`` times, rather than starting over.
     resume: "Callable[[int], Awaitable[Source]] | None" = None
+    # Told why this source was given up (a peer's breaker hears of its wrong bytes).
+    on_failure: Callable[[PullcacheError], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,8 @@ class Fill(PassThrough, Tail):
             try:
                 return await self._download(candidate)
             except PullcacheError as exc:
+                if candidate.on_failure is not None:
+                    candidate.on_failure(exc)
                 if i == len(sources) - 1 or self.visible > 0:
                     raise
                 (log.info if exc.status == 404 else log.warning)(   # a miss is not trouble

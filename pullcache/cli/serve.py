@@ -19,6 +19,8 @@ from ..server import lifecycle
 from ..server.admin import build_admin_app
 from ..server.listener import Listener, connection_cap, raise_open_files_limit
 from ..server.app import build_app
+from ..server.peers import build_peer_app
+from ..cluster.tls import server_context
 from ..server.keys import LOOPS
 from ..server.middleware import AccessLogger
 
@@ -99,6 +101,8 @@ async def _run_sites(cfg, path: Path | None = None) -> None:
             if not server.admin_token and not _loopback(host):
                 log.warning("admin_unprotected", listen=cfg.server.admin_listen,
                             hint="set server.admin_token for an admin listener off loopback")
+        if cfg.cluster.enabled and cfg.cluster.listen:
+            await _peer_site(app, cfg, cap, runners)
         await lifecycle.run_until_stopped(
             app, runner, cfg, path,
             lifecycle.PublicTls(public, server) if tls is not None else None)
@@ -120,6 +124,22 @@ def _cause(exc: OSError) -> str:
     name = errno.errorcode.get(exc.errno or 0)
     where = f": {exc.filename!r}" if exc.filename else ""
     return f"{exc.strerror or exc}{where}" + (f" ({name})" if name else "")
+
+
+async def _peer_site(app: web.Application, cfg, cap: int, runners: list) -> None:
+    """``[cluster] listen``: the peer routes alone (``server/peers.py``), with mTLS when
+    ``tls_cert`` is set, under the public site's bounds; its runner joins ``runners``."""
+    c = cfg.cluster
+    tls = server_context(c.tls_cert, c.tls_key, c.tls_ca) if c.mtls else None
+    runner = web.AppRunner(build_peer_app(app, tls), handle_signals=False, access_log=None)
+    await runner.setup()
+    runners.insert(0, runner)
+    host, port = configuration.split_listen(c.listen)
+    await _start(Listener(runner, host, port, max_connections=cap,
+                          header_timeout=cfg.server.header_timeout,
+                          handshake_timeout=cfg.server.handshake_timeout, ssl_context=tls,
+                          loops=app[LOOPS]),
+                 c.listen, "peer_listening", tls=tls is not None)
 
 
 async def _start(site: web.BaseSite, listen: str, event: str, *, tls: bool = False) -> None:

@@ -21,13 +21,14 @@ from pullcache.units import (  # noqa: F401
 from .access import AccessConfig
 from .backing import EcrBackingConfig
 from .cache import CacheConfig
+from .cluster import ClusterConfig
 from .fields import default_cache_dir, split_listen
 from .loader import SECTIONS, Config, load, loads, render
 from .server import LogConfig, ServerConfig
 from .upstream import DEFAULT_DOCKER_HUB, UpstreamConfig, ecr_url_parts
 
 __all__ = ["Config", "ServerConfig", "LogConfig", "CacheConfig", "UpstreamConfig",
-           "EcrBackingConfig", "AccessConfig", "DEFAULT_DOCKER_HUB", "SECTIONS", "load", "loads", "render",
+           "EcrBackingConfig", "ClusterConfig", "AccessConfig", "DEFAULT_DOCKER_HUB", "SECTIONS", "load", "loads", "render",
            "split_listen", "default_cache_dir", "ecr_url_parts", "GiB", "HOURS", "KiB",
            "MINUTES", "MiB", "SECONDS", "TiB", "format_duration", "format_size",
            "parse_duration", "parse_size"]

@@ -25,7 +25,8 @@ from pullcache.units import show
 from .access import AccessConfig
 from .backing import EcrBackingConfig
 from .cache import CacheConfig
-from .fields import _env_value, default_cache_dir
+from .cluster import ClusterConfig
+from .fields import _env_value, default_cache_dir, split_listen
 from .server import LogConfig, ServerConfig
 from .upstream import DEFAULT_DOCKER_HUB, UpstreamConfig
 
@@ -38,6 +39,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = (DEFAULT_DOCKER_HUB,)
     backing_ecr: EcrBackingConfig = field(default_factory=EcrBackingConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -54,6 +56,11 @@ class Config:
                     raise ConfigError(f"upstream[{i}].{key}: {json.dumps(name)} is already "
                                       f"used by {seen[name]}")
                 seen[name] = f"upstream[{i}].{key}"
+        if self.cluster.enabled and not self.cluster.advertise:
+            host, _ = split_listen(self.cluster.listen or self.server.listen)
+            if host in ("", "0.0.0.0", "::"):
+                raise ConfigError("cluster.advertise: the peers cannot reach a wildcard "
+                                  "listen address; set this node's address here")
 
     @property
     def default_upstream(self) -> UpstreamConfig:
@@ -67,7 +74,7 @@ _Overrides = dict[str, tuple[str, str]]  # field name -> (variable, text)
 # TOML table → section class; the Config field is the table name with "." as "_".
 SECTIONS: dict[str, type] = {"server": ServerConfig, "access": AccessConfig, "cache": CacheConfig,
                              "log": LogConfig,
-                             "backing.ecr": EcrBackingConfig}
+                             "backing.ecr": EcrBackingConfig, "cluster": ClusterConfig}
 
 
 def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -23,6 +23,7 @@ from ..cache.disk import Disk
 from ..cache.fill import Fills
 from ..cache.store import BlobStore
 from ..cache.tags import TagStore
+from ..cluster import Cluster
 from ..metrics import Metrics
 from ..oci import Digest
 from ..gate.routing import Route
@@ -38,14 +39,16 @@ class Proxy:
     def __init__(self, store: BlobStore, fills: Fills, tags: TagStore,
                  upstreams: Mapping[str, Upstream], metrics: Metrics, *,
                  tier: Tier | None = None, writes: WriteBehind | None = None,
-                 disk: Disk | None = None) -> None:
+                 disk: Disk | None = None, cluster: Cluster | None = None) -> None:
         self.store = store
+        self.cluster = cluster
         self.fills = fills
         self.upstreams = upstreams
         links = Links(store, metrics)
         self.manifests = Manifests(store, tags, metrics, links, tier=tier, writes=writes,
-                                   disk=disk)
-        self.blobs = Blobs(store, fills, metrics, links, tier=tier, writes=writes, disk=disk)
+                                   disk=disk, cluster=cluster)
+        self.blobs = Blobs(store, fills, metrics, links, tier=tier, writes=writes, disk=disk,
+                           cluster=cluster)
         self.discovery = Discovery(tags)
         self.referrer_lists = Referrers(self.manifests, tags, metrics)
 
@@ -64,6 +67,15 @@ class Proxy:
 
     async def blob(self, route: Route, digest: Digest) -> BlobAnswer:
         return await self.blobs.get(self.upstreams[route.upstream], route, digest)
+
+    async def for_peer(self, route: Route, kind: str, digest: Digest):
+        """A peer's question (cluster mode): the blob's ``BlobAnswer`` or the manifest's
+        ``ManifestAnswer`` by digest, from this node's cache, fill or flight, or fetched
+        from the tier or origin for ``route`` (never from the peers: no loops)."""
+        upstream = self.upstreams[route.upstream]
+        if kind == "blob":
+            return await self.blobs.get(upstream, route, digest, for_peer=True)
+        return await self.manifests.get(upstream, route, str(digest), (), for_peer=True)
 
     async def prefetch_blob(self, route: Route, digest: Digest) -> Prefetched:
         """For warming: the blob's cached size, or the fill now fetching it (``Prefetched``)."""

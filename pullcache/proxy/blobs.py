@@ -2,7 +2,9 @@
 
 1. this cache's disk: a committed file, pinned and open for the answer's lifetime;
 2. one fill per digest, tailed by every requester, which itself tries the remotes in order:
-   the backing tier (ECR; its copy is shown to no client until verified), then the origin.
+   in cluster mode the digest's owner among the peers, then its successor (``cluster``;
+   held back like the tier's copy), the backing tier (ECR; its copy is shown to no client
+   until verified), then the origin. A peer's own request never goes to the peers again.
 
 The remotes live inside the fill rather than beside it because a herd must share one
 download whichever remote serves it. What the origin gave is written back to the tier in
@@ -24,6 +26,8 @@ from ..cache.body import FileBody, FillBody
 from ..cache.disk import Disk
 from ..cache.fill import Candidate, Fill, Fills
 from ..cache.store import BlobStore
+from ..cluster import Cluster
+from ..cluster.peer import source_failed
 from ..errors import StorageError
 from ..metrics import Metrics
 from ..oci import Digest
@@ -51,10 +55,23 @@ def _tier(tier: Tier) -> Remote:
     return remote
 
 
+def _peers(cluster: Cluster, upstream: Upstream, route: Route,
+           digest: Digest) -> list[Candidate]:
+    """The digest's owner and successor, each held back (stream=False) like the tier: wrong
+    bytes from a peer are dropped unseen, its breaker opened, and the next source asked; a
+    transfer cut midway goes on with ``Range`` from where it was cut."""
+    return [Candidate("peer", lambda peer=peer: peer.open_blob(route.upstream, route.repo,
+                                                               digest),
+                      stream=False, on_failure=source_failed(peer),
+                      resume=lambda offset, peer=peer: peer.open_blob(
+                          route.upstream, route.repo, digest, start=offset))
+            for peer in cluster.owners(str(digest))]
+
+
 class Blobs:
     def __init__(self, store: BlobStore, fills: Fills, metrics: Metrics, links: Links, *,
                  tier: Tier | None = None, writes: WriteBehind | None = None,
-                 disk: Disk | None = None) -> None:
+                 disk: Disk | None = None, cluster: Cluster | None = None) -> None:
         self.store = store
         self.links = links
         self.disk = disk
@@ -62,13 +79,18 @@ class Blobs:
         self.metrics = metrics
         self.tier = tier
         self.writes = writes
+        self.cluster = cluster
         self.remotes: list[Remote] = ([_tier(tier)] if tier is not None else []) + [_origin]
 
-    async def get(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
-        """The blob's body from the first source that has it (see the module docstring)."""
+    async def get(self, upstream: Upstream, route: Route, digest: Digest, *,
+                  for_peer: bool = False) -> BlobAnswer:
+        """The blob's body from the first source that has it (see the module docstring);
+        ``for_peer``: a peer asks, so the peers are not asked again."""
         answer = (await self._from_disk(upstream, route, digest)
-                  or await self._from_fill(upstream, route, digest))
+                  or await self._from_fill(upstream, route, digest, for_peer))
         self.metrics.requests.inc("blob", answer.cache)
+        if answer.cache == "hit":
+            self.metrics.source("local", answer.size or 0)
         return answer
 
     async def _from_disk(self, upstream: Upstream, route: Route,
@@ -92,10 +114,15 @@ class Blobs:
                 await self.disk.failed("reading the index", exc)
             return None    # a miss: the fill passes through or caches on a repaired tree
 
-    async def _from_fill(self, upstream: Upstream, route: Route, digest: Digest) -> BlobAnswer:
+    async def _from_fill(self, upstream: Upstream, route: Route, digest: Digest,
+                         for_peer: bool = False) -> BlobAnswer:
         candidates = [remote(upstream, route, digest) for remote in self.remotes]
+        if self.cluster is not None and not for_peer:
+            candidates[:0] = _peers(self.cluster, upstream, route, digest)
         where = (route.upstream, route.repo)
         fill, joined = self.fills.get_or_start("blob", digest, candidates, link=where)
+        if not joined:
+            fill.result.add_done_callback(lambda done: self._filled(fill, done))
         if not joined and self.writes is not None:
             fill.result.add_done_callback(
                 lambda done: self._write_back(route, digest, fill, done))
@@ -115,9 +142,17 @@ class Blobs:
             return Prefetched(0, answer.body.fill)
         return Prefetched(answer.size or 0, None)
 
+    def _filled(self, fill: Fill, done) -> None:
+        if not done.cancelled() and done.exception() is None:
+            tier = self.tier is not None and fill.source == self.tier.name
+            source = "peer" if fill.source == "peer" else "tier" if tier else "origin"
+            self.metrics.source(source, done.result().size)
+
     def _write_back(self, route: Route, digest: Digest, fill: Fill, done) -> None:
         if done.cancelled() or done.exception() is not None or done.result().entry is None:
             return      # failed, or passed through (nothing on disk to write back)
+        if fill.source == "peer":
+            return      # the owner that fetched it from the origin writes it back
         from_tier = self.tier is not None and fill.source == self.tier.name
         self.metrics.tier_reads.labels("blob", "hit" if from_tier else "miss").inc()
         if not from_tier:

@@ -1,7 +1,8 @@
 """Manifests: by digest from the cache, by tag through a fresh record or a revalidation.
 
-by digest → cache, else the backing tier, else upstream GET by digest, verified; never
-            revalidated (the digest fixes the content).
+by digest → cache, else (cluster mode) the digest's owner among the peers, else the
+            backing tier, else upstream GET by digest, verified; never revalidated (the
+            digest fixes the content). A peer's own request never goes to the peers again.
 by tag    → fresh record? serve : HEAD upstream (HEADs are free on Docker Hub) → digest
             cached? serve : GET by digest; upstream down / 429 → serve stale with
             ``Warning: 299`` (the record that answers the client first, else any cached
@@ -33,6 +34,7 @@ from ..backing.writebehind import WriteBehind
 from ..cache.disk import Disk
 from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
+from ..cluster import Cluster
 from ..metrics import Metrics
 from ..oci import DEFAULT_ACCEPT, Digest, accepts, manifest_media_type, parse_reference
 from ..gate.routing import Route
@@ -46,8 +48,9 @@ log = structlog.get_logger("pullcache.proxy")
 class Manifests:
     def __init__(self, store: BlobStore, tags: TagStore, metrics: Metrics, links: Links, *,
                  tier: Tier | None = None, writes: WriteBehind | None = None,
-                 disk: Disk | None = None) -> None:
+                 disk: Disk | None = None, cluster: Cluster | None = None) -> None:
         self.store = store
+        self.cluster = cluster
         self.links = links
         self.disk = disk
         self.tags = tags
@@ -88,28 +91,38 @@ class Manifests:
         return answer
 
     async def get(self, upstream: Upstream, route: Route, reference: str,
-                  accept: tuple[str, ...]) -> ManifestAnswer:
+                  accept: tuple[str, ...], *, for_peer: bool = False) -> ManifestAnswer:
+        """``for_peer``: a peer asks (by digest), so the peers are not asked again."""
         ref = parse_reference(reference)
         if isinstance(ref, Digest):
-            answer = await self._by_digest(upstream, route, ref, accept)
+            answer = await self._by_digest(upstream, route, ref, accept, for_peer)
         else:
             answer = await self._by_tag(upstream, route, ref, accept)
         self.metrics.requests.inc("manifest", answer.cache)
         return answer
 
     async def _by_digest(self, upstream: Upstream, route: Route, digest: Digest,
-                         accept: tuple[str, ...]) -> ManifestAnswer:
+                         accept: tuple[str, ...], for_peer: bool = False) -> ManifestAnswer:
         cached = await self.cached(digest)
         if cached is not None:
             await self.links.confirm(upstream, route, "manifest", digest)
             return cached
 
+        return await self._digest_flight(upstream, route, digest, accept, None, for_peer)
+
+    async def _digest_flight(self, upstream: Upstream, route: Route, digest: Digest,
+                             accept: tuple[str, ...], tag: str | None,
+                             for_peer: bool = False) -> ManifestAnswer:
+        """``_fetch_by_digest`` in one flight per (upstream, repository, digest), shared by
+        requests by digest, tags resolving to it, and peers asking this node (cluster mode:
+        on the owner, one GET for the whole cluster)."""
         async def fetch() -> ManifestAnswer:
             # Content is fixed by the digest, so ask for every type we know besides the
             # client's: a registry refuses a manifest whose type is not in Accept.
             wanted = tuple(dict.fromkeys(accept + DEFAULT_ACCEPT))
-            return await self._fetch_by_digest(upstream, route, digest, wanted, None)
+            return await self._fetch_by_digest(upstream, route, digest, wanted, tag, for_peer)
         # One flight per repository: a fetch for another repository answers nobody here.
+        # (A peer's request joins a local one: on the owner, that one asks no peer.)
         key = ("digest", route.upstream, route.repo, str(digest))
         answer, joined = await self._flights.do(key, fetch, on_join=self._count_join)
         return answer.as_("joined") if joined else answer
@@ -196,7 +209,7 @@ class Manifests:
                 outcome = "revalidated"
                 await self.links.record(route, "manifest", digest)   # U named it in R
             else:
-                cached = await self._fetch_by_digest(upstream, route, digest, accept, tag)
+                cached = await self._digest_flight(upstream, route, digest, accept, tag)
                 outcome = "miss"
         else:
             # No Docker-Content-Digest on HEAD: GET by tag and hash what we got.
@@ -214,10 +227,16 @@ class Manifests:
         return cached.as_(outcome)
 
     async def _fetch_by_digest(self, upstream: Upstream, route: Route, digest: Digest,
-                               accept: tuple[str, ...], tag: str | None) -> ManifestAnswer:
-        """A manifest not in the local cache: from the backing tier, else the upstream (and
-        then written back to the tier, with the tag that named it); linked to ``route``."""
+                               accept: tuple[str, ...], tag: str | None,
+                               for_peer: bool = False) -> ManifestAnswer:
+        """A manifest not in the local cache: from its owner among the peers, else the
+        backing tier, else the upstream (and then written back to the tier, with the tag
+        that named it); linked to ``route``."""
         repo = route.repo
+        if self.cluster is not None and not for_peer:
+            answer = await self._from_peers(route, digest)
+            if answer is not None:
+                return answer
         if self.tier is not None:
             try:
                 got = await self.tier.get_manifest(upstream.client.name, repo, digest)
@@ -233,6 +252,21 @@ class Manifests:
         answer = await self._store(got.body, got.content_type, got.digest, digest, route)
         self._write_back(upstream, repo, digest, tag)
         return answer
+
+    async def _from_peers(self, route: Route, digest: Digest) -> ManifestAnswer | None:
+        """The manifest from its owner (else its successor), who fetched or confirmed it for
+        this same (upstream, repository): so it is linked here as a fetch from the origin
+        would be. None: no peer could answer, and the caller goes on to the origin."""
+        for peer in self.cluster.owners(str(digest)):
+            try:
+                got = await peer.get_manifest(route.upstream, route.repo, digest)
+                return await self._store(got.body, got.content_type, got.digest, digest, route)
+            except errors.DigestMismatch as exc:
+                peer.failed(exc)
+            except errors.PullcacheError as exc:
+                log.info("peer_skipped", peer=peer.address, digest=str(digest),
+                         error=str(exc))
+        return None
 
     def _write_back(self, upstream: Upstream, repo: str, digest: Digest,
                     tag: str | None) -> None:

@@ -40,7 +40,10 @@ from ..cache.fill import Fills
 from ..cache.hot import FLUSH_INTERVAL, HotLayer
 from ..cache.store import BlobStore, Budget
 from ..cache.tags import TagStore
-from ..config import Config, UpstreamConfig
+from ..cluster import Cluster, DnsMembers
+from ..cluster.members import peer_address
+from ..cluster.tls import client_context
+from ..config import Config, UpstreamConfig, split_listen
 from ..gate.bearer import AdminToken
 from ..gate.identity import AccessControl
 from ..gate.policy import Policy
@@ -53,8 +56,9 @@ from ..tasks import Loops
 from ..upstream.client import RegistryClient, UpstreamSettings
 from ..upstream.credentials import StaticCredentials
 from . import admin, routes
-from .keys import (ACCESS, ADMIN_TOKEN, CREDENTIALS, DISK, DRAINING, LOOPS, METRICS, POLICY,
-                   PROXY, PULLS, ROUTES, SENDFILE, SESSION, STORE, TIER, UPSTREAMS)
+from .keys import (ACCESS, ADMIN_TOKEN, CLUSTER, CREDENTIALS, DISK, DRAINING, LOOPS, METRICS,
+                   POLICY, PROXY, PULLS, ROUTES, SENDFILE, SESSION, STORE, TIER, UPSTREAMS)
+from .peers import CLUSTER_TOKEN, setup_peer_routes
 from .sendfile import Sendfile
 from .middleware import front
 from .admin.objects import lock_context, operations_context
@@ -125,6 +129,36 @@ def build_app(config: Config) -> web.Application:
             app[UPSTREAMS] = upstreams
             yield
 
+    async def cluster(app: web.Application) -> AsyncIterator[None]:
+        """Cluster mode's members and peer clients; ``peers_dns`` is resolved again every
+        ``refresh`` by a supervised loop, which ends with this context."""
+        cfg = config.cluster
+        if not cfg.enabled:
+            yield
+            return
+        members = Cluster(
+            advertised(config), app[SESSION], token=cfg.token,
+            ssl_context=(client_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+                         if cfg.mtls else None),
+            timeout=cfg.peer_timeout, read_timeout=cfg.peer_read_timeout,
+            on_bytes=lambda n: metrics.fetched("peers", n), watch=metrics.peer_watched)
+        app[CLUSTER] = members
+        task = None
+        if cfg.peers_dns:
+            host, port = split_listen(cfg.peers_dns)
+            members.dns = DnsMembers(host, port)
+            await members.refresh()
+            task = app[LOOPS].every("cluster_peers", cfg.refresh, members.refresh,
+                                    wait_first=True)
+        else:
+            members.update(peer_address(*split_listen(p)) for p in cfg.peers)
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
     async def cache(app: web.Application) -> AsyncIterator[None]:
         tags = TagStore(config.cache.dir, hot)
         app[DISK] = disk = Disk(store, tags, max_size=config.cache.max_size,
@@ -170,7 +204,7 @@ def build_app(config: Config) -> web.Application:
                 stack.push_async_callback(_cancelled, resync)
                 app[TIER] = writes
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,
-                               tier=tier, writes=writes, disk=disk)
+                               tier=tier, writes=writes, disk=disk, cluster=app.get(CLUSTER))
             try:
                 yield
             finally:
@@ -200,13 +234,25 @@ def build_app(config: Config) -> web.Application:
 
     # The cache-dir lock first (a second daemon stops before touching anything); the
     # operator's jobs and tasks last (they use everything else, and end first).
-    app.cleanup_ctx.extend([lock_context(config), http_session, cache, housekeeping,
+    app.cleanup_ctx.extend([lock_context(config), http_session, cluster, cache, housekeeping,
                             operations_context(config)])
+    if config.cluster.enabled:
+        app[CLUSTER_TOKEN] = config.cluster.token or ""
+        if not config.cluster.listen:   # else on a listener of their own (cli/serve.py)
+            setup_peer_routes(app)
     app.on_cleanup.append(bcrypt_threads)
     if not config.server.admin_listen:
         admin.setup_ops(app)
     routes.setup(app)
     return app
+
+
+def advertised(config: Config) -> str:
+    """This node's name in the ring: ``[cluster] advertise``, else the address it takes
+    peer requests on (checked by the config to be no wildcard)."""
+    if config.cluster.advertise:
+        return peer_address(*split_listen(config.cluster.advertise))
+    return peer_address(*split_listen(config.cluster.listen or config.server.listen))
 
 
 async def _housekeep(store: BlobStore) -> None:

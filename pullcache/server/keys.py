@@ -10,6 +10,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from ..backing.writebehind import WriteBehind
+    from ..cluster import Cluster
     from ..cache.disk import Disk
     from ..cache.store import BlobStore
     from ..metrics import Metrics
@@ -53,6 +54,8 @@ def core_of(request: web.Request) -> web.Application:
     """The app whose objects this request reports on: the public app for the admin app's
     requests, the app itself on a single listener (``admin_listen = ""``)."""
     return request.app.get(CORE, request.app)
+#: cluster mode's members and peer clients, when ``[cluster]`` is on
+CLUSTER: web.AppKey["Cluster"] = web.AppKey("cluster")
 # Answered manifest GETs by image, for the status page's top list (routes count them).
 PULLS: web.AppKey["Pulls"] = web.AppKey("pulls")
 

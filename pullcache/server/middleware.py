@@ -35,6 +35,7 @@ from .keys import EXCHANGE, Exchange
 
 log = structlog.get_logger("pullcache.access")
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+PEER_PREFIX = "/_cluster/"
 
 # aiohttp would announce ``Server: Python/x aiohttp/y``; name no versions. aiohttp fills in
 # its module's default on every response it prepares (``setdefault``), its own 400s for a
@@ -79,11 +80,15 @@ def front(access: AccessControl, metrics: Metrics):
         status = 500
         try:
             try:
-                identity = access.known(request.remote, request.headers.get("Authorization"))
-                if identity is None:     # a password to check: bcrypt, in a thread
-                    identity = await access.identify(request.remote,
-                                                     request.headers.get("Authorization"))
-                exchange.identity = identity
+                # A peer's request (cluster mode) is no client's: its handler asks for the
+                # peer's proof instead (server/peers.py).
+                if not request.path.startswith(PEER_PREFIX):
+                    identity = access.known(request.remote,
+                                            request.headers.get("Authorization"))
+                    if identity is None:     # a password to check: bcrypt, in a thread
+                        identity = await access.identify(request.remote,
+                                                         request.headers.get("Authorization"))
+                    exchange.identity = identity
                 resp = await handler(request)
             except Exception as exc:  # noqa: BLE001 - answer_error re-raises what it must
                 resp = answer_error(request, exc)

@@ -23,7 +23,7 @@ from ..proxy import BlobAnswer
 from ..gate.policy import ANONYMOUS
 from ..gate.routing import Target, resolve
 from . import ranges
-from .keys import EXCHANGE, METRICS, POLICY, PROXY, PULLS, ROUTES, SENDFILE
+from .keys import EXCHANGE, METRICS, POLICY, PROXY, PULLS, ROUTES, SENDFILE, core_of
 from .middleware import API_VERSION
 from .sendfile import ClientStalled
 
@@ -166,7 +166,8 @@ async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.S
     resp = web.StreamResponse(status=status, headers=headers)
     if end is not None:
         resp.content_length = end - start
-    sender = request.app[SENDFILE].sender(request, resp)
+    core = core_of(request)   # the public app, or the peer app's core (server/peers.py)
+    sender = core[SENDFILE].sender(request, resp)
     try:
         writer = await resp.prepare(request)
         async with contextlib.aclosing(answer.body.spans(start, end)) as spans:
@@ -188,7 +189,7 @@ async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.S
                       error=repr(exc))
         _cut(request, "failed")
     finally:
-        request.app[METRICS].bytes_served.labels(
+        core[METRICS].bytes_served.labels(
             "cache" if answer.cache == "hit" else "fill").inc(sender.sent)
     return resp
 

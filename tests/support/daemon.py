@@ -38,6 +38,7 @@ class Pullcache:
     backing: dict = field(default_factory=dict)   # [backing.ecr] keys
     server: dict = field(default_factory=dict)    # more [server] keys (tls_cert, …)
     access: dict = field(default_factory=dict)    # [access] keys
+    cluster: dict = field(default_factory=dict)   # [cluster] keys
     env: dict = field(default_factory=dict)
     port: int = 0
     admin_port: int = 0
@@ -85,6 +86,8 @@ class Pullcache:
             if up.username:
                 lines += [f'username = "{up.username}"', f'password = "{up.password}"']
             lines += [f"{k} = {_toml(v)}" for k, v in up.extra.items()]
+        if self.cluster:
+            lines += ["", "[cluster]"] + [f"{k} = {_toml(v)}" for k, v in self.cluster.items()]
         if self.backing:
             lines += ["", "[backing.ecr]"] + [f"{k} = {_toml(v)}"
                                               for k, v in self.backing.items()]
