@@ -92,10 +92,11 @@ def test_four_nodes_eight_clients_each_make_one_origin_get_per_blob_and_manifest
         assert origin_gets(fault_proxy, "herd/app", blob.digest) == 1, blob.digest
     assert origin_gets(fault_proxy, "herd/app", image.digest, "manifests") == 1
     # Every non-owner took each blob from a peer; the owner from the origin.
-    assert sum(n.metric("pullcache_source_requests_total", source="origin")
-               for n in nodes) == len(image.blobs())
-    assert sum(n.metric("pullcache_source_requests_total", source="peer")
-               for n in nodes) == 3 * len(image.blobs())
+    def fills(source: str) -> float:
+        return sum(n.metric("pullcache_source_requests_total", source=source) for n in nodes)
+    wait_until(lambda: fills("origin") + fills("peer") == 4 * len(image.blobs()), 10,
+               "every fill counted")
+    assert fills("origin") == len(image.blobs())
 
 
 def test_a_forged_peer_request_gets_401(cluster, registry):
@@ -111,3 +112,67 @@ def test_a_forged_peer_request_gets_401(cluster, registry):
     reply = request(node.url, path, headers={"Pullcache-Peer-Token": TOKEN})
     assert reply.status == 200
     assert check(reply.status, reply.body, layer) == "ok"
+
+
+def test_a_peer_answering_garbage_is_breaker_opened_and_routed_around(
+        cluster, registry, fault_proxy, tmp_path):
+    """Node A's only peer is B behind a fault proxy that flips a byte of every blob: A
+    drops those bytes unseen, opens the peer's breaker, and takes the blob from the origin;
+    the next blob that peer owns is not asked of it at all."""
+    from tests.support.faultproxy import FaultProxy
+    image = build_image("cluster-garbage", layer_sizes=[64 * 1024 + i for i in range(16)])
+    push(registry, "garbage/app", "v1", image)
+    b, = cluster(1)
+    with FaultProxy(b.url) as liar:
+        liar.set_fault("corrupt", match="/_cluster/blobs/", at_byte=100)
+        port = free_port()
+        a = Pullcache(tmp_path / "a", [UpstreamSpec(fault_proxy.host, fault_proxy.url,
+                                                    default=True)],
+                      port=port, cluster={"peers": [f"127.0.0.1:{port}", liar.host],
+                                          "token": TOKEN})
+        (tmp_path / "a").mkdir()
+        with a.start():
+            members = [f"127.0.0.1:{port}", liar.host]
+            theirs = [blob.digest for blob in image.layers
+                      if ring.owner(blob.digest, members) == liar.host]
+            assert len(theirs) >= 2
+            first, second = theirs[:2]
+            reply = request(a.url, f"/v2/garbage/app/blobs/{first}")
+            assert check(reply.status, reply.body, first) == "ok"
+            assert liar.fault_hits == 1
+            assert a.events("digest_mismatch")[0]["source"] == "peer"
+            assert a.metric("pullcache_peer_breaker_state", peer=liar.host) == 1   # open
+            assert origin_gets(fault_proxy, "garbage/app", first) == 2   # B's, then A's
+            reply = request(a.url, f"/v2/garbage/app/blobs/{second}")
+            assert check(reply.status, reply.body, second) == "ok"
+            assert liar.count("GET", second) == 0      # skipped: its breaker is open
+            wait_until(lambda: a.metric("pullcache_source_requests_total",
+                                        source="origin") == 2, 10, "both fills counted")
+            assert a.metric("pullcache_source_requests_total", source="peer") == 0
+
+
+def test_the_owner_killed_mid_fill_costs_at_most_one_more_origin_get(
+        cluster, registry, fault_proxy):
+    """Three nodes; clients on the two non-owners. The owner's origin download stalls
+    halfway and the owner is SIGKILLed: every client still gets the right bytes, and the
+    origin sees one more GET (the successor's, which the other node joins)."""
+    image = build_raw_blob_image("cluster-kill", 24 * MiB)
+    push(registry, "kill/app", "v1", image)
+    nodes = cluster(3)
+    layer = image.layers[0].digest
+    by_address = {f"127.0.0.1:{n.port}": n for n in nodes}
+    owner = by_address[ring.owner(layer, by_address)]
+    others = [n for n in nodes if n is not owner]
+    fault_proxy.reset_counts()
+    fault_proxy.set_fault("stall", match=f"/blobs/{layer}", at_byte=8 * MiB, times=1)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(request, others[i % 2].url, f"/v2/kill/app/blobs/{layer}",
+                               timeout=60) for i in range(8)]
+        assert fault_proxy.stalled.wait(30)
+        wait_until(lambda: all(n.metric("pullcache_fills_in_flight") == 1 for n in others),
+                   10, "both non-owners filling")
+        owner.kill()
+        fault_proxy.clear_fault()
+        replies = [f.result() for f in futures]
+    assert [check(r.status, r.body, layer) for r in replies] == ["ok"] * 8
+    assert origin_gets(fault_proxy, "kill/app", layer) == 2
