@@ -16,7 +16,8 @@ from pathlib import Path
 from ..errors import ConfigError
 
 
-def _load(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+def _load(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path,
+          verify: ssl.VerifyMode = ssl.CERT_REQUIRED) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert, key)
@@ -24,13 +25,15 @@ def _load(ctx: ssl.SSLContext, cert: Path, key: Path, ca: Path) -> ssl.SSLContex
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cluster.tls_cert/tls_key/tls_ca: cannot load {cert}, {key} and "
                           f"{ca}: {exc}") from None
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = verify
     return ctx
 
 
 def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    """The peer listener's: a client certificate signed by ``ca`` is required."""
-    return _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, ca)
+    """The peer listener's: a client certificate, when one is presented, must be signed by
+    ``ca`` (else the handshake fails). One is asked for, not required, so that a request
+    without one is answered 401 by the peer routes (``server/peers.py``), not cut."""
+    return _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, ca, ssl.CERT_OPTIONAL)
 
 
 def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:

@@ -56,8 +56,8 @@ def proven(request: web.Request) -> bool:
     given = request.headers.get(PEER_HEADER)
     if token and given and hmac.compare_digest(given.encode(), token.encode()):
         return True
-    # The peer app's listener requires a client certificate signed by tls_ca: a request
-    # that reached it over that context has proven itself in the handshake.
+    # The peer listener's handshake verifies a client certificate against tls_ca when one
+    # is presented (cluster/tls.py): a request over that context with one has proven itself.
     tls = request.app.get(CLUSTER_TLS)
     transport = request.transport
     return (tls is not None and transport is not None

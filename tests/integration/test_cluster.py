@@ -176,3 +176,43 @@ def test_the_owner_killed_mid_fill_costs_at_most_one_more_origin_get(
         replies = [f.result() for f in futures]
     assert [check(r.status, r.body, layer) for r in replies] == ["ok"] * 8
     assert origin_gets(fault_proxy, "kill/app", layer) == 2
+
+
+def test_peers_prove_themselves_by_mtls_on_a_listener_of_their_own(
+        cluster, registry, fault_proxy, tmp_path):
+    """No token: the peer listener's mTLS is the proof. A member's request is served (the
+    blob comes from its owner); one without a client certificate gets 401, and the public
+    listener has no peer routes."""
+    from tests.support.tls import CA
+    ca = CA(tmp_path)
+    image = build_image("cluster-mtls", layer_sizes=[64 * 1024 + i for i in range(8)])
+    push(registry, "mtls/app", "v1", image)
+    peer_ports = [free_port(), free_port()]
+    members = [f"127.0.0.1:{p}" for p in peer_ports]
+    nodes = []
+    for i, port in enumerate(peer_ports):
+        member = ca.issue(f"member{i}", client=True)
+        node = Pullcache(tmp_path / f"m{i}", [UpstreamSpec(fault_proxy.host, fault_proxy.url,
+                                                          default=True)],
+                         cluster={"peers": members, "listen": members[i],
+                                  "tls_cert": str(member.cert), "tls_key": str(member.key),
+                                  "tls_ca": str(ca.cert)})
+        node.workdir.mkdir()
+        nodes.append(node.start())
+    try:
+        a = nodes[0]
+        theirs = next(b.digest for b in image.layers if ring.owner(b.digest, members)
+                      == members[1])
+        reply = request(a.url, f"/v2/mtls/app/blobs/{theirs}")
+        assert check(reply.status, reply.body, theirs) == "ok"
+        wait_until(lambda: a.metric("pullcache_source_requests_total", source="peer") == 1,
+                   10, "the fill from the peer counted")
+        path = f"/_cluster/blobs/{theirs}?upstream={fault_proxy.host}&repo=mtls/app"
+        anonymous = ca.client_context()
+        anonymous.check_hostname = False
+        reply = request(f"https://{members[1]}", path, context=anonymous)
+        assert reply.status == 401, reply.body
+        assert request(nodes[1].url, path).status == 404   # not on the public listener
+    finally:
+        for node in nodes:
+            node.stop()

@@ -61,8 +61,9 @@ class CA:
         self.cert = _write(directory / "ca.crt",
                            self.certificate.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool = True) -> Issued:
-        """A leaf certificate: for 127.0.0.1, ::1 and localhost (server), or a client."""
+    def issue(self, name: str, *, server: bool = True, client: bool = False) -> Issued:
+        """A leaf certificate: for 127.0.0.1, ::1 and localhost (server), or a client; both
+        (a cluster member, which answers and asks) with ``server`` and ``client``."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         builder = (
@@ -72,7 +73,8 @@ class CA:
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
+                + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client or not server else [])),
                 critical=False))
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName([
