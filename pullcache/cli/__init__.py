@@ -1,5 +1,5 @@
 """Command line: ``pullcache serve | check-config | warm | cache ls|rm|gc|verify|stats|pins |
-tier status | node-setup``.
+tier status | cluster status | node-setup``.
 
 Commands that need the daemon talk to it through its admin API (``client.py``).
 Exit codes: 0 success, 1 runtime failure (``serve``: another process holds the cache dir,
@@ -18,6 +18,7 @@ from .. import logs
 from ..build import version_line
 from ..errors import ConfigError
 from .cache import cache_command
+from .cluster import cluster_command
 from .client import AdminClient, AdminError, DaemonUnreachable
 from .node_setup import add_parser as node_setup_parser, node_setup
 from .runtimes import NodeSetupError
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     tier = sub.add_parser("tier", help="the ECR tier: write-behind queue and repositories")
     tier.add_argument("action", choices=("status", "sync"))
     tier.add_argument("--config", type=Path)
+    cluster = sub.add_parser("cluster", help="cluster mode: members, peers' health, sources")
+    cluster.add_argument("action", choices=("status",))
+    cluster.add_argument("--config", type=Path)
+    cluster.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return _warm(cfg, args)
     if args.command == "tier":
         return tier_command(cfg, args.action)
+    if args.command == "cluster":
+        return cluster_command(cfg, args.json)
     return cache_command(cfg, args)
 
 

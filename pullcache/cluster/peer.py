@@ -33,6 +33,10 @@ MAX_ERROR_BODY = 16 * 1024
 MISSES = (errors.BlobUnknown, errors.ManifestUnknown, errors.NameUnknown)
 
 
+class PeerSkipped(errors.UpstreamUnavailable):
+    """The peer was not asked: its breaker is open (it failed us lately)."""
+
+
 class Peer:
     def __init__(self, address: str, session: aiohttp.ClientSession, *, token: str | None,
                  ssl_context: ssl.SSLContext | None, timeout: float, read_timeout: float,
@@ -76,7 +80,10 @@ class Peer:
 
     async def _get(self, kind: str, upstream: str, repo: str, digest: Digest,
                    headers: dict[str, str], not_found) -> aiohttp.ClientResponse:
-        ticket = self.breaker.check()   # open: UpstreamUnavailable at once
+        try:
+            ticket = self.breaker.check()
+        except errors.UpstreamUnavailable as exc:   # open: skipped at once
+            raise PeerSkipped(str(exc)) from None
         url = f"{self._base}/{kind}/{digest}"
         try:
             async with asyncio.timeout(self._timeout):   # connect and headers
@@ -118,7 +125,8 @@ class Peer:
         self.breaker.trip()
 
     def status(self) -> dict:
-        return {"address": self.address, "breaker": self.breaker.state.name.lower(),
+        return {"address": self.address,
+                "breaker": self.breaker.state.name.lower().replace("_", "-"),
                 "last_error": self.last_error}
 
 
@@ -126,6 +134,6 @@ def source_failed(peer: Peer):
     """A fill's ``on_failure`` for this peer: a miss is an answer; anything else (a cut
     body, wrong bytes) makes the peer unfit to ask for a while."""
     def failed(exc: errors.PullcacheError) -> None:
-        if not isinstance(exc, MISSES):
+        if not isinstance(exc, (*MISSES, PeerSkipped)):
             peer.failed(exc)
     return failed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from ..metrics import Metrics
+from ..metrics import SOURCES, Metrics
 
 HITS = ("hit", "revalidated", "stale", "swr", "joined")   # served without a download of their own
 UNCOUNTED = ("denied",)   # refused before the cache was asked: neither a hit nor a miss
@@ -28,6 +28,14 @@ def counter_total(counter, **labels: str) -> float:
 
 def gauge_value(gauge) -> float:
     return sum(s.value for family in gauge.collect() for s in family.samples)
+
+
+def source_counts(metrics: Metrics) -> dict[str, dict[str, float]]:
+    """Blob answers and bytes since start by where they came from (local, peer, tier,
+    origin)."""
+    return {source: {"requests": counter_total(metrics.source_requests, source=source),
+                     "bytes": counter_total(metrics.source_bytes, source=source)}
+            for source in SOURCES}
 
 
 def request_counts(metrics: Metrics) -> tuple[float, float]:

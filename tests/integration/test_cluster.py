@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pullcache.cluster import ring
+from tests.integration.test_operator import cli, cli_json
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_raw_blob_image, push
@@ -149,6 +150,17 @@ def test_a_peer_answering_garbage_is_breaker_opened_and_routed_around(
             wait_until(lambda: a.metric("pullcache_source_requests_total",
                                         source="origin") == 2, 10, "both fills counted")
             assert a.metric("pullcache_source_requests_total", source="peer") == 0
+            # What the operator sees: the CLI (through the admin API) and the status page.
+            shown = cli_json(a, "cluster", "status")
+            assert shown["enabled"] and shown["me"] == f"127.0.0.1:{port}"
+            liar_shown, = shown["peers"]
+            assert liar_shown["address"] == liar.host and liar_shown["breaker"] == "open"
+            assert "DigestMismatch" in liar_shown["last_error"]
+            assert shown["sources"]["origin"]["requests"] == 2
+            text = cli(a, "cluster", "status").stdout
+            assert liar.host in text and "open" in text
+            page = request(a.admin_url, "/admin/status").json()["cluster"]
+            assert page["peers"] == shown["peers"]
 
 
 def test_the_owner_killed_mid_fill_costs_at_most_one_more_origin_get(

@@ -15,6 +15,8 @@
                                    (with the last error) per repository; repositories
                                    (the shape: ``backing/report.py``)
     POST /admin/tier/sync          queue the jobs that failed for good again → {"queued": n}
+    GET  /admin/cluster            cluster mode: members, each peer's breaker and last
+                                   error; blob requests and bytes by source
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from ... import errors
 from ...backing.report import report
 from ...build import build_info
 from ...ops.refs import Platform
-from ...ops.samples import counter_total, gauge_value, hit_ratio, request_counts
+from ...ops.samples import (counter_total, gauge_value, hit_ratio, request_counts,
+                            source_counts)
 from ...ops.summary import summary as summary_of
 from ...ops.verify import Verifier, VerifyProgress
 from ...ops.warm import start_warm
-from ..keys import core_of, METRICS, PROXY, ROUTES, STORE, TIER, UPSTREAMS
+from ..keys import core_of, CLUSTER, METRICS, PROXY, ROUTES, STORE, TIER, UPSTREAMS
 from .objects import OPS
 
 
@@ -53,6 +56,7 @@ def setup_api(app: web.Application) -> None:
     r.add_get("/admin/status", status)
     r.add_get("/admin/tier", tier)
     r.add_post("/admin/tier/sync", tier_sync)
+    r.add_get("/admin/cluster", cluster)
 
 
 async def _body(request: web.Request) -> dict:
@@ -188,7 +192,8 @@ async def status(request: web.Request) -> web.Response:
         "top_images": ops.pulls.top(10),
         "pins": ops.pinning.snapshot() if ops.pinning else [],
         "series": ops.samples.series(), "sample_interval": ops.samples.interval,
-        "jobs": [j.snapshot() for j in ops.jobs.all() if j.state == "running"]})
+        "jobs": [j.snapshot() for j in ops.jobs.all() if j.state == "running"],
+        "cluster": cluster_status(core)})
 
 
 async def tier(request: web.Request) -> web.Response:
@@ -204,3 +209,13 @@ async def tier_sync(request: web.Request) -> web.Response:
     if writes is None:
         raise AdminRequestInvalid("the backing tier is not enabled")
     return web.json_response({"queued": await writes.resync(now=True)})
+
+
+def cluster_status(core: web.Application) -> dict:
+    members = core.get(CLUSTER)
+    state = {"enabled": members is not None, "sources": source_counts(core[METRICS])}
+    return {**state, **members.status()} if members is not None else state
+
+
+async def cluster(request: web.Request) -> web.Response:
+    return web.json_response(cluster_status(core_of(request)))
