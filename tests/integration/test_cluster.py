@@ -92,6 +92,10 @@ def test_four_nodes_eight_clients_each_make_one_origin_get_per_blob_and_manifest
     for blob in image.blobs():
         assert origin_gets(fault_proxy, "herd/app", blob.digest) == 1, blob.digest
     assert origin_gets(fault_proxy, "herd/app", image.digest, "manifests") == 1
+    # The tag is resolved per node: one HEAD each for its 8 clients (docs/operations.md,
+    # "Cluster mode": why tag revalidation stays per node).
+    assert fault_proxy.count("HEAD", "/v2/herd/app/manifests/v1") == 4
+    assert fault_proxy.count("GET", "/v2/herd/app/manifests/v1") == 0
     # Every non-owner took each blob from a peer; the owner from the origin.
     def fills(source: str) -> float:
         return sum(n.metric("pullcache_source_requests_total", source=source) for n in nodes)
