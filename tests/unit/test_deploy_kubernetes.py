@@ -170,7 +170,7 @@ def test_node_local_daemonset_sets_up_containerd_and_probes_the_admin_port():
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == \
-        {"registry": 5000, "admin": 5001}
+        {"registry": 5000, "admin": 5001, "peers": 5002}
     assert main["resources"]["requests"]
     cache = next(v for v in spec["volumes"] if v["name"] == "cache")
     assert cache["emptyDir"]["sizeLimit"]
@@ -185,8 +185,10 @@ def test_the_shipped_config_loads_in_pullcache(overlay, tmp_path):
     config_map = next(d for d in build(KUBE / "overlays" / overlay) if d["kind"] == "ConfigMap")
     path = tmp_path / "config.toml"
     path.write_text(config_map["data"]["config.toml"])
-    env = {e["name"]: e["value"] for c in workload(overlay)["spec"]["template"]["spec"]
-           ["containers"] for e in c.get("env", []) if e["name"].startswith("PULLCACHE_")}
+    # (A Secret's value stands in as a token: the Secret is the operator's to create.)
+    env = {e["name"]: e.get("value", "t0ken-from-the-secret-0123456789")
+           for c in workload(overlay)["spec"]["template"]["spec"]["containers"]
+           for e in c.get("env", []) if e["name"].startswith("PULLCACHE_")}
     env = {k: v.replace("$(NODE_IP)", "10.0.0.7") for k, v in env.items()}
     cfg = configuration.load(path, env)
     assert str(cfg.cache.dir) == "/var/cache/pullcache"
@@ -197,6 +199,13 @@ def test_the_shipped_config_loads_in_pullcache(overlay, tmp_path):
         assert "/etc/pullcache/tls" in mounts
     else:
         assert cfg.server.admin_listen == "10.0.0.7:5001"
+        # Cluster mode: members from the headless Service, peer requests on the node's
+        # address (the Service's peers port), the mirror itself on loopback.
+        assert cfg.cluster.peers_dns == "pullcache-peers.pullcache.svc.cluster.local:5002"
+        assert cfg.cluster.listen == "10.0.0.7:5002" and cfg.cluster.token
+        assert cfg.server.listen.startswith("127.0.0.1:")
+        peers = next(d for d in build(KUBE / "overlays/node-local") if d["kind"] == "Service")
+        assert {"name": "peers", "port": 5002, "targetPort": 5002} in peers["spec"]["ports"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
