@@ -1,0 +1,54 @@
+"""Cluster mode with the ECR backing tier (moto, offline): a non-owner asks the owner before
+the tier; only the node that fetched from the origin writes back, so the tier gets each blob
+once and the origin serves each blob once."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.support.daemon import Pullcache, UpstreamSpec
+from tests.support.ecr import AWS_ENV, backing_config
+from tests.support.ecr_fleet import *  # noqa: F401,F403 - the fixtures
+from tests.support.ecr_fleet import pull, wait_written
+from tests.support.images import build_image, push
+from tests.support.ports import free_port, wait_until
+
+TOKEN = "cluster-tier-token-0123456789"
+
+
+def test_two_nodes_with_a_tier_fetch_and_write_back_each_blob_once(
+        tmp_path, origin, registry, aws, ecr_front):
+    image = build_image("cluster-tier", layer_sizes=(300_000, 200_000, 100_000))
+    push(registry, "ctier/app", "v1", image)
+    ports = [free_port(), free_port()]
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    nodes = []
+    try:
+        for i, port in enumerate(ports):
+            (tmp_path / f"n{i}").mkdir()
+            nodes.append(Pullcache(
+                tmp_path / f"n{i}", [UpstreamSpec(origin.host, origin.url, default=True)],
+                backing=backing_config(aws, ecr_front.url, write_retries=3), env=AWS_ENV,
+                port=port, cluster={"peers": peers, "token": TOKEN}).start())
+        origin.reset_counts()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: pull(nodes[i % 2], "ctier/app", "v1", image), range(4)))
+        for blob in image.blobs():
+            assert origin.count("GET", f"/blobs/{blob.digest}") == 1, blob.digest
+        blobs = len(image.blobs())
+
+        def fills(source: str) -> float:
+            return sum(n.metric("pullcache_source_requests_total", source=source)
+                       for n in nodes)
+        wait_until(lambda: fills("origin") + fills("peer") == 2 * blobs, 30, "fills counted")
+        assert fills("origin") == blobs and fills("tier") == 0
+        # The owner of each blob wrote it back; the node that took it from a peer did not.
+        def written() -> float:
+            return sum(n.metric("pullcache_tier_writes_total", kind="blob") for n in nodes)
+        wait_until(lambda: written() >= blobs, 60, "the blobs written back")
+        for node in nodes:
+            wait_written(node, 0)   # nothing left queued anywhere
+        assert written() == blobs
+    finally:
+        for node in nodes:
+            node.stop()
