@@ -232,3 +232,35 @@ def test_peers_prove_themselves_by_mtls_on_a_listener_of_their_own(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_a_peer_slow_to_answer_is_skipped_after_peer_timeout(
+        cluster, registry, fault_proxy, tmp_path):
+    """A's only peer never answers (a blackhole): after ``peer_timeout`` A takes the blob
+    from the origin, and the peer's breaker is open."""
+    import time
+    from tests.support.faultproxy import FaultProxy
+    image = build_image("cluster-slow", layer_sizes=[32 * 1024 + i for i in range(16)])
+    push(registry, "slow/app", "v1", image)
+    b, = cluster(1)
+    with FaultProxy(b.url) as hole:
+        hole.set_fault("blackhole", match="/_cluster/")
+        port = free_port()
+        a = Pullcache(tmp_path / "a", [UpstreamSpec(fault_proxy.host, fault_proxy.url,
+                                                    default=True)],
+                      port=port, cluster={"peers": [f"127.0.0.1:{port}", hole.host],
+                                          "token": TOKEN, "peer_timeout": "1s"})
+        (tmp_path / "a").mkdir()
+        with a.start():
+            members = [f"127.0.0.1:{port}", hole.host]
+            theirs = next(blob.digest for blob in image.layers
+                          if ring.owner(blob.digest, members) == hole.host)
+            began = time.monotonic()
+            reply = request(a.url, f"/v2/slow/app/blobs/{theirs}")
+            took = time.monotonic() - began
+            assert check(reply.status, reply.body, theirs) == "ok"
+            assert 1.0 <= took < 10, took
+            assert a.metric("pullcache_peer_breaker_state", peer=hole.host) == 1
+            peer, = cli_json(a, "cluster", "status")["peers"]
+            assert "UpstreamTimeout" in peer["last_error"]
+            hole.clear_fault()
