@@ -41,7 +41,6 @@ class Proxy:
                  tier: Tier | None = None, writes: WriteBehind | None = None,
                  disk: Disk | None = None, cluster: Cluster | None = None) -> None:
         self.store = store
-        self.cluster = cluster
         self.fills = fills
         self.upstreams = upstreams
         links = Links(store, metrics)
