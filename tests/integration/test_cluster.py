@@ -264,3 +264,27 @@ def test_a_peer_slow_to_answer_is_skipped_after_peer_timeout(
             peer, = cli_json(a, "cluster", "status")["peers"]
             assert "UpstreamTimeout" in peer["last_error"]
             hole.clear_fault()
+
+
+def test_a_peer_request_is_never_forwarded_to_the_peers(cluster, registry, fault_proxy):
+    """A peer asks node A for a blob that A's ring gives to B: A fetches it from the origin
+    itself rather than ask B (no loops), and links it to the repository asked for."""
+    image = build_image("cluster-loop", layer_sizes=[32 * 1024 + i for i in range(8)])
+    push(registry, "loop/app", "v1", image)
+    a, b = cluster(2)
+    members = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+    bs = next(blob.digest for blob in image.layers if ring.owner(blob.digest, members)
+              == members[1])
+    fault_proxy.reset_counts()
+    reply = request(a.url, f"/_cluster/blobs/{bs}?upstream={fault_proxy.host}&repo=loop/app",
+                    headers={"Pullcache-Peer-Token": TOKEN})
+    assert check(reply.status, reply.body, bs) == "ok"
+    assert origin_gets(fault_proxy, "loop/app", bs) == 1
+    def peer_requests(node: Pullcache) -> list[dict]:
+        return [e for e in node.events("request") if e["path"].startswith("/_cluster/")]
+    wait_until(lambda: len(peer_requests(a)) == 1, 10, "A's access line")
+    assert peer_requests(b) == []
+    # A client of A is then served from A's cache, linked to that repository: no new GET.
+    reply = request(a.url, f"/v2/loop/app/blobs/{bs}")
+    assert check(reply.status, reply.body, bs) == "ok"
+    assert origin_gets(fault_proxy, "loop/app", bs) == 1
