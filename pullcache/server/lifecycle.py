@@ -168,6 +168,8 @@ def reload(app: web.Application, path: Path | None, current: Config,
         if hosts != [u.host for u in current.upstreams]:
             raise ConfigError("upstream: upstreams were added, removed or reordered; "
                               "that needs a restart")
+        if cfg.cluster != current.cluster:   # the members, their proof and listener
+            raise ConfigError("cluster: changes to [cluster] need a restart")
         if (current.server.tls_cert is None) != (cfg.server.tls_cert is None):
             raise ConfigError("server.tls_cert: turning TLS on or off needs a restart")
         context = tls_context(cfg.server)   # the new files load (the cert matches the key)

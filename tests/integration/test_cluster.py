@@ -117,6 +117,12 @@ def test_a_forged_peer_request_gets_401(cluster, registry):
     reply = request(node.url, path, headers={"Pullcache-Peer-Token": TOKEN})
     assert reply.status == 200
     assert check(reply.status, reply.body, layer) == "ok"
+    # A new token takes a restart: a reload that changes [cluster] is refused as a whole.
+    node.cluster = {**node.cluster, "token": "another-token-0123456789abcdef"}
+    assert node.reload() is False
+    assert "need a restart" in node.events("reload_failed")[-1]["error"]
+    reply = request(node.url, path, headers={"Pullcache-Peer-Token": TOKEN})
+    assert reply.status == 200
 
 
 def test_a_peer_answering_garbage_is_breaker_opened_and_routed_around(
