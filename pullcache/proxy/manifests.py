@@ -107,7 +107,6 @@ class Manifests:
         if cached is not None:
             await self.links.confirm(upstream, route, "manifest", digest)
             return cached
-
         return await self._digest_flight(upstream, route, digest, accept, None, for_peer)
 
     async def _digest_flight(self, upstream: Upstream, route: Route, digest: Digest,
