@@ -225,10 +225,13 @@ def test_lru_stays_within_budget_and_keeps_hot_blobs(make_pullcache, registry):
     for i, image in enumerate(images):
         push(registry, "engine/lru", f"v{i}", image)
     hot = images[0].layers[0]
-    for image in images:
+    for n, image in enumerate(images, 1):
         layer = image.layers[0]
         r = request(pc.url, f"/v2/engine/lru/blobs/{layer.digest}")
         assert r.sha256 == layer.digest
+        # The commit (and its eviction) follows the client's last byte: the hot blob's use
+        # must come after it, or a slow commit is newer than the use it should lose to.
+        wait_until(lambda: len(pc.events("fill_committed")) == n, 30, f"commit {n}")
         assert request(pc.url, f"/v2/engine/lru/blobs/{hot.digest}").status == 200  # keep hot
     stats = cache_cli(pc, "stats")
     assert stats["bytes"] <= 0.9 * 6 * MiB
