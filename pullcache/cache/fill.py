@@ -3,12 +3,14 @@
 A ``Fill`` is a task owned by ``Fills`` (and so by the app), not by any request: it streams
 source bytes into a temp file while hashing them. Readers tail the temp file as it grows,
 from any offset, so the first byte reaches every client as soon as it reaches us, N clients
-cost one download, and a client that hangs up slows or cancels nothing. The loop reads the
-source and one writer thread writes and hashes (``writer.Writer``). On a hash match readers
-get the final byte at once, then the file is fsynced, renamed into place and indexed; on a
-mismatch or a source error the temp file is deleted and every reader raises ``FillFailed``,
-so its response is cut short (a client must see a broken transfer, never a complete-looking
-wrong blob).
+cost one download, and a client that hangs up slows or cancels nothing. One writer thread
+writes and hashes (``writer.Writer``); it reads the source too when the source offers a
+blocking reader (an upstream over plain TCP: ``Source.reader``) and a thread slot is free
+(``THREADS``), else the loop reads the source and hands the thread its chunks. On a hash
+match readers get the final byte at once, then the file is fsynced, renamed into place and
+indexed; on a mismatch or a source error the temp file is deleted and every reader raises
+``FillFailed``, so its response is cut short (a client must see a broken transfer, never a
+complete-looking wrong blob).
 
 When the disk refuses the fill (ENOSPC, EDQUOT, EIO, read-only, removed; or the blob cannot
 fit the budget at all) it becomes a *pass-through* (``passthrough.PassThrough``): the bytes
@@ -45,6 +47,11 @@ log = structlog.get_logger("pullcache.fill")
 WAKE_STEP = 2 << 20
 COMMIT_GRACE = 30.0     # seconds a verified fill may take to commit at shutdown
 MAX_RESUMES = 2         # times a cut source is resumed from where it was cut
+# Fills whose writer thread also reads the source. Beyond them a fill takes the loop's path
+# (never waits: a fill must not queue behind another blob's whole download); every thread
+# that reads takes the GIL after each read, so more of them than this only add hand-offs
+# of the GIL on a machine with few cores.
+THREADS = 8
 
 
 class Source(Protocol):
@@ -54,6 +61,17 @@ class Source(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
     async def close(self) -> None: ...
+
+    # Optional: ``reader()``, the rest of the bytes for the writer thread to read itself (a
+    # ``writer.Drain`` with ``stop()``, which ends a read in progress), or None; asked once,
+    # before ``chunks``.
+
+
+class Slots:
+    """How many more fills may read their source in their writer thread (loop-side count)."""
+
+    def __init__(self, free: int = THREADS) -> None:
+        self.free = free
 
 
 Opener = Callable[[], Awaitable[Source]]
@@ -88,7 +106,7 @@ class FillResult:
 class Fill(PassThrough, Tail):
     def __init__(self, kind: str, digest: Digest, store: BlobStore, deadline: float,
                  on_event=None, disk=None, window_limit: int = DEFAULT_LIMIT,
-                 link: Where | None = None) -> None:
+                 link: Where | None = None, *, slots: Slots | None = None) -> None:
         self.kind = kind
         self.digest = digest
         # Who may be served this content (``add_link``); taken by the commit (``_commit``).
@@ -113,6 +131,7 @@ class Fill(PassThrough, Tail):
         self.origin = ""
         self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         self._started: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._waiters: set[asyncio.Future[None]] = set()   # readers in ``started``
         self._progress = asyncio.Event()
         self._on_event = on_event or (lambda event, **_: None)
         self.disk = disk                   # cache.disk.Disk: room and health (optional)
@@ -123,6 +142,7 @@ class Fill(PassThrough, Tail):
         self._stream = True
         self._repair = False               # the cache directory was removed: recreate it
         self._loop = asyncio.get_running_loop()
+        self._slots = slots if slots is not None else Slots()
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -198,6 +218,10 @@ class Fill(PassThrough, Tail):
                 # A held-back source promises readers nothing (not even a size) until its
                 # bytes are verified: a wrong-length copy must not bind the next source.
                 self._started.set_result(self.size)
+                self._announce()
+                # One turn of the loop for the readers just woken: they send their response
+                # headers before the temp file's set-up (threads) competes with them.
+                await asyncio.sleep(0)
             self._hasher = self.digest.hasher()
             self._stream = candidate.stream
             await self._open_temp(source.size)
@@ -243,8 +267,17 @@ class Fill(PassThrough, Tail):
             return await self._commit()
 
     async def _receive(self, source: Source) -> None:
-        """The source's chunks into the writer; ``_received`` counts them as they come, so
+        """The source's bytes into the writer; ``_received`` counts them as they come, so
         a cut leaves it where the source was cut."""
+        reader = self._thread_reader(source)
+        if reader is not None:
+            try:
+                await self._writer.drain(reader, WAKE_STEP)   # the thread reads, writes, hashes
+            finally:
+                reader.stop()    # (a read in progress ends: the thread can be joined)
+                self._slots.free += 1
+                self._received = self._writer.written   # (each chunk written before the next)
+            return
         async for chunk in source.chunks():
             self._received += len(chunk)
             if self.size is None:
@@ -252,6 +285,17 @@ class Fill(PassThrough, Tail):
             elif self._received > self.size:
                 raise SizeInvalid(f"{self.digest}: more than {self.size} bytes")
             await self._writer.write(chunk)   # waits only when the queue is full
+
+    def _thread_reader(self, source: Source):
+        """The source's blocking reader for the writer thread, if it has one and a slot is
+        free (taken: given back when the reading ends)."""
+        offer = getattr(source, "reader", None)
+        if offer is None or self._slots.free <= 0 or self._writer is None:
+            return None
+        reader = offer()
+        if reader is not None:
+            self._slots.free -= 1
+        return reader
 
     def _resumable(self, candidate: "Candidate", received: int, resumes: int) -> bool:
         return candidate.resume is not None and resumes < MAX_RESUMES and \
@@ -287,6 +331,7 @@ class Fill(PassThrough, Tail):
         self.verified_after = time.monotonic() - self._began
         if not self._started.done():
             self._started.set_result(self.size)
+            self._announce()
         self._wake()
 
     async def add_link(self, where: Where) -> None:
@@ -304,6 +349,7 @@ class Fill(PassThrough, Tail):
         if not self._started.done():
             self._started.set_exception(exc)
             self._started.exception()  # retrieved here; readers re-raise it
+            self._announce()
         if not self.result.done():
             self.result.set_exception(exc)
             self.result.exception()
@@ -332,6 +378,7 @@ class Fills:
         self.disk = disk
         self.window = window
         self._fills: dict[tuple[str, str], Fill] = {}
+        self.slots = Slots()
         self._tasks: dict[asyncio.Task[None], Fill] = {}
         self._on_event = on_event
 
@@ -357,7 +404,7 @@ class Fills:
         # (A failed fill stays listed while it cleans up; a new request starts afresh rather
         # than join it and be cut at once.)
         fill = Fill(kind, digest, self.store, self.deadline, self._on_event, self.disk,
-                    self.window, link)
+                    self.window, link, slots=self.slots)
         self._fills[key] = fill
         task = asyncio.create_task(self._supervise(key, fill, sources), name=f"fill {digest}")
         self._tasks[task] = fill

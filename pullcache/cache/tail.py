@@ -1,9 +1,9 @@
 """A fill's readers: they tail its temp file (or its pass-through window) as it grows.
 
 Mixed into ``fill.Fill``, whose state it reads (``visible``, ``verified``, ``size``,
-``generation``, ``window``, ``result``, ``_started``, ``_progress``). Every request that wants
-the blob reads the one fill from any offset: the first byte reaches each client as soon as it
-reaches us, and the blob's final byte only once the digest matched.
+``generation``, ``window``, ``result``, ``_started``, ``_waiters``, ``_progress``). Every
+request that wants the blob reads the one fill from any offset: the first byte reaches each
+client as soon as it reaches us, and the blob's final byte only once the digest matched.
 """
 
 from __future__ import annotations
@@ -35,7 +35,24 @@ class Tail:
 
     async def started(self) -> int | None:
         """Wait until the source answered; its size, or raise the domain error it gave."""
-        return await asyncio.shield(self._started)
+        started = self._started
+        if not started.done():
+            # A future of its own, resolved by the fill itself (``_announce``): awaiting the
+            # shared one through ``shield`` (never cancelled by a reader's cancellation)
+            # costs two turns of the loop, and the client's first byte waits for both.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+        return started.result()
+
+    def _announce(self) -> None:
+        """The source answered (``_started`` is set): wake every reader in ``started``."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (exclusive), as they arrive. Raises ``FillFailed``."""

@@ -6,6 +6,9 @@ The event loop reads the source and hands each chunk over without waiting for th
 reports progress back to the loop at most once per loop iteration (``on_progress`` gets the
 bytes written so far), so a fast download costs the loop a handful of wake-ups, not one per
 chunk. ``finish`` waits for the queue to drain and returns the digest's hex.
+
+Or the thread reads the source itself (``drain``: an upstream socket, ``upstream.socket_body``)
+and the loop sees no chunk at all, only the progress reports.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import asyncio
 import os
 import queue
 import threading
-from typing import Callable
+from typing import Callable, Iterable
 
 Chunk = bytes | memoryview
+# A source the thread reads itself: ``(chunk, more)`` pairs; ``more``: the source is ahead
+# of us (no need to wake readers for this chunk alone). Its exceptions are the source's.
+Drain = Iterable[tuple[Chunk, bool]]
 Sink = Callable[[int, Chunk], None]
 LIMIT = 4 << 20         # bytes queued at most (chunks of up to 1 MiB; see upstream/receiver.py)
 
@@ -33,7 +39,7 @@ class Writer:
         self._fd = fd
         self._hasher = hasher
         self._on_progress = on_progress
-        self._queue: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Chunk | _Drained | None] = queue.SimpleQueue()
         self._limit = limit
         self._room: asyncio.Future[None] | None = None   # a write waiting for the queue
         self._done = self._loop.create_future()
@@ -45,6 +51,8 @@ class Writer:
         self._reported = threading.Event()   # set: no progress callback is pending
         self._reported.set()
         self._error: OSError | None = None
+        self._draining = False
+        self._behind = False       # a drained source is ahead of the thread
         # ``sink(offset, chunk)``: where chunks go instead of ``fd`` (a pass-through window),
         # from the start or from when ``fallback(exc, offset)`` (called in this thread on a
         # refused write) returns one; a fallback that cannot take over re-raises ``exc``.
@@ -65,6 +73,18 @@ class Writer:
             self._raise_if_failed()
         self._put += len(chunk)
         self._queue.put(chunk)
+
+    def drain(self, source: Drain, step: int) -> "asyncio.Future[None]":
+        """The thread reads ``source`` to its end (after the chunks already queued), writing
+        and hashing each chunk before taking the next; it stops at the first failed write
+        (``finish`` raises it). The future is done when the thread is done with ``source``,
+        with what ``source`` raised. Progress is reported every ``step`` bytes, and whenever
+        the source falls behind (a wake-up of the loop per chunk would cost more than the
+        chunk's hand-over did). A blocking read is ended by the source's own ``stop``."""
+        done = self._loop.create_future()
+        self._draining = self._behind = True
+        self._queue.put(_Drained(source, step, done))
+        return done
 
     async def finish(self) -> str:
         """Wait until every queued chunk is on disk; the hex digest of them all."""
@@ -89,22 +109,52 @@ class Writer:
     def _run(self) -> None:
         try:
             while (chunk := self._queue.get()) is not None:
-                if self._error is None:
-                    try:
-                        self._write(chunk)
-                        self._hasher.update(chunk)
-                        self._written += len(chunk)
-                    except OSError as exc:
-                        self._error = exc   # the loop raises it; keep draining the queue
+                if isinstance(chunk, _Drained):
+                    self._read(chunk)
+                    continue
+                self._take(chunk)
                 self._taken += len(chunk)
-                if self._reported.is_set():
-                    self._reported.clear()
-                    self._loop.call_soon_threadsafe(self._progress)
+                self._report()
         finally:
             try:
                 self._loop.call_soon_threadsafe(_set_result, self._done)
             except RuntimeError:   # the loop is closed: nobody is waiting
                 pass
+
+    def _take(self, chunk: Chunk) -> None:
+        if self._error is None:
+            try:
+                self._write(chunk)
+                self._hasher.update(chunk)
+                self._written += len(chunk)
+            except OSError as exc:
+                self._error = exc   # the loop raises it; keep draining the queue
+
+    def _read(self, drained: "_Drained") -> None:
+        reported, error = self._written, None
+        try:
+            for chunk, more in drained.source:
+                if self._error is not None:
+                    break           # a failed write ends the reading; finish raises it
+                self._behind = more
+                if chunk:
+                    self._take(chunk)
+                if not more or self._written - reported >= drained.step:
+                    reported = self._written
+                    self._report()  # (an empty chunk too: the source fell quiet)
+        except Exception as exc:  # noqa: BLE001 - the source's failure, raised on the loop
+            error = exc
+        finally:
+            self._behind = False
+            try:
+                self._loop.call_soon_threadsafe(self._drained, drained.done, error)
+            except RuntimeError:   # the loop is closed: nobody is waiting
+                pass
+
+    def _report(self) -> None:
+        if self._reported.is_set():
+            self._reported.clear()
+            self._loop.call_soon_threadsafe(self._progress)
 
     def _write(self, chunk: Chunk) -> None:
         if self._sink is not None:
@@ -130,10 +180,32 @@ class Writer:
             room.set_result(None)
         self._on_progress(self._written)
 
+    def _drained(self, done: asyncio.Future, error: Exception | None) -> None:
+        self._draining = False
+        self._progress()
+        if done.done():
+            return          # (cancelled: the fill is ending)
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
     @property
     def idle(self) -> bool:
-        """Every chunk handed over so far is on disk (as far as the loop has heard)."""
+        """Every chunk handed over so far is on disk (as far as the loop has heard); a
+        drained source: it is not ahead of the thread."""
+        if self._draining:
+            return not self._behind
         return self._freed == self._put
+
+
+class _Drained:
+    __slots__ = ("source", "step", "done")
+
+    def __init__(self, source: Drain, step: int, done: asyncio.Future) -> None:
+        self.source = source
+        self.step = step
+        self.done = done
 
 
 def _set_result(future: asyncio.Future) -> None:

@@ -1,7 +1,8 @@
 """Detaching an upstream connection from aiohttp once a response's headers are parsed.
 
 A large blob body is read by a protocol of our own (``upstream.receiver.Receiver``), straight
-into our buffers. aiohttp has no public API for that, so this module alone touches its
+into our buffers, or, over plain TCP, by a thread from the connection's socket itself
+(``Detached.socket``). aiohttp has no public API for that, so this module alone touches its
 insides: the response's ``connection`` (its ``transport`` and ``protocol``), the stream
 reader's ``read_nowait``, and the protocol's ``transport`` attribute, which is cleared so that
 aiohttp's flow control can never resume a transport the new protocol has paused.
@@ -11,6 +12,7 @@ aiohttp's flow control can never resume a transport the new protocol has paused.
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,6 +30,24 @@ class Detached:
         """Hand the transport to ``protocol``; aiohttp lets go of it."""
         self.transport.set_protocol(protocol)
         self.previous.transport = None  # type: ignore[attr-defined]
+
+    def socket(self) -> socket.socket | None:
+        """The connection's socket, on a descriptor of its own (``os.dup``), non-blocking,
+        for a thread to read the rest of the body from; None behind TLS (uvloop keeps its
+        TLS state inside its protocol, out of reach of a blocking ``ssl`` socket) or with no
+        socket. The transport must be paused for good first (``install`` of a protocol that
+        has stopped reading): the loop never reads the descriptor again, and the transport
+        still closes it."""
+        if self.transport.get_extra_info("ssl_object") is not None:
+            return None
+        raw = self.transport.get_extra_info("socket")
+        if raw is None:
+            return None
+        sock = socket.fromfd(raw.fileno(), raw.family, raw.type)   # a dup
+        # (Non-blocking, as the loop's descriptor is: both share one file description, so
+        # blocking mode here would make the loop's own calls on it block.)
+        sock.setblocking(False)
+        return sock
 
     def lost(self, exc: BaseException | None) -> None:
         """Tell aiohttp the connection is gone (its connector forgets it)."""

@@ -12,6 +12,9 @@ and the fill gets memoryviews of them. aiohttp's parser never sees the rest of t
 the connection is closed at the end rather than pooled: one new connection per large blob,
 nothing next to the transfer. Small bodies and chunked ones take aiohttp's path, on a pooled
 connection.
+
+Over plain TCP, a fill may take the rest of a taken-over body off the loop altogether
+(``BlobStream.reader``): its writer thread then reads the socket itself (``socket_body``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import aiohttp
 from .. import errors
 from ..compat.aiohttp_takeover import Detached, detach
 from .failures import body_errors
+from .socket_body import SocketBody
 
 TAKEOVER_MIN = 4 << 20  # bodies from this size are received into our own buffers
 BUFFER = 1 << 20        # one receive buffer; a chunk handed over is a slice of one
@@ -49,7 +53,24 @@ class BlobStream:
         self._on_bytes = on_bytes
         self.size = response.content_length
         self.origin = urlsplit(str(response.url)).netloc
+        self._read_timeout = read_timeout
         self._receiver = _take_over(response, read_timeout)
+        self._thread_body: SocketBody | None = None
+
+    def reader(self) -> SocketBody | None:
+        """The rest of the body for one thread to read from the socket, or None: read
+        ``chunks()`` instead (a body left to aiohttp, a TLS connection, a failed one).
+        Asked before ``chunks``, once."""
+        receiver = self._receiver
+        if receiver is None or receiver.failed:
+            return None
+        sock = receiver.detached.socket()
+        if sock is None:
+            return None
+        pending, remaining = receiver.hand_off()
+        self._thread_body = SocketBody(sock, pending, remaining, self._read_timeout,
+                                       self._on_bytes)
+        return self._thread_body
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
         with body_errors("blob body"):
@@ -66,6 +87,9 @@ class BlobStream:
                     yield chunk
 
     async def close(self) -> None:
+        if self._thread_body is not None:
+            self._thread_body.stop()
+            self._thread_body.close()
         if self._receiver is not None:
             self._receiver.close()
             self._response.close()     # aiohttp's bookkeeping: the connection is not pooled
@@ -131,7 +155,7 @@ class Receiver(asyncio.BufferedProtocol):
                  read_timeout: float | None) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport = detached.transport
-        self._detached = detached       # aiohttp's protocol: told when the connection goes
+        self.detached = detached        # aiohttp's protocol: told when the connection goes
         self.remaining = remaining
         self._read_timeout = read_timeout
         self._pool: list[mmap.mmap] = []
@@ -199,7 +223,7 @@ class Receiver(asyncio.BufferedProtocol):
             self._quiet.cancel()
         if self.remaining > 0:
             self._failed(exc or ConnectionError("upstream connection lost mid-body"))
-        self._detached.lost(exc)    # aiohttp's connector forgets the connection
+        self.detached.lost(exc)    # aiohttp's connector forgets the connection
 
     def close(self) -> None:
         """Close the connection and let go of the buffers now, not when the collector breaks
@@ -213,6 +237,25 @@ class Receiver(asyncio.BufferedProtocol):
         self._ready_bytes = 0
         self._buffer = memoryview(bytearray(0))
         self._filled = self._handed = 0
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def hand_off(self) -> tuple[list[bytes | memoryview], int]:
+        """Stop reading for good (a thread reads the socket from here): what was received
+        and not yet taken, in order, and how many bytes of the body are still to come."""
+        self._transport.pause_reading()
+        if self._quiet is not None:
+            self._quiet.cancel()
+            self._quiet = None
+        pending = list(self._ready)
+        if self._filled > self._handed:
+            pending.append(self._buffer[self._handed:self._filled])
+        self._ready.clear()
+        self._ready_bytes = 0
+        self._handed = self._filled
+        return pending, self.remaining
 
     def _hand_over(self) -> None:
         if self._quiet is not None:
