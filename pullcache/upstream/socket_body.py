@@ -1,12 +1,12 @@
 """The rest of an upstream blob body, read by a thread straight from the connection's socket.
 
 On the event loop, every read of a large body costs the loop's thread the kernel's copy, a
-callback and a hand-over per chunk, and the loop also sends every byte on to the clients:
-the loop was the cold fill's bottleneck (docs/benchmarks.md, "Measurements behind the
-code"). So over plain TCP, once the headers are parsed, the fill's writer thread reads the
-rest itself (``cache.writer.Writer.drain``): ``recv_into`` one reused buffer, then write and
-hash it, each call releasing the GIL. The loop only hears "so many more bytes are in the
-temp file", and sends them on with ``sendfile``.
+callback and a hand-over per chunk, next to sending every byte on to the clients (with a
+herd, to many). So over plain TCP, once the headers are parsed, the fill's writer thread
+reads the rest itself (``cache.writer.Writer.drain``): ``recv_into`` one reused buffer, then
+write and hash it, each call releasing the GIL. The loop only hears "so many more bytes are
+in the temp file", and sends them on with ``sendfile`` (docs/benchmarks.md, "Measurements
+behind the code").
 
 A read waits (``poll``) until ``LOWAT`` bytes are there (``SO_RCVLOWAT``, socket(7)) or for
 ``QUIET`` seconds, then takes what there is: few, large reads while the upstream is fast, and
