@@ -64,7 +64,10 @@ class BlobStream:
         receiver = self._receiver
         if receiver is None or receiver.failed:
             return None
-        sock = receiver.detached.socket()
+        try:
+            sock = receiver.detached.socket()
+        except OSError:     # no descriptor to spare (EMFILE): the loop's path needs none
+            return None
         if sock is None:
             return None
         pending, remaining = receiver.hand_off()

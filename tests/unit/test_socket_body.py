@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import ssl
@@ -22,6 +23,7 @@ from aiohttp import web
 from pullcache import errors
 from pullcache.cache.fill import Candidate, Fills, Slots
 from pullcache.cache.store import BlobStore, Budget
+from pullcache.compat import aiohttp_takeover
 from pullcache.oci import Digest
 from pullcache.upstream.receiver import BlobStream
 from tests.support.ports import eventually
@@ -129,6 +131,24 @@ def test_behind_tls_the_body_stays_on_the_loop(run, tmp_path):
             fill, _ = fills.get_or_start("blob", Digest.of(data), [origin.candidate()])
             got = await read_all(fill)
             assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            assert origin.streams[0]._thread_body is None
+            assert origin.threads == {threading.current_thread().name}
+    run(scenario())
+
+
+def test_without_a_descriptor_to_spare_the_body_stays_on_the_loop(run, tmp_path,
+                                                                  monkeypatch):
+    data = os.urandom(6 * MiB)
+
+    def exhausted(self):
+        raise OSError(errno.EMFILE, "Too many open files")
+    monkeypatch.setattr(aiohttp_takeover.Detached, "socket", exhausted)
+
+    async def scenario():
+        async with filling(tmp_path, serving(data)) as (fills, store, up, session):
+            origin = Origin(session, up.url)
+            fill, _ = fills.get_or_start("blob", Digest.of(data), [origin.candidate()])
+            assert await read_all(fill) == data
             assert origin.streams[0]._thread_body is None
             assert origin.threads == {threading.current_thread().name}
     run(scenario())
