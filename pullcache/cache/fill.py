@@ -131,7 +131,7 @@ class Fill(PassThrough, Tail):
         self.origin = ""
         self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         self._started: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._waiters: set[asyncio.Future[None]] = set()   # readers in ``started``
+        self._waiters: dict[asyncio.Future[None], None] = {}   # readers in ``started``
         self._progress = asyncio.Event()
         self._on_event = on_event or (lambda event, **_: None)
         self.disk = disk                   # cache.disk.Disk: room and health (optional)

@@ -41,15 +41,16 @@ class Tail:
             # shared one through ``shield`` (never cancelled by a reader's cancellation)
             # costs two turns of the loop, and the client's first byte waits for both.
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.add(waiter)
+            self._waiters[waiter] = None
             try:
                 await waiter
             finally:
-                self._waiters.discard(waiter)
+                self._waiters.pop(waiter, None)
         return started.result()
 
     def _announce(self) -> None:
-        """The source answered (``_started`` is set): wake every reader in ``started``."""
+        """The source answered (``_started`` is set): wake every reader in ``started``, in
+        the order they came."""
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
