@@ -138,6 +138,11 @@ class TierWrites(Protocol):
     """What the write-behind writes through. ``repo`` is the tier's name for the mirrored
     repository (``Tier.repository``)."""
 
+    # True: the tier holds a manifest as itself whatever it references (an object store);
+    # False: it refuses one whose references it lacks (a registry), which is kept instead.
+    holds_incomplete: bool
+    needs: tuple[str, ...]     # the IAM actions writes need, named when one is denied
+
     async def prepare(self, repo: str) -> None:
         """The tier's home for ``repo`` exists with the fleet's settings (once; resumable)."""
 
