@@ -1,0 +1,118 @@
+"""The S3 tier across a fleet: what node A pulled, node B pulls with no origin blob GET and no
+origin manifest GET by digest; no object is stored twice; a store that is down or slow costs
+node B at most the tier's short timeout; a repository never gets content it is not linked to.
+
+The origin's request log (a counting FaultProxy) is counted; so is the store's (a FaultProxy
+in front of moto's S3).
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.support.ecr_fleet import origin, origin_counts, pull, pull_child  # noqa: F401
+from tests.support.daemon import Pullcache, UpstreamSpec
+from tests.support.http import request
+from tests.support.images import build_image, build_index, push
+from tests.support.ports import wait_until
+from tests.support.s3 import *  # noqa: F401,F403 - the fixtures
+from tests.support.s3 import completed_puts
+
+
+def wait_stored(pc, store, *objects) -> None:
+    """Until the write-behind is idle and the bucket holds ``objects`` (manifests and blobs)
+    and their links: which job pushes a child manifest (the index's, or the child's own)
+    depends on the order the client asks."""
+    wanted = {f"pullcache/{'manifests' if hasattr(o, 'manifest') else 'blobs'}/sha256/"
+              f"{o.digest.partition(':')[2]}" for o in objects}
+
+    def done() -> bool:
+        return pc.metric("pullcache_tier_write_queue") == 0 and wanted <= set(store.keys())
+    wait_until(done, 60, "the write-behind to land in the bucket")
+
+
+def test_node_b_pulls_a_multi_platform_image_from_the_tier(s3_node, origin, registry, store,
+                                                           s3_front):
+    amd64 = build_image("s3-amd64", layer_sizes=(9_500_000, 40_000), arch="amd64")  # multipart
+    arm64 = build_image("s3-arm64", layer_sizes=(250_000, 30_000), arch="arm64")
+    index = build_index([amd64, arm64])
+    push(registry, "fleet/s3multi", "v1", index)
+
+    a = s3_node("a", part_size="8MiB")
+    for child in (amd64, arm64):
+        pull_child(a, "fleet/s3multi", "v1", index, child)
+    wait_stored(a, store, index, amd64, arm64, *amd64.blobs(), *arm64.blobs())
+    assert s3_front.count("POST", "?uploads") >= 1   # the 9.5 MB layer went up in parts
+
+    origin.reset_counts()
+    b = s3_node("b")
+    for child in (amd64, arm64):
+        pull_child(b, "fleet/s3multi", "v1", index, child)
+    counts = origin_counts(origin)
+    assert counts == {"manifest GET": 0, "manifest HEAD": 1, "blob GET": 0, "blob HEAD": 0}, \
+        origin.requests
+    blobs = amd64.blobs() + arm64.blobs()
+    b.wait_committed(*(blob.digest for blob in blobs))
+    assert b.metric("pullcache_tier_reads_total", kind="blob", outcome="hit") == len(blobs)
+    assert b.metric("pullcache_tier_reads_total", kind="manifest", outcome="hit") == 3
+    # No object stored twice, by either node: B found everything there and wrote nothing.
+    puts = completed_puts(s3_front, store.bucket)
+    content = {k: n for k, n in puts.items() if "/blobs/" in k or "/manifests/" in k}
+    assert len(content) == len(blobs) + 3 and max(content.values()) == 1, puts
+    assert b.metric("pullcache_tier_uploads_total") == 0
+    # Every object verifies against its digest, and manifests keep their media type.
+    for blob in blobs:
+        got = store.get(f"pullcache/blobs/sha256/{blob.digest.partition(':')[2]}")
+        assert got["Body"].read() == blob.data
+    for obj in (index, amd64, arm64):
+        got = store.get(f"pullcache/manifests/sha256/{obj.digest.partition(':')[2]}")
+        assert got["Body"].read() == obj.manifest and got["ContentType"] == obj.media_type
+
+
+def test_store_down_costs_node_b_at_most_the_tier_timeout(s3_node, origin, registry, tmp_path,
+                                                          s3_front):
+    image = build_image("s3-down", layer_sizes=(300_000, 20_000, 10_000))
+    push(registry, "fleet/s3down", "v1", image)
+    plain = Pullcache(tmp_path / "plain", [UpstreamSpec(origin.host, origin.url,
+                                                        default=True)])
+    (tmp_path / "plain").mkdir()
+    plain.start()
+    try:
+        began = time.monotonic()
+        pull(plain, "fleet/s3down", "v1", image)
+        tierless = time.monotonic() - began
+    finally:
+        plain.stop()
+    for kind in ("blackhole", "status"):   # slow (never answers), then down (503)
+        b = s3_node(f"b-{kind}", header_timeout="1s")
+        s3_front.set_fault(kind, match="/", status=503)
+        try:
+            began = time.monotonic()
+            pull(b, "fleet/s3down", "v1", image)
+            took = time.monotonic() - began
+        finally:
+            s3_front.clear_fault()
+        # One short timeout at most (then the read breaker fails fast), plus noise.
+        assert took < tierless + 1.0 + 1.5, (kind, took, tierless)
+        assert b.metric("pullcache_tier_reads_total", outcome="error") >= 1
+
+
+def test_a_repository_gets_no_tier_content_it_is_not_linked_to(s3_node, origin, registry,
+                                                              store):
+    image = build_image("s3-links", layer_sizes=(50_000,))
+    push(registry, "team-a/app", "v1", image)
+    push(registry, "team-b/app", "v1", image)
+    a = s3_node("a")
+    pull(a, "team-a/app", "v1", image)
+    wait_stored(a, store, image, *image.blobs())
+    origin.reset_counts()
+    b = s3_node("b")
+    layer = image.layers[0]
+    # team-b/app never went through the tier: its link is absent, so the origin answers.
+    r = request(b.url, f"/v2/team-b/app/blobs/{layer.digest}")
+    assert r.status == 200 and r.sha256 == layer.digest
+    assert origin.count("GET", layer.digest) == 1
+    b.wait_committed(layer.digest)
+    skipped = b.events("fill_source_skipped")
+    assert [e["source"] for e in skipped] == ["s3"] and skipped[0]["level"] == "info"
+    assert b.metric("pullcache_tier_reads_total", kind="blob", outcome="miss") == 1
