@@ -346,6 +346,15 @@ class WriteBehind:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def breakers(self) -> dict:
+        """The tier's state as ``/readyz`` and the status page show it: its breakers
+        ("closed", "open", "half-open") and whether it takes writes."""
+        def state(breaker) -> str:
+            return breaker.state.name.lower().replace("_", "-")
+        return {"name": self.tier.name, "read_breaker": state(self.tier.read_breaker),
+                "write_breaker": state(self.tier.write_breaker),
+                "writes": self.uploads.status()}
+
     def status(self) -> dict:
         """The queue per repository, JSON-able: pending, in flight, failed with the error;
         the shape ``report.report`` gives both this and the offline ``tier status``."""

@@ -8,10 +8,13 @@ in front of moto's S3).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 from tests.support.ecr_fleet import origin, origin_counts, pull, pull_child  # noqa: F401
-from tests.support.daemon import Pullcache, UpstreamSpec
+from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_index, push
 from tests.support.ports import wait_until
@@ -95,6 +98,69 @@ def test_store_down_costs_node_b_at_most_the_tier_timeout(s3_node, origin, regis
         # One short timeout at most (then the read breaker fails fast), plus noise.
         assert took < tierless + 1.0 + 1.5, (kind, took, tierless)
         assert b.metric("pullcache_tier_reads_total", outcome="error") >= 1
+        # The tier's breaker: in /readyz detail (still ready), metrics, the status page.
+        ready = json.loads(request(b.admin_url, "/readyz").body)
+        assert ready["status"] == "ok" and ready["tier"]["read_breaker"] == "open"
+        assert "tier s3: read breaker open" in ready["detail"]
+        assert b.metric("pullcache_upstream_breaker_state", upstream="s3-tier") == 1
+        assert b.metric("pullcache_upstream_breaker_state", upstream="s3-tier-writes") == 0
+        page = json.loads(request(b.admin_url, "/admin/status").body)
+        assert page["tier"]["name"] == "s3" and page["tier"]["read_breaker"] == "open"
+
+
+def test_wrong_bytes_in_the_store_fall_back_to_the_origin_and_are_reported(
+        s3_node, origin, registry, store, s3_front):
+    image = build_image("s3-corrupt", layer_sizes=(400_000,))
+    push(registry, "fleet/s3corrupt", "v1", image)
+    a = s3_node("a")
+    pull(a, "fleet/s3corrupt", "v1", image)
+    wait_stored(a, store, image, *image.blobs())
+    layer = image.layers[0]
+    key = f"pullcache/blobs/sha256/{layer.digest.partition(':')[2]}"
+    store.put(key, bytes(b ^ 0xFF for b in layer.data))     # rot, or a bad actor
+    origin.reset_counts()
+    b = s3_node("b")
+    got = request(b.url, f"/v2/fleet/s3corrupt/blobs/{layer.digest}")
+    assert got.status == 200 and got.sha256 == layer.digest
+    assert origin.count("GET", layer.digest) == 1
+    mismatches = [e for e in b.events("digest_mismatch") if e.get("source") == "s3"]
+    assert len(mismatches) == 1 and mismatches[0]["level"] == "warning"
+    assert b.metric("pullcache_digest_mismatches_total") >= 1
+
+
+def test_access_denied_on_write_makes_the_tier_read_only(s3_node, origin, registry, store,
+                                                          s3_front):
+    image = build_image("s3-denied", layer_sizes=(30_000,))
+    push(registry, "fleet/s3denied", "v1", image)
+    s3_front.set_fault("status", match="/pullcache/", method="PUT", status=403)
+    a = s3_node("a")
+    pull(a, "fleet/s3denied", "v1", image)
+
+    def logged() -> bool:
+        return bool(a.events("tier_read_only"))
+    wait_until(logged, 30, "the tier to turn read-only")
+    event = a.events("tier_read_only")[0]
+    assert event["action"] == "s3:PutObject" and event["level"] == "error"
+    assert len(a.events("tier_read_only")) == 1      # logged once, not per job
+    ready = json.loads(request(a.admin_url, "/readyz").body)
+    assert "read-only" in next(iter(ready["tier"]["writes"].values()))
+
+
+def test_static_keys_reach_the_store_and_no_log_or_render(s3_node, origin, registry, store):
+    secret = "Zt9-secret-access-key-never-shown"
+    image = build_image("s3-keys", layer_sizes=(20_000,))
+    push(registry, "fleet/s3keys", "v1", image)
+    a = s3_node("a", access_key_id="AKIAPULLCACHETEST", secret_access_key=secret)
+    pull(a, "fleet/s3keys", "v1", image)
+    wait_stored(a, store, image, *image.blobs())
+    checked = subprocess.run(
+        [sys.executable, "-m", "pullcache", "check-config",
+         str(a.workdir / "pullcache.toml")], capture_output=True, text=True, cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert 'secret_access_key = "***"' in checked.stdout
+    assert "AKIAPULLCACHETEST" not in checked.stdout and secret not in checked.stdout
+    assert secret not in a.log() and "AKIAPULLCACHETEST" not in a.log()
 
 
 def test_a_repository_gets_no_tier_content_it_is_not_linked_to(s3_node, origin, registry,
