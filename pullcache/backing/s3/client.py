@@ -21,7 +21,8 @@ from ..contract import TierError, Verdict, verdict_of
 
 log = structlog.get_logger("pullcache.tier")
 
-_MISSING = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
+_MISSING = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload",
+                      "NoSuchLifecycleConfiguration"})
 _THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                         "TooManyRequests", "TooManyRequestsException", "429", "503"})
 _DENIED = frozenset({"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",

@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from ...oci import DOCKER_V1, DOCKER_V1_SIGNED, INDEX_TYPES, Digest
 
 
+def repository(upstream: str, repo: str) -> str:
+    """The tier's name for ``<upstream>/<repo>``: keys take any name as it is, so the
+    mapping is one-to-one."""
+    return f"{upstream}/{repo}"
+
+
 def tag_class(media_type: str) -> str:
     """The client class a tag record is kept under: what kind of manifest it names."""
     if media_type in INDEX_TYPES:

@@ -22,7 +22,7 @@ from ...upstream.breaker import Breaker
 from ...upstream.client import Manifest
 from ..contract import TierError, Verdict
 from .client import S3Api
-from .layout import Layout, tag_class
+from .layout import Layout, repository, tag_class
 from .writes import S3Writes
 
 log = structlog.get_logger("pullcache.tier")
@@ -50,8 +50,7 @@ class S3Tier:
         self._links: dict[str, None] = {}
 
     def repository(self, upstream: str, repo: str) -> str:
-        """``<upstream>/<repo>``: keys take any name as it is, so the mapping is one-to-one."""
-        return f"{upstream}/{repo}"
+        return repository(upstream, repo)
 
     async def head_blob(self, upstream: str, repo: str, digest: Digest) -> int | None:
         await self._linked(upstream, repo, "blob", digest)
