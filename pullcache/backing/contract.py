@@ -194,6 +194,9 @@ class Tier(Protocol):
     async def get_manifest(self, upstream: str, repo: str, digest: Digest) -> Manifest:
         """By digest; ``content_type`` is the media type it was stored with."""
 
-    async def tag_record(self, upstream: str, repo: str, tag: str) -> tuple[str, float] | None:
-        """(digest, when checked) of the tier's record of the tag; None if it keeps none."""
+    async def tag_record(self, upstream: str, repo: str, tag: str,
+                         media_types: tuple[str, ...] = ()) -> tuple[str, float] | None:
+        """(digest, when checked, wall clock) of the tier's record of the tag for a client
+        that accepts ``media_types`` (the kind the origin would answer it: an index first);
+        None if the tier keeps none."""
 

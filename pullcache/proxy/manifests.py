@@ -36,7 +36,8 @@ from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..cluster import Cluster
 from ..metrics import Metrics
-from ..oci import DEFAULT_ACCEPT, Digest, accepts, manifest_media_type, parse_reference
+from ..oci import (DEFAULT_ACCEPT, MANIFEST_TYPES, Digest, accepts, manifest_media_type,
+                   parse_reference)
 from ..gate.routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, ManifestAnswer, Upstream, parse_digest, tier_outcome
@@ -137,6 +138,10 @@ class Manifests:
             except errors.StorageError as exc:
                 await self._disk_refused("reading a tag record", exc)
                 record = None   # revalidate: the upstream knows
+        if record is None and self.tier is not None:
+            fleet = await self._fleet_record(upstream, route, tag, accept, aclass)
+            if fleet is not None:
+                return fleet
         age = record.age() if record is not None else None
         if age is not None and age < upstream.tag_ttl + upstream.stale_while_revalidate:
             cached = await self.cached(Digest.parse(record.digest))
@@ -151,6 +156,35 @@ class Manifests:
             key, lambda: self._resolve_or_stale(upstream, route, tag, accept, aclass, record),
             on_join=self._count_join)
         return answer.as_("joined") if joined and answer.cache != "stale" else answer
+
+    async def _fleet_record(self, upstream: Upstream, route: Route, tag: str,
+                            accept: tuple[str, ...], aclass: str) -> ManifestAnswer | None:
+        """The tag as another node of the fleet saw it within ``tag_ttl`` (the tier's record
+        of it), without asking the origin; None if the tier has no fresh record. The record
+        is kept here with the time it was checked, so the tag is revalidated with a HEAD to
+        the origin once that is ``tag_ttl`` old."""
+        wanted = tuple(t for t in MANIFEST_TYPES if accepts(accept, t))
+        try:
+            found = await self.tier.tag_record(route.upstream, route.repo, tag, wanted)
+        except errors.PullcacheError as exc:
+            self.metrics.tier_reads.labels("tag", tier_outcome(exc)).inc()
+            return None
+        if found is None or time.time() - found[1] >= upstream.tag_ttl:
+            self.metrics.tier_reads.labels("tag", "miss").inc()
+            return None
+        digest = parse_digest(found[0])
+        if digest is None:
+            return None
+        answer = await self._by_digest(upstream, route.repo, digest, accept)
+        if not accepts(accept, answer.media_type):
+            return None
+        self.metrics.tier_reads.labels("tag", "hit").inc()
+        try:
+            await self.tags.put(route.upstream, route.repo, tag, aclass,
+                                TagRecord(str(digest), answer.media_type, found[1]))
+        except errors.StorageError as exc:
+            await self._disk_refused("saving a tag record", exc)
+        return answer
 
     def _revalidate_behind(self, upstream: Upstream, route: Route, tag: str,
                            accept: tuple[str, ...], aclass: str, record: TagRecord) -> None:

@@ -52,8 +52,10 @@ def test_node_b_pulls_a_multi_platform_image_from_the_tier(s3_node, origin, regi
     for child in (amd64, arm64):
         pull_child(b, "fleet/s3multi", "v1", index, child)
     counts = origin_counts(origin)
-    assert counts == {"manifest GET": 0, "manifest HEAD": 1, "blob GET": 0, "blob HEAD": 0}, \
+    # Not even the tag's HEAD: A checked it within tag_ttl, and the tier keeps A's record.
+    assert counts == {"manifest GET": 0, "manifest HEAD": 0, "blob GET": 0, "blob HEAD": 0}, \
         origin.requests
+    assert b.metric("pullcache_tier_reads_total", kind="tag", outcome="hit") == 1
     blobs = amd64.blobs() + arm64.blobs()
     b.wait_committed(*(blob.digest for blob in blobs))
     assert b.metric("pullcache_tier_reads_total", kind="blob", outcome="hit") == len(blobs)
@@ -70,6 +72,33 @@ def test_node_b_pulls_a_multi_platform_image_from_the_tier(s3_node, origin, regi
     for obj in (index, amd64, arm64):
         got = store.get(f"pullcache/manifests/sha256/{obj.digest.partition(':')[2]}")
         assert got["Body"].read() == obj.manifest and got["ContentType"] == obj.media_type
+
+
+def test_node_b_revalidates_the_tiers_tag_record_after_tag_ttl(s3_node, origin, registry,
+                                                                store):
+    image = build_image("s3-tag", layer_sizes=(10_000,))
+    push(registry, "fleet/s3tag", "v1", image)
+    a = s3_node("a")
+    pull(a, "fleet/s3tag", "v1", image)
+    wait_stored(a, store, image, *image.blobs())
+    assert any("/_tags/v1/" in key for key in store.keys())
+    origin.reset_counts()
+    b = s3_node("b", upstream={"tag_ttl": "8s"})   # A checked the tag less than that ago
+    pull(b, "fleet/s3tag", "v1", image)
+    assert origin.count("HEAD", "/manifests/v1") == 0
+
+    # Past tag_ttl since A checked it, the origin decides again (a HEAD), as for any record.
+    def revalidated() -> bool:
+        r = request(b.url, "/v2/fleet/s3tag/manifests/v1")
+        assert r.status == 200 and r.body == image.manifest
+        return origin.count("HEAD", "/manifests/v1") >= 1
+    wait_until(revalidated, 30, "a HEAD to the origin once the record is tag_ttl old")
+    assert origin.count("GET", "/manifests/") == 0 and origin.count("GET", "/blobs/") == 0
+    # A node whose tag_ttl the record is already past asks the origin at once.
+    origin.reset_counts()
+    c = s3_node("c", upstream={"tag_ttl": "1s"})
+    r = request(c.url, "/v2/fleet/s3tag/manifests/v1")
+    assert r.status == 200 and origin.count("HEAD", "/manifests/v1") == 1
 
 
 def test_store_down_costs_node_b_at_most_the_tier_timeout(s3_node, origin, registry, tmp_path,

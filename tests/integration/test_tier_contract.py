@@ -241,11 +241,15 @@ async def test_a_corrupt_object_is_never_taken_for_the_content(make):
 async def test_a_store_that_is_down_opens_the_read_breaker(make):
     h = await make()
     _, digest = await _pushed(h, "down")
+    h.front.reset_counts()
     h.front.set_fault("status", match="/", status=503)
     for _ in range(2):
+        began = time.monotonic()
         with pytest.raises(TierError) as caught:
             await h.tier.head_blob(UPSTREAM, REPO, digest)
         assert caught.value.verdict == Verdict.RETRY and caught.value.sent
+        # One try: no retry (and its backoff) inside the SDK before the origin is asked.
+        assert time.monotonic() - began < 0.5 and h.front.count("HEAD") <= 2 * (_ + 1)
     assert h.tier.read_breaker.is_open
     began = time.monotonic()
     with pytest.raises(TierError) as caught:

@@ -94,11 +94,13 @@ def s3_node(tmp_path, origin, s3_front, store):
     """Factory: a pullcache node (own cache dir) with the S3 tier in front of the origin."""
     nodes: list[Pullcache] = []
 
-    def make(name: str, cache: dict | None = None, **backing) -> Pullcache:
+    def make(name: str, cache: dict | None = None, upstream: dict | None = None,
+             **backing) -> Pullcache:
         workdir = tmp_path / name
         workdir.mkdir()
         backing = {"write_retries": 3, **backing}
-        pc = Pullcache(workdir, [UpstreamSpec(origin.host, origin.url, default=True)],
+        pc = Pullcache(workdir, [UpstreamSpec(origin.host, origin.url, default=True,
+                                              extra=upstream or {})],
                        backing=s3_config(s3_front.url, store.bucket, **backing), tier="s3",
                        env=AWS_ENV, cache=cache or {})
         nodes.append(pc)

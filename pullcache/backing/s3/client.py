@@ -68,7 +68,8 @@ class S3Api:
         config = AioConfig(
             s3={"addressing_style": c.addressing_style},
             connect_timeout=c.connect_timeout, read_timeout=c.read_timeout,
-            retries={"mode": "standard", "max_attempts": 1},
+            # One attempt (botocore's "max_attempts" counts retries; this counts tries).
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=64,
             # Checksums only where S3 requires them: several S3-compatible stores (GCS, R2,
             # older MinIO and Ceph) refuse the CRC32 trailers botocore sends by default.

@@ -76,27 +76,24 @@ class S3Tier:
 
     async def tag_record(self, upstream: str, repo: str, tag: str,
                          media_types: tuple[str, ...] = ()) -> tuple[str, float] | None:
-        """The freshest record of the tag among the classes of ``media_types`` (every
-        class when empty): (digest, checked at), or None."""
-        classes = dict.fromkeys(map(tag_class, media_types)) or ("index", "manifest", "v1")
-        found: list[tuple[float, str]] = []
-        for klass in classes:
+        """The record of the first class the client accepts, in the origin's order of
+        preference (an index, then an image manifest, then schema 1): (digest, checked at)."""
+        accepted = {tag_class(t) for t in media_types} if media_types else None
+        for klass in ("index", "manifest", "v1"):
+            if accepted is not None and klass not in accepted:
+                continue
             key = self.layout.tag(self.repository(upstream, repo), tag, klass)
             try:
                 answer = await self._read("get_object", Key=key)
-                text = await S3BlobStream(answer, self.config.read_timeout,
-                                          self.config.bucket).read(64 * 1024)
-                record = json.loads(text)
-                found.append((float(record["checked_at"]), str(record["digest"])))
+                record = json.loads(await S3BlobStream(answer, self.config.read_timeout,
+                                                       self.config.bucket).read(64 * 1024))
+                return str(record["digest"]), float(record["checked_at"])
             except TierError as exc:
                 if exc.verdict != Verdict.MISSING:
                     raise
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("tier_tag_record_unreadable", key=key, error=str(exc))
-        if not found:
-            return None
-        checked, digest = max(found)
-        return digest, checked
+        return None
 
     async def _linked(self, upstream: str, repo: str, kind: str, digest: Digest) -> None:
         """Return if ``digest`` is linked to the repository in the tier; MISSING if not."""
