@@ -175,7 +175,13 @@ class Manifests:
         digest = parse_digest(found[0])
         if digest is None:
             return None
-        answer = await self._by_digest(upstream, route.repo, digest, accept)
+        cached = await self.cached(digest)
+        if cached is not None:
+            # R's own tag names it (the fleet saw it so in R): linked by definition.
+            await self.links.record(route, "manifest", digest)
+            answer = cached
+        else:   # from the tier, which serves it to R only through R's link
+            answer = await self._by_digest(upstream, route, digest, accept)
         if not accepts(accept, answer.media_type):
             return None
         self.metrics.tier_reads.labels("tag", "hit").inc()
