@@ -169,8 +169,10 @@ class Manifests:
         except errors.PullcacheError as exc:
             self.metrics.tier_reads.labels("tag", tier_outcome(exc)).inc()
             return None
-        if found is None or time.time() - found[1] >= upstream.tag_ttl:
-            self.metrics.tier_reads.labels("tag", "miss").inc()
+        if found is None:
+            return None     # none kept (ECR keeps none): not counted
+        if time.time() - found[1] >= upstream.tag_ttl:
+            self.metrics.tier_reads.labels("tag", "stale").inc()
             return None
         digest = parse_digest(found[0])
         if digest is None:

@@ -17,6 +17,7 @@ import structlog
 
 from ... import errors
 from ...upstream.breaker import Breaker
+from ..aws import AioClient
 from ..contract import TierError, Verdict, verdict_of
 
 log = structlog.get_logger("pullcache.tier")
@@ -49,16 +50,14 @@ class ConditionUnsupported(Exception):
     """The store refuses conditional puts (501 NotImplemented)."""
 
 
-class S3Api:
+class S3Api(AioClient):
     """The S3 client (``open``/``close``, or ``async with``) for one bucket."""
 
     def __init__(self, config) -> None:
         self.config = config             # the [backing.s3] section
         self.bucket = config.bucket
-        self._client = None
-        self._exit = None
 
-    async def open(self) -> "S3Api":
+    def _create(self):
         from aiobotocore.config import AioConfig
         from aiobotocore.session import AioSession
         c = self.config
@@ -75,22 +74,8 @@ class S3Api:
             # older MinIO and Ceph) refuse the CRC32 trailers botocore sends by default.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required")
-        ctx = session.create_client("s3", region_name=c.region or "us-east-1",
-                                    endpoint_url=c.endpoint_url, config=config, **keys)
-        self._client = await ctx.__aenter__()
-        self._exit = ctx.__aexit__
-        return self
-
-    async def close(self) -> None:
-        if self._exit is not None:
-            await self._exit(None, None, None)
-            self._client = self._exit = None
-
-    async def __aenter__(self) -> "S3Api":
-        return await self.open()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return session.create_client("s3", region_name=c.region or "us-east-1",
+                                     endpoint_url=c.endpoint_url, config=config, **keys)
 
     async def call(self, operation: str, breaker: Breaker | None, timeout: float,
                    **kwargs) -> Any:
