@@ -86,3 +86,32 @@ async def test_parts(chunks, size, want):
     while not parts.ended:
         got.append(await parts.next())
     assert [p for p in got if p] == [w for w in want if w] and b"".join(got) == b"".join(chunks)
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("style, url", [
+    ("path", "http://s3.store.test:9000/fleet-cache/pullcache/blobs/sha256/x"),
+    ("virtual", "http://fleet-cache.s3.store.test:9000/pullcache/blobs/sha256/x"),
+])
+async def test_addressing_style_reaches_the_request(style, url, monkeypatch):
+    """The request as botocore would send it (stopped before any connection: the .test
+    names resolve nowhere): the bucket in the path, or in the host."""
+    from pullcache.backing.s3.client import S3Api
+    from pullcache.config import loads
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = loads(f'[backing.s3]\nenabled = true\nbucket = "fleet-cache"\nregion = "r"\n'
+                   f'endpoint_url = "http://s3.store.test:9000"\naddressing_style = "{style}"\n'
+                   f'access_key_id = "a"\nsecret_access_key = "b"\n', env={}).backing_s3
+    seen: list[str] = []
+
+    def stop(request, **_):
+        seen.append(request.url)
+        raise _Stopped
+    async with S3Api(config) as api:
+        api._client.meta.events.register("before-send.s3", stop)
+        with pytest.raises(_Stopped):
+            await api.call("head_object", None, 5, Key="pullcache/blobs/sha256/x")
+    assert seen == [url]
