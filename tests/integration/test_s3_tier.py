@@ -160,3 +160,18 @@ def test_tier_init_without_permission_prints_the_rule(tmp_path, store, s3_front)
     # What it printed is what the bucket takes.
     store.client().put_bucket_lifecycle_configuration(Bucket=store.bucket,
                                                       LifecycleConfiguration=out["lifecycle"])
+
+
+async def test_a_manifest_stored_for_another_repository_is_linked_when_this_one_has_it(
+        tier_of, store):
+    tier = await tier_of(section(store.url, store.bucket))
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
+    digest = Digest.of(body)
+    await tier.writes.manifest("origin.test/one", digest, body,
+                               "application/vnd.oci.image.manifest.v1+json")
+    with pytest.raises(TierError) as caught:      # not linked to "two": a miss there
+        await tier.get_manifest("origin.test", "two", digest)
+    assert caught.value.verdict == Verdict.MISSING
+    # The write-behind of "two" (whose index names it) finds it stored: linked, not fetched.
+    assert await tier.writes.has_manifest("origin.test/two", digest)
+    assert (await tier.get_manifest("origin.test", "two", digest)).body == body

@@ -80,7 +80,14 @@ class S3Writes:
     async def has_manifest(self, repo: str, reference: Digest | str) -> bool:
         if not isinstance(reference, Digest):
             return False      # tags are records here, always rewritten in order
-        return await self._exists(self.layout.link(repo, "manifest", reference))
+        if await self._exists(self.layout.link(repo, "manifest", reference)):
+            return True
+        if not await self._exists(self.layout.manifest(reference)):
+            return False
+        # Stored for another repository: the write-behind asks for a manifest of ``repo``
+        # (or a child an index of ``repo`` names), so it is in ``repo``: link it there.
+        await self._link(repo, "manifest", reference)
+        return True
 
     async def has_artifact(self, digest: Digest) -> bool:
         return await self._exists(self.layout.manifest(digest))
