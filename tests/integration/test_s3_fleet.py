@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from tests.support.ecr_fleet import origin, origin_counts, pull, pull_child  # noqa: F401
+from tests.support.ecr_fleet import origin_counts, pull, pull_child
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.http import request
 from tests.support.images import build_image, build_index, push

@@ -14,10 +14,11 @@ import pytest
 
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.ecr import AWS_ENV, REGION, start_moto
+from tests.support.ecr_fleet import origin  # noqa: F401 - the origin fixture, re-exported
 from tests.support.faultproxy import FaultProxy
 
 __all__ = ["moto_s3", "store", "s3_front", "s3_node", "s3_config", "S3Store",
-           "completed_puts"]
+           "completed_puts", "origin"]
 _names = itertools.count()
 
 

@@ -1,5 +1,5 @@
 """One aiobotocore S3 client for the app's lifetime, and the adapter where botocore's errors
-become ``contract.TierError`` verdicts (docs/operations.md, "The S3 tier").
+become ``contract.TierError`` verdicts (docs/operations.md §12).
 
 Every call passes a breaker (the tier's read or write breaker) and a deadline: a store that
 is down or slow costs a pull at most the tier's short timeout, and then nothing while the
@@ -13,14 +13,11 @@ import asyncio
 import re
 from typing import Any
 
-import structlog
 
 from ... import errors
 from ...upstream.breaker import Breaker
 from ..aws import AioClient
 from ..contract import TierError, Verdict, verdict_of
-
-log = structlog.get_logger("pullcache.tier")
 
 _MISSING = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload",
                       "NoSuchLifecycleConfiguration"})
