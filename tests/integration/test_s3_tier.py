@@ -175,3 +175,16 @@ async def test_a_manifest_stored_for_another_repository_is_linked_when_this_one_
     # The write-behind of "two" (whose index names it) finds it stored: linked, not fetched.
     assert await tier.writes.has_manifest("origin.test/two", digest)
     assert (await tier.get_manifest("origin.test", "two", digest)).body == body
+
+
+async def test_an_object_expired_in_the_store_is_written_again(tier_of, store):
+    tier = await tier_of(section(store.url, store.bucket))
+    data = b"expired by a lifecycle rule"
+    digest = Digest.of(data)
+    assert await tier.writes.blob(REPO, digest, bytes_source(data)) == "pushed"
+    store.client().delete_object(Bucket=store.bucket, Key=f"pullcache/blobs/sha256/{digest.hex}")
+    with pytest.raises(TierError) as caught:      # the read finds it gone...
+        await tier.open_blob("origin.test", "app", digest)
+    assert caught.value.verdict == Verdict.MISSING
+    # ...and the write-behind no longer takes it for present.
+    assert await tier.writes.blob(REPO, digest, bytes_source(data)) == "pushed"

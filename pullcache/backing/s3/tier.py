@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import AsyncIterator
 
 import structlog
@@ -27,7 +28,8 @@ from .writes import S3Writes
 
 log = structlog.get_logger("pullcache.tier")
 CHUNK = 1 << 20
-MAX_LINKS = 100_000     # links known to exist, remembered (a link is never removed by us)
+MAX_LINKS = 100_000     # links known to exist, remembered for LINK_TTL
+LINK_TTL = 3600.0       # seconds (a lifecycle rule may expire links too)
 
 
 class S3Tier:
@@ -47,7 +49,7 @@ class S3Tier:
             metrics.breaker_watched("s3-tier", lambda: self.read_breaker.state)
             metrics.breaker_watched("s3-tier-writes", lambda: self.write_breaker.state)
         self.writes = S3Writes(api, self.layout, config, self.write_breaker, where, metrics)
-        self._links: dict[str, None] = {}
+        self._links: dict[str, float] = {}   # link key → when it was seen (monotonic)
 
     def repository(self, upstream: str, repo: str) -> str:
         return repository(upstream, repo)
@@ -98,12 +100,13 @@ class S3Tier:
     async def _linked(self, upstream: str, repo: str, kind: str, digest: Digest) -> None:
         """Return if ``digest`` is linked to the repository in the tier; MISSING if not."""
         key = self.layout.link(self.repository(upstream, repo), kind, digest)
-        if key in self._links:
+        seen = self._links.get(key)
+        if seen is not None and time.monotonic() - seen < LINK_TTL:
             return
         await self._read("head_object", Key=key)
         if len(self._links) >= MAX_LINKS:
             self._links.pop(next(iter(self._links)))
-        self._links[key] = None
+        self._links[key] = time.monotonic()
 
     async def _read(self, operation: str, **kwargs):
         try:
@@ -112,6 +115,9 @@ class S3Tier:
         except TierError as exc:
             if exc.verdict == Verdict.MISSING:
                 exc.status = 404    # a miss is the fill's normal course, logged at info
+                # Gone (a lifecycle rule, an operator): neither read nor write remembers it.
+                self._links.pop(kwargs.get("Key"), None)
+                self.writes.forget(kwargs.get("Key"))
             raise
 
 
