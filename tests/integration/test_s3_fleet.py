@@ -15,6 +15,7 @@ import time
 
 from tests.support.ecr_fleet import origin_counts, pull, pull_child
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
+from tests.support.ecr import AWS_ENV
 from tests.support.http import request
 from tests.support.images import build_image, build_index, push
 from tests.support.ports import wait_until
@@ -211,3 +212,30 @@ def test_a_repository_gets_no_tier_content_it_is_not_linked_to(s3_node, origin, 
     skipped = b.events("fill_source_skipped")
     assert [e["source"] for e in skipped] == ["s3"] and skipped[0]["level"] == "info"
     assert b.metric("pullcache_tier_reads_total", kind="blob", outcome="miss") == 1
+
+
+def _tier_cli(pc, action: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "pullcache", "tier", action, "--config",
+                          str(pc.workdir / "pullcache.toml")], capture_output=True, text=True,
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                        **AWS_ENV}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_tier_status_names_the_bucket_and_its_state(s3_node, origin, registry, store,
+                                                   s3_front):
+    image = build_image("s3-status", layer_sizes=(20_000,))
+    push(registry, "fleet/s3status", "v1", image)
+    s3_front.set_fault("status", match="/blobs/", method="HEAD", status=500)   # writes fail
+    a = s3_node("a", write_retries=0)
+    pull(a, "fleet/s3status", "v1", image)
+    wait_until(lambda: _tier_cli(a, "status")["failed"] >= 1, 30, "a failed write")
+    status = _tier_cli(a, "status")
+    where = f"s3://{store.bucket}/pullcache/"
+    assert status["source"] == "daemon" and status["repositories"] == {where: "writable"}
+    assert f"{origin.host}/fleet/s3status" in status["queue"]
+    a.stop()
+    offline = _tier_cli(a, "status")
+    assert offline["source"] == "offline" and offline["failed"] >= 1
+    assert set(offline["queue"]) == {f"{origin.host}/fleet/s3status"}
