@@ -6,10 +6,13 @@ abort on failure), SSE-KMS and storage classes, a store that refuses conditional
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import pytest
+from aiohttp.abc import AbstractResolver
 
 from pullcache.backing.content import bytes_source
 from pullcache.backing.contract import TierError, Verdict
@@ -188,3 +191,38 @@ async def test_an_object_expired_in_the_store_is_written_again(tier_of, store):
     assert caught.value.verdict == Verdict.MISSING
     # ...and the write-behind no longer takes it for present.
     assert await tier.writes.blob(REPO, digest, bytes_source(data)) == "pushed"
+
+
+class _Loopback(AbstractResolver):
+    """Every ``*.test`` name is 127.0.0.1: a virtual-hosted bucket's name without DNS."""
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        if not host.endswith(".test"):
+            raise OSError(f"{host}: only .test names here")
+        return [{"hostname": host, "host": "127.0.0.1", "port": port,
+                 "family": socket.AF_INET, "proto": 0, "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_virtual_hosted_addressing_end_to_end(store, moto_s3):
+    """The bucket in the host name (moto reads it from there), against moto on 127.0.0.1."""
+    from pullcache.backing.s3.client import S3Api
+    from pullcache.backing.s3.tier import S3Tier
+    port = moto_s3.rpartition(":")[2]
+    config = section(f"http://s3.store.test:{port}", store.bucket,
+                     addressing_style="virtual")
+    hosts: list[str] = []
+    async with S3Api(config, resolver=_Loopback()) as api:
+        api._client.meta.events.register(
+            "before-send.s3", lambda request, **_: hosts.append(urlsplit(request.url).netloc))
+        tier = S3Tier(api, config)
+        data = b"addressed by host"
+        digest = Digest.of(data)
+        assert await tier.writes.blob(REPO, digest, bytes_source(data)) == "pushed"
+        got = await tier.open_blob("origin.test", "app", digest)
+        assert b"".join([c async for c in got.chunks()]) == data
+        await got.close()
+    assert hosts and set(hosts) == {f"{store.bucket}.s3.store.test:{port}"}
+    assert store.get(f"pullcache/blobs/sha256/{digest.hex}")["Body"].read() == data

@@ -50,9 +50,10 @@ class ConditionUnsupported(Exception):
 class S3Api(AioClient):
     """The S3 client (``open``/``close``, or ``async with``) for one bucket."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, *, resolver=None) -> None:
         self.config = config             # the [backing.s3] section
         self.bucket = config.bucket
+        self._resolver = resolver        # an aiohttp resolver instead of the system's
 
     def _create(self):
         from aiobotocore.config import AioConfig
@@ -70,7 +71,8 @@ class S3Api(AioClient):
             # Checksums only where S3 requires them: several S3-compatible stores (GCS, R2,
             # older MinIO and Ceph) refuse the CRC32 trailers botocore sends by default.
             request_checksum_calculation="when_required",
-            response_checksum_validation="when_required")
+            response_checksum_validation="when_required",
+            **({"connector_args": {"resolver": self._resolver}} if self._resolver else {}))
         return session.create_client("s3", region_name=c.region or "us-east-1",
                                      endpoint_url=c.endpoint_url, config=config, **keys)
 
