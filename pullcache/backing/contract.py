@@ -36,7 +36,7 @@ are verified. A tier's copy is held back (False) so a corrupt copy is dropped un
 held-back source that cannot be kept whole (on disk, or in the pass-through window) hands
 over to the origin instead of being cut (``cache.fill``).
 
-**The S3 tier** (docs/operations.md §12): ``head_blob``/``open_blob``
+**The S3 tier** (docs/operations.md §13): ``head_blob``/``open_blob``
 are HEAD/GetObject on ``blobs/<alg>/<hex>`` (``offset``: ``Range``), reached only through
 the repository's link; ``get_manifest`` reads the manifest object and its Content-Type;
 ``tag_record`` reads the tag's JSON record; ``prepare`` is a no-op and ``keep`` stores the

@@ -135,7 +135,7 @@ def _prefix(value: Any) -> str:
 @dataclass(frozen=True, slots=True)
 class S3BackingConfig:
     """``[backing.s3]``: a bucket on any S3-compatible store (S3, MinIO, Ceph RGW, R2, GCS)
-    shared by a fleet as the second cache tier (docs/operations.md §12)."""
+    shared by a fleet as the second cache tier (docs/operations.md §13)."""
     enabled: bool = _field(_bool, False)
     bucket: str | None = _field(_secret, None)
     prefix: str = _field(_prefix, "pullcache")

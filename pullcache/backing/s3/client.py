@@ -1,5 +1,5 @@
 """One aiobotocore S3 client for the app's lifetime, and the adapter where botocore's errors
-become ``contract.TierError`` verdicts (docs/operations.md §12).
+become ``contract.TierError`` verdicts (docs/operations.md §13).
 
 Every call passes a breaker (the tier's read or write breaker) and a deadline: a store that
 is down or slow costs a pull at most the tier's short timeout, and then nothing while the
