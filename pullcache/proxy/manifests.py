@@ -59,6 +59,7 @@ class Manifests:
         self.tier = tier
         self.writes = writes
         self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
+        self._fleet_flights: SingleFlight[ManifestAnswer | None] = SingleFlight()
         self._behind: set[asyncio.Task[None]] = set()   # background revalidations
         self._behind_keys: set[tuple] = set()             # ...by tag, until they land
 
@@ -68,6 +69,7 @@ class Manifests:
             task.cancel()
         await asyncio.gather(*self._behind, return_exceptions=True)
         await self._flights.close()
+        await self._fleet_flights.close()
 
     def hit(self, upstream: Upstream, route: Route, reference: str,
             accept: tuple[str, ...]) -> ManifestAnswer | None:
@@ -139,7 +141,10 @@ class Manifests:
                 await self._disk_refused("reading a tag record", exc)
                 record = None   # revalidate: the upstream knows
         if record is None and self.tier is not None:
-            fleet = await self._fleet_record(upstream, route, tag, accept, aclass)
+            # One look at the fleet's record per tag and class, whatever the herd.
+            fleet, _ = await self._fleet_flights.do(
+                ("fleet", route.upstream, route.repo, tag, aclass),
+                lambda: self._fleet_record(upstream, route, tag, accept, aclass))
             if fleet is not None:
                 return fleet
         age = record.age() if record is not None else None

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.ecr_fleet import origin_counts, pull, pull_child
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
@@ -76,7 +77,7 @@ def test_node_b_pulls_a_multi_platform_image_from_the_tier(s3_node, origin, regi
 
 
 def test_node_b_revalidates_the_tiers_tag_record_after_tag_ttl(s3_node, origin, registry,
-                                                                store):
+                                                                store, s3_front):
     image = build_image("s3-tag", layer_sizes=(10_000,))
     push(registry, "fleet/s3tag", "v1", image)
     a = s3_node("a")
@@ -85,6 +86,12 @@ def test_node_b_revalidates_the_tiers_tag_record_after_tag_ttl(s3_node, origin, 
     assert any("/_tags/v1/" in key for key in store.keys())
     origin.reset_counts()
     b = s3_node("b", upstream={"tag_ttl": "8s"})   # A checked the tag less than that ago
+    s3_front.reset_counts()
+    with ThreadPoolExecutor(8) as pool:               # a herd: one look at the record
+        answers = list(pool.map(lambda _: request(b.url, "/v2/fleet/s3tag/manifests/v1"),
+                                range(8)))
+    assert all(r.status == 200 and r.body == image.manifest for r in answers)
+    assert s3_front.count("GET", "/_tags/v1/manifest") == 1, s3_front.requests
     pull(b, "fleet/s3tag", "v1", image)
     assert origin.count("HEAD", "/manifests/v1") == 0
 
