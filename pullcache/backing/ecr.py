@@ -149,11 +149,12 @@ class EcrApi(AioClient):
         session = AioSession(profile=self._profile)
         # One retry at most inside botocore: throttling is backed off above it (the token's
         # refresh, the repositories' next try), and a call that sleeps through botocore's
-        # own backoff holds up every caller waiting for it.
+        # own backoff holds up every caller waiting for it. (botocore's "max_attempts"
+        # counts retries; "total_max_attempts" counts tries.)
         return session.create_client("ecr", region_name=self.region,
                                      endpoint_url=self._endpoint_url,
                                      config=AioConfig(retries={"mode": "standard",
-                                                               "max_attempts": 2}))
+                                                               "total_max_attempts": 2}))
 
     async def token(self) -> EcrToken:
         ids = {"registryIds": [self.registry_id]} if self.registry_id else {}
