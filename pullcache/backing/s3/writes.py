@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import AsyncIterator, Awaitable, Callable
@@ -98,9 +99,7 @@ class S3Writes:
         node: the record's ``checked_at``)."""
         key = self.layout.tag(repo, tag, tag_class(media_type))
         try:
-            answer = await self._call("get_object", Key=key)
-            async with answer["Body"] as stored:
-                previous = json.loads(await stored.read())
+            previous = json.loads(await self._small(key))
             if float(previous.get("checked_at", 0)) > seen:
                 log.info("tier_tag_skipped", repository=repo, tag=tag,
                          reason="newer view in the tier")
@@ -116,6 +115,17 @@ class S3Writes:
                          **self._stored())
         log.info("tier_tag_pushed", repository=repo, tag=tag, digest=str(digest), seen=seen)
         return "pushed"
+
+    async def _small(self, key: str) -> bytes:
+        """A small object's bytes (a tag record), its body read within ``read_timeout``."""
+        from aiohttp import ClientError
+        from botocore.exceptions import BotoCoreError
+        answer = await self._call("get_object", Key=key)
+        try:
+            async with asyncio.timeout(self.config.read_timeout), answer["Body"] as body:
+                return await body.read()
+        except (TimeoutError, BotoCoreError, ClientError, OSError) as exc:
+            raise TierError(Verdict.RETRY, f"S3 get_object {key}: body cut: {exc!r}") from exc
 
     def forget(self, key: str) -> None:
         self._present.pop(key, None)
