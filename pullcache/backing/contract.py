@@ -1,5 +1,6 @@
 """The tier contract: what a shared tier offers the proxy and the write-behind, and how it
-fails. ``tier.EcrTier`` implements it; an S3 tier implements the same ``Tier``.
+fails. ``tier.EcrTier`` and ``s3.tier.S3Tier`` implement it, and one behavioural suite
+(tests/integration/test_tier_contract.py) runs against both.
 
 A tier is a second cache that a fleet shares. The proxy reads it before the origin, and the
 write-behind writes into it what the origin gave (docs/architecture.md, "The backing tier").
@@ -35,12 +36,12 @@ are verified. A tier's copy is held back (False) so a corrupt copy is dropped un
 held-back source that cannot be kept whole (on disk, or in the pass-through window) hands
 over to the origin instead of being cut (``cache.fill``).
 
-**Implementing it for S3**: ``head_blob``/``open_blob`` are HEAD/GetObject on
-``blobs/<alg>/<hex>`` (``offset``: GetObject with ``Range``); ``get_manifest`` reads the
-manifest object and its stored media type; ``tag_record`` reads the tag's JSON record;
-``prepare`` is a no-op; ``keep`` is ``manifest`` (an object store holds any manifest as
-itself); map NoSuchKey to ``MISSING``, SlowDown to ``RETRY`` (throttled), 5xx to ``RETRY``,
-AccessDenied to ``DENIED``.
+**The S3 tier** (docs/operations.md §13): ``head_blob``/``open_blob``
+are HEAD/GetObject on ``blobs/<alg>/<hex>`` (``offset``: ``Range``), reached only through
+the repository's link; ``get_manifest`` reads the manifest object and its Content-Type;
+``tag_record`` reads the tag's JSON record; ``prepare`` is a no-op and ``keep`` stores the
+manifest object (``holds_incomplete``); NoSuchKey is ``MISSING``, SlowDown ``RETRY``
+(throttled), 5xx ``RETRY``, AccessDenied ``DENIED`` (``backing/s3/client.py``).
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ class TierWrites(Protocol):
     """What the write-behind writes through. ``repo`` is the tier's name for the mirrored
     repository (``Tier.repository``)."""
 
+    # True: the tier holds a manifest as itself whatever it references (an object store);
+    # False: it refuses one whose references it lacks (a registry), which is kept instead.
+    holds_incomplete: bool
+    needs: tuple[str, ...]     # the IAM actions writes need, named when one is denied
+
     async def prepare(self, repo: str) -> None:
         """The tier's home for ``repo`` exists with the fleet's settings (once; resumable)."""
 
@@ -189,6 +195,9 @@ class Tier(Protocol):
     async def get_manifest(self, upstream: str, repo: str, digest: Digest) -> Manifest:
         """By digest; ``content_type`` is the media type it was stored with."""
 
-    async def tag_record(self, upstream: str, repo: str, tag: str) -> tuple[str, float] | None:
-        """(digest, when checked) of the tier's record of the tag; None if it keeps none."""
+    async def tag_record(self, upstream: str, repo: str, tag: str,
+                         media_types: tuple[str, ...] = ()) -> tuple[str, float] | None:
+        """(digest, when checked, wall clock) of the tier's record of the tag for a client
+        that accepts ``media_types`` (the kind the origin would answer it: an index first);
+        None if the tier keeps none."""
 

@@ -18,6 +18,7 @@ from typing import Awaitable, Callable
 import structlog
 
 from .. import errors
+from .aws import AioClient
 
 log = structlog.get_logger("pullcache.ecr")
 REFRESH_AT = 0.5   # an ECR token lives 12 h; refresh it at half-life, well before expiresAt
@@ -131,7 +132,7 @@ class EcrCredentials:
         raise self.error
 
 
-class EcrApi:
+class EcrApi(AioClient):
     """One aiobotocore ECR client for the app's lifetime (``open``/``close``, or
     ``async with``)."""
 
@@ -141,34 +142,19 @@ class EcrApi:
         self.registry_id = registry_id
         self._profile = profile
         self._endpoint_url = endpoint_url
-        self._client = None
-        self._exit = None
 
-    async def open(self) -> "EcrApi":
+    def _create(self):
         from aiobotocore.config import AioConfig
         from aiobotocore.session import AioSession
         session = AioSession(profile=self._profile)
         # One retry at most inside botocore: throttling is backed off above it (the token's
         # refresh, the repositories' next try), and a call that sleeps through botocore's
-        # own backoff holds up every caller waiting for it.
-        ctx = session.create_client("ecr", region_name=self.region,
-                                    endpoint_url=self._endpoint_url,
-                                    config=AioConfig(retries={"mode": "standard",
-                                                              "max_attempts": 2}))
-        self._client = await ctx.__aenter__()
-        self._exit = ctx.__aexit__
-        return self
-
-    async def close(self) -> None:
-        if self._exit is not None:
-            await self._exit(None, None, None)
-            self._client = self._exit = None
-
-    async def __aenter__(self) -> "EcrApi":
-        return await self.open()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        # own backoff holds up every caller waiting for it. (botocore's "max_attempts"
+        # counts retries; "total_max_attempts" counts tries.)
+        return session.create_client("ecr", region_name=self.region,
+                                     endpoint_url=self._endpoint_url,
+                                     config=AioConfig(retries={"mode": "standard",
+                                                               "total_max_attempts": 2}))
 
     async def token(self) -> EcrToken:
         ids = {"registryIds": [self.registry_id]} if self.registry_id else {}

@@ -4,7 +4,7 @@
 knows of each repository) and ``tier_status`` here (no daemon: the durable queue in the cache
 dir, and the repositories as DescribeRepositories tells them)::
 
-    {"enabled": bool,                      # [backing.ecr] enabled
+    {"enabled": bool,                      # a tier ([backing.ecr] or [backing.s3]) enabled
      "pending": int, "in_flight": int, "failed": int,
      "queue": {REPOSITORY: {"pending": int, "in_flight": int,
                             "failed": [{"kind", "digest", "tag", "error", "at"}]}},
@@ -15,7 +15,9 @@ dir, and the repositories as DescribeRepositories tells them)::
 
 Offline, nothing is in flight (no daemon pushes), and every repository DescribeRepositories
 lists is ``existing`` with its settings; the daemon knows the state of the repositories it
-has used, not their settings (null).
+has used, not their settings (null). With the S3 tier, the one "repository" is the bucket
+and prefix (``s3://bucket/prefix/``), its state "writable" or "read-only: …" (the daemon's;
+offline, none is listed).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Callable, Iterable
 from .. import errors
 from .ecr import EcrApi, repository_name
 from .journal import JOURNAL_DIR, Journal
+from .s3.layout import repository as s3_repository
 
 SETTINGS = ("encryption", "kms_key", "scan_on_push", "tag_mutability", "created_at")
 
@@ -59,9 +62,14 @@ def report(*, enabled: bool, name: Callable[[str, str], str],
             "repositories_error": repositories_error}
 
 
-async def tier_status(cache_dir, ecr) -> dict:
-    """``ecr`` is the ``[backing.ecr]`` section."""
+async def tier_status(cache_dir, ecr, s3=None) -> dict:
+    """``ecr`` and ``s3`` are the ``[backing.ecr]`` and ``[backing.s3]`` sections."""
     pending, failed = await asyncio.to_thread(_journal, cache_dir / JOURNAL_DIR)
+    if s3 is not None and s3.enabled:
+        # A bucket has no repositories to describe: the daemon tells the tier's state.
+        return report(enabled=True, name=s3_repository,
+                      jobs=((job.upstream, job.repo, False) for job in pending),
+                      failed=failed, repositories={})
     repositories, error = await _described(ecr) if ecr.enabled else ({}, None)
     return report(enabled=ecr.enabled,
                   name=lambda upstream, repo: repository_name(ecr.repository_prefix,

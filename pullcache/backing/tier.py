@@ -81,7 +81,8 @@ class EcrTier:
         with self._reading(name, "blob", str(digest)):
             return await self.client.head_blob(name, digest)
 
-    async def tag_record(self, upstream: str, repo: str, tag: str) -> tuple[str, float] | None:
+    async def tag_record(self, upstream: str, repo: str, tag: str,
+                         media_types: tuple[str, ...] = ()) -> tuple[str, float] | None:
         return None   # ECR's tags are written for people and tools, never read back here
 
     async def get_manifest(self, upstream: str, repo: str, digest: Digest) -> Manifest:

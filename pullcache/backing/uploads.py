@@ -30,6 +30,10 @@ PRESENT_TTL = 3600.0   # seconds content is known to be in the tier (a lifecycle
 
 
 class Uploads:
+    holds_incomplete = False   # ECR refuses a manifest whose layers or children it lacks
+    needs = ("ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload",
+             "ecr:PutImage")
+
     def __init__(self, client: RegistryClient, repositories: Repositories, manifest_store: str,
                  metrics=None, *, ttl: float = PRESENT_TTL,
                  clock: Callable[[], float] = time.monotonic) -> None:

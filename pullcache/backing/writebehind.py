@@ -195,8 +195,7 @@ class WriteBehind:
                 self._denied_logged.add(where)   # (a denied CreateRepository is logged there)
                 log.error("tier_write_denied", upstream=job.upstream, repo=job.repo,
                           kind=job.kind, error=str(exc), action=exc.action,
-                          needs=["ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
-                                 "ecr:CompleteLayerUpload", "ecr:PutImage"])
+                          needs=list(self.uploads.needs))
             await self._end(entry, "denied", error=str(exc))
         else:
             log.warning("tier_write_failed", kind=job.kind, upstream=job.upstream,
@@ -249,14 +248,16 @@ class WriteBehind:
                 child = await self._child(upstream, name, repo, ref, patient=patient)
                 waiting |= child == "wait"
                 absent |= child in ("artifact", "missing")
-        if media_type in INDEX_TYPES and (absent or waiting):
-            # Readable by the fleet at once; pushed as itself later if its children get there
-            # meanwhile (this node, or the node that pulls the missing platform, completes it).
-            await self.uploads.keep(digest, body, media_type)
-            return "wait" if patient else "artifact"
-        if absent:   # an image whose layers this node does not have (yet)
+        if (absent or waiting) and not self.uploads.holds_incomplete:
+            # A registry refuses it as itself until what it references is there.
+            if media_type in INDEX_TYPES:
+                # Readable by the fleet at once; pushed as itself later if its children get
+                # there meanwhile (this node, or the node that pulls the missing platform).
+                await self.uploads.keep(digest, body, media_type)
+                return "wait" if patient else "artifact"
+            # An image whose layers this node does not have (yet).
             return "wait" if patient else await self.uploads.keep(digest, body, media_type)
-
+        # (An object store holds it as itself: what is missing comes from the origin.)
         try:
             return await self.uploads.manifest(repo, digest, body, media_type)
         except TierError as exc:
@@ -344,6 +345,15 @@ class WriteBehind:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def breakers(self) -> dict:
+        """The tier's state as ``/readyz`` and the status page show it: its breakers
+        ("closed", "open", "half-open") and whether it takes writes."""
+        def state(breaker) -> str:
+            return breaker.state.name.lower().replace("_", "-")
+        return {"name": self.tier.name, "read_breaker": state(self.tier.read_breaker),
+                "write_breaker": state(self.tier.write_breaker),
+                "writes": self.uploads.status()}
 
     def status(self) -> dict:
         """The queue per repository, JSON-able: pending, in flight, failed with the error;

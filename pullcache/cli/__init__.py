@@ -67,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="read at most this fast (default: unthrottled, one file "
                                 "at a time)")
     node_setup_parser(sub)
-    tier = sub.add_parser("tier", help="the ECR tier: write-behind queue and repositories")
-    tier.add_argument("action", choices=("status", "sync"))
+    tier = sub.add_parser("tier", help="the shared tier (ECR or S3): write-behind queue, "
+                                       "repositories, bucket set-up")
+    tier.add_argument("action", choices=("status", "sync", "init"))
     tier.add_argument("--config", type=Path)
     cluster = sub.add_parser("cluster", help="cluster mode: members, peers' health, sources")
     cluster.add_argument("action", choices=("status",))

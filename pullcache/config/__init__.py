@@ -19,7 +19,7 @@ from pullcache.units import (  # noqa: F401
 )
 
 from .access import AccessConfig
-from .backing import EcrBackingConfig
+from .backing import EcrBackingConfig, S3BackingConfig
 from .cache import CacheConfig
 from .cluster import ClusterConfig
 from .fields import default_cache_dir, split_listen
@@ -28,7 +28,7 @@ from .server import LogConfig, ServerConfig
 from .upstream import DEFAULT_DOCKER_HUB, UpstreamConfig, ecr_url_parts
 
 __all__ = ["Config", "ServerConfig", "LogConfig", "CacheConfig", "UpstreamConfig",
-           "EcrBackingConfig", "ClusterConfig", "AccessConfig", "DEFAULT_DOCKER_HUB", "SECTIONS", "load", "loads", "render",
+           "EcrBackingConfig", "S3BackingConfig", "ClusterConfig", "AccessConfig", "DEFAULT_DOCKER_HUB", "SECTIONS", "load", "loads", "render",
            "split_listen", "default_cache_dir", "ecr_url_parts", "GiB", "HOURS", "KiB",
            "MINUTES", "MiB", "SECONDS", "TiB", "format_duration", "format_size",
            "parse_duration", "parse_size"]

@@ -119,3 +119,71 @@ class EcrBackingConfig:
     def data_plane(self) -> str:
         return self.registry_url or (
             f"https://{self.registry_id}.dkr.ecr.{self.region}.amazonaws.com")
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")   # S3's bucket naming rules
+MIN_PART, MAX_PART = 8 * MiB, 64 * MiB
+
+
+def _prefix(value: Any) -> str:
+    text = _str(value).strip("/")
+    if any(part in ("", ".", "..") for part in text.split("/")) and text:
+        raise ConfigError(f"expected key segments joined by /, got {show(value)}")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class S3BackingConfig:
+    """``[backing.s3]``: a bucket on any S3-compatible store (S3, MinIO, Ceph RGW, R2, GCS)
+    shared by a fleet as the second cache tier (docs/operations.md §13)."""
+    enabled: bool = _field(_bool, False)
+    bucket: str | None = _field(_secret, None)
+    prefix: str = _field(_prefix, "pullcache")
+    region: str | None = _field(_secret, None)
+    endpoint_url: str | None = _field(_url, None)      # MinIO, Ceph, R2, GCS (tests: moto)
+    addressing_style: str = _field(_choice("path", "virtual", "auto"), "auto")
+    # Credentials: the standard chain (environment, profile, instance role, web identity)
+    # unless both keys are given; never rendered, logged or repr'd.
+    profile: str | None = _field(_secret, None)
+    access_key_id: str | None = _field(_secret, None, secret=True)
+    secret_access_key: str | None = _field(_secret, None, secret=True)
+    server_side_encryption: str | None = _field(_choice("AES256", "aws:kms"), None)
+    kms_key: str | None = _field(_secret, None)        # aws:kms only (default: the AWS key)
+    storage_class: str | None = _field(_secret, None)  # STANDARD, INTELLIGENT_TIERING, ...
+    # Multipart above one part; parts of 8-64 MiB (S3 allows 10,000 parts: 80 GiB at 8 MiB).
+    part_size: int = _field(_positive(parse_size), 8 * MiB, fmt=format_size)
+    # "If-None-Match: *" on every put (no object uploaded twice across nodes); false for a
+    # store that refuses it: a HEAD before the put then (a race may upload twice).
+    conditional_put: bool = _field(_bool, True)
+    write_concurrency: int = _field(_at_least(1), 4)
+    write_retries: int = _field(_at_least(0), 5)
+    drain_timeout: float = _field(parse_duration, 30 * SECONDS, fmt=format_duration)
+    connect_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
+    # The tier's short timeout: a store that has not answered by then is skipped for the
+    # origin, so a slow store costs a pull at most this.
+    header_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
+    read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
+    breaker_failures: int = _field(_at_least(1), 5)
+    breaker_cooldown: float = _field(parse_duration, 15 * SECONDS, fmt=format_duration)
+    upload_rate: int = _field(_positive(parse_size), 1 * MiB, fmt=format_size)
+    resync_interval: float = _field(parse_duration, 10 * MINUTES, fmt=format_duration)
+    # After AccessDenied on a write, the tier is read-only this long (the missing action
+    # logged), then writes are tried again.
+    denied_for: float = _field(parse_duration, 10 * MINUTES, fmt=format_duration)
+
+    def __post_init__(self) -> None:
+        if self.kms_key and self.server_side_encryption != "aws:kms":
+            raise ConfigError('kms_key: only with server_side_encryption = "aws:kms"')
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ConfigError("access_key_id: give both it and secret_access_key, or neither "
+                              "(the standard credential chain)")
+        if not MIN_PART <= self.part_size <= MAX_PART:
+            raise ConfigError("part_size: between 8MiB and 64MiB")
+        if not self.enabled:
+            return
+        if not self.bucket:
+            raise ConfigError("bucket: required when enabled")
+        if not _BUCKET.fullmatch(self.bucket):
+            raise ConfigError(f"bucket: not a valid bucket name: {json.dumps(self.bucket)}")
+        if not (self.region or self.endpoint_url):
+            raise ConfigError("region: required when enabled (or give endpoint_url)")

@@ -177,7 +177,8 @@ def _field(convert: Callable[[Any], Any], default: Any = MISSING, *, factory: An
            fmt: Callable[[Any], Any] = lambda v: v, secret: bool = False) -> Any:
     """A field that reads itself from a TOML value (``convert``) and renders itself (``fmt``)."""
     meta = {"convert": convert, "fmt": fmt, "secret": secret}
-    return field(default=default, default_factory=factory, metadata=meta)
+    # A secret never reaches a repr (a log line, a traceback): only "***" in renders.
+    return field(default=default, default_factory=factory, metadata=meta, repr=not secret)
 
 
 _fraction = _number((int, float), lambda v: 0 < v <= 1, "a number in (0, 1]")

@@ -23,7 +23,7 @@ from pullcache.errors import ConfigError
 from pullcache.units import show
 
 from .access import AccessConfig
-from .backing import EcrBackingConfig
+from .backing import EcrBackingConfig, S3BackingConfig
 from .cache import CacheConfig
 from .cluster import ClusterConfig
 from .fields import _env_value, default_cache_dir, split_listen
@@ -38,6 +38,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     upstreams: tuple[UpstreamConfig, ...] = (DEFAULT_DOCKER_HUB,)
     backing_ecr: EcrBackingConfig = field(default_factory=EcrBackingConfig)
+    backing_s3: S3BackingConfig = field(default_factory=S3BackingConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
@@ -61,6 +62,9 @@ class Config:
             if host in ("", "0.0.0.0", "::"):
                 raise ConfigError("cluster.advertise: the peers cannot reach a wildcard "
                                   "listen address; set this node's address here")
+        if self.backing_ecr.enabled and self.backing_s3.enabled:
+            raise ConfigError("backing.s3.enabled: backing.ecr is enabled already; "
+                              "at most one tier may be")
 
     @property
     def default_upstream(self) -> UpstreamConfig:
@@ -74,7 +78,8 @@ _Overrides = dict[str, tuple[str, str]]  # field name -> (variable, text)
 # TOML table → section class; the Config field is the table name with "." as "_".
 SECTIONS: dict[str, type] = {"server": ServerConfig, "access": AccessConfig, "cache": CacheConfig,
                              "log": LogConfig,
-                             "backing.ecr": EcrBackingConfig, "cluster": ClusterConfig}
+                             "backing.ecr": EcrBackingConfig, "backing.s3": S3BackingConfig,
+                             "cluster": ClusterConfig}
 
 
 def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -139,9 +144,10 @@ def _from_document(doc: dict[str, Any], env: Mapping[str, str]) -> Config:
     if not isinstance(backing, dict):
         raise ConfigError(f"backing: expected a table, got {show(backing, type_only=True)}")
     for key in backing:
-        if key != "ecr":
-            raise ConfigError(f"backing.{key}: unknown key (the backing tier is \"ecr\")")
-    doc = {**doc, "backing.ecr": backing.get("ecr", {})}
+        if key not in ("ecr", "s3"):
+            raise ConfigError(f"backing.{key}: unknown key (a backing tier is \"ecr\" or "
+                              f"\"s3\")")
+    doc = {**doc, "backing.ecr": backing.get("ecr", {}), "backing.s3": backing.get("s3", {})}
     if not isinstance(raw_upstreams := doc.get("upstream", []), list):
         raise ConfigError("upstream: expected an array of tables ([[upstream]]), "
                           f"got {show(raw_upstreams, type_only=True)}")

@@ -36,7 +36,8 @@ from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..cluster import Cluster
 from ..metrics import Metrics
-from ..oci import DEFAULT_ACCEPT, Digest, accepts, manifest_media_type, parse_reference
+from ..oci import (DEFAULT_ACCEPT, MANIFEST_TYPES, Digest, accepts, manifest_media_type,
+                   parse_reference)
 from ..gate.routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, ManifestAnswer, Upstream, parse_digest, tier_outcome
@@ -58,6 +59,7 @@ class Manifests:
         self.tier = tier
         self.writes = writes
         self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
+        self._fleet_flights: SingleFlight[ManifestAnswer | None] = SingleFlight()
         self._behind: set[asyncio.Task[None]] = set()   # background revalidations
         self._behind_keys: set[tuple] = set()             # ...by tag, until they land
 
@@ -67,6 +69,7 @@ class Manifests:
             task.cancel()
         await asyncio.gather(*self._behind, return_exceptions=True)
         await self._flights.close()
+        await self._fleet_flights.close()
 
     def hit(self, upstream: Upstream, route: Route, reference: str,
             accept: tuple[str, ...]) -> ManifestAnswer | None:
@@ -137,6 +140,13 @@ class Manifests:
             except errors.StorageError as exc:
                 await self._disk_refused("reading a tag record", exc)
                 record = None   # revalidate: the upstream knows
+        if record is None and self.tier is not None:
+            # One look at the fleet's record per tag and class, whatever the herd.
+            fleet, _ = await self._fleet_flights.do(
+                ("fleet", route.upstream, route.repo, tag, aclass),
+                lambda: self._fleet_record(upstream, route, tag, accept, aclass))
+            if fleet is not None:
+                return fleet
         age = record.age() if record is not None else None
         if age is not None and age < upstream.tag_ttl + upstream.stale_while_revalidate:
             cached = await self.cached(Digest.parse(record.digest))
@@ -151,6 +161,43 @@ class Manifests:
             key, lambda: self._resolve_or_stale(upstream, route, tag, accept, aclass, record),
             on_join=self._count_join)
         return answer.as_("joined") if joined and answer.cache != "stale" else answer
+
+    async def _fleet_record(self, upstream: Upstream, route: Route, tag: str,
+                            accept: tuple[str, ...], aclass: str) -> ManifestAnswer | None:
+        """The tag as another node of the fleet saw it within ``tag_ttl`` (the tier's record
+        of it), without asking the origin; None if the tier has no fresh record. The record
+        is kept here with the time it was checked, so the tag is revalidated with a HEAD to
+        the origin once that is ``tag_ttl`` old."""
+        wanted = tuple(t for t in MANIFEST_TYPES if accepts(accept, t))
+        try:
+            found = await self.tier.tag_record(route.upstream, route.repo, tag, wanted)
+        except errors.PullcacheError as exc:
+            self.metrics.tier_reads.labels("tag", tier_outcome(exc)).inc()
+            return None
+        if found is None:
+            return None     # none kept (ECR keeps none): not counted
+        if time.time() - found[1] >= upstream.tag_ttl:
+            self.metrics.tier_reads.labels("tag", "stale").inc()
+            return None
+        digest = parse_digest(found[0])
+        if digest is None:
+            return None
+        cached = await self.cached(digest)
+        if cached is not None:
+            # R's own tag names it (the fleet saw it so in R): linked by definition.
+            await self.links.record(route, "manifest", digest)
+            answer = cached
+        else:   # from the tier, which serves it to R only through R's link
+            answer = await self._by_digest(upstream, route, digest, accept)
+        if not accepts(accept, answer.media_type):
+            return None
+        self.metrics.tier_reads.labels("tag", "hit").inc()
+        try:
+            await self.tags.put(route.upstream, route.repo, tag, aclass,
+                                TagRecord(str(digest), answer.media_type, found[1]))
+        except errors.StorageError as exc:
+            await self._disk_refused("saving a tag record", exc)
+        return answer
 
     def _revalidate_behind(self, upstream: Upstream, route: Route, tag: str,
                            accept: tuple[str, ...], aclass: str, record: TagRecord) -> None:

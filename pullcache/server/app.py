@@ -14,7 +14,7 @@ How a request flows through what this module builds:
 
 Lifetimes (``cleanup_ctx``, in order; torn down in reverse): the cache-dir lock, the HTTP
 client session (and the ECR API clients of ``auth = "ecr"`` upstreams), the cache (store, tag
-records, fills, the ECR backing tier and its write-behind workers, drained with a deadline),
+records, fills, the backing tier (ECR or S3) and its write-behind workers, drained with a deadline),
 the housekeeping and recency-flush tasks (the hot layer's buffered uses are flushed to the
 index once more as they end), and the operator's objects (``admin/objects.py``: jobs, pins, status
 samples). Each background task ends when its context is torn down.
@@ -33,6 +33,8 @@ from aiohttp import web
 from ..backing.ecr import EcrApi, EcrCredentials
 from ..backing.journal import JOURNAL_DIR, Journal
 from ..backing.repositories import RepositorySettings
+from ..backing.s3.client import S3Api
+from ..backing.s3.tier import S3Tier
 from ..backing.tier import EcrTier
 from ..backing.writebehind import WriteBehind
 from ..cache.disk import Disk
@@ -170,7 +172,9 @@ def build_app(config: Config) -> web.Application:
         metrics.fills_in_flight.set_function(lambda: len(fills))
         async with contextlib.AsyncExitStack() as stack:
             tier = writes = None
-            ecr = config.backing_ecr
+            ecr, s3 = config.backing_ecr, config.backing_s3
+            section = ecr if ecr.enabled else s3 if s3.enabled else None
+            journal = Journal(config.cache.dir / JOURNAL_DIR)
             if ecr.enabled:
                 api = await stack.enter_async_context(EcrApi(
                     ecr.region, registry_id=ecr.registry_id, profile=ecr.profile,
@@ -187,20 +191,22 @@ def build_app(config: Config) -> web.Application:
                             breaker_cooldown=ecr.breaker_cooldown)),
                         app[SESSION], observer=metrics, basic_first=True,
                         credentials=credentials, **rate)
-                journal = Journal(config.cache.dir / JOURNAL_DIR)
                 tier = EcrTier(api, tier_client("ecr-tier"), ecr.repository_prefix, settings,
                                writer=tier_client("ecr-tier-writes",
                                                   upload_rate=ecr.upload_rate),
                                metrics=metrics, record=journal)
+            elif s3.enabled:
+                tier = S3Tier(await stack.enter_async_context(S3Api(s3)), s3, metrics)
+            if tier is not None:
                 writes = WriteBehind(tier, FleetContent(store, app[UPSTREAMS], tags), journal,
-                                     concurrency=ecr.write_concurrency,
-                                     retries=ecr.write_retries,
-                                     drain_timeout=ecr.drain_timeout, metrics=metrics)
+                                     concurrency=section.write_concurrency,
+                                     retries=section.write_retries,
+                                     drain_timeout=section.drain_timeout, metrics=metrics)
                 await writes.open()   # resumes what a crash left queued
                 stack.push_async_callback(writes.close)
                 # Jobs that failed for good, queued again once their cause cleared.
-                resync = app[LOOPS].every("tier-resync", ecr.resync_interval, writes.resync,
-                                          wait_first=True)
+                resync = app[LOOPS].every("tier-resync", section.resync_interval,
+                                          writes.resync, wait_first=True)
                 stack.push_async_callback(_cancelled, resync)
                 app[TIER] = writes
             app[PROXY] = Proxy(store, fills, tags, app[UPSTREAMS], metrics,

@@ -35,7 +35,8 @@ class Pullcache:
     workdir: Path
     upstreams: list[UpstreamSpec]
     cache: dict = field(default_factory=dict)
-    backing: dict = field(default_factory=dict)   # [backing.ecr] keys
+    backing: dict = field(default_factory=dict)   # [backing.<tier>] keys
+    tier: str = "ecr"                             # which [backing.*] table they go in
     server: dict = field(default_factory=dict)    # more [server] keys (tls_cert, …)
     access: dict = field(default_factory=dict)    # [access] keys
     cluster: dict = field(default_factory=dict)   # [cluster] keys
@@ -89,8 +90,8 @@ class Pullcache:
         if self.cluster:
             lines += ["", "[cluster]"] + [f"{k} = {_toml(v)}" for k, v in self.cluster.items()]
         if self.backing:
-            lines += ["", "[backing.ecr]"] + [f"{k} = {_toml(v)}"
-                                              for k, v in self.backing.items()]
+            lines += ["", f"[backing.{self.tier}]"] + [f"{k} = {_toml(v)}"
+                                                       for k, v in self.backing.items()]
         path = self.workdir / "pullcache.toml"
         path.write_text("\n".join(lines) + "\n")
         return path

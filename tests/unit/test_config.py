@@ -549,8 +549,8 @@ repository_prefix = "pullcache"
     assert loads(render(c), env=env).backing_ecr.write_concurrency == 9
     with pytest.raises(ConfigError, match=r"^backing\.ecr\.region: required when enabled"):
         loads("[backing.ecr]\nenabled = true", env=ENV)
-    with pytest.raises(ConfigError, match=r"^backing\.s3: unknown key"):
-        loads("[backing.s3]\nenabled = true", env=ENV)
+    with pytest.raises(ConfigError, match=r"^backing\.gcs: unknown key"):
+        loads("[backing.gcs]\nenabled = true", env=ENV)
     with pytest.raises(ConfigError, match=r"^backing\.ecr\.bucket: unknown key"):
         loads("[backing.ecr]\nbucket = 'x'", env=ENV)
 
@@ -568,3 +568,51 @@ def test_admin_token_and_handshake_timeout():
         assert "short" not in message and "space" not in message   # never echoed
     assert error('[server]\nhandshake_timeout = 0\n').startswith(
         "server.handshake_timeout: must be greater than zero")
+
+
+def test_s3_backing_tier():
+    text = """
+[backing.s3]
+enabled = true
+bucket = "fleet-cache"
+prefix = "/pullcache/prod/"
+endpoint_url = "http://127.0.0.1:9000"
+addressing_style = "path"
+access_key_id = "AKIAEXAMPLE"
+secret_access_key = "wJalrXUtnFEMI-secret"
+server_side_encryption = "aws:kms"
+kms_key = "alias/pullcache"
+storage_class = "INTELLIGENT_TIERING"
+part_size = "16MiB"
+"""
+    c = loads(text, env=ENV)
+    s3 = c.backing_s3
+    assert (s3.bucket, s3.prefix, s3.part_size) == ("fleet-cache", "pullcache/prod", 16 << 20)
+    assert s3.addressing_style == "path" and s3.region is None
+    rendered = render(c)
+    # The keys never leave: not rendered, not in a repr (a log line, a traceback).
+    assert "AKIAEXAMPLE" not in rendered and "wJalrXUtnFEMI-secret" not in rendered
+    assert 'secret_access_key = "***"' in rendered
+    assert "wJalrXUtnFEMI-secret" not in repr(c) and "AKIAEXAMPLE" not in repr(s3)
+    env = {**ENV, "PULLCACHE_BACKING_S3_BUCKET": "other-bucket",
+           "PULLCACHE_BACKING_S3_ADDRESSING_STYLE": "virtual"}
+    assert (loads(text, env=env).backing_s3.bucket,
+            loads(text, env=env).backing_s3.addressing_style) == ("other-bucket", "virtual")
+    for bad, message in [
+            ("bucket = 'Bad_Bucket'", r"backing\.s3\.bucket: not a valid bucket name"),
+            ("bucket = 'b-1'\nregion = 'r'\nkms_key = 'k'",
+             r"backing\.s3\.kms_key: only with server_side_encryption"),
+            ("bucket = 'b-1'\nregion = 'r'\naccess_key_id = 'a'",
+             r"backing\.s3\.access_key_id: give both"),
+            ("bucket = 'b-1'\nregion = 'r'\npart_size = '5MiB'",
+             r"backing\.s3\.part_size: between 8MiB and 64MiB"),
+            ("bucket = 'b-1'", r"backing\.s3\.region: required when enabled"),
+            ("region = 'r'", r"backing\.s3\.bucket: required when enabled"),
+            ("bucket = 'b-1'\nregion = 'r'\nserver_side_encryption = 'KMS'",
+             r"backing\.s3\.server_side_encryption: expected one of")]:
+        with pytest.raises(ConfigError, match="^" + message):
+            loads(f"[backing.s3]\nenabled = true\n{bad}", env=ENV)
+    both = ("[backing.s3]\nenabled = true\nbucket = 'b-1'\nregion = 'r'\n"
+            "[backing.ecr]\nenabled = true\nregion = 'r'\nregistry_id = '1'")
+    with pytest.raises(ConfigError, match=r"^backing\.s3\.enabled: .*at most one tier"):
+        loads(both, env=ENV)

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .api import setup_api
 from .guard import same_site
 from .page import setup_page
-from ..keys import CORE, DISK, DRAINING, LOOPS, METRICS, STORE, UPSTREAMS, core_of
+from ..keys import CORE, DISK, DRAINING, LOOPS, METRICS, STORE, TIER, UPSTREAMS, core_of
 from ..middleware import oci_errors
 from .objects import OPS
 
@@ -58,13 +58,20 @@ async def readyz(request: web.Request) -> web.Response:
     # A quota nearly spent still serves, but new tags will soon fail: say so.
     detail += [said for host, up in core[UPSTREAMS].items()
                if (said := up.client.quota.describe(host))]
+    # The shared tier: a breaker open is no problem for readiness (pulls go to the origin),
+    # but the operator must hear of it.
+    tier = core[TIER].breakers() if TIER in core else None
+    if tier is not None:
+        detail += [f"tier {tier['name']}: {kind.replace('_', ' ')} {tier[kind]}"
+                   for kind in ("read_breaker", "write_breaker") if tier[kind] != "closed"]
+    extra = {"tier": tier} if tier is not None else {}
     disk = core[DISK].status() if DISK in core else None
     if disk is not None:
         # Degraded, still serving: fills pass through memory, nothing is cached.
         return web.json_response({"status": "degraded", **disk, "problems": problems,
-                                  "detail": detail}, status=503 if failing else 200)
+                                  "detail": detail, **extra}, status=503 if failing else 200)
     return web.json_response({"status": "ok" if not problems else "unready",
-                              "problems": problems, "detail": detail},
+                              "problems": problems, "detail": detail, **extra},
                              status=503 if problems else 200)
 
 

@@ -189,6 +189,7 @@ async def status(request: web.Request) -> web.Response:
         "now": time.time(), "version": build_info()["version"],
         "summary": await summary(core), "fills": fills,
         "upstreams": upstreams, "write_queue": gauge_value(m.tier_queue),
+        "tier": core[TIER].breakers() if TIER in core else None,
         "top_images": ops.pulls.top(10),
         "pins": ops.pinning.snapshot() if ops.pinning else [],
         "series": ops.samples.series(), "sample_interval": ops.samples.interval,
