@@ -3,6 +3,8 @@ repair removes only content that is wrong."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -57,6 +59,11 @@ async def test_repair_deletes_only_content_that_is_wrong_never_on_emfile(tmp_pat
         (tmp_path / relpath_of(f"blob:{gone}")).unlink()
         keys = {f"blob:{d}" for d in (good, bad, gone)}
 
+        # One worker thread, its index connection open before the descriptors run out:
+        # diskcache opens a connection per thread, and a new one would hit EMFILE first.
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        assert await asyncio.to_thread(lambda: len(list(store.index.keys()))) == 3
         with no_free_fds():
             progress = VerifyProgress(repair=True)
             assert await Verifier(store).run(progress) is False
