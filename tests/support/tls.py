@@ -85,6 +85,13 @@ class CA:
         return Issued(_write(self.dir / f"{name}.crt", pem),
                       _write(self.dir / f"{name}.key", _key_pem(key)))
 
+    def server_context(self, name: str = "upstream") -> ssl.SSLContext:
+        """A server's context presenting a leaf issued for ``name`` (asks no client cert)."""
+        leaf = self.issue(name)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(leaf.cert, leaf.key)
+        return ctx
+
     def client_context(self, client: Issued | None = None) -> ssl.SSLContext:
         """What a well-configured client uses: this CA trusted, hostnames checked."""
         ctx = ssl.create_default_context(cafile=str(self.cert))

@@ -123,9 +123,7 @@ def test_a_small_body_stays_with_aiohttp_on_a_pooled_connection(run):
 
 def test_a_large_body_behind_tls(run, tmp_path):
     ca = CA(tmp_path)
-    leaf = ca.issue("upstream")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(leaf.cert, leaf.key)
+    server = ca.server_context("upstream")
     data = os.urandom(9 * MiB + 7)
 
     async def scenario():

@@ -119,9 +119,7 @@ def test_behind_tls_the_body_stays_on_the_loop(run, tmp_path):
     """uvloop keeps its TLS state in its own protocol: no blocking ssl socket can take
     over, so a TLS body is received on the loop (``receiver.Receiver``)."""
     ca = CA(tmp_path)
-    leaf = ca.issue("upstream")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(leaf.cert, leaf.key)
+    server = ca.server_context("upstream")
     data = os.urandom(9 * MiB + 7)
 
     async def scenario():
