@@ -61,19 +61,12 @@ def _check_policy_file(path: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class EcrBackingConfig:
-    """``[backing.ecr]``: an ECR registry shared by a fleet as the second cache tier."""
+class TierConfig:
+    """What every second-tier backing has: its writer queue, timeouts and breakers."""
     enabled: bool = _field(_bool, False)
-    region: str | None = _field(_secret, None)
-    registry_id: str | None = _field(_secret, None)
-    profile: str | None = _field(_secret, None)
-    repository_prefix: str = _field(_str, "pullcache")
-    endpoint_url: str | None = _field(_url, None)     # the AWS API (tests: moto)
-    registry_url: str | None = _field(_url, None)     # the data plane (default: from the id)
     write_concurrency: int = _field(_at_least(1), 4)
     write_retries: int = _field(_at_least(0), 5)
     drain_timeout: float = _field(parse_duration, 30 * SECONDS, fmt=format_duration)
-    token_min_refresh: float = _field(parse_duration, 1 * MINUTES, fmt=format_duration)
     connect_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
     header_timeout: float = _field(_timeout, 10 * SECONDS, fmt=format_duration)
     read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
@@ -83,6 +76,18 @@ class EcrBackingConfig:
     breaker_cooldown: float = _field(parse_duration, 15 * SECONDS, fmt=format_duration)
     upload_rate: int = _field(_positive(parse_size), 1 * MiB, fmt=format_size)
     resync_interval: float = _field(parse_duration, 10 * MINUTES, fmt=format_duration)
+
+
+@dataclass(frozen=True, slots=True)
+class EcrBackingConfig(TierConfig):
+    """``[backing.ecr]``: an ECR registry shared by a fleet as the second cache tier."""
+    region: str | None = _field(_secret, None)
+    registry_id: str | None = _field(_secret, None)
+    profile: str | None = _field(_secret, None)
+    repository_prefix: str = _field(_str, "pullcache")
+    endpoint_url: str | None = _field(_url, None)     # the AWS API (tests: moto)
+    registry_url: str | None = _field(_url, None)     # the data plane (default: from the id)
+    token_min_refresh: float = _field(parse_duration, 1 * MINUTES, fmt=format_duration)
     # Repository settings, applied when pullcache creates a repository (never altered after).
     encryption: str = _field(_choice("AES256", "KMS"), "AES256")
     kms_key: str | None = _field(_secret, None)       # ARN, id or alias/...; KMS only
@@ -133,10 +138,12 @@ def _prefix(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class S3BackingConfig:
+class S3BackingConfig(TierConfig):
     """``[backing.s3]``: a bucket on any S3-compatible store (S3, MinIO, Ceph RGW, R2, GCS)
     shared by a fleet as the second cache tier (docs/operations.md §13)."""
-    enabled: bool = _field(_bool, False)
+    # The tier's short timeout: a store that has not answered by then is skipped for the
+    # origin, so a slow store costs a pull at most this.
+    header_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
     bucket: str | None = _field(_secret, None)
     prefix: str = _field(_prefix, "pullcache")
     region: str | None = _field(_secret, None)
@@ -155,18 +162,6 @@ class S3BackingConfig:
     # "If-None-Match: *" on every put (no object uploaded twice across nodes); false for a
     # store that refuses it: a HEAD before the put then (a race may upload twice).
     conditional_put: bool = _field(_bool, True)
-    write_concurrency: int = _field(_at_least(1), 4)
-    write_retries: int = _field(_at_least(0), 5)
-    drain_timeout: float = _field(parse_duration, 30 * SECONDS, fmt=format_duration)
-    connect_timeout: float = _field(_timeout, 3 * SECONDS, fmt=format_duration)
-    # The tier's short timeout: a store that has not answered by then is skipped for the
-    # origin, so a slow store costs a pull at most this.
-    header_timeout: float = _field(_timeout, 5 * SECONDS, fmt=format_duration)
-    read_timeout: float = _field(_timeout, 30 * SECONDS, fmt=format_duration)
-    breaker_failures: int = _field(_at_least(1), 5)
-    breaker_cooldown: float = _field(parse_duration, 15 * SECONDS, fmt=format_duration)
-    upload_rate: int = _field(_positive(parse_size), 1 * MiB, fmt=format_size)
-    resync_interval: float = _field(parse_duration, 10 * MINUTES, fmt=format_duration)
     # After AccessDenied on a write, the tier is read-only this long (the missing action
     # logged), then writes are tried again.
     denied_for: float = _field(parse_duration, 10 * MINUTES, fmt=format_duration)
