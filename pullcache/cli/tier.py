@@ -29,28 +29,28 @@ def tier_command(cfg, action: str = "status") -> int:
         return _sync(cfg)
     if action == "init":
         return _init(cfg)
-    try:
-        status = AdminClient.for_config(cfg).get("/admin/tier")
-        status["source"] = "daemon"
-    except DaemonUnreachable:
-        status = {"source": "offline", **asyncio.run(tier_status(
-            cfg.cache.dir, cfg.backing_ecr, s3=cfg.backing_s3))}
-    except AdminError as exc:
-        print(f"pullcache: tier status: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(status, indent=2))
-    return 0
+    return _from_daemon_or_disk(
+        "status", lambda: AdminClient.for_config(cfg).get("/admin/tier"),
+        lambda: asyncio.run(tier_status(cfg.cache.dir, cfg.backing_ecr, s3=cfg.backing_s3)))
 
 
 def _sync(cfg) -> int:
     """Queue the jobs that failed for good again: in the daemon now, or (offline) in the
     journal on disk, for the next start."""
+    return _from_daemon_or_disk(
+        "sync", lambda: AdminClient.for_config(cfg).post("/admin/tier/sync"),
+        lambda: {"queued": requeue_failed(cfg.cache.dir)})
+
+
+def _from_daemon_or_disk(action: str, daemon, offline) -> int:
+    """``daemon()``'s answer, or ``offline()``'s when no daemon answers, printed as JSON
+    with its ``source``; exit 1 (the reason on stderr) when the daemon refuses."""
     try:
-        out = {"source": "daemon", **AdminClient.for_config(cfg).post("/admin/tier/sync")}
+        out = {"source": "daemon", **daemon()}
     except DaemonUnreachable:
-        out = {"source": "offline", "queued": requeue_failed(cfg.cache.dir)}
+        out = {"source": "offline", **offline()}
     except AdminError as exc:
-        print(f"pullcache: tier sync: {exc}", file=sys.stderr)
+        print(f"pullcache: tier {action}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
     return 0
