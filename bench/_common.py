@@ -1,6 +1,6 @@
 """What the benchmarks share: curl as the one client, the hashing herd, process stats, the
-header line, the output helpers, and the work dir every run lives in (its flags, its signal
-handlers, its tear-down). Nothing here starts a server."""
+header line, the output helpers, the work dir every run lives in (its flags, its signal
+handlers, its tear-down) and the counted origin. Nothing here starts pullcache."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.daemon import Pullcache
+from tests.support.faultproxy import FaultProxy
+from tests.support.registry import Registry, start_registry
 
 REPO = "bench/blob"
 MB = 1e6                       # throughput is in decimal MB/s (like curl and nginx docs)
@@ -275,6 +277,17 @@ def best_median(values: list[float], *, higher_is_better: bool) -> tuple[float, 
     return best, statistics.median(values)
 
 
+def versus(best: float, med: float, base_best: float, base_med: float) -> str:
+    """A figure's ratio to its baseline's, best to best and median to median."""
+    return f"x{best / base_best:.2f} (best)  x{med / base_med:.2f} (median)"
+
+
+def must_be_zero(what: str, counts: list[int]) -> int:
+    """The run's pass line: ``counts`` printed; the exit status 0 only if all are 0."""
+    out(f"{what}: {counts} (must be 0)")
+    return 0 if not any(counts) else 1
+
+
 def mb(n: int) -> float:
     return n / MB
 
@@ -314,6 +327,17 @@ def temp_workdir(prefix: str, *, tmpdir: str | None = None,
         yield tmp, cleanup
     finally:
         tear_down(cleanup, tmp, keep=keep)
+
+
+def counted_origin(tmp: Path, cleanup: list) -> tuple[Registry, FaultProxy]:
+    """A docker-registry to push to, and the FaultProxy in front of it that the nodes pull
+    through (it counts what they ask); both stopped with the work dir."""
+    registry = start_registry(tmp / "registry").__enter__()
+    cleanup.append(lambda: registry.__exit__(None, None, None))
+    proxy = FaultProxy(registry.url)
+    proxy.start()
+    cleanup.append(proxy.stop)
+    return registry, proxy
 
 
 def tear_down(cleanup: list, tmp, *, keep: bool) -> None:

@@ -23,13 +23,11 @@ import argparse
 import shutil
 import sys
 
-from bench._common import (MiB, HashingClient, add_workdir_flags, best_median, header, note,
-                           out, temp_workdir)
+from bench._common import (MiB, HashingClient, add_workdir_flags, best_median, counted_origin,
+                           header, note, out, temp_workdir)
 from tests.support.daemon import Pullcache, UpstreamSpec
-from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_raw_blob_image, push
 from tests.support.ports import free_port
-from tests.support.registry import start_registry
 
 REPO = "bench/cluster"
 TOKEN = "bench-cluster-token-0123456789"
@@ -79,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args.clients = args.nodes
     with temp_workdir("pullcache-bench-cluster-", tmpdir=args.tmpdir, keep=args.keep) \
             as (tmp, cleanup):
-        registry = start_registry(tmp / "registry").__enter__()
-        cleanup.append(lambda: registry.__exit__(None, None, None))
-        proxy = FaultProxy(registry.url)
-        proxy.start()
-        cleanup.append(proxy.stop)
+        registry, proxy = counted_origin(tmp, cleanup)
         size = args.size_mib * MiB
         image = build_raw_blob_image("bench-cluster", size)
         push(registry, REPO, "v1", image)

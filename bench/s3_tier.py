@@ -23,14 +23,12 @@ import subprocess
 import sys
 import time
 
-from bench._common import (MiB, add_workdir_flags, best_median, curl_get, fresh_cache,
-                           header, note, out, temp_workdir)
+from bench._common import (MiB, add_workdir_flags, best_median, counted_origin, curl_get,
+                           fresh_cache, header, must_be_zero, note, out, temp_workdir, versus)
 from tests.support.daemon import Pullcache, UpstreamSpec
 from tests.support.ecr import AWS_ENV
-from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_raw_blob_image, push
 from tests.support.ports import free_port, wait_until
-from tests.support.registry import start_registry
 from tests.support.s3 import S3Store, s3_config
 
 REPO = "bench/s3"
@@ -64,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args.clients = 1
     with temp_workdir("pullcache-bench-s3-", tmpdir=args.tmpdir, keep=args.keep) as (tmp,
                                                                                     cleanup):
-        registry = start_registry(tmp / "registry").__enter__()
-        cleanup.append(lambda: registry.__exit__(None, None, None))
-        origin = FaultProxy(registry.url)
-        origin.start()
-        cleanup.append(origin.stop)
+        registry, origin = counted_origin(tmp, cleanup)
         moto, url = start_moto(tmp)
         cleanup.append(lambda: (moto.terminate(), moto.wait(10)))
         store = S3Store(url, "bench-pullcache").create()
@@ -114,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         d_best, d_med = best_median(direct, higher_is_better=True)
         out(f"{'origin (no tier)':<18} best {d_best:7.1f} MB/s  median {d_med:7.1f} MB/s")
         out(f"{'S3 tier (moto)':<18} best {t_best:7.1f} MB/s  median {t_med:7.1f} MB/s   "
-            f"tier/origin x{t_best / d_best:.2f} (best)  x{t_med / d_med:.2f} (median)")
-        out(f"origin blob GETs during node B's pulls: {gets} (must be 0)")
-        return 0 if not any(gets) else 1
+            f"tier/origin {versus(t_best, t_med, d_best, d_med)}")
+        return must_be_zero("origin blob GETs during node B's pulls", gets)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench._common import (MiB, add_workdir_flags, best_median, fresh_cache, header, note,
-                           out, temp_workdir)
+from bench._common import (MiB, add_workdir_flags, best_median, counted_origin, fresh_cache,
+                           header, must_be_zero, note, out, temp_workdir, versus)
 from tests.support.daemon import Pullcache, UpstreamSpec
-from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_image, push
-from tests.support.registry import start_registry
 
 REPO = "bench/warm"
 
@@ -62,11 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.clients = 1
     with temp_workdir("pullcache-bench-warm-", keep=args.keep) as (tmp, cleanup):
-        registry = start_registry(tmp / "registry").__enter__()
-        cleanup.append(lambda: registry.__exit__(None, None, None))
-        proxy = FaultProxy(registry.url)
-        proxy.start()
-        cleanup.append(proxy.stop)
+        registry, proxy = counted_origin(tmp, cleanup)
         size = args.layer_mib * MiB
         image = build_image("bench-warm", layer_sizes=[size] * args.layers)
         push(registry, REPO, "v1", image)
@@ -99,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                              ("pull after warm", pull)):
             best, med = best_median(values, higher_is_better=False)
             out(f"{name:<22} best {best:6.2f} s  median {med:6.2f} s   "
-                f"vs direct pull: x{best / d_best:.2f} (best)  x{med / d_med:.2f} (median)")
-        out(f"upstream blob GETs during the pulls after a warm: {gets} (must be 0)")
-        return 0 if not any(gets) else 1
+                f"vs direct pull: {versus(best, med, d_best, d_med)}")
+        return must_be_zero("upstream blob GETs during the pulls after a warm", gets)
 
 
 if __name__ == "__main__":
