@@ -26,7 +26,7 @@ import pytest
 
 from tests.support.daemon import ROOT, Pullcache, UpstreamSpec
 from tests.support.images import build_image, push, read_oci_layout_digests
-from tests.support.ports import free_port, wait_http, wait_until
+from tests.support.ports import free_port, wait_until
 
 REPO = "library/quickstart"
 TAG = "1"
@@ -63,17 +63,7 @@ class MakeRun(Pullcache):
     def start(self, timeout: float = 20.0) -> "MakeRun":
         self.port = self.port or free_port()
         self.admin_port = self.admin_port or free_port()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(make_run_argv(), stdout=log, stderr=log,
-                                         env=self.environ(), cwd=ROOT)
-        proc = self.proc
-        try:
-            wait_http(self.admin_url + "/healthz", timeout=timeout, ok_statuses=(200,),
-                      abort=lambda: None if proc.poll() is None else "pullcache exited")
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"pullcache did not start:\n{self.log()}")
-        return self
+        return self.launch(make_run_argv(), self.environ(), timeout)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """A ``pullcache`` command on this machine: it finds the daemon the same way."""

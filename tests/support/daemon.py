@@ -101,13 +101,17 @@ class Pullcache:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env = {k: v for k, v in env.items() if not k.startswith("PULLCACHE_")}
         env.update(self.env)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pullcache", "serve", "--config", str(config)],
-            stdout=log, stderr=log, env=env, cwd=ROOT)
-        log.close()
+        return self.launch([sys.executable, "-m", "pullcache", "serve", "--config", str(config)],
+                           env, timeout)
+
+    def launch(self, argv: list[str], env: dict[str, str], timeout: float) -> "Pullcache":
+        """Runs ``argv`` as this daemon (its output appended to the log) and waits until
+        /healthz answers 200; if it does not, the process is stopped and the error carries
+        the log."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=ROOT)
+        proc = self.proc
         try:
-            proc = self.proc
             wait_http(self.admin_url + "/healthz", timeout=timeout, ok_statuses=(200,),
                       abort=lambda: None if proc.poll() is None else "pullcache exited")
         except Exception:
