@@ -109,6 +109,13 @@ def test_node_b_revalidates_the_tiers_tag_record_after_tag_ttl(s3_node, origin, 
     assert r.status == 200 and origin.count("HEAD", "/manifests/v1") == 1
 
 
+def timed_pull(pc, repo: str, tag: str, image) -> float:
+    """Seconds ``pull`` took through ``pc``."""
+    began = time.monotonic()
+    pull(pc, repo, tag, image)
+    return time.monotonic() - began
+
+
 def test_store_down_costs_node_b_at_most_the_tier_timeout(s3_node, origin, registry, tmp_path,
                                                           s3_front):
     image = build_image("s3-down", layer_sizes=(300_000, 20_000, 10_000))
@@ -118,18 +125,14 @@ def test_store_down_costs_node_b_at_most_the_tier_timeout(s3_node, origin, regis
     (tmp_path / "plain").mkdir()
     plain.start()
     try:
-        began = time.monotonic()
-        pull(plain, "fleet/s3down", "v1", image)
-        tierless = time.monotonic() - began
+        tierless = timed_pull(plain, "fleet/s3down", "v1", image)
     finally:
         plain.stop()
     for kind in ("blackhole", "status"):   # slow (never answers), then down (503)
         b = s3_node(f"b-{kind}", header_timeout="1s")
         s3_front.set_fault(kind, match="/", status=503)
         try:
-            began = time.monotonic()
-            pull(b, "fleet/s3down", "v1", image)
-            took = time.monotonic() - began
+            took = timed_pull(b, "fleet/s3down", "v1", image)
         finally:
             s3_front.clear_fault()
         # One short timeout at most (then the read breaker fails fast), plus noise.
