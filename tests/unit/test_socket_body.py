@@ -82,6 +82,12 @@ async def read_all(fill) -> bytes:
     return b"".join([chunk async for chunk in fill.read()])
 
 
+def start_fill(fills: Fills, origin: Origin, digest: Digest):
+    """A blob fill of ``digest`` with ``origin`` its one candidate."""
+    fill, _ = fills.get_or_start("blob", digest, [origin.candidate()])
+    return fill
+
+
 def held(size: int, first: int, release: asyncio.Event, *, cut: bool = False):
     """An upstream answer of ``size`` bytes that sends ``first`` of them, then waits for
     ``release`` before the rest (or, ``cut``, closes the connection there)."""
@@ -104,7 +110,7 @@ def test_a_plain_body_is_received_by_the_fill_s_own_thread(run, tmp_path):
     async def scenario():
         async with filling(tmp_path, serving(data)) as (fills, store, up, session):
             origin = Origin(session, up.url)
-            fill, _ = fills.get_or_start("blob", Digest.of(data), [origin.candidate()])
+            fill = start_fill(fills, origin, Digest.of(data))
             assert await read_all(fill) == data
             result = await asyncio.wait_for(fill.result, 10)
             assert result.entry is not None and result.size == len(data)
@@ -126,7 +132,7 @@ def test_behind_tls_the_body_stays_on_the_loop(run, tmp_path):
         async with filling(tmp_path, serving(data), server, ca.client_context()) as \
                 (fills, store, up, session):
             origin = Origin(session, up.url)
-            fill, _ = fills.get_or_start("blob", Digest.of(data), [origin.candidate()])
+            fill = start_fill(fills, origin, Digest.of(data))
             got = await read_all(fill)
             assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
             assert origin.streams[0]._thread_body is None
@@ -145,7 +151,7 @@ def test_without_a_descriptor_to_spare_the_body_stays_on_the_loop(run, tmp_path,
     async def scenario():
         async with filling(tmp_path, serving(data)) as (fills, store, up, session):
             origin = Origin(session, up.url)
-            fill, _ = fills.get_or_start("blob", Digest.of(data), [origin.candidate()])
+            fill = start_fill(fills, origin, Digest.of(data))
             assert await read_all(fill) == data
             assert origin.streams[0]._thread_body is None
             assert origin.threads == {threading.current_thread().name}
@@ -162,8 +168,7 @@ def test_a_slow_upstream_s_bytes_reach_readers_before_the_body_ends(run, tmp_pat
         answer = held(size, 100 << 10, release)
         async with filling(tmp_path, answer) as (fills, store, up, session):
             origin = Origin(session, up.url)
-            fill, _ = fills.get_or_start("blob", Digest.of(b"x" * size),
-                                         [origin.candidate()])
+            fill = start_fill(fills, origin, Digest.of(b"x" * size))
             got = 0
             async with asyncio.timeout(10):
                 async for chunk in fill.read():
@@ -181,8 +186,7 @@ def test_a_stalled_body_fails_the_fill_with_upstream_timeout(run, tmp_path):
     async def scenario():
         async with filling(tmp_path, held(size, 5 * MiB, release)) as (fills, store, up, session):
             origin = Origin(session, up.url, read_timeout=0.3)
-            fill, _ = fills.get_or_start("blob", Digest.of(b"x" * size),
-                                         [origin.candidate()])
+            fill = start_fill(fills, origin, Digest.of(b"x" * size))
             began = time.monotonic()
             try:
                 with pytest.raises(errors.UpstreamTimeout):
@@ -202,8 +206,7 @@ def test_a_body_cut_short_fails_the_fill_with_an_upstream_error(run, tmp_path):
         answer = held(size, 5 * MiB, asyncio.Event(), cut=True)
         async with filling(tmp_path, answer) as (fills, store, up, session):
             origin = Origin(session, up.url)
-            fill, _ = fills.get_or_start("blob", Digest.of(b"x" * size),
-                                         [origin.candidate()])
+            fill = start_fill(fills, origin, Digest.of(b"x" * size))
             with pytest.raises(errors.UpstreamError) as caught:
                 await asyncio.wait_for(fill.result, 10)
             assert not isinstance(caught.value, errors.UpstreamTimeout)
@@ -219,7 +222,7 @@ def test_wrong_bytes_fail_the_fill_and_nothing_is_cached(run, tmp_path):
     async def scenario():
         async with filling(tmp_path, serving(data)) as (fills, store, up, session):
             origin = Origin(session, up.url)
-            fill, _ = fills.get_or_start("blob", wanted, [origin.candidate()])
+            fill = start_fill(fills, origin, wanted)
             with pytest.raises(errors.DigestMismatch):
                 await asyncio.wait_for(fill.result, 10)
             assert origin.streams[0]._thread_body is not None
@@ -238,8 +241,8 @@ def test_fills_beyond_the_thread_bound_are_received_on_the_loop(run, tmp_path):
             fills.slots = Slots(1)
             first, second = Origin(session, up.url), Origin(session, up.url + "?2")
             # Two digests, so two fills, both in flight at once.
-            a, _ = fills.get_or_start("blob", Digest.of(b"x" * size), [first.candidate()])
-            b, _ = fills.get_or_start("blob", Digest.of(b"y"), [second.candidate()])
+            a = start_fill(fills, first, Digest.of(b"x" * size))
+            b = start_fill(fills, second, Digest.of(b"y"))
             await eventually(lambda: a.written > 0 and b.written > 0, what="both filling")
             assert fills.slots.free == 0
             # Whichever answered first has the thread; the other is received on the loop.
@@ -264,8 +267,7 @@ def test_closing_ends_a_fill_whose_thread_waits_on_a_silent_upstream(run, tmp_pa
     async def scenario():
         async with filling(tmp_path, held(size, MiB, release)) as (fills, store, up, session):
             origin = Origin(session, up.url, read_timeout=60)
-            fill, _ = fills.get_or_start("blob", Digest.of(b"x" * size),
-                                         [origin.candidate()])
+            fill = start_fill(fills, origin, Digest.of(b"x" * size))
             await eventually(lambda: fill.written >= MiB, what="the first MiB written")
             began = time.monotonic()
             try:
