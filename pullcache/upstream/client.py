@@ -10,7 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Mapping
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 import structlog
@@ -25,6 +25,8 @@ from .quota import Quota
 from .credentials import Credentials, StaticCredentials, UpstreamObserver
 from .realm import RealmTrust
 from .failures import error_for, read_limited
+from .headers import (accept_header, location_of, next_link, origin_of, range_start,
+                      with_query)
 
 log = structlog.get_logger("pullcache.upstream")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -97,7 +99,7 @@ class RegistryClient:
         self.name = settings.name
         self._base = settings.url.rstrip("/")
         self._session = session
-        self._origin = _origin(self._base)
+        self._origin = origin_of(self._base)
         self._observer = observer or UpstreamObserver()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                               sock_read=settings.read_timeout)
@@ -119,7 +121,7 @@ class RegistryClient:
                             revalidating: bool = False) -> ManifestHead:
         """HEAD a manifest; ``revalidating`` (a cached copy exists) waits only briefly."""
         resp = await self._send("HEAD", repo, f"manifests/{reference}",
-                                {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown,
+                                {"Accept": accept_header(accept)}, not_found=errors.ManifestUnknown,
                                 revalidating=revalidating)
         resp.release()
         return ManifestHead(resp.headers.get("Docker-Content-Digest"),
@@ -128,7 +130,7 @@ class RegistryClient:
     async def get_manifest(self, repo: str, reference: str,
                            accept: tuple[str, ...]) -> Manifest:
         resp = await self._send("GET", repo, f"manifests/{reference}",
-                                {"Accept": _accept(accept)}, not_found=errors.ManifestUnknown)
+                                {"Accept": accept_header(accept)}, not_found=errors.ManifestUnknown)
         try:
             if (resp.content_length or 0) > MAX_MANIFEST_SIZE:
                 raise errors.UpstreamError(f"manifest larger than {MAX_MANIFEST_SIZE} bytes")
@@ -152,7 +154,7 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-"
         resp = await self._send("GET", repo, f"blobs/{digest}", headers,
                                 not_found=errors.BlobUnknown)
-        if offset and (resp.status != 206 or _range_start(resp) != offset):
+        if offset and (resp.status != 206 or range_start(resp) != offset):
             resp.release()
             raise errors.UpstreamError(f"{self.name}: no range from byte {offset} "
                                        f"(answered {resp.status})")
@@ -170,7 +172,7 @@ class RegistryClient:
             resp.release()
         keep = {k: v for k, v in resp.headers.items()
                 if k.lower() in ("content-type", "link", "oci-filters-applied")}
-        return Relayed(resp.status, body, keep, _next_link(resp))
+        return Relayed(resp.status, body, keep, next_link(resp))
 
     async def referrers(self, repo: str, subject: Digest,
                         query: Mapping[str, str] | None = None) -> Relayed:
@@ -191,7 +193,7 @@ class RegistryClient:
         """HEAD a blob or a manifest by digest (a manifest also by tag): present or not."""
         not_found = errors.BlobUnknown if kind == "blobs" else errors.ManifestUnknown
         # Distribution answers 404 for an OCI manifest's tag a client did not Accept.
-        headers = {"Accept": _accept(DEFAULT_ACCEPT)} if kind == "manifests" else {}
+        headers = {"Accept": accept_header(DEFAULT_ACCEPT)} if kind == "manifests" else {}
         try:
             resp = await self._send("HEAD", repo, f"{kind}/{digest}", headers,
                                     not_found=not_found)
@@ -207,16 +209,16 @@ class RegistryClient:
         resp = await self._send("POST", repo, "blobs/uploads/", {"Content-Length": "0"},
                                 not_found=errors.NameUnknown, push=True)
         resp.release()
-        location, offset = _location(resp), 0
+        location, offset = location_of(resp), 0
         async for chunk in chunks:
             resp = await self._send(
                 "PATCH", repo, "", {"Content-Type": "application/octet-stream",
                                     "Content-Range": f"{offset}-{offset + len(chunk) - 1}"},
                 url=location, data=chunk, not_found=errors.BlobUnknown, push=True)
             resp.release()
-            location, offset = _location(resp), offset + len(chunk)
+            location, offset = location_of(resp), offset + len(chunk)
         resp = await self._send("PUT", repo, "", {"Content-Length": "0"},
-                                url=_with_query(location, "digest", str(digest)),
+                                url=with_query(location, "digest", str(digest)),
                                 not_found=errors.BlobUnknown, push=True)
         resp.release()
 
@@ -313,7 +315,7 @@ class RegistryClient:
         auth = await self._auth.header(scope)
         sent = time.monotonic()
         resp = await self._follow(method, url, headers, auth, query, data)
-        if resp.status != 401 or _origin(str(resp.url)) != self._origin:
+        if resp.status != 401 or origin_of(str(resp.url)) != self._origin:
             return resp
         try:
             answer = await self._auth.answer(resp.headers.get("WWW-Authenticate", ""), scope,
@@ -335,7 +337,7 @@ class RegistryClient:
         """
         for _ in range(self.settings.max_redirects + 1):
             hop_headers = dict(headers)
-            if auth and _origin(url) == self._origin:
+            if auth and origin_of(url) == self._origin:
                 hop_headers["Authorization"] = auth
             resp = await self._session.request(method, url, headers=hop_headers, params=query,
                                                data=data, allow_redirects=False,
@@ -350,43 +352,3 @@ class RegistryClient:
         raise errors.UpstreamError(f"{self.name}: more than "
                                    f"{self.settings.max_redirects} redirects")
 
-
-def _next_link(resp: aiohttp.ClientResponse) -> str | None:
-    """aiohttp's RFC 8288 parse of ``Link`` skips what it cannot read (a link without
-    ``>``); a target that is no URL at all is no next page either."""
-    try:
-        link = resp.links.get("next")
-    except ValueError:
-        return None
-    return str(link["url"]) if link is not None and link.get("url") else None
-
-
-def _range_start(resp: aiohttp.ClientResponse) -> int | None:
-    """The first byte of a 206's ``Content-Range: bytes <first>-<last>/<length>``."""
-    unit, _, spec = resp.headers.get("Content-Range", "").partition(" ")
-    first = spec.partition("-")[0]
-    return int(first) if unit == "bytes" and first.isdigit() else None
-
-
-def _location(resp: aiohttp.ClientResponse) -> str:
-    location = resp.headers.get("Location")
-    if not location:
-        raise errors.UpstreamError("upload answered without a Location")
-    return urljoin(str(resp.url), location)
-
-
-def _with_query(url: str, key: str, value: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}{urlencode({key: value})}"
-
-
-def _accept(accept: tuple[str, ...]) -> str:
-    # Forward what the client takes, so the upstream picks the representation it would have
-    # given the client itself (docs/protocol.md §3); a client that named nothing gets the
-    # modern set.
-    return ", ".join(accept or DEFAULT_ACCEPT)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
