@@ -36,12 +36,12 @@ from ..cache.store import BlobStore
 from ..cache.tags import TagRecord, TagStore, accept_class
 from ..cluster import Cluster
 from ..metrics import Metrics
-from ..oci import (DEFAULT_ACCEPT, MANIFEST_TYPES, Digest, accepts, manifest_media_type,
-                   parse_reference)
+from ..oci import DEFAULT_ACCEPT, MANIFEST_TYPES, Digest, accepts, parse_reference
 from ..gate.routing import Route
 from ..singleflight import SingleFlight
 from .answers import STALE_WARNING, ManifestAnswer, Upstream, parse_digest, tier_outcome
 from .links import Links
+from .manifest_copies import ManifestCopies
 
 log = structlog.get_logger("pullcache.proxy")
 
@@ -58,6 +58,7 @@ class Manifests:
         self.metrics = metrics
         self.tier = tier
         self.writes = writes
+        self.copies = ManifestCopies(store, metrics, disk)
         self._flights: SingleFlight[ManifestAnswer] = SingleFlight()
         self._fleet_flights: SingleFlight[ManifestAnswer | None] = SingleFlight()
         self._behind: set[asyncio.Task[None]] = set()   # background revalidations
@@ -83,12 +84,12 @@ class Manifests:
         if isinstance(ref, Digest):
             if not self.links.known(route, "manifest", ref):
                 return None
-            answer = self._remembered(ref)
+            answer = self.copies.remembered(ref)
         else:
             record = self.tags.cached(route.upstream, route.repo, ref, accept_class(accept))
             if record is None or record.age() >= upstream.tag_ttl:
                 return None
-            answer = self._remembered(Digest.parse(record.digest))
+            answer = self.copies.remembered(Digest.parse(record.digest))
         if answer is not None:
             self.metrics.requests.inc("manifest", "hit")
         return answer
@@ -106,7 +107,7 @@ class Manifests:
 
     async def _by_digest(self, upstream: Upstream, route: Route, digest: Digest,
                          accept: tuple[str, ...], for_peer: bool = False) -> ManifestAnswer:
-        cached = await self.cached(digest)
+        cached = await self.copies.cached(digest)
         if cached is not None:
             await self.links.confirm(upstream, route, "manifest", digest)
             return cached
@@ -138,7 +139,7 @@ class Manifests:
             try:
                 record = await self.tags.get(route.upstream, route.repo, tag, aclass)
             except errors.StorageError as exc:
-                await self._disk_refused("reading a tag record", exc)
+                await self.copies.disk_refused("reading a tag record", exc)
                 record = None   # revalidate: the upstream knows
         if record is None and self.tier is not None:
             # One look at the fleet's record per tag and class, whatever the herd.
@@ -149,7 +150,7 @@ class Manifests:
                 return fleet
         age = record.age() if record is not None else None
         if age is not None and age < upstream.tag_ttl + upstream.stale_while_revalidate:
-            cached = await self.cached(Digest.parse(record.digest))
+            cached = await self.copies.cached(Digest.parse(record.digest))
             if cached is not None:
                 if age < upstream.tag_ttl:
                     return cached
@@ -182,7 +183,7 @@ class Manifests:
         digest = parse_digest(found[0])
         if digest is None:
             return None
-        cached = await self.cached(digest)
+        cached = await self.copies.cached(digest)
         if cached is not None:
             # R's own tag names it (the fleet saw it so in R): linked by definition.
             await self.links.record(route, "manifest", digest)
@@ -196,7 +197,7 @@ class Manifests:
             await self.tags.put(route.upstream, route.repo, tag, aclass,
                                 TagRecord(str(digest), answer.media_type, found[1]))
         except errors.StorageError as exc:
-            await self._disk_refused("saving a tag record", exc)
+            await self.copies.disk_refused("saving a tag record", exc)
         return answer
 
     def _revalidate_behind(self, upstream: Upstream, route: Route, tag: str,
@@ -250,7 +251,7 @@ class Manifests:
         head = await client.head_manifest(route.repo, tag, accept, revalidating=revalidating)
         digest = parse_digest(head.digest)
         if digest is not None:
-            cached = await self.cached(digest)
+            cached = await self.copies.cached(digest)
             if cached is not None:
                 outcome = "revalidated"
                 await self.links.record(route, "manifest", digest)   # U named it in R
@@ -260,7 +261,7 @@ class Manifests:
         else:
             # No Docker-Content-Digest on HEAD: GET by tag and hash what we got.
             got = await client.get_manifest(route.repo, tag, accept)
-            cached = await self._store(got.body, got.content_type, got.digest, None, route)
+            cached = await self.copies.put(got.body, got.content_type, got.digest, None, route)
             self._write_back(upstream, route.repo, cached.digest, tag)
             outcome = "miss"
         try:
@@ -269,7 +270,7 @@ class Manifests:
         except errors.StorageError as exc:
             # Served all the same; the next request revalidates again.
             log.warning("tag_record_not_saved", repo=route.repo, tag=tag, error=str(exc))
-            await self._disk_refused("saving a tag record", exc)
+            await self.copies.disk_refused("saving a tag record", exc)
         return cached.as_(outcome)
 
     async def _fetch_by_digest(self, upstream: Upstream, route: Route, digest: Digest,
@@ -286,7 +287,7 @@ class Manifests:
         if self.tier is not None:
             try:
                 got = await self.tier.get_manifest(upstream.client.name, repo, digest)
-                answer = await self._store(got.body, got.content_type, got.digest, digest,
+                answer = await self.copies.put(got.body, got.content_type, got.digest, digest,
                                            route)
                 self.metrics.tier_reads.labels("manifest", "hit").inc()
                 if isinstance(got, StoredManifest):   # only an artifact there: complete it
@@ -295,7 +296,7 @@ class Manifests:
             except errors.PullcacheError as exc:
                 self.metrics.tier_reads.labels("manifest", tier_outcome(exc)).inc()
         got = await upstream.client.get_manifest(repo, str(digest), accept)
-        answer = await self._store(got.body, got.content_type, got.digest, digest, route)
+        answer = await self.copies.put(got.body, got.content_type, got.digest, digest, route)
         self._write_back(upstream, repo, digest, tag)
         return answer
 
@@ -306,7 +307,7 @@ class Manifests:
         for peer in self.cluster.owners(str(digest)):
             try:
                 got = await peer.get_manifest(route.upstream, route.repo, digest)
-                return await self._store(got.body, got.content_type, got.digest, digest, route)
+                return await self.copies.put(got.body, got.content_type, got.digest, digest, route)
             except errors.DigestMismatch as exc:
                 peer.failed(exc)
             except errors.PullcacheError as exc:
@@ -331,7 +332,7 @@ class Manifests:
         candidates = ([record] if record is not None else []) + [
             r for r in others if r != record and accepts(accept, r.media_type)]
         for candidate in candidates:
-            cached = await self.cached(Digest.parse(candidate.digest))
+            cached = await self.copies.cached(Digest.parse(candidate.digest))
             if cached is not None:
                 return ManifestAnswer(cached.body, cached.media_type, cached.digest, "stale",
                                       STALE_WARNING), candidate
@@ -343,49 +344,3 @@ class Manifests:
             return await self.tags.get_all(route.upstream, route.repo, tag)
         except errors.StorageError:
             return []
-
-    def _remembered(self, digest: Digest) -> ManifestAnswer | None:
-        found = self.store.cached_manifest(digest)
-        if found is None:
-            return None
-        entry, body = found
-        return ManifestAnswer(body, entry.media_type or "", digest, "hit")
-
-    async def cached(self, digest: Digest) -> ManifestAnswer | None:
-        """The manifest from the local cache (memory, else disk), or None."""
-        answer = self._remembered(digest)
-        if answer is not None:
-            return answer
-        try:
-            found = await self.store.manifest(digest)
-        except errors.StorageError as exc:
-            await self._disk_refused("reading the index", exc)
-            return None     # a miss: fetched (and, once repaired, cached) again
-        if found is None:
-            return None
-        entry, body = found
-        return ManifestAnswer(body, entry.media_type or "", digest, "hit")
-
-    async def _store(self, body: bytes, content_type: str | None, header_digest: str | None,
-                     expected: Digest | None, route: Route) -> ManifestAnswer:
-        """Verify upstream's manifest bytes and commit them under their digest, linked to
-        ``route`` (whose upstream and repository gave them)."""
-        digest = expected or parse_digest(header_digest) or Digest.of(body)
-        if not digest.matches(body):
-            log.warning("digest_mismatch", digest=str(digest), kind="manifest",
-                        got=str(Digest.of(body, digest.algorithm)))
-            self.metrics.digest_mismatches.inc()
-            raise errors.DigestMismatch(str(digest))
-        media_type = manifest_media_type(body, content_type)
-        try:
-            await self.store.put_bytes("manifest", digest, body, media_type,
-                                       links=frozenset({(route.upstream, route.repo)}))
-        except errors.StorageError as exc:
-            # Verified bytes in hand: pass them through uncached rather than fail the pull.
-            log.warning("manifest_passthrough", digest=str(digest), error=str(exc))
-            await self._disk_refused("caching a manifest", exc)
-        return ManifestAnswer(body, media_type, digest, "miss")
-
-    async def _disk_refused(self, what: str, exc: errors.StorageError) -> None:
-        if self.disk is not None:
-            await self.disk.failed(what, exc)
