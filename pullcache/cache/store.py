@@ -1,4 +1,4 @@
-"""Content-addressed files under the cache root, their LRU index, budget and recovery.
+"""Content-addressed files under the cache root, their LRU index, room (``room.py``) and recovery.
 
 Layout (all on one filesystem, so a commit is an atomic rename)::
 
@@ -38,6 +38,7 @@ from .hot import HotLayer
 from .index import Entry, Index, relpath_for
 from .links import KnownLinks, Where
 from .passthrough import as_oserror
+from .room import Room
 from .recovery import KINDS, Reconciled, reconcile  # noqa: F401 - KINDS: part of the API
 
 log = structlog.get_logger("pullcache.cache")
@@ -53,14 +54,7 @@ class BlobStore:
         self.tmp = root / "tmp"
         self.hot = hot if hot is not None else HotLayer(0)
         self.known_links = KnownLinks(self.hot)
-        self._reserved = 0  # bytes promised to fills in progress
-        self._evicted_bytes = 0
-        # Making room and reserving are one step under this lock (else concurrent fills
-        # each see room for themselves and overshoot together); ``_released`` wakes a fill
-        # waiting for in-flight reservations to end.
-        self._budget_lock = asyncio.Lock()
-        self._released = asyncio.Event()
-        self._on_evict = on_evict or (lambda n, nbytes: None)
+        self.room = Room(lambda: self.budget, self.hot, lambda: self.index, on_evict)
         self._index: Index | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -278,71 +272,17 @@ class BlobStore:
     # -- budget ------------------------------------------------------------------------------
 
     async def reserve(self, nbytes: int) -> Reservation:
-        """Make room for ``nbytes`` and count them against the budget, as one step.
-
-        While fills in progress hold so much that even after eviction ``nbytes`` would not
-        fit in ``max_size``, wait for one of them to end. A fill alone is never kept waiting
-        (a blob bigger than the cache, or a cache full of pinned files, still goes through).
-        """
-        while True:
-            async with self._budget_lock:
-                released = self._released
-                volume = await self._make_room(nbytes)
-                if self._reserved == 0 or volume + self._reserved + nbytes <= self.budget.max_size:
-                    self._reserved += nbytes
-                    return Reservation(self._unreserve, nbytes)
-            log.info("cache_full_waited", bytes=nbytes, reserved=self._reserved)
-            await released.wait()
+        """``nbytes`` counted against the budget, room made for them (``Room.reserve``)."""
+        return await self.room.reserve(nbytes)
 
     async def grow(self, reservation: Reservation, nbytes: int) -> None:
-        """Count ``nbytes`` more for a fill whose source announced no length, having made
-        room for them. Never waits for other fills (they may be growing too, each waiting
-        for the other to end); the bytes are counted even if the index cannot evict now."""
-        async with self._budget_lock:
-            if not reservation.held:
-                return                      # released meanwhile: nothing to count
-            self._reserved += nbytes
-            reservation.nbytes += nbytes
-            await self._make_room(0)
-
-    def _unreserve(self, nbytes: int) -> None:
-        self._reserved -= nbytes
-        released, self._released = self._released, asyncio.Event()
-        released.set()
+        """``nbytes`` more for a fill of unknown length (``Room.grow``)."""
+        await self.room.grow(reservation, nbytes)
 
     async def make_room(self, incoming: int = 0) -> int:
-        """Evict LRU entries when usage would pass the high watermark; return bytes freed.
-
-        Eviction goes down to the low watermark, less what fills in progress will add.
-        Files a response is serving are unlinked once it ends (``release``).
-        """
-        async with self._budget_lock:
-            before = self._evicted_bytes
-            await self._make_room(incoming)
-            return self._evicted_bytes - before
-
-    async def _make_room(self, incoming: int) -> int:
-        """(under the budget lock) Flush recency, evict if needed; return the volume after."""
-        reserved = self._reserved
-        touches = self.hot.take_touches()   # the LRU order is flushed recency plus these
-
-        def _evict() -> tuple[int, int, int]:
-            before = self.index.volume()
-            if before + reserved + incoming <= self.budget.high:
-                self.hot.forget(self.index.touch(touches))
-                return 0, 0, before
-            freed = self.index.evict_to(self.budget.low - reserved - incoming, touches)
-            after = self.index.volume()
-            return len(freed), max(before - after, 0), after
-        try:
-            count, nbytes, volume = await asyncio.to_thread(_evict)
-        except (OSError, sqlite3.Error) as exc:   # a read-only or removed index: these
-            raise StorageError(f"index: {exc}") from as_oserror(exc)   # uses are lost
-        if count:
-            log.info("cache_evicted", files=count, bytes=nbytes)
-            self._evicted_bytes += nbytes
-            self._on_evict(count, nbytes)
-        return volume
+        """Evict down to the low watermark if past the high one; bytes freed
+        (``Room.make_room``)."""
+        return await self.room.make_room(incoming)
 
     async def release(self) -> None:
         """Unlink evicted files whose last reader has gone."""
@@ -351,7 +291,7 @@ class BlobStore:
     async def usage(self) -> dict[str, int]:
         def _usage() -> dict[str, int]:
             return {"bytes": self.index.volume(), "entries": self.index.count(),
-                    "max_size": self.budget.max_size, "reserved": self._reserved}
+                    "max_size": self.budget.max_size, "reserved": self.room.reserved}
         return await asyncio.to_thread(_usage)
 
     async def readiness(self) -> list[str]:
