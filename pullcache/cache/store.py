@@ -1,4 +1,4 @@
-"""Content-addressed files under the cache root, their LRU index, room (``room.py``) and recovery.
+"""Content-addressed files under the cache root: their LRU index, room (room.py), recovery.
 
 Layout (all on one filesystem, so a commit is an atomic rename)::
 

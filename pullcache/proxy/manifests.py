@@ -288,7 +288,7 @@ class Manifests:
             try:
                 got = await self.tier.get_manifest(upstream.client.name, repo, digest)
                 answer = await self.copies.put(got.body, got.content_type, got.digest, digest,
-                                           route)
+                                               route)
                 self.metrics.tier_reads.labels("manifest", "hit").inc()
                 if isinstance(got, StoredManifest):   # only an artifact there: complete it
                     self._write_back(upstream, repo, digest, tag)
