@@ -72,14 +72,16 @@ class FileBody:
 
 
 class FillBody:
-    """A fill in progress: its bytes as they arrive (see ``Fill.spans``); holds nothing."""
+    """A fill in progress: its bytes as they arrive (see ``Fill.spans``); holds nothing.
+    ``raw``: as written, before a held-back source is verified (a peer's answer)."""
 
-    def __init__(self, fill: Fill, size: int | None) -> None:
+    def __init__(self, fill: Fill, size: int | None, *, raw: bool = False) -> None:
         self.size = size
         self.fill = fill
+        self.raw = raw
 
     def spans(self, start: int = 0, end: int | None = None) -> AsyncIterator[Span]:
-        return self.fill.spans(start, end)
+        return self.fill.spans(start, end, raw=self.raw)
 
     async def aclose(self) -> None:
         pass   # each spans() iterator closes its own descriptor

@@ -131,6 +131,10 @@ class Fill(PassThrough, Tail):
         self.origin = ""
         self.result: asyncio.Future[FillResult] = asyncio.get_running_loop().create_future()
         self._started: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        # The size a source announced, held back or not: what raw readers wait for.
+        self._size_known: asyncio.Future[int | None] = \
+            asyncio.get_running_loop().create_future()
+        self._used: list[Candidate] = []   # the sources of the bytes, in order
         self._waiters: dict[asyncio.Future[None], None] = {}   # readers in ``started``
         self._progress = asyncio.Event()
         self._on_event = on_event or (lambda event, **_: None)
@@ -186,19 +190,27 @@ class Fill(PassThrough, Tail):
             self.disk.recovered()
 
     async def _download_first(self, sources: "list[Candidate]") -> Entry:
-        """Try each source in turn; a source that fails before readers saw any of its
-        bytes (a tier miss, a tier blob that fails verification) hands over to the next."""
-        for i, candidate in enumerate(sources):
+        """Try each source in turn. A source cut midway hands its bytes over to the next
+        that joins with a ``Range`` request (``_go_on``). A source that fails before readers
+        saw any of the fill's bytes (a tier miss, a tier blob that fails verification, a cut
+        no later source could join) hands over to the next, which starts at byte 0."""
+        rest = list(sources)
+        while rest:
+            candidate = rest.pop(0)
+            self._used = [candidate]
             try:
-                return await self._download(candidate)
+                return await self._download(candidate, rest)
             except PullcacheError as exc:
-                if candidate.on_failure is not None:
-                    candidate.on_failure(exc)
-                if i == len(sources) - 1 or self.visible > 0:
+                # Wrong bytes may be any contributor's: every source of them is told.
+                blamed = self._used if isinstance(exc, DigestMismatch) else self._used[-1:]
+                for used in blamed:
+                    if used.on_failure is not None:
+                        used.on_failure(exc)
+                if not rest or self.visible > 0:
                     raise
                 (log.info if exc.status == 404 else log.warning)(   # a miss is not trouble
-                    "fill_source_skipped", digest=str(self.digest), source=candidate.name,
-                    error=str(exc))
+                    "fill_source_skipped", digest=str(self.digest),
+                    source=self._used[-1].name, error=str(exc))
                 self.written = self._woken_at = 0
                 self.generation += 1   # readers holding the old temp file must reopen
                 if self.window is not None:
@@ -207,21 +219,16 @@ class Fill(PassThrough, Tail):
                 await self._discard_temp()
         raise FillFailed("no source")  # unreachable: the loop returns or raises
 
-    async def _download(self, candidate: "Candidate") -> Entry:
+    async def _download(self, candidate: "Candidate", rest: "list[Candidate]") -> Entry:
         source = await candidate.open()
         try:
             if self._started.done() and source.size != self.size:
                 raise SizeInvalid(f"{self.digest}: {candidate.name} announced {source.size} "
                                   f"bytes, readers were promised {self.size}")
             self.size, self.origin = source.size, source.origin
-            if candidate.stream and not self._started.done():
-                # A held-back source promises readers nothing (not even a size) until its
-                # bytes are verified: a wrong-length copy must not bind the next source.
-                self._started.set_result(self.size)
-                self._announce()
-                # One turn of the loop for the readers just woken: they send their response
-                # headers before the temp file's set-up (threads) competes with them.
-                await asyncio.sleep(0)
+            self._sized(self.size)
+            if candidate.stream:
+                await self._show(self.size)
             self._hasher = self.digest.hasher()
             self._stream = candidate.stream
             await self._open_temp(source.size)
@@ -232,18 +239,20 @@ class Fill(PassThrough, Tail):
                         await self._receive(source)
                         break
                     except (UpstreamError, UpstreamTimeout) as exc:
-                        if isinstance(exc, SizeInvalid) or not self._resumable(
-                                candidate, self._received, resumes):
+                        if isinstance(exc, SizeInvalid) or not self._cut_midway():
                             raise
-                        resumes += 1
-                        source = await self._resume(candidate, source, self._received, exc)
+                        source, joined = await self._go_on(candidate, source, rest, exc,
+                                                           resumes)
+                        resumes = resumes + 1 if joined is candidate else 0
+                        candidate = joined
                 hexdigest = await self._writer.finish()
                 if self.size is not None and self.written != self.size:
                     raise SizeInvalid(f"{self.digest}: {self.written} of {self.size} bytes")
                 if hexdigest != self.digest.hex:
                     log.warning("digest_mismatch", digest=str(self.digest),
                                 got=f"{self.digest.algorithm}:{hexdigest}",
-                                origin=self.origin, source=candidate.name, bytes=self.written)
+                                origin=self.origin, source=candidate.name, bytes=self.written,
+                                sources=[used.name for used in self._used])
                     self._on_event("digest_mismatch")
                     raise DigestMismatch(str(self.digest))
                 # Verified: readers may have the final byte now. Durability comes after; a
@@ -265,6 +274,19 @@ class Fill(PassThrough, Tail):
             return None     # passed through, or the disk refused the fsync: not cached
         with self._reservation:   # released once the index counts the bytes
             return await self._commit()
+
+    async def _show(self, size: int | None) -> None:
+        """A streamed source took over: readers get the size and every byte written."""
+        if not self._started.done():
+            # A held-back source promises readers nothing (not even a size) until its
+            # bytes are verified: a wrong-length copy must not bind the next source.
+            self._started.set_result(size)
+            self._announce()
+            # One turn of the loop for the readers just woken: they send their response
+            # headers before the temp file's set-up (threads) competes with them.
+            await asyncio.sleep(0)
+        self.visible = self.written
+        self._wake()
 
     async def _receive(self, source: Source) -> None:
         """The source's bytes into the writer; ``_received`` counts them as they come, so
@@ -297,14 +319,47 @@ class Fill(PassThrough, Tail):
             self._slots.free -= 1
         return reader
 
-    def _resumable(self, candidate: "Candidate", received: int, resumes: int) -> bool:
-        return candidate.resume is not None and resumes < MAX_RESUMES and \
-            self.size is not None and 0 < received < self.size
+    def _cut_midway(self) -> bool:
+        return self.size is not None and 0 < self._received < self.size
 
-    async def _resume(self, candidate: "Candidate", cut: Source, received: int,
-                      exc: PullcacheError) -> Source:
-        """The source again from byte ``received``, announcing exactly the bytes left."""
+    async def _go_on(self, candidate: "Candidate", cut: Source, rest: "list[Candidate]",
+                     exc: PullcacheError, resumes: int) -> "tuple[Source, Candidate]":
+        """After a cut at ``_received``: the bytes from there, keeping what the fill holds
+        (temp file and hash state). The same source again (``MAX_RESUMES`` times), else the
+        first of ``rest`` that joins: it answers the ``Range`` with exactly the bytes left.
+        One that cannot (no ``resume``, a 200 for the whole blob, an error) is passed over
+        for the hand-over and stays in ``rest``: when none joins, the cut is raised and, if
+        no reader saw a byte, ``_download_first`` starts the next source from byte 0."""
         await cut.close()
+        received = self._received
+        if candidate.resume is not None and resumes < MAX_RESUMES:
+            try:
+                return await self._join(candidate, received, exc), candidate
+            except PullcacheError as again:
+                exc = again
+        if candidate.on_failure is not None:
+            candidate.on_failure(exc)
+        for i, successor in enumerate(rest):
+            if successor.resume is None:
+                continue
+            try:
+                source = await self._join(successor, received, exc)
+            except PullcacheError as refused:
+                log.info("fill_join_refused", digest=str(self.digest), source=successor.name,
+                         offset=received, error=str(refused))
+                continue
+            del rest[i]
+            self._used.append(successor)
+            self.origin = source.origin
+            self._stream = successor.stream
+            if successor.stream:
+                await self._show(self.size)
+            return source, successor
+        raise exc
+
+    async def _join(self, candidate: "Candidate", received: int,
+                    exc: PullcacheError) -> Source:
+        """``candidate``'s bytes from ``received`` on, announcing exactly the bytes left."""
         source = await candidate.resume(received)
         if source.size is not None and source.size != self.size - received:
             await source.close()
@@ -315,11 +370,11 @@ class Fill(PassThrough, Tail):
         return source
 
     def _progressed(self, written: int, stream: bool) -> None:
-        """The writer thread's report (at most once per loop iteration)."""
+        """The writer thread's report (at most once per loop iteration). Raw readers follow
+        ``written`` whatever the source, so the wake-up is for a held-back one too."""
         self.written = written
-        if not stream:
-            return
-        self.visible = written
+        if stream:
+            self.visible = written
         if written - self._woken_at >= WAKE_STEP or (self._writer and self._writer.idle):
             self._woken_at = written
             self._wake()
@@ -329,10 +384,15 @@ class Fill(PassThrough, Tail):
         self.source = candidate.name
         self.verified = True
         self.verified_after = time.monotonic() - self._began
+        self._sized(self.size)
         if not self._started.done():
             self._started.set_result(self.size)
             self._announce()
         self._wake()
+
+    def _sized(self, size: int | None) -> None:
+        if not self._size_known.done():
+            self._size_known.set_result(size)
 
     async def add_link(self, where: Where) -> None:
         """Link ``where`` (confirmed by the caller) to this content: with the commit, or, when
@@ -346,6 +406,9 @@ class Fill(PassThrough, Tail):
             await self.store.link(self.kind, self.digest, where)
 
     def _fail(self, exc: BaseException) -> None:
+        if not self._size_known.done():
+            self._size_known.set_exception(exc)
+            self._size_known.exception()   # retrieved here; raw readers re-raise it
         if not self._started.done():
             self._started.set_exception(exc)
             self._started.exception()  # retrieved here; readers re-raise it

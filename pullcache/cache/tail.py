@@ -1,7 +1,8 @@
 """A fill's readers: they tail its temp file (or its pass-through window) as it grows.
 
-Mixed into ``fill.Fill``, whose state it reads (``visible``, ``verified``, ``size``,
-``generation``, ``window``, ``result``, ``_started``, ``_waiters``, ``_progress``). Every
+Mixed into ``fill.Fill``, whose state it reads (``visible``, ``written``, ``verified``,
+``size``, ``generation``, ``window``, ``result``, ``_started``, ``_size_known``, ``_waiters``,
+``_progress``). Every
 request that wants the blob reads the one fill from any offset: the first byte reaches each
 client as soon as it reaches us, and the blob's final byte only once the digest matched.
 """
@@ -48,6 +49,14 @@ class Tail:
                 self._waiters.pop(waiter, None)
         return started.result()
 
+    async def sized(self) -> int | None:
+        """Wait until a source answered, held back or not; the size it announced, or raise
+        the fill's error. For a reader of the bytes as written (``spans(raw=True)``)."""
+        known = self._size_known
+        if not known.done():
+            await asyncio.wait([known])   # (not cancelled with the caller)
+        return known.result()
+
     def _announce(self) -> None:
         """The source answered (``_started`` is set): wake every reader in ``started``, in
         the order they came."""
@@ -65,11 +74,16 @@ class Tail:
                 yield chunk
 
     async def spans(self, start: int = 0, end: int | None = None,
-                    limit: int | None = None) -> AsyncIterator[tuple[int, int, int]]:
+                    limit: int | None = None, *,
+                    raw: bool = False) -> AsyncIterator[tuple[int, int, int]]:
         """``(fd, offset, length)`` of bytes ``start`` to ``end`` (exclusive) as they become
         readable, for ``pread`` or ``sendfile``; each fd is valid until the next step.
-        Raises ``FillFailed``."""
-        fd, generation = await self._open_for_read()
+        Raises ``FillFailed``.
+
+        ``raw``: the bytes as written, a held-back source's unverified ones too (for a peer,
+        which verifies the digest itself); a change of source after the first byte read
+        cuts the reader. The final byte still waits for the verification."""
+        fd, generation = await self._open_for_read(raw)
         self.readers += 1
         token = id(object())    # this reader, for the pass-through window's bookkeeping
         cap = end if end is not None else self.size   # exclusive; None while unknown
@@ -84,13 +98,16 @@ class Tail:
                 if window is not None:
                     window.release(token)
                 if generation != self.generation:
+                    if raw and offset != start:
+                        raise FillFailed("the source changed under a raw reader")
                     # The source was dropped before showing any byte (offset is still
                     # ``start``): read the new temp file, never the dropped one. Or the
                     # fill went pass-through: read the window, same offsets.
                     await asyncio.to_thread(os.close, fd)
                     fd = -1
-                    fd, generation = await self._open_for_read()
-                available = self.visible if cap is None else min(self.visible, cap)
+                    fd, generation = await self._open_for_read(raw)
+                shown = self.written if raw else self.visible
+                available = shown if cap is None else min(shown, cap)
                 if cap is not None and cap == self.size and not verified:
                     # Hold back the blob's final byte until its digest is verified: no client
                     # may receive a complete-looking blob of unverified content. A range that
@@ -125,13 +142,13 @@ class Tail:
             if fd >= 0:
                 await asyncio.to_thread(os.close, fd)
 
-    async def _open_for_read(self) -> tuple[int, int]:
+    async def _open_for_read(self, raw: bool = False) -> tuple[int, int]:
         """Open the temp file (or the committed file if the fill finished meanwhile);
         return the fd and the temp file's generation.
 
         An fd opened on the temp file stays valid across the commit's rename (POSIX).
         """
-        await self.started()
+        await (self.sized() if raw else self.started())
         while True:
             generation = self.generation
             # Taken before the open: a wake-up that comes while the open runs in its thread

@@ -23,6 +23,7 @@ from .. import errors
 from ..oci import MAX_MANIFEST_SIZE, Digest
 from ..upstream.breaker import Breaker
 from ..upstream.client import Manifest
+from ..upstream.headers import range_start
 from ..upstream.failures import error_for, read_limited
 from ..upstream.receiver import BlobStream
 
@@ -61,6 +62,10 @@ class Peer:
         if start:
             headers["Range"] = f"bytes={start}-"
         resp = await self._get("blobs", upstream, repo, digest, headers, errors.BlobUnknown)
+        if start and (resp.status != 206 or range_start(resp) != start):
+            resp.release()   # the whole blob: not joinable where a fill was cut
+            raise errors.UpstreamError(f"peer {self.address}: no range from byte {start} "
+                                       f"(answered {resp.status})")
         return BlobStream(resp, self._on_bytes, self._read_timeout)
 
     async def get_manifest(self, upstream: str, repo: str, digest: Digest) -> Manifest:

@@ -131,8 +131,11 @@ class Blobs:
                 await self.links.ask(upstream, route, "blob", digest)
                 await fill.add_link(where)
             self.metrics.coalesced.labels("blob").inc()
-        size = await fill.started()  # raises the upstream's error before any byte is sent
-        return BlobAnswer(digest, FillBody(fill, size), "joined" if joined else "miss")
+        # Raises the upstream's error before any byte is sent. A peer verifies the digest
+        # itself: it is answered as soon as the size is known, with the bytes as written.
+        size = await (fill.sized() if for_peer else fill.started())
+        return BlobAnswer(digest, FillBody(fill, size, raw=for_peer),
+                          "joined" if joined else "miss")
 
     async def prefetch(self, upstream: Upstream, route: Route, digest: Digest) -> Prefetched:
         """Make sure the blob is cached or being fetched, holding nothing: warm's question."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 import pytest
 
@@ -589,6 +590,124 @@ async def test_a_resume_that_cannot_continue_falls_back_to_the_origin(fills):
                                                    candidate(source, "origin")])
     assert await Reader(fill).result() == DATA
     assert fill.source == "origin" and offsets == [8]
+
+
+def joinable(whole: FakeSource, name: str, joins: list, *, stream: bool = True,
+             tail: FakeSource | Exception | None = None) -> Candidate:
+    """A candidate that opens ``whole``, and answers resume(offset) with ``tail`` (a
+    FakeSource: a 206 with the rest; an exception: a refusal, e.g. a 200 for the whole
+    blob), recording each offset in ``joins``."""
+    async def resume(offset: int):
+        joins.append((name, offset))
+        if isinstance(tail, Exception):
+            raise tail
+        tail.opened += 1
+        return tail
+    base = candidate(whole, name, stream=stream)
+    return Candidate(name, base.open, stream, resume if tail is not None else None)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["held-back", "streamed"])
+async def test_a_source_cut_midway_hands_over_to_the_next_with_a_range(fills, store, stream):
+    """A peer (no way to resume it: it is gone) cut after 8 bytes: the next source joins
+    with a Range from byte 8, the fill keeps the 8 bytes and their hash state, and the
+    bytes are never fetched twice; readers that saw the peer's bytes read on."""
+    peer = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("peer reset"))
+    whole, rest = FakeSource(CHUNKS), FakeSource([DATA[8:]])
+    for source in (peer, whole, rest):
+        source.release_all()
+    joins: list = []
+    fill, _ = fills.get_or_start("blob", DIGEST, [
+        joinable(peer, "peer", joins, stream=stream),
+        joinable(whole, "origin", joins, tail=rest)])
+    reader = Reader(fill)
+    assert await reader.result() == DATA
+    result = await wait(fill.result)
+    assert (result.size, fill.source, joins) == (len(DATA), "origin", [("origin", 8)])
+    assert whole.opened == 0 and rest.opened == 1 and peer.closed and rest.closed
+    assert store.path(result.entry).read_bytes() == DATA
+
+
+async def test_a_dead_source_s_own_resume_failing_hands_over_to_the_next(fills):
+    """The cut source is asked again first (its resume refused: a killed peer), then the
+    next joins where the cut was."""
+    peer = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("peer reset"))
+    whole, rest = FakeSource(CHUNKS), FakeSource([DATA[8:]])
+    for source in (peer, whole, rest):
+        source.release_all()
+    joins: list = []
+    fill, _ = fills.get_or_start("blob", DIGEST, [
+        joinable(peer, "peer", joins, stream=False,
+                 tail=UpstreamError("connection refused")),
+        joinable(whole, "origin", joins, tail=rest)])
+    assert await Reader(fill).result() == DATA
+    assert joins == [("peer", 8), ("origin", 8)] and whole.opened == 0
+
+
+async def test_a_successor_answering_200_to_the_range_is_not_joined(fills):
+    """The origin answers the Range with the whole blob (its resume refuses): not joined.
+    After a held-back source no reader saw a byte, so the origin starts over from 0; after
+    a streamed one the readers saw bytes, so the fill fails (a cut the client resumes)."""
+    for stream in (False, True):
+        peer = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("peer reset"))
+        whole = FakeSource(CHUNKS)
+        whole.release_all()
+        peer.release_all()
+        joins: list = []
+        digest = Digest.of(DATA + bytes([stream]))   # a fill of its own per case
+        fill, _ = fills.get_or_start("blob", DIGEST if not stream else digest, [
+            joinable(peer, "peer", joins, stream=stream),
+            joinable(whole, "origin", joins,
+                     tail=UpstreamError("no range from byte 8 (answered 200)"))])
+        reader = Reader(fill)
+        if stream:
+            with pytest.raises(FillFailed):
+                await reader.result()
+            assert whole.opened == 0
+        else:
+            assert await reader.result() == DATA
+            assert whole.opened == 1 and fill.source == "origin"
+        assert joins == [("origin", 8)]
+
+
+async def test_a_raw_reader_gets_a_held_back_source_s_bytes_as_written(fills):
+    """What an owner sends a peer: the size as soon as the held-back source answers, its
+    bytes as written (the peer verifies them itself), the final byte at verification."""
+    tier = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, [candidate(tier, "ecr", stream=False)])
+    assert await wait(fill.sized()) == len(DATA)
+    assert not fill._started.done()            # a client is promised nothing yet
+    got = bytearray()
+
+    async def read_raw():
+        async for fd, offset, length in fill.spans(raw=True):
+            got.extend(os.pread(fd, length, offset))
+    task = asyncio.create_task(read_raw())
+    tier.release(2)
+    await eventually(lambda: len(got) == 15)
+    assert not fill.verified
+    tier.release_all()
+    await wait(task)
+    assert bytes(got) == DATA
+
+
+async def test_a_raw_reader_is_cut_when_the_source_it_read_is_dropped(fills):
+    tier = FakeSource([(b"X" + DATA[1:])[:8], (b"X" + DATA[1:])[8:]])
+    source = FakeSource(CHUNKS)
+    fill, _ = fills.get_or_start("blob", DIGEST, tier_then_origin(tier, source))
+    got = bytearray()
+
+    async def read_raw():
+        async for fd, offset, length in fill.spans(raw=True):
+            got.extend(os.pread(fd, length, offset))
+    task = asyncio.create_task(read_raw())
+    tier.release(1)
+    await eventually(lambda: len(got) == 8)
+    tier.release_all()                     # mismatch: the origin refills from 0
+    source.release_all()
+    with pytest.raises(FillFailed):
+        await wait(task)
+    assert (await wait(fill.result)).size == len(DATA) and fill.source == "origin"
 
 
 # --- storage trouble ---------------------------------------------------------------------------------
