@@ -89,8 +89,10 @@ class Candidate:
     open: Opener
     stream: bool = True
     # Opens the same bytes from an offset (a ``Range`` request): a transfer cut midway goes
-    # on from where it was cut, up to ``MAX_RESUMES`` times, rather than starting over.
+    # on from where it was cut, from this source (``resumes`` times) or, when another
+    # source was cut, in its place, rather than starting over.
     resume: "Callable[[int], Awaitable[Source]] | None" = None
+    resumes: int = MAX_RESUMES
     # Told why this source was given up (a peer's breaker hears of its wrong bytes).
     on_failure: Callable[[PullcacheError], None] | None = None
 
@@ -325,14 +327,14 @@ class Fill(PassThrough, Tail):
     async def _go_on(self, candidate: "Candidate", cut: Source, rest: "list[Candidate]",
                      exc: PullcacheError, resumes: int) -> "tuple[Source, Candidate]":
         """After a cut at ``_received``: the bytes from there, keeping what the fill holds
-        (temp file and hash state). The same source again (``MAX_RESUMES`` times), else the
+        (temp file and hash state). The same source again (``resumes`` times), else the
         first of ``rest`` that joins: it answers the ``Range`` with exactly the bytes left.
         One that cannot (no ``resume``, a 200 for the whole blob, an error) is passed over
         for the hand-over and stays in ``rest``: when none joins, the cut is raised and, if
         no reader saw a byte, ``_download_first`` starts the next source from byte 0."""
         await cut.close()
         received = self._received
-        if candidate.resume is not None and resumes < MAX_RESUMES:
+        if candidate.resume is not None and resumes < candidate.resumes:
             try:
                 return await self._join(candidate, received, exc), candidate
             except PullcacheError as again:

@@ -41,7 +41,11 @@ Remote = Callable[[Upstream, Route, Digest], Candidate]
 
 def _origin(upstream: Upstream, route: Route, digest: Digest) -> Candidate:
     client = upstream.client
-    return Candidate(route.upstream, lambda: client.open_blob(route.repo, digest))
+    # Joined with a Range where a peer or the tier was cut; its own cut is the clients' to
+    # resume (a new request), so it is not resumed itself.
+    return Candidate(route.upstream, lambda: client.open_blob(route.repo, digest),
+                     resume=lambda offset: client.open_blob(route.repo, digest, offset),
+                     resumes=0)
 
 
 def _tier(tier: Tier) -> Remote:

@@ -177,27 +177,34 @@ def test_the_owner_killed_mid_fill_costs_at_most_one_more_origin_get(
         cluster, registry, fault_proxy):
     """Three nodes; clients on the two non-owners. The owner's origin download stalls
     halfway and the owner is SIGKILLed: every client still gets the right bytes, and the
-    origin sees one more GET (the successor's, which the other node joins)."""
+    origin sees one more GET: the successor's, a Range from where the owner's stream was
+    cut (its bytes kept, not fetched again), which the last node joins (by a Range of its
+    own to the successor)."""
     image = build_raw_blob_image("cluster-kill", 24 * MiB)
     push(registry, "kill/app", "v1", image)
     nodes = cluster(3)
     layer = image.layers[0].digest
     by_address = {f"127.0.0.1:{n.port}": n for n in nodes}
-    owner = by_address[ring.owner(layer, by_address)]
-    others = [n for n in nodes if n is not owner]
+    owner, successor, last = (by_address[a] for a in ring.ranked(layer, by_address))
     fault_proxy.reset_counts()
     fault_proxy.set_fault("stall", match=f"/blobs/{layer}", at_byte=8 * MiB, times=1)
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(request, others[i % 2].url, f"/v2/kill/app/blobs/{layer}",
-                               timeout=60) for i in range(8)]
+        futures = [pool.submit(request, (successor, last)[i % 2].url,
+                               f"/v2/kill/app/blobs/{layer}", timeout=60) for i in range(8)]
         assert fault_proxy.stalled.wait(30)
-        wait_until(lambda: all(n.metric("pullcache_fills_in_flight") == 1 for n in others),
-                   10, "both non-owners filling")
+        wait_until(lambda: all(n.metric("pullcache_fills_in_flight") == 1
+                               for n in (successor, last)), 10, "both non-owners filling")
         owner.kill()
         fault_proxy.clear_fault()
         replies = [f.result() for f in futures]
     assert [check(r.status, r.body, layer) for r in replies] == ["ok"] * 8
     assert origin_gets(fault_proxy, "kill/app", layer) == 2
+    first, then = fault_proxy.ranges("GET", f"/blobs/{layer}")
+    assert first is None and then is not None and then.startswith("bytes="), then
+    joined, = [e for e in successor.events("fill_resumed") if e["source"] != "peer"]
+    assert 0 < joined["offset"] <= 8 * MiB and then == f"bytes={joined['offset']}-"
+    asked, = last.events("fill_resumed")
+    assert asked["source"] == "peer" and 0 < asked["offset"] <= 8 * MiB
 
 
 def test_peers_prove_themselves_by_mtls_on_a_listener_of_their_own(

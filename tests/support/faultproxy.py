@@ -58,7 +58,7 @@ class FaultProxy(ThreadedApp):
     """Reverse proxy to ``upstream_url`` on 127.0.0.1 (``.url``, ``.host``; ``start()``/``stop()``).
 
     Counting: ``requests`` (snapshot list of ``(method, path_qs)``), ``count()``,
-    ``reset_counts()``. Faults: ``set_fault()``, ``clear_fault()``, ``release()``,
+    ``ranges()`` (their ``Range`` headers), ``reset_counts()``. Faults: ``set_fault()``, ``clear_fault()``, ``release()``,
     ``stalled`` (threading.Event), ``fault_hits`` (requests a fault was applied to).
     """
 
@@ -70,6 +70,7 @@ class FaultProxy(ThreadedApp):
         self.upstream_url = upstream_url.rstrip("/")
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str]] = []
+        self._ranges: list[tuple[str, str, str | None]] = []   # (method, path_qs, Range)
         self._fault: Fault | None = None
         self.fault_hits = 0
         #: set (from the proxy thread) whenever a "stall" fault reaches its stall point
@@ -104,9 +105,16 @@ class FaultProxy(ThreadedApp):
             return sum(1 for m, p in self._requests
                        if (method is None or m == method.upper()) and substring in p)
 
+    def ranges(self, method: str, substring: str = "") -> list[str | None]:
+        """The ``Range`` header (None: none) of each ``method`` request whose path_qs
+        contains ``substring``, oldest first."""
+        with self._lock:
+            return [r for m, p, r in self._ranges if m == method.upper() and substring in p]
+
     def reset_counts(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._ranges.clear()
             self.fault_hits = 0
 
     # -- faults -------------------------------------------------------------------
@@ -199,6 +207,8 @@ class FaultProxy(ThreadedApp):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         with self._lock:
             self._requests.append((request.method, request.path_qs))
+            self._ranges.append((request.method, request.path_qs,
+                                 request.headers.get("Range")))
         fault = self._take_fault(request.method, request.path)
         kind = fault.kind if fault else None
         chaos = self.chaos
