@@ -52,3 +52,57 @@ def test_two_nodes_with_a_tier_fetch_and_write_back_each_blob_once(
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_an_owner_reading_a_slow_tier_answers_its_peer_at_once(
+        tmp_path, origin, registry, aws, ecr_front):
+    """The owner's tier download takes longer than ``peer_timeout`` (its first bytes come at
+    once, then it stalls): the owner answers its peer with the headers and the bytes as
+    they come, not after verifying the whole copy, so the asking node's breaker stays
+    closed, it takes the blob from the owner, and the origin is never asked."""
+    import time
+    from tests.support.http import request
+    from tests.support.images import build_raw_blob_image
+    from pullcache.cluster import ring
+    image = build_raw_blob_image("cluster-slow-tier", 4 * 1024 * 1024)
+    push(registry, "cslow/app", "v1", image)
+    layer = image.layers[0].digest
+    (tmp_path / "seed").mkdir()
+    seed = Pullcache(tmp_path / "seed", [UpstreamSpec(origin.host, origin.url, default=True)],
+                     backing=backing_config(aws, ecr_front.url, write_retries=3),
+                     env=AWS_ENV).start()
+    try:   # the blob in the tier, in neither node's cache
+        assert request(seed.url, f"/v2/cslow/app/blobs/{layer}").sha256 == layer
+        wait_written(seed, 1)
+    finally:
+        seed.stop()
+    ports = [free_port(), free_port()]
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    nodes = []
+    try:
+        for i, port in enumerate(ports):
+            (tmp_path / f"n{i}").mkdir()
+            nodes.append(Pullcache(
+                tmp_path / f"n{i}", [UpstreamSpec(origin.host, origin.url, default=True)],
+                backing=backing_config(aws, ecr_front.url, write_retries=3), env=AWS_ENV,
+                port=port, cluster={"peers": peers, "token": TOKEN,
+                                    "peer_timeout": "1s"}).start())
+        owner = peers.index(ring.owner(layer, peers))
+        asking = nodes[1 - owner]
+        origin.reset_counts()
+        ecr_front.set_fault("stall", match=f"/blobs/{layer}", method="GET",
+                            at_byte=1024 * 1024, times=1)
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(request, asking.url, f"/v2/cslow/app/blobs/{layer}",
+                                timeout=60)
+            assert ecr_front.stalled.wait(30)
+            time.sleep(2)    # the duration under test: the tier's copy outlasts peer_timeout
+            ecr_front.release()
+            assert reply.result().sha256 == layer
+        assert asking.metric("pullcache_peer_breaker_state", peer=peers[owner]) == 0
+        wait_until(lambda: asking.metric("pullcache_source_requests_total",
+                                         source="peer") == 1, 10, "the fill counted")
+        assert origin.count("GET", f"/blobs/{layer}") == 0
+    finally:
+        for node in nodes:
+            node.stop()
