@@ -3,8 +3,10 @@
 1. this cache's disk: a committed file, pinned and open for the answer's lifetime;
 2. one fill per digest, tailed by every requester, which itself tries the remotes in order:
    in cluster mode the digest's owner among the peers, then its successor (``cluster``;
-   held back like the tier's copy), the backing tier (ECR; its copy is shown to no client
-   until verified), then the origin. A peer's own request never goes to the peers again.
+   streamed like the origin's bytes, the final byte held back until the digest matches),
+   the backing tier (ECR; its copy is shown to no client until verified), then the origin.
+   A source cut midway hands over to the next with a ``Range`` from the cut. A peer's own
+   request never goes to the peers again.
 
 The remotes live inside the fill rather than beside it because a herd must share one
 download whichever remote serves it. What the origin gave is written back to the tier in
@@ -61,12 +63,14 @@ def _tier(tier: Tier) -> Remote:
 
 def _peers(cluster: Cluster, upstream: Upstream, route: Route,
            digest: Digest) -> list[Candidate]:
-    """The digest's owner and successor, each held back (stream=False) like the tier: wrong
-    bytes from a peer are dropped unseen, its breaker opened, and the next source asked; a
-    transfer cut midway goes on with ``Range`` from where it was cut."""
+    """The digest's owner and successor, each streamed to clients as its bytes arrive (the
+    final byte held back until the digest matches, as for the origin): wrong bytes from a
+    peer cut the clients' transfers (never a complete wrong blob) and open its breaker, so
+    their retries go to the next source; a transfer cut midway goes on with ``Range`` from
+    where it was cut, from the next source that joins."""
     return [Candidate("peer", lambda peer=peer: peer.open_blob(route.upstream, route.repo,
                                                                digest),
-                      stream=False, on_failure=source_failed(peer),
+                      stream=True, on_failure=source_failed(peer),
                       resume=lambda offset, peer=peer: peer.open_blob(
                           route.upstream, route.repo, digest, start=offset))
             for peer in cluster.owners(str(digest))]

@@ -9,6 +9,7 @@ other as a peer and proves itself with the shared token.
 from __future__ import annotations
 
 import hashlib
+import http.client
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -127,9 +128,11 @@ def test_a_forged_peer_request_gets_401(cluster, registry):
 
 def test_a_peer_answering_garbage_is_breaker_opened_and_routed_around(
         cluster, registry, fault_proxy, tmp_path):
-    """Node A's only peer is B behind a fault proxy that flips a byte of every blob: A
-    drops those bytes unseen, opens the peer's breaker, and takes the blob from the origin;
-    the next blob that peer owns is not asked of it at all."""
+    """Node A's only peer is B behind a fault proxy that flips a byte of every blob. A
+    streams a peer's bytes to its clients as they arrive, the final byte held back until
+    the digest matches: the first client sees a cut, never a complete wrong blob; the
+    peer's breaker opens, so the client's retry is served from the origin, and the next
+    blob that peer owns is not asked of it at all (docs/operations.md, "Cluster mode")."""
     from tests.support.faultproxy import FaultProxy
     image = build_image("cluster-garbage", layer_sizes=[64 * 1024 + i for i in range(16)])
     push(registry, "garbage/app", "v1", image)
@@ -148,7 +151,9 @@ def test_a_peer_answering_garbage_is_breaker_opened_and_routed_around(
                       if ring.owner(blob.digest, members) == liar.host]
             assert len(theirs) >= 2
             first, second = theirs[:2]
-            reply = request(a.url, f"/v2/garbage/app/blobs/{first}")
+            with pytest.raises(http.client.IncompleteRead):
+                request(a.url, f"/v2/garbage/app/blobs/{first}")
+            reply = request(a.url, f"/v2/garbage/app/blobs/{first}")    # the retry
             assert check(reply.status, reply.body, first) == "ok"
             assert liar.fault_hits == 1
             assert a.events("digest_mismatch")[0]["source"] == "peer"
