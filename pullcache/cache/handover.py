@@ -140,8 +140,10 @@ class Handover:
             del rest[i]
             self._used.append(successor)
             self.origin = source.origin
-            self._stream = successor.stream
-            if successor.stream:
+            # Bytes held back stay so until verified, whoever sends the rest: a corrupt
+            # tier prefix must not reach a reader through the origin's streamed suffix.
+            self._stream = self._stream and successor.stream
+            if self._stream:
                 await self._show(self.size)
             return source, successor
         raise exc

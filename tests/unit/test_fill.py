@@ -628,6 +628,26 @@ async def test_a_source_cut_midway_hands_over_to_the_next_with_a_range(fills, st
     assert store.path(result.entry).read_bytes() == DATA
 
 
+async def test_a_held_back_source_s_bytes_stay_held_back_when_the_origin_joins(fills):
+    """The tier's copy, held back, cut after 8 bytes; the origin joins from byte 8: no
+    reader sees a byte (not even the tier's 8) before the whole blob is verified."""
+    tier = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("tier reset"))
+    whole, rest = FakeSource(CHUNKS), FakeSource([DATA[8:15], DATA[15:]])
+    tier.release_all()
+    rest.release(1)
+    joins: list = []
+    fill, _ = fills.get_or_start("blob", DIGEST, [
+        joinable(tier, "ecr", joins, stream=False),
+        joinable(whole, "origin", joins, tail=rest)])
+    reader = Reader(fill)
+    await eventually(lambda: fill.written == 15)
+    await settle()
+    assert reader.buf == b"" and not fill._started.done()
+    rest.release_all()
+    assert await reader.result() == DATA
+    assert joins == [("origin", 8)] and all(verified for _, verified in reader.chunks)
+
+
 async def test_a_dead_source_s_own_resume_failing_hands_over_to_the_next(fills):
     """The cut source is asked again first (its resume refused: a killed peer), then the
     next joins where the cut was."""
