@@ -16,20 +16,28 @@ from tests.support.ports import free_port, wait_until
 TOKEN = "cluster-tier-token-0123456789"
 
 
+def start_nodes(nodes: list[Pullcache], tmp_path, origin, aws, ecr_front,
+                **cluster) -> list[str]:
+    """Two nodes listing each other, with the tier, appended to ``nodes`` as they start
+    (the caller stops them); their addresses."""
+    ports = [free_port(), free_port()]
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    for i, port in enumerate(ports):
+        (tmp_path / f"n{i}").mkdir()
+        nodes.append(Pullcache(
+            tmp_path / f"n{i}", [UpstreamSpec(origin.host, origin.url, default=True)],
+            backing=backing_config(aws, ecr_front.url, write_retries=3), env=AWS_ENV,
+            port=port, cluster={"peers": peers, "token": TOKEN, **cluster}).start())
+    return peers
+
+
 def test_two_nodes_with_a_tier_fetch_and_write_back_each_blob_once(
         tmp_path, origin, registry, aws, ecr_front):
     image = build_image("cluster-tier", layer_sizes=(300_000, 200_000, 100_000))
     push(registry, "ctier/app", "v1", image)
-    ports = [free_port(), free_port()]
-    peers = [f"127.0.0.1:{p}" for p in ports]
-    nodes = []
+    nodes: list[Pullcache] = []
     try:
-        for i, port in enumerate(ports):
-            (tmp_path / f"n{i}").mkdir()
-            nodes.append(Pullcache(
-                tmp_path / f"n{i}", [UpstreamSpec(origin.host, origin.url, default=True)],
-                backing=backing_config(aws, ecr_front.url, write_retries=3), env=AWS_ENV,
-                port=port, cluster={"peers": peers, "token": TOKEN}).start())
+        start_nodes(nodes, tmp_path, origin, aws, ecr_front)
         origin.reset_counts()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda i: pull(nodes[i % 2], "ctier/app", "v1", image), range(4)))
@@ -76,17 +84,9 @@ def test_an_owner_reading_a_slow_tier_answers_its_peer_at_once(
         wait_written(seed, 1)
     finally:
         seed.stop()
-    ports = [free_port(), free_port()]
-    peers = [f"127.0.0.1:{p}" for p in ports]
-    nodes = []
+    nodes: list[Pullcache] = []
     try:
-        for i, port in enumerate(ports):
-            (tmp_path / f"n{i}").mkdir()
-            nodes.append(Pullcache(
-                tmp_path / f"n{i}", [UpstreamSpec(origin.host, origin.url, default=True)],
-                backing=backing_config(aws, ecr_front.url, write_retries=3), env=AWS_ENV,
-                port=port, cluster={"peers": peers, "token": TOKEN,
-                                    "peer_timeout": "1s"}).start())
+        peers = start_nodes(nodes, tmp_path, origin, aws, ecr_front, peer_timeout="1s")
         owner = peers.index(ring.owner(layer, peers))
         asking = nodes[1 - owner]
         origin.reset_counts()

@@ -607,19 +607,27 @@ def joinable(whole: FakeSource, name: str, joins: list, *, stream: bool = True,
     return Candidate(name, base.open, stream, resume if tail is not None else None)
 
 
+def peer_cut_at_8(fills: Fills, joins: list, *, stream: bool,
+                  own: Exception | None = None):
+    """A fill whose peer is cut after 8 bytes (its own resume: ``own``), then the origin,
+    which joins from there with the rest; (fill, peer, origin's whole, origin's rest)."""
+    peer = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("peer reset"))
+    whole, rest = FakeSource(CHUNKS), FakeSource([DATA[8:]])
+    for source in (peer, whole, rest):
+        source.release_all()
+    fill, _ = fills.get_or_start("blob", DIGEST, [
+        joinable(peer, "peer", joins, stream=stream, tail=own),
+        joinable(whole, "origin", joins, tail=rest)])
+    return fill, peer, whole, rest
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["held-back", "streamed"])
 async def test_a_source_cut_midway_hands_over_to_the_next_with_a_range(fills, store, stream):
     """A peer (no way to resume it: it is gone) cut after 8 bytes: the next source joins
     with a Range from byte 8, the fill keeps the 8 bytes and their hash state, and the
     bytes are never fetched twice; readers that saw the peer's bytes read on."""
-    peer = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("peer reset"))
-    whole, rest = FakeSource(CHUNKS), FakeSource([DATA[8:]])
-    for source in (peer, whole, rest):
-        source.release_all()
     joins: list = []
-    fill, _ = fills.get_or_start("blob", DIGEST, [
-        joinable(peer, "peer", joins, stream=stream),
-        joinable(whole, "origin", joins, tail=rest)])
+    fill, peer, whole, rest = peer_cut_at_8(fills, joins, stream=stream)
     reader = Reader(fill)
     assert await reader.result() == DATA
     result = await wait(fill.result)
@@ -651,15 +659,9 @@ async def test_a_held_back_source_s_bytes_stay_held_back_when_the_origin_joins(f
 async def test_a_dead_source_s_own_resume_failing_hands_over_to_the_next(fills):
     """The cut source is asked again first (its resume refused: a killed peer), then the
     next joins where the cut was."""
-    peer = FakeSource(CHUNKS[:1], size=len(DATA), error=UpstreamError("peer reset"))
-    whole, rest = FakeSource(CHUNKS), FakeSource([DATA[8:]])
-    for source in (peer, whole, rest):
-        source.release_all()
     joins: list = []
-    fill, _ = fills.get_or_start("blob", DIGEST, [
-        joinable(peer, "peer", joins, stream=False,
-                 tail=UpstreamError("connection refused")),
-        joinable(whole, "origin", joins, tail=rest)])
+    fill, _, whole, _ = peer_cut_at_8(fills, joins, stream=False,
+                                      own=UpstreamError("connection refused"))
     assert await Reader(fill).result() == DATA
     assert joins == [("peer", 8), ("origin", 8)] and whole.opened == 0
 
@@ -690,6 +692,12 @@ async def test_a_successor_answering_200_to_the_range_is_not_joined(fills):
         assert joins == [("origin", 8)]
 
 
+async def read_raw(fill: Fill, into: bytearray) -> None:
+    """What the owner's peer route reads: ``spans(raw=True)``, into ``into``."""
+    async for fd, offset, length in fill.spans(raw=True):
+        into.extend(os.pread(fd, length, offset))
+
+
 async def test_a_raw_reader_gets_a_held_back_source_s_bytes_as_written(fills):
     """What an owner sends a peer: the size as soon as the held-back source answers, its
     bytes as written (the peer verifies them itself), the final byte at verification."""
@@ -698,11 +706,7 @@ async def test_a_raw_reader_gets_a_held_back_source_s_bytes_as_written(fills):
     assert await wait(fill.sized()) == len(DATA)
     assert not fill._started.done()            # a client is promised nothing yet
     got = bytearray()
-
-    async def read_raw():
-        async for fd, offset, length in fill.spans(raw=True):
-            got.extend(os.pread(fd, length, offset))
-    task = asyncio.create_task(read_raw())
+    task = asyncio.create_task(read_raw(fill, got))
     tier.release(2)
     await eventually(lambda: len(got) == 15)
     assert not fill.verified
@@ -716,11 +720,7 @@ async def test_a_raw_reader_is_cut_when_the_source_it_read_is_dropped(fills):
     source = FakeSource(CHUNKS)
     fill, _ = fills.get_or_start("blob", DIGEST, tier_then_origin(tier, source))
     got = bytearray()
-
-    async def read_raw():
-        async for fd, offset, length in fill.spans(raw=True):
-            got.extend(os.pread(fd, length, offset))
-    task = asyncio.create_task(read_raw())
+    task = asyncio.create_task(read_raw(fill, got))
     tier.release(1)
     await eventually(lambda: len(got) == 8)
     tier.release_all()                     # mismatch: the origin refills from 0
