@@ -2,9 +2,9 @@
 
 Mixed into ``fill.Fill``, whose state it reads (``visible``, ``written``, ``verified``,
 ``size``, ``generation``, ``window``, ``result``, ``_started``, ``_size_known``, ``_waiters``,
-``_progress``). Every
-request that wants the blob reads the one fill from any offset: the first byte reaches each
-client as soon as it reaches us, and the blob's final byte only once the digest matched.
+``_progress``). Every request that wants the blob reads the one fill from any offset: the
+first byte reaches each client as soon as it reaches us, and the blob's final byte only once
+the digest matched.
 """
 
 from __future__ import annotations
