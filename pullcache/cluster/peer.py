@@ -23,8 +23,8 @@ from .. import errors
 from ..oci import MAX_MANIFEST_SIZE, Digest
 from ..upstream.breaker import Breaker
 from ..upstream.client import Manifest
-from ..upstream.headers import range_start
 from ..upstream.failures import error_for, read_limited
+from ..upstream.headers import range_start
 from ..upstream.receiver import BlobStream
 
 PEER_HEADER = "Pullcache-Peer-Token"
