@@ -8,6 +8,7 @@ Distribution registry behind a FaultProxy is the ECR data plane.
 from __future__ import annotations
 
 import os
+import time
 
 from tests.support.ecr_fleet import *  # noqa: F401,F403 - the fixtures
 from tests.support.ecr_fleet import completed_uploads, ecr_repo, pull, wait_written
@@ -19,6 +20,7 @@ MiB = 1 << 20
 # TEST_BIG_TIER_BLOB=1: the figures of the issue (a 150 MB blob, a 100 MB budget, the
 # default 64 MiB window); else the same shape, smaller.
 BIG = os.environ.get("TEST_BIG_TIER_BLOB") == "1"
+THROTTLE_SECONDS = float(os.environ.get("TEST_THROTTLE_SECONDS", "0"))
 
 
 def origin_gets(origin, digest: str) -> int:
@@ -69,6 +71,7 @@ def test_throttled_uploads_and_token_refreshes_leave_reads_working(node, origin,
 
     aws.fail["GetAuthorizationToken"] = ("ThrottlingException", "Rate exceeded")
     ecr_front.set_fault("status", status=429, match="/blobs/uploads/", method="PATCH")
+    throttled_at = time.monotonic()
     fetched = aws.count("GetAuthorizationToken")
     pull(a, "thr/own", "v1", own)                    # its uploads are throttled
     wait_until(lambda: ecr_front.fault_hits >= 2 and
@@ -81,6 +84,9 @@ def test_throttled_uploads_and_token_refreshes_leave_reads_working(node, origin,
                len(shared.blobs()), 10, "the tier hits counted as their fills commit")
 
     assert a.events("token_refresh_failed")
+    # The throttling is the fault: held for THROTTLE_SECONDS in all (20 s is the issue's
+    # figure; the suite holds it only as long as the checks above take).
+    time.sleep(max(0.0, THROTTLE_SECONDS - (time.monotonic() - throttled_at)))
     aws.fail.clear()
     ecr_front.clear_fault()
     wait_written(a, len(first.blobs()) + 1 + len(own.blobs()) + 1, timeout=60)
