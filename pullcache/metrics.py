@@ -80,6 +80,9 @@ class Metrics:
         self.bytes_served = Counter("pullcache_served_bytes",
                                     "Blob bytes sent to clients, by source",
                                     ["source"], registry=r)
+        self.bytes_ridden = Counter("pullcache_fill_ridden_bytes",
+                                    "Fill bytes sent by the fill's writer thread to a client "
+                                    "caught up with it (part of source=fill)", registry=r)
         self.bytes_fetched = Counter("pullcache_upstream_fetched_bytes",
                                      "Blob bytes fetched from upstreams",
                                      ["upstream"], registry=r)

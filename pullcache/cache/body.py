@@ -6,7 +6,9 @@ the body held: the pin that keeps a committed file from eviction, the file's des
 Routes handle Range once, against ``size``, and never see a pin or a fill.
 
 A span's descriptor belongs to the body and is valid until the next step of ``spans``: a
-sender that waits (for a slow client) between steps must ``os.dup`` it for itself.
+sender that waits (for a slow client) between steps must ``os.dup`` it for itself. A sender
+that can hand over its client's socket (``riders.Pusher``) lets a fill's writer thread send
+the bytes it has just written itself, while the reader is caught up with it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..errors import StorageError
 from .descriptors import open_fd
 from .fill import Fill
 from .index import Entry
+from .riders import Pusher
 from .store import BlobStore
 
 Span = tuple[int, int, int]   # (fd, offset, length)
@@ -27,7 +30,8 @@ Span = tuple[int, int, int]   # (fd, offset, length)
 class Body(Protocol):
     size: int | None      # None: a fill whose source announced no length
 
-    def spans(self, start: int = 0, end: int | None = None) -> AsyncIterator[Span]: ...
+    def spans(self, start: int = 0, end: int | None = None,
+              pusher: Pusher | None = None) -> AsyncIterator[Span]: ...
     async def aclose(self) -> None: ...
 
 
@@ -57,7 +61,8 @@ class FileBody:
             raise StorageError(f"cannot open a cached blob: {exc.strerror}") from exc
         return cls(store, entry, fd)
 
-    async def spans(self, start: int = 0, end: int | None = None) -> AsyncIterator[Span]:
+    async def spans(self, start: int = 0, end: int | None = None,
+                    pusher: Pusher | None = None) -> AsyncIterator[Span]:
         end = self.size if end is None else end
         if self._fd < 0:
             raise ValueError("body is closed")
@@ -80,8 +85,9 @@ class FillBody:
         self.fill = fill
         self.raw = raw
 
-    def spans(self, start: int = 0, end: int | None = None) -> AsyncIterator[Span]:
-        return self.fill.spans(start, end, raw=self.raw)
+    def spans(self, start: int = 0, end: int | None = None,
+              pusher: Pusher | None = None) -> AsyncIterator[Span]:
+        return self.fill.spans(start, end, raw=self.raw, pusher=pusher)
 
     async def aclose(self) -> None:
         pass   # each spans() iterator closes its own descriptor

@@ -4,9 +4,11 @@ A ``Fill`` is a task owned by ``Fills`` (and so by the app), not by any request:
 source bytes into a temp file while hashing them. Readers tail the temp file as it grows,
 from any offset, so the first byte reaches every client as soon as it reaches us, N clients
 cost one download, and a client that hangs up slows or cancels nothing. One writer thread
-writes and hashes (``writer.Writer``); it reads the source too when the source offers a
-blocking reader (an upstream over plain TCP: ``Source.reader``) and a thread slot is free
-(``THREADS``), else the loop reads the source and hands the thread its chunks. On a hash
+writes (``writer.Writer``; a second hashes behind it, ``digester.Digester``); it reads the
+source too when the source offers a blocking reader (an upstream over plain TCP:
+``Source.reader``) and a thread slot is free (``THREADS``), else the loop reads the source
+and hands the thread its chunks. A reader caught up with the writer rides it: the writer
+thread sends it each chunk it writes (``riders.py``). On a hash
 match readers get the final byte at once, then the file is fsynced, renamed into place and
 indexed; on a mismatch or a source error the temp file is deleted and every reader raises
 ``FillFailed``, so its response is cut short (a client must see a broken transfer, never a

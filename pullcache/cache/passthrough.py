@@ -210,7 +210,8 @@ class PassThrough:
         # counted until committed, so concurrent fills cannot overshoot it together.
         try:
             self._reservation = await self.store.reserve(size or 0)
-            self._fd = await open_fd(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            # (read too: the writer thread catches riders up from it, riders.py)
+            self._fd = await open_fd(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except (OSError, StorageError) as exc:
             cause = exc.__cause__ if isinstance(exc, StorageError) else exc
             if not self._disk_refused(cause):

@@ -15,6 +15,7 @@ import os
 from typing import AsyncIterator
 
 from .descriptors import open_fd
+from .riders import Pusher, Rider
 
 READ_CHUNK = 1 << 20
 
@@ -74,15 +75,19 @@ class Tail:
                 yield chunk
 
     async def spans(self, start: int = 0, end: int | None = None,
-                    limit: int | None = None, *,
-                    raw: bool = False) -> AsyncIterator[tuple[int, int, int]]:
+                    limit: int | None = None, *, raw: bool = False,
+                    pusher: Pusher | None = None) -> AsyncIterator[tuple[int, int, int]]:
         """``(fd, offset, length)`` of bytes ``start`` to ``end`` (exclusive) as they become
         readable, for ``pread`` or ``sendfile``; each fd is valid until the next step.
         Raises ``FillFailed``.
 
         ``raw``: the bytes as written, a held-back source's unverified ones too (for a peer,
         which verifies the digest itself); a change of source after the first byte read
-        cuts the reader. The final byte still waits for the verification."""
+        cuts the reader. The final byte still waits for the verification.
+
+        ``pusher``: the response's sender, when it can give the writer thread its client's
+        socket. Caught up with the writer, the reader then rides (``riders.py``): the writer
+        sends the next bytes itself, and this iterator yields nothing for them."""
         fd, generation = await self._open_for_read(raw)
         self.readers += 1
         token = id(object())    # this reader, for the pass-through window's bookkeeping
@@ -128,7 +133,14 @@ class Tail:
                         raise FillFailed("blob size differs from the announced one")
                     return   # size was unknown: the verified end is where the bytes end
                 else:
-                    await progress.wait()
+                    reached = None
+                    if pusher is not None and not raw and window is None and cap is not None \
+                            and self._stream and generation == self.generation:
+                        reached = await self._ride(pusher, offset, cap)
+                    if reached is None:
+                        await progress.wait()
+                    else:
+                        offset = reached
             while cap == 0 and not self.verified:
                 # An empty blob has no final byte to hold back: its (empty) end waits for
                 # the verification all the same.
@@ -141,6 +153,25 @@ class Tail:
                 self.window.release(token)
             if fd >= 0:
                 await asyncio.to_thread(os.close, fd)
+
+    async def _ride(self, pusher: Pusher, offset: int, cap: int) -> int | None:
+        """Ride the writer from ``offset`` (bytes ``offset`` on are not visible yet) until
+        landed; the offset reached, or None: no ride (no seat, no socket, nothing left
+        to send before the verification)."""
+        limit = cap - 1 if cap == self.size else cap   # the final byte waits for the digest
+        writer = self._writer
+        if writer is None or offset >= limit:
+            return None
+        sock = pusher.socket()
+        if sock is None:
+            return None
+        rider = Rider(sock, offset, limit)
+        if not writer.riders.board(rider):
+            sock.close()
+            return None
+        reached = await rider.landing()
+        pusher.pushed(reached - offset)
+        return reached
 
     async def _open_for_read(self, raw: bool = False) -> tuple[int, int]:
         """Open the temp file (or the committed file if the fill finished meanwhile);

@@ -1,14 +1,17 @@
-"""A fill's disk side: one thread that writes and hashes its chunks, in order, behind a
-bounded queue.
+"""A fill's disk side: one thread that writes its chunks, in order, behind a bounded queue,
+and hands them to the fill's ``digester.Digester`` (its own thread) to be hashed.
 
 The event loop reads the source and hands each chunk over without waiting for the disk
 (``write`` only waits when ``limit`` bytes are already queued: backpressure). The thread
 reports progress back to the loop at most once per loop iteration (``on_progress`` gets the
 bytes written so far), so a fast download costs the loop a handful of wake-ups, not one per
-chunk. ``finish`` waits for the queue to drain and returns the digest's hex.
+chunk. ``finish`` waits for the queue to drain and the digester to catch up, and returns the
+digest's hex.
 
 Or the thread reads the source itself (``drain``: an upstream socket, ``upstream.socket_body``)
-and the loop sees no chunk at all, only the progress reports.
+and the loop sees no chunk at all, only the progress reports. Such a source may fill a
+chunk's buffer again ``source.ring`` reads later: the thread lets the digester fall at most
+``ring - 1`` chunks behind before it takes the next.
 """
 
 from __future__ import annotations
@@ -19,12 +22,19 @@ import queue
 import threading
 from typing import Callable, Iterable
 
+from .digester import Digester
+from .riders import Riders
+
 Chunk = bytes | memoryview
 # A source the thread reads itself: ``(chunk, more)`` pairs; ``more``: the source is ahead
-# of us (no need to wake readers for this chunk alone). Its exceptions are the source's.
+# of us (no need to wake readers for this chunk alone). Its exceptions are the source's. A
+# chunk's buffer may be filled again ``ring`` chunks later (the source's attribute), not sooner.
 Drain = Iterable[tuple[Chunk, bool]]
 Sink = Callable[[int, Chunk], None]
 LIMIT = 4 << 20         # bytes queued at most (chunks of up to 1 MiB; see upstream/receiver.py)
+BEHIND = 2              # queued chunks (immutable) the digester may be behind the writer
+WRITE_SLICE = 1 << 20   # bytes per write(2): larger ones ask the page cache for larger folios,
+                        # which this VM's memory serves more slowly (docs/benchmarks.md)
 
 
 class WriterFailed(Exception):
@@ -37,7 +47,8 @@ class Writer:
                  fallback: Callable[[OSError, int], Sink] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._fd = fd
-        self._hasher = hasher
+        self._digester = Digester(hasher)
+        self.riders = Riders()     # readers the thread sends each chunk to (``riders.py``)
         self._on_progress = on_progress
         self._queue: queue.SimpleQueue[Chunk | _Drained | None] = queue.SimpleQueue()
         self._limit = limit
@@ -92,7 +103,7 @@ class Writer:
         await asyncio.shield(self._done)
         self._progress()
         self._raise_if_failed()
-        return self._hasher.hexdigest()
+        return self._digester.hexdigest()   # (the thread closed it: nothing left to wait for)
 
     async def close(self) -> None:
         """Stop the thread (after the chunks already queued); safe after ``finish``."""
@@ -116,32 +127,42 @@ class Writer:
                 self._taken += len(chunk)
                 self._report()
         finally:
+            self.riders.close()
+            self._digester.close()
             try:
                 self._loop.call_soon_threadsafe(_set_result, self._done)
             except RuntimeError:   # the loop is closed: nobody is waiting
                 pass
 
-    def _take(self, chunk: Chunk) -> None:
+    def _take(self, chunk: Chunk, behind: int = BEHIND) -> None:
         if self._error is None:
             try:
                 self._write(chunk)
-                self._hasher.update(chunk)
+                if self._sink is None:
+                    self.riders.push(self._written, chunk, self._fd)
+                else:
+                    self.riders.close()   # (the window's readers read the window)
+                self._digester.update(chunk)
+                self._digester.settle(behind)
                 self._written += len(chunk)
             except OSError as exc:
                 self._error = exc   # the loop raises it; keep draining the queue
 
     def _read(self, drained: "_Drained") -> None:
         reported, error = self._written, None
+        behind = getattr(drained.source, "ring", 1) - 1
         try:
             for chunk, more in drained.source:
                 if self._error is not None:
                     break           # a failed write ends the reading; finish raises it
                 self._behind = more
                 if chunk:
-                    self._take(chunk)
+                    self._take(chunk, behind)
                 if not more or self._written - reported >= drained.step:
                     reported = self._written
                     self._report()  # (an empty chunk too: the source fell quiet)
+                    if not chunk and self._sink is None and self._error is None:
+                        self.riders.push(self._written, chunk, self._fd)   # catch them up
         except Exception as exc:  # noqa: BLE001 - the source's failure, raised on the loop
             error = exc
         finally:
@@ -163,7 +184,7 @@ class Writer:
         view = memoryview(chunk)
         try:
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view[:WRITE_SLICE]):]
         except OSError as exc:
             if self._fallback is None:
                 raise

@@ -170,7 +170,7 @@ async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.S
     sender = core[SENDFILE].sender(request, resp)
     try:
         writer = await resp.prepare(request)
-        async with contextlib.aclosing(answer.body.spans(start, end)) as spans:
+        async with contextlib.aclosing(answer.body.spans(start, end, pusher=sender)) as spans:
             await sender.send(writer, spans, cork=answer.cache == "hit")
         await resp.write_eof()
     except asyncio.CancelledError:
@@ -191,6 +191,7 @@ async def _send_blob(request: web.Request, answer: BlobAnswer, headers) -> web.S
     finally:
         core[METRICS].bytes_served.labels(
             "cache" if answer.cache == "hit" else "fill").inc(sender.sent)
+        core[METRICS].bytes_ridden.inc(sender.ridden)
     return resp
 
 

@@ -53,6 +53,8 @@ class Sender:
         self.resp = resp
         self.stall_timeout = stall_timeout
         self.sent = 0
+        self.ridden = 0   # of ``sent``: what a fill's writer thread sent (``pushed``)
+        self._out = -1    # our dup of the client's socket while the body goes out raw
 
     async def send(self, writer, spans: AsyncIterator[tuple[int, int, int]], *,
                    cork: bool = True) -> None:
@@ -74,7 +76,7 @@ class Sender:
             # may be another client's connection by now. Nothing between this check and
             # the dup awaits, so the dup is of this client's socket.
             raise ConnectionResetError("client went away")
-        out = os.dup(sock.fileno())
+        out = self._out = os.dup(sock.fileno())
         if cork:
             _cork(out, True)
         try:
@@ -87,7 +89,21 @@ class Sender:
         finally:
             if cork:
                 _cork(out, False)   # what is left goes out now, not 200 ms later
+            self._out = -1
             os.close(out)
+
+    # -- cache.riders.Pusher: a fill's writer thread may send caught-up bytes itself ---------
+
+    def socket(self) -> socket.socket | None:
+        """A descriptor of the client's socket for a rider (its own to close), while the
+        body goes out raw from ``send``'s loop; None otherwise (TLS, chunked, not started)."""
+        if self._out < 0 or self.transport is None or self.transport.is_closing():
+            return None
+        return socket.socket(fileno=os.dup(self._out))
+
+    def pushed(self, nbytes: int) -> None:
+        self.sent += nbytes
+        self.ridden += nbytes
 
     def _chunked(self) -> bool:
         """The body goes out in chunked framing (no length known, HTTP/1.1): its bytes must

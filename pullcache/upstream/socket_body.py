@@ -3,8 +3,10 @@
 On the event loop, every read of a large body costs the loop's thread the kernel's copy, a
 callback and a hand-over per chunk, next to sending every byte on to the clients (with a
 herd, to many). So over plain TCP, once the headers are parsed, the fill's writer thread
-reads the rest itself (``cache.writer.Writer.drain``): ``recv_into`` one reused buffer, then
-write and hash it, each call releasing the GIL. The loop only hears "so many more bytes are
+reads the rest itself (``cache.writer.Writer.drain``): ``recv_into`` one of ``RING`` reused
+buffers in turn, then write it (and hand it to the digest's thread), each call releasing the
+GIL. Per fill that is ``RING * BUFFER`` bytes of memory (8 MiB; at most ``cache.fill.THREADS``
+fills read this way at once). The loop only hears "so many more bytes are
 in the temp file", and sends them on with ``sendfile`` (docs/benchmarks.md, "Measurements
 behind the code").
 
@@ -26,8 +28,9 @@ from typing import Callable, Iterator
 
 from .failures import body_errors
 
-BUFFER = 1 << 20        # one read at most: the thread writes and hashes it before the next
-LOWAT = 256 << 10       # a read waits until this much is there ...
+BUFFER = 4 << 20        # one read at most (fewer, larger reads: less CPU per byte)
+RING = 2                # buffers, in turn: one is hashed (cache/digester.py) while the next fills
+LOWAT = 1 << 20         # a read waits until this much is there ...
 QUIET = 0.005           # ... or this long (seconds), then takes what there is
 
 Chunk = bytes | memoryview
@@ -39,7 +42,7 @@ class SocketBody:
 
     Iterated once, in one thread: ``(chunk, more)`` pairs, where ``more`` says the upstream
     is ahead of us (the read was cut by the buffer or ``LOWAT``, not by ``QUIET``). A chunk
-    is a view of a buffer reused by the next read: use it before taking the next. ``stop``
+    is a view of a buffer read into again ``ring`` reads later: be done with it by then. ``stop``
     (from any thread) ends a read in progress as a cut; ``close`` once the thread is done.
     """
 
@@ -52,6 +55,8 @@ class SocketBody:
         self._on_bytes = on_bytes    # (a prometheus counter: safe from any thread)
         self._stopped = False
 
+    ring = RING
+
     def __iter__(self) -> Iterator[tuple[Chunk, bool]]:
         with body_errors("blob body"):
             pending, self._pending = self._pending, []
@@ -63,13 +68,16 @@ class SocketBody:
 
     def _received(self) -> Iterator[tuple[memoryview, bool]]:
         sock = self._sock
-        buffer = memoryview(bytearray(BUFFER))
+        size = min(BUFFER, self.remaining)   # (a small blob: small buffers)
+        buffers = [memoryview(bytearray(size)) for _ in range(self.ring)]
+        turn = 0
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         quiet = int(QUIET * 1000)
         lowat = 0
         while self.remaining > 0:
-            want = min(BUFFER, self.remaining)
+            buffer, turn = buffers[turn], (turn + 1) % len(buffers)
+            want = min(size, self.remaining)
             if lowat != min(LOWAT, want):   # (the body's tail: wait for no more than it)
                 lowat = self._lowat(min(LOWAT, want))
             poller.poll(quiet)

@@ -29,7 +29,7 @@ class FailingBody:
         self.size = len(BODY) + 100
         self.path = path
 
-    async def spans(self, start: int = 0, end: int | None = None):
+    async def spans(self, start: int = 0, end: int | None = None, pusher=None):
         fd = open(self.path, "rb")
         try:
             yield fd.fileno(), 0, len(BODY)
