@@ -90,7 +90,7 @@ def seat(tmp_path):
 
 async def test_a_rider_gets_every_byte_but_the_final_one_then_lands(seat):
     s = seat(3 * MiB + 17, limit=3 * MiB + 16)        # the final byte waits for the digest
-    reading = asyncio.create_task(asyncio.to_thread(received, s.client, len(s.data) - 1))
+    reading = asyncio.create_task(asyncio.to_thread(drain, s.client, len(s.data) - 1))
     await push_all(s.riders, s.data, s.fd, 1 * MiB)
     assert await landed(s.rider) == len(s.data) - 1
     assert await reading == s.data[:-1]
@@ -101,7 +101,7 @@ async def test_a_rider_gets_every_byte_but_the_final_one_then_lands(seat):
 
 async def test_a_rider_seated_behind_the_writer_is_caught_up_from_the_file(seat):
     s = seat(2 * MiB, offset=100)                     # the loop had sent 100 bytes so far
-    reading = asyncio.create_task(asyncio.to_thread(received, s.client, len(s.data) - 100))
+    reading = asyncio.create_task(asyncio.to_thread(drain, s.client, len(s.data) - 100))
     await push_all(s.riders, s.data, s.fd, 1 * MiB, start=1 * MiB)   # the writer is at 1 MiB
     assert await landed(s.rider) == len(s.data)
     assert await reading == s.data[100:]
