@@ -29,6 +29,11 @@ class Room:
         self._hot = hot
         self._index = index
         self.reserved = 0  # bytes promised to fills in progress
+        # The index's volume as last measured, plus every reservation released since (its
+        # bytes committed, or not: then an overcount, until the next measure). Below the
+        # high watermark by this count, a reservation needs no eviction, so no thread: the
+        # first byte of a cold blob does not wait for one.
+        self._volume: int | None = None
         self.evicted_bytes = 0
         # Making room and reserving are one step under this lock (else concurrent fills
         # each see room for themselves and overshoot together); ``_released`` wakes a fill
@@ -46,6 +51,10 @@ class Room:
         """
         while True:
             async with self._lock:
+                if self._volume is not None and \
+                        self._volume + self.reserved + nbytes <= self._budget().high:
+                    self.reserved += nbytes
+                    return Reservation(self._unreserve, nbytes)
                 released = self._released
                 volume = await self._make_room(nbytes)
                 fits = volume + self.reserved + nbytes <= self._budget().max_size
@@ -66,8 +75,15 @@ class Room:
             reservation.nbytes += nbytes
             await self._make_room(0)
 
+    def added(self, nbytes: int) -> None:
+        """``nbytes`` committed without a reservation (a manifest): counted until the next
+        measure."""
+        if self._volume is not None:
+            self._volume += nbytes
+
     def _unreserve(self, nbytes: int) -> None:
         self.reserved -= nbytes
+        self.added(nbytes)
         released, self._released = self._released, asyncio.Event()
         released.set()
 
@@ -104,4 +120,5 @@ class Room:
             log.info("cache_evicted", files=count, bytes=nbytes)
             self.evicted_bytes += nbytes
             self._on_evict(count, nbytes)
+        self._volume = volume
         return volume

@@ -267,7 +267,9 @@ class BlobStore:
             with suppress(OSError):       # a read-only or removed tree refuses this too
                 temp.unlink(missing_ok=True)
             raise StorageError(str(exc)) from exc
-        return await self.commit(kind, digest, temp, len(data), media_type, links)
+        entry = await self.commit(kind, digest, temp, len(data), media_type, links)
+        self.room.added(len(data))   # (no reservation counted these bytes)
+        return entry
 
     # -- budget ------------------------------------------------------------------------------
 

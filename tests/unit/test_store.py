@@ -246,6 +246,26 @@ async def test_reserve_makes_room_and_counts_the_reservation_in_one_step(budgete
     assert (await budgeted.usage())["reserved"] == 0
 
 
+async def test_a_reservation_far_below_the_high_watermark_does_not_ask_the_index(budgeted):
+    """No thread before a cold blob's first byte while the cache has room; the count it
+    keeps instead (the last measure, plus the bytes committed since: reservations released,
+    manifests stored) sends the next reservation to the index once it would pass."""
+    asked = []
+    index = budgeted.room._index
+    budgeted.room._index = lambda: asked.append(1) or index()
+    for n in range(2):
+        await put(budgeted, n, MiB)
+    await budgeted.make_room()                          # measured: 2 MiB and the index's pages
+    assert len(asked) == 1
+    with await budgeted.reserve(3 * MiB):               # 2 + 3 < 9.5 MiB
+        pass                                            # released: counted as committed
+    await put(budgeted, 2, MiB)                         # stored without a reservation
+    assert len(asked) == 1
+    with await budgeted.reserve(4 * MiB):               # 2 + 3 + 1 + 4 > 9.5 MiB by the count
+        assert len(asked) == 2                          # so the index is asked: 3 MiB in fact
+    assert budgeted.evicted == []                       # and there was room after all
+
+
 async def test_reserve_waits_while_fills_in_flight_leave_no_room(budgeted):
     first = await budgeted.reserve(6 * MiB)
     with structlog.testing.capture_logs() as logs:
