@@ -21,7 +21,7 @@ IMAGE := build/image/pullcache.oci.tar
 IMAGE_PACKAGES := mmdebstrap umoci
 
 .PHONY: run test venv system-deps bench-deps bench bench-peer bench-manifests bench-warm \
-	bench-slow bench-chaos bench-stale bench-auth image image-test clean
+	bench-slow bench-chaos bench-stale bench-auth bench-loopback image image-test clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/ensure-debian-packages python3-venv
@@ -66,6 +66,9 @@ bench-chaos: $(STAMP) bench-deps
 
 bench-stale: $(STAMP) bench-deps
 	$(BIN)/python -m bench.stale_tag
+
+bench-loopback: $(STAMP) bench-deps
+	$(BIN)/python -m bench.loopback_send
 
 bench-auth: $(STAMP) bench-deps
 	$(BIN)/python -m bench.auth_flood

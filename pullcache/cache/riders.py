@@ -8,13 +8,14 @@ wakes for every step (docs/benchmarks.md, "The cold fill"). A *rider* gives the 
 thread its own descriptor of the client's socket and its offset. Right after writing each
 chunk, the thread sends it to every rider, non-blocking.
 
-A rider is *landed* when its client falls behind by more than ``LAG`` bytes (its socket keeps
-being full), its client went away, or it reached its limit (a blob's final byte never goes
-out before the digest matched), and when the writer ends.
-The thread then closes the rider's descriptor and tells the loop where it stopped, and the
-reader carries on from there as before: the loop's sender, with its stall timeout. So a slow
-client never slows the writer, and one connection's bytes never come from two senders at
-once, because a reader sends nothing while it rides.
+A socket that takes only part of a chunk leaves the rest owed: the next chunk's turn sends
+it first, from the temp file. A rider is *landed* when it is owed more than ``LAG`` bytes (a
+client slower than the writer), when its client went away, when it reached its limit (a
+blob's final byte never goes out before the digest matched), and when the writer ends. The
+thread then closes the rider's descriptor and tells the loop where it stopped, and the reader
+carries on from there as before: the loop's sender, with its stall timeout. So a slow client
+never slows the writer, and one connection's bytes never come from two senders at once,
+because a reader sends nothing while it rides.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Protocol
 # ``sendfile`` to many slower clients costs less per byte than a ``send`` each from the
 # writer thread, whose every send is time before its next read (docs/benchmarks.md).
 SEATS = 1
-LAG = 8 << 20           # bytes a rider may be owed before it is landed (its client is slower than the writer)
+LAG = 8 << 20           # bytes a rider may be owed before it is landed (two chunks)
 SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
