@@ -28,7 +28,8 @@ from typing import Protocol
 
 # One rider per fill: a lone client (the usual cold pull) gains most. In a herd, the loop's
 # ``sendfile`` to many slower clients costs less per byte than a ``send`` each from the
-# writer thread, whose every send is time before its next read (docs/benchmarks.md).
+# writer thread, whose every send is time before its next read (docs/benchmarks.md, "The
+# cold fill").
 SEATS = 1
 LAG = 8 << 20           # bytes a rider may be owed before it is landed (two chunks)
 SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL

@@ -34,7 +34,8 @@ Sink = Callable[[int, Chunk], None]
 LIMIT = 4 << 20         # bytes queued at most (chunks of up to 1 MiB; see upstream/receiver.py)
 BEHIND = 2              # queued chunks (immutable) the digester may be behind the writer
 WRITE_SLICE = 1 << 20   # bytes per write(2): larger ones ask the page cache for larger folios,
-                        # which fresh memory in a VM can make far slower (docs/benchmarks.md)
+                        # which fresh memory in a VM can make far slower (docs/benchmarks.md,
+                        # "The cold fill")
 
 
 class WriterFailed(Exception):

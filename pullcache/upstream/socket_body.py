@@ -71,7 +71,8 @@ class SocketBody:
         sock = self._sock
         size = min(BUFFER, self.remaining)   # (a small blob: small buffers)
         # Anonymous maps: their pages come as the reads fill them. A bytearray would zero
-        # all 8 MiB first, about 3 ms before the first read (docs/benchmarks.md).
+        # all 8 MiB first, about 3 ms before the first read (docs/benchmarks.md, "The cold
+        # fill").
         buffers = [memoryview(mmap.mmap(-1, size)) for _ in range(self.ring)]
         turn = 0
         poller = select.poll()
