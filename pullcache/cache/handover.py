@@ -2,8 +2,8 @@
 when one fails.
 
 Mixed into ``fill.Fill`` (whose state it uses: ``size``, ``written``, ``visible``,
-``generation``, ``window``, ``origin``, ``_received``, ``_used``, ``_stream``, ``_started``;
-and ``_download``, which reads one source to the end). A source that fails before readers saw
+``generation``, ``window``, ``origin``, ``_received``, ``_used``, ``_stream``, ``_started``,
+``_writer``; and ``_download``, which reads one source to the end). A source that fails before readers saw
 a byte of the fill is replaced by the next, from byte 0. A source cut midway is continued,
 from the byte where it was cut, by itself or by the next source that answers a ``Range``
 request with exactly the bytes left: the temp file and the hash state go on, and no byte is
@@ -145,6 +145,8 @@ class Handover:
             self._stream = self._stream and successor.stream
             if self._stream:
                 await self._show(self.size)
+            elif self._writer is not None:
+                self._writer.riders.hold()   # (no rider gets them either: riders.py)
             return source, successor
         raise exc
 

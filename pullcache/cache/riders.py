@@ -77,6 +77,7 @@ class Riders:
         self._riding: list[Rider] = []   # the writer thread's alone
         self._seated = 0
         self._closed = False
+        self._holding = False   # (the loop's word to the thread: land everyone)
 
     def board(self, rider: Rider) -> bool:
         """Seat ``rider`` from the next chunk on; False: no seat (the writer has ended, or
@@ -88,6 +89,12 @@ class Riders:
             self._boarding.append(rider)
         return True
 
+    def hold(self) -> None:
+        """(the loop) Seat no more, and land every rider at the writer's next chunk: the
+        bytes from now on are held back until verified (a held-back source took over)."""
+        with self._lock:
+            self._closed = self._holding = True
+
     def push(self, offset: int, chunk: bytes | memoryview, fd: int) -> None:
         """Send bytes ``offset`` to ``offset + len(chunk)``, just written to ``fd``, to each
         rider. A rider seated while the loop had not yet heard of the writer's last chunks
@@ -97,6 +104,11 @@ class Riders:
                 boarding, self._boarding = self._boarding, []
             self._riding += boarding
         if not self._riding:
+            return
+        if self._holding:
+            riding, self._riding = self._riding, []
+            for rider in riding:
+                self._land(rider)
             return
         end = offset + len(chunk)
         riding = []

@@ -145,7 +145,7 @@ def test_a_peer_answering_garbage_is_breaker_opened_and_routed_around(
                       port=port, cluster={"peers": [f"127.0.0.1:{port}", liar.host],
                                           "token": TOKEN})
         (tmp_path / "a").mkdir()
-        with a.start():
+        with a:
             members = [f"127.0.0.1:{port}", liar.host]
             theirs = [blob.digest for blob in image.layers
                       if ring.owner(blob.digest, members) == liar.host]
@@ -269,7 +269,7 @@ def test_a_peer_slow_to_answer_is_skipped_after_peer_timeout(
                       port=port, cluster={"peers": [f"127.0.0.1:{port}", hole.host],
                                           "token": TOKEN, "peer_timeout": "1s"})
         (tmp_path / "a").mkdir()
-        with a.start():
+        with a:
             members = [f"127.0.0.1:{port}", hole.host]
             theirs = next(blob.digest for blob in image.layers
                           if ring.owner(blob.digest, members) == hole.host)

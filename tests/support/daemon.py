@@ -97,6 +97,10 @@ class Pullcache:
         return path
 
     def start(self, timeout: float = 20.0) -> "Pullcache":
+        if self.proc is not None and self.proc.poll() is None:
+            # A second start would be refused (the cache lock) while the first daemon still
+            # answered /healthz, and the first would outlive the test, orphaned.
+            raise RuntimeError(f"pullcache (pid {self.proc.pid}) is running already")
         config = self.write_config()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env = {k: v for k, v in env.items() if not k.startswith("PULLCACHE_")}

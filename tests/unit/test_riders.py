@@ -140,6 +140,21 @@ async def test_a_client_gone_lands_its_rider(seat):
     assert await landed(s.rider) < len(s.data)
 
 
+async def test_held_bytes_reach_no_rider(seat):
+    """A held-back source took over mid-fill (pullcache/cache/handover.py): its bytes wait for
+    the digest, so no rider is sent them, and none is seated any more."""
+    s = seat(2 * MiB)
+    s.riders.hold()
+    await push_all(s.riders, s.data, s.fd, 1 * MiB)
+    assert await landed(s.rider) == 0
+    late = rider_for(s.server, 0, 10)
+    assert not s.riders.board(late)
+    late.sock.close()
+    s.server.close()
+    s.client.settimeout(5)
+    assert s.client.recv(10) == b""
+
+
 async def test_one_seat_and_none_once_the_writer_has_ended():
     server, _client = pair()
     riders = Riders()
