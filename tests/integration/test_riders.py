@@ -72,6 +72,7 @@ class SlowClient(threading.Thread):
         self.hasher = hashlib.sha256()
         self.received = 0
         self.error: BaseException | None = None
+        self.answered = threading.Event()   # the response's headers came
 
     def run(self) -> None:
         host, port = self.host.split(":")
@@ -86,12 +87,13 @@ class SlowClient(threading.Thread):
                 while b"\r\n\r\n" not in head:
                     head += sock.recv(4096)
                 head, _, body = head.partition(b"\r\n\r\n")
+                self.answered.set()
                 self.hasher.update(body)
                 self.received = len(body)
                 while chunk := sock.recv(64 * 1024):
                     self.hasher.update(chunk)
                     self.received += len(chunk)
-                    time.sleep(0.002)
+                    time.sleep(0.002)   # its pace: about 32 MB/s
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             self.error = exc
 
@@ -101,7 +103,7 @@ def test_a_slow_client_beside_a_fast_one_is_served_whole(proxied, registry, faul
     layer, path = pushed_blob(registry, "riders/slow", size)
     slow = SlowClient(proxied.host, path)
     slow.start()
-    time.sleep(0.2)
+    assert slow.answered.wait(30), "the slow client's request was not answered"
     fast = request(proxied.url, path)
     slow.join(60)
     assert fast.status == 200 and fast.sha256 == layer.digest
