@@ -97,13 +97,11 @@ class Window:
 
     # -- the writer (blocking: called on the fill's writer thread, by the Writer's sink) -----
 
-    def put(self, offset: int, chunk: bytes, hasher=None) -> None:
+    def put(self, offset: int, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
             n = os.pwrite(self.fd, view, offset)
             view, offset = view[n:], offset + n
-        if hasher is not None:
-            hasher.update(chunk)
 
     def seed(self, path, begin: int, end: int) -> None:
         """Copy bytes ``begin``..``end`` of the temp file the disk gave up on."""

@@ -69,6 +69,8 @@ class Writer:
         # from the start or from when ``fallback(exc, offset)`` (called in this thread on a
         # refused write) returns one; a fallback that cannot take over re-raises ``exc``.
         self._sink = sink
+        if sink is not None:
+            self.riders.close()    # (a window's readers read the window, never ride)
         self._fallback = fallback
         self._thread = threading.Thread(target=self._run, name="fill-writer", daemon=True)
         self._thread.start()
@@ -141,8 +143,6 @@ class Writer:
                 self._write(chunk)
                 if self._sink is None:
                     self.riders.push(self._written, chunk, self._fd)
-                else:
-                    self.riders.close()   # (the window's readers read the window)
                 self._digester.update(chunk)
                 self._digester.settle(behind)
                 self._written += len(chunk)
@@ -190,6 +190,7 @@ class Writer:
             if self._fallback is None:
                 raise
             self._sink = self._fallback(exc, self._written)
+            self.riders.close()    # (readers go on in the window, from where they were)
             self._sink(self._written, chunk)   # the whole chunk: the sink starts at its start
 
     # -- back on the loop ---------------------------------------------------------------------
