@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -221,8 +222,20 @@ def fresh_cache(pc: Pullcache) -> None:
 
 
 def fill_committed(pc: Pullcache, digest: str) -> bool:
-    """pullcache sends a fill's last byte once verified; the commit (fsync, rename) follows."""
-    return any(e.get("digest") == digest for e in pc.events("fill_committed"))
+    """pullcache sends a fill's last byte once verified; the commit (fsync, rename) follows.
+    Only the daemon's current run counts: its log goes on across restarts (``fresh_cache``),
+    and each run starts with a ``ready`` line."""
+    committed = False
+    for line in pc.log().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "ready":
+            committed = False
+        elif record.get("event") == "fill_committed" and record.get("digest") == digest:
+            committed = True
+    return committed
 
 
 def blob_url(base: str, digest: str) -> str:

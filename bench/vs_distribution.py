@@ -118,17 +118,20 @@ def empty_distribution(reg: Registry) -> None:
     reg.start()
 
 
+def distribution_stored(reg: Registry, digest: str) -> bool:
+    """Is the blob in Distribution's proxy storage for good? The repository link is written
+    by the commit, after the data file is in place."""
+    algo, hexdigest = digest.split(":", 1)
+    return (reg.storage / "docker/registry/v2/repositories" / REPO / "_layers" / algo
+            / hexdigest / "link").exists()
+
+
 def distribution_peer(reg: Registry, proxy: FaultProxy) -> Peer:
     def empty() -> None:
         empty_distribution(reg)
 
-    def committed(digest: str) -> bool:
-        # The repository link is written by the commit, after the data file is in place.
-        algo, hexdigest = digest.split(":", 1)
-        return (reg.storage / "docker/registry/v2/repositories" / REPO / "_layers" / algo
-                / hexdigest / "link").exists()
-
-    return Peer("distribution", proxy, lambda: reg.url, lambda: reg.pid, empty, committed)
+    return Peer("distribution", proxy, lambda: reg.url, lambda: reg.pid, empty,
+                lambda digest: distribution_stored(reg, digest))
 
 
 def pullcache_peer(pc: Pullcache, proxy: FaultProxy) -> Peer:
