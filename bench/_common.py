@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -223,19 +222,8 @@ def fresh_cache(pc: Pullcache) -> None:
 
 def fill_committed(pc: Pullcache, digest: str) -> bool:
     """pullcache sends a fill's last byte once verified; the commit (fsync, rename) follows.
-    Only the daemon's current run counts: its log goes on across restarts (``fresh_cache``),
-    and each run starts with a ``ready`` line."""
-    committed = False
-    for line in pc.log().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == "ready":
-            committed = False
-        elif record.get("event") == "fill_committed" and record.get("digest") == digest:
-            committed = True
-    return committed
+    Only the daemon's current run counts (``fresh_cache`` restarts it on the same log)."""
+    return any(e.get("digest") == digest for e in pc.events("fill_committed", this_run=True))
 
 
 def blob_url(base: str, digest: str) -> str:

@@ -152,7 +152,8 @@ def until_stored(committed: Callable[[], bool], started: float, pid: int,
     started, and the server's CPU seconds since then. Distribution's proxy answers the client
     from one upstream GET and stores the blob from a second one, in the background
     (registry/proxy/proxyblobstore.go); that work is the GET's too, and the next GET measured
-    must not share the machine with it."""
+    must not share the machine with it. Polled every 5 ms, not with ``wait_until``: its
+    back-off grows to 100 ms, too coarse for a time it reports."""
     deadline = time.monotonic() + 60
     while not committed():
         if time.monotonic() >= deadline:

@@ -45,6 +45,7 @@ class Pullcache:
     admin_port: int = 0
     listen_host: str = "127.0.0.1"   # or "::1"
     proc: subprocess.Popen | None = None
+    run_start: int = field(default=0, repr=False)   # the log's size at the last launch
 
     @property
     def url(self) -> str:
@@ -113,6 +114,7 @@ class Pullcache:
         /healthz answers 200; if it does not, the process is stopped and the error carries
         the log."""
         with open(self.log_path, "ab") as log:
+            self.run_start = log.tell()   # (the log goes on across restarts)
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=ROOT)
         proc = self.proc
         try:
@@ -161,12 +163,16 @@ class Pullcache:
         return next(int(line.split()[1]) for line in status.splitlines()
                     if line.startswith("VmHWM:"))
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log(self, since: int = 0) -> str:
+        """The log from byte ``since`` on."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[since:].decode(errors="replace")
 
-    def events(self, name: str) -> list[dict]:
+    def events(self, name: str, this_run: bool = False) -> list[dict]:
+        """The log's records of event ``name``; ``this_run``: only the last launch's."""
         out = []
-        for line in self.log().splitlines():
+        for line in self.log(self.run_start if this_run else 0).splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
